@@ -1,0 +1,54 @@
+//! Turns text into vectors for the store's vector index.
+
+pub mod hashing;
+
+use async_trait::async_trait;
+
+pub use hashing::HashingEmbedder;
+
+/// Errors of the embedding layer.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The embedding backend could not be reached or answered with an error.
+    #[error("embedding backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with something that is not an embedding.
+    #[error("embedding backend answered badly: {0}")]
+    BadResponse(String),
+}
+
+/// A vector stored sparsely: the feature-hashing embedder fills few of its dimensions, and
+/// dense embeddings convert losslessly with [`Embedding::from_dense`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embedding {
+    /// Dimensions with a non-zero value, ascending and unique.
+    pub indices: Vec<u32>,
+    /// The value of each dimension in `indices`.
+    pub values: Vec<f32>,
+}
+
+impl Embedding {
+    /// Builds a sparse embedding from a dense vector, dropping zeros.
+    pub fn from_dense(dense: &[f32]) -> Self {
+        let mut embedding = Embedding::default();
+        for (index, value) in dense.iter().enumerate() {
+            if *value != 0.0 {
+                embedding.indices.push(index as u32);
+                embedding.values.push(*value);
+            }
+        }
+        embedding
+    }
+}
+
+/// Turns texts into vectors. Implementations must be deterministic for a given [`Embedder::id`]:
+/// the store persists vectors and re-embeds everything when the id changes.
+#[async_trait]
+pub trait Embedder: Send + Sync + std::fmt::Debug {
+    /// Identifies the embedder and every setting that changes its vectors.
+    fn id(&self) -> String;
+    /// Number of dimensions of the vectors.
+    fn dimension(&self) -> usize;
+    /// Embeds each text; the result has one embedding per input, in order.
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Embedding>, EmbedError>;
+}

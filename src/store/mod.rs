@@ -1,0 +1,147 @@
+//! Document storage and retrieval.
+
+pub mod embedded;
+pub mod filter;
+mod index;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
+pub use filter::{Filter, FilterError};
+
+use crate::embed::EmbedError;
+
+/// The collection used when a request names none.
+pub const DEFAULT_COLLECTION: &str = "default";
+
+/// Longest collection name accepted.
+pub const MAX_COLLECTION_NAME_LEN: usize = 64;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The collection does not exist.
+    #[error("collection {0:?} does not exist")]
+    CollectionNotFound(String),
+    /// The collection name is empty, too long, or has characters outside `[A-Za-z0-9_.-]`.
+    #[error(
+        "invalid collection name {0:?}: use 1 to 64 letters, digits, '_', '-' or '.'"
+    )]
+    InvalidCollectionName(String),
+    /// A metadata filter could not be understood.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(#[from] FilterError),
+    /// The embedder failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// SQLite failed.
+    #[error("database failure: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// A blocking storage task panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// A document to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDocument {
+    /// Id to store it under; `None` generates one.
+    pub id: Option<String>,
+    /// Text of the document.
+    pub content: String,
+    /// Free-form metadata; top-level keys can be filtered on.
+    pub metadata: Map<String, Value>,
+}
+
+/// A document found by a search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Document id.
+    pub id: String,
+    /// Document text.
+    pub content: String,
+    /// Document metadata.
+    pub metadata: Map<String, Value>,
+    /// Reciprocal-rank-fusion score; higher is better.
+    pub score: f64,
+}
+
+/// What to search for.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    /// Collection to search.
+    pub collection: String,
+    /// Search text.
+    pub query: String,
+    /// Number of hits wanted.
+    pub top_k: usize,
+    /// Conditions every hit must meet, applied before ranking is cut to `top_k`.
+    pub filter: Filter,
+}
+
+/// A collection and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionInfo {
+    /// Collection name.
+    pub name: String,
+    /// Number of documents.
+    pub document_count: u64,
+    /// Content version: changes on every write to the collection.
+    pub version: u64,
+}
+
+/// The result of a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// Ids written, in input order (for deletes: the ids that existed).
+    pub ids: Vec<String>,
+    /// The collection after the write.
+    pub collection: CollectionInfo,
+}
+
+/// Stores documents in named collections and searches them.
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    /// Adds or replaces documents atomically, creating the collection if needed. Returns once
+    /// the write is durable.
+    async fn add_documents(
+        &self,
+        collection: &str,
+        documents: Vec<NewDocument>,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Deletes documents by id; unknown ids are ignored.
+    async fn delete_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Returns the best `top_k` documents for the query among those matching the filter.
+    async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError>;
+
+    /// Returns the collection's state, or `None` if it does not exist.
+    async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError>;
+
+    /// Returns every collection, by name.
+    async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError>;
+}
+
+/// Checks a collection name: 1 to 64 characters from `[A-Za-z0-9_.-]`.
+pub fn validate_collection_name(name: &str) -> Result<(), StoreError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_COLLECTION_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidCollectionName(name.to_string()))
+    }
+}
