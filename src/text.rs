@@ -8,11 +8,11 @@ const STOPWORDS: &[&str] = &[
     "done", "each", "for", "from", "had", "has", "have", "having", "he", "her", "here", "hers",
     "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "me", "more", "most", "my",
     "no", "nor", "not", "of", "on", "once", "only", "or", "other", "our", "ours", "out", "over",
-    "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their",
-    "theirs", "them", "then", "there", "these", "they", "this", "those", "through", "to", "too",
-    "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which",
-    "while", "who", "whom", "whose", "why", "will", "with", "would", "you", "your", "yours",
-    "tell", "please", "does", "there", "named", "called",
+    "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs",
+    "them", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under",
+    "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who",
+    "whom", "whose", "why", "will", "with", "would", "you", "your", "yours", "tell", "please",
+    "does", "there", "named", "called",
 ];
 
 /// Returns true for a lowercase word that carries no meaning on its own.
@@ -41,13 +41,25 @@ pub fn content_terms(text: &str) -> Vec<String> {
 /// Reduces a word to a crude stem so that "headquarters" and "headquartered" meet.
 pub fn stem(word: &str) -> &str {
     for suffix in ["ing", "ed", "es", "s", "ers", "er"] {
-        if word.len() > suffix.len() + 3 {
-            if let Some(stripped) = word.strip_suffix(suffix) {
-                return stripped;
-            }
+        if word.len() > suffix.len() + 3
+            && let Some(stripped) = word.strip_suffix(suffix)
+        {
+            return stripped;
         }
     }
     word
+}
+
+/// Returns the stems of the words of `text` that carry meaning, without duplicates.
+pub fn stemmed_terms(text: &str) -> Vec<String> {
+    let mut stems: Vec<String> = Vec::new();
+    for term in content_terms(text) {
+        let stemmed = stem(&term).to_string();
+        if !stems.contains(&stemmed) {
+            stems.push(stemmed);
+        }
+    }
+    stems
 }
 
 /// Splits a passage into sentences on `.`, `!`, `?` and line breaks, trimming each.

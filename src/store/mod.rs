@@ -26,9 +26,7 @@ pub enum StoreError {
     #[error("collection {0:?} does not exist")]
     CollectionNotFound(String),
     /// The collection name is empty, too long, or has characters outside `[A-Za-z0-9_.-]`.
-    #[error(
-        "invalid collection name {0:?}: use 1 to 64 letters, digits, '_', '-' or '.'"
-    )]
+    #[error("invalid collection name {0:?}: use 1 to 64 letters, digits, '_', '-' or '.'")]
     InvalidCollectionName(String),
     /// A metadata filter could not be understood.
     #[error("invalid filter: {0}")]
@@ -106,7 +104,7 @@ pub struct WriteOutcome {
 
 /// Stores documents in named collections and searches them.
 #[async_trait]
-pub trait DocumentStore: Send + Sync {
+pub trait DocumentStore: Send + Sync + std::fmt::Debug {
     /// Adds or replaces documents atomically, creating the collection if needed. Returns once
     /// the write is durable.
     async fn add_documents(

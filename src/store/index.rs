@@ -1,0 +1,464 @@
+//! In-memory vector index of one collection, rebuilt from SQLite at start.
+//!
+//! Vectors are sparse and L2-normalised, so cosine similarity is a dot product, and an inverted
+//! index (one posting list per dimension) lets a query touch only the documents that share one
+//! of its non-zero dimensions. Deletions leave tombstones that are compacted away once they
+//! make up a quarter of the slots.
+//!
+//! Ranking reads dense arrays (scores and slot rowids): with feature hashing nearly every
+//! document shares some bucket with a query, so the per-document cost of a search is what
+//! counts, and metadata is read only for the candidates a filter has to judge.
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+
+use serde_json::{Map, Value};
+
+use super::Filter;
+use crate::embed::Embedding;
+
+/// Below this many slots, tombstones cost too little to be worth a compaction pass.
+const MIN_SLOTS_TO_COMPACT: usize = 64;
+
+/// Rowid of a deleted slot. SQLite assigns positive rowids, so it never names a document.
+const TOMBSTONE: i64 = i64::MIN;
+
+thread_local! {
+    /// Score accumulator reused across searches on the same thread, so that a query does not
+    /// allocate a buffer the size of the collection.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Posting {
+    slot: u32,
+    value: f32,
+}
+
+/// What the index keeps of a document besides its vector.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) rowid: i64,
+    pub(crate) doc_id: String,
+    pub(crate) metadata: Map<String, Value>,
+}
+
+/// The vector index of one collection.
+#[derive(Debug, Default)]
+pub(crate) struct VectorIndex {
+    postings: HashMap<u32, Vec<Posting>>,
+    /// Rowid of each slot, or [`TOMBSTONE`] for a deleted document whose postings remain.
+    slot_rowids: Vec<i64>,
+    /// The entry of each slot, `None` for a deleted document.
+    entries: Vec<Option<Entry>>,
+    by_rowid: HashMap<i64, u32>,
+    dead: usize,
+}
+
+impl VectorIndex {
+    /// Returns the number of live documents.
+    pub(crate) fn len(&self) -> usize {
+        self.by_rowid.len()
+    }
+
+    /// Adds a document, replacing any document already stored under `rowid`.
+    pub(crate) fn insert(
+        &mut self,
+        rowid: i64,
+        doc_id: String,
+        metadata: Map<String, Value>,
+        embedding: &Embedding,
+    ) {
+        debug_assert_ne!(rowid, TOMBSTONE);
+        self.remove(rowid);
+        let Ok(slot) = u32::try_from(self.slot_rowids.len()) else {
+            // 4 billion slots cannot fit in memory anyway; refusing beats wrapping around.
+            tracing::error!(rowid, "vector index is full");
+            return;
+        };
+        for (index, value) in embedding.indices.iter().zip(&embedding.values) {
+            if *value != 0.0 {
+                self.postings.entry(*index).or_default().push(Posting {
+                    slot,
+                    value: *value,
+                });
+            }
+        }
+        self.slot_rowids.push(rowid);
+        self.entries.push(Some(Entry {
+            rowid,
+            doc_id,
+            metadata,
+        }));
+        self.by_rowid.insert(rowid, slot);
+    }
+
+    /// Removes the document stored under `rowid`; returns false if there was none.
+    pub(crate) fn remove(&mut self, rowid: i64) -> bool {
+        let Some(slot) = self.by_rowid.remove(&rowid) else {
+            return false;
+        };
+        let slot = slot as usize;
+        if let (Some(slot_rowid), Some(entry)) =
+            (self.slot_rowids.get_mut(slot), self.entries.get_mut(slot))
+        {
+            *slot_rowid = TOMBSTONE;
+            *entry = None;
+            self.dead += 1;
+        }
+        if self.slot_rowids.len() >= MIN_SLOTS_TO_COMPACT && self.dead * 4 > self.slot_rowids.len()
+        {
+            self.compact();
+        }
+        true
+    }
+
+    /// Returns the document stored under `rowid`.
+    pub(crate) fn get(&self, rowid: i64) -> Option<&Entry> {
+        let slot = *self.by_rowid.get(&rowid)?;
+        self.entries.get(slot as usize)?.as_ref()
+    }
+
+    /// Returns true when the document stored under `rowid` exists and matches the filter.
+    pub(crate) fn matches(&self, rowid: i64, filter: &Filter) -> bool {
+        self.get(rowid)
+            .is_some_and(|entry| filter.matches(&entry.metadata))
+    }
+
+    /// Returns up to `top_k` `(rowid, similarity)` pairs among the documents that match the
+    /// filter, most similar first (ties by rowid). Only documents with a positive similarity are
+    /// returned: the others share nothing with the query.
+    pub(crate) fn search(
+        &self,
+        query: &Embedding,
+        top_k: usize,
+        filter: &Filter,
+    ) -> Vec<(i64, f32)> {
+        if top_k == 0 || query.indices.is_empty() || self.by_rowid.is_empty() {
+            return Vec::new();
+        }
+        SCORES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scores) => self.search_with(&mut scores, query, top_k, filter),
+            // Only reachable through re-entrancy, which the index does not do; stay correct anyway.
+            Err(_) => self.search_with(&mut Vec::new(), query, top_k, filter),
+        })
+    }
+
+    fn search_with(
+        &self,
+        scores: &mut Vec<f32>,
+        query: &Embedding,
+        top_k: usize,
+        filter: &Filter,
+    ) -> Vec<(i64, f32)> {
+        scores.clear();
+        scores.resize(self.slot_rowids.len(), 0.0);
+        for (index, weight) in query.indices.iter().zip(&query.values) {
+            let Some(postings) = self.postings.get(index) else {
+                continue;
+            };
+            for posting in postings {
+                if let Some(score) = scores.get_mut(posting.slot as usize) {
+                    *score += weight * posting.value;
+                }
+            }
+        }
+
+        self.best(scores, top_k, filter)
+            .into_iter()
+            .map(|candidate| (candidate.rowid, candidate.score))
+            .collect()
+    }
+
+    /// Returns the best `top_k` candidates that match the filter, best first, keeping them in
+    /// a min-heap.
+    ///
+    /// The filter runs only on a candidate that would enter the heap, which gives the same
+    /// result as filtering everything first and cutting after. Slots are visited in order, so
+    /// the metadata the filter reads is visited in memory order too: judging candidates in rank
+    /// order instead would judge fewer of them, but each at the price of several cache misses,
+    /// which measured slower.
+    fn best(&self, scores: &[f32], top_k: usize, filter: &Filter) -> Vec<Candidate> {
+        let capacity = top_k.min(self.by_rowid.len());
+        let mut best: BinaryHeap<Reverse<Candidate>> = BinaryHeap::with_capacity(capacity + 1);
+        for (slot, (score, rowid)) in scores.iter().zip(&self.slot_rowids).enumerate() {
+            if *score <= 0.0 || *rowid == TOMBSTONE {
+                continue;
+            }
+            let candidate = Candidate {
+                score: *score,
+                rowid: *rowid,
+            };
+            if best.len() >= capacity
+                && best
+                    .peek()
+                    .is_some_and(|Reverse(worst)| candidate <= *worst)
+            {
+                continue;
+            }
+            if !filter.is_empty() {
+                let passes = self
+                    .entries
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|entry| filter.matches(&entry.metadata));
+                if !passes {
+                    continue;
+                }
+            }
+            best.push(Reverse(candidate));
+            if best.len() > capacity {
+                best.pop();
+            }
+        }
+        // Ascending order of `Reverse` is best first.
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|Reverse(candidate)| candidate)
+            .collect()
+    }
+
+    /// Renumbers the live slots and drops the postings of dead ones.
+    fn compact(&mut self) {
+        let mut remap = vec![u32::MAX; self.slot_rowids.len()];
+        let mut slot_rowids = Vec::with_capacity(self.by_rowid.len());
+        let mut entries = Vec::with_capacity(self.by_rowid.len());
+        for (old, entry) in std::mem::take(&mut self.entries).into_iter().enumerate() {
+            if let Some(entry) = entry {
+                // Fits: there are fewer live slots than old ones, which fit in u32.
+                let new = slot_rowids.len() as u32;
+                remap[old] = new;
+                self.by_rowid.insert(entry.rowid, new);
+                slot_rowids.push(entry.rowid);
+                entries.push(Some(entry));
+            }
+        }
+        self.postings.retain(|_, postings| {
+            postings.retain_mut(|posting| {
+                let new = remap[posting.slot as usize];
+                posting.slot = new;
+                new != u32::MAX
+            });
+            postings.shrink_to_fit();
+            !postings.is_empty()
+        });
+        self.slot_rowids = slot_rowids;
+        self.entries = entries;
+        self.dead = 0;
+        debug_assert_eq!(self.entries.len(), self.by_rowid.len());
+    }
+}
+
+/// Ordered from worst to best: lower score, then higher rowid.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    score: f32,
+    rowid: i64,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.rowid.cmp(&self.rowid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::embed::HashingEmbedder;
+
+    fn metadata(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    fn unit(pairs: &[(u32, f32)]) -> Embedding {
+        let norm = pairs.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
+        Embedding {
+            indices: pairs.iter().map(|(i, _)| *i).collect(),
+            values: pairs.iter().map(|(_, v)| v / norm).collect(),
+        }
+    }
+
+    fn filter(value: Value) -> Filter {
+        Filter::from_json(&metadata(value)).unwrap()
+    }
+
+    #[test]
+    fn search_ranks_by_cosine_and_skips_unrelated_documents() {
+        let mut index = VectorIndex::default();
+        index.insert(1, "a".into(), Map::new(), &unit(&[(0, 1.0), (1, 1.0)]));
+        index.insert(2, "b".into(), Map::new(), &unit(&[(0, 1.0)]));
+        index.insert(3, "c".into(), Map::new(), &unit(&[(5, 1.0)]));
+        let hits = index.search(&unit(&[(0, 1.0)]), 10, &Filter::default());
+        let rowids: Vec<i64> = hits.iter().map(|(rowid, _)| *rowid).collect();
+        assert_eq!(rowids, vec![2, 1]);
+        assert!((hits[0].1 - 1.0).abs() < 1e-6);
+        assert!(hits[0].1 > hits[1].1);
+    }
+
+    #[test]
+    fn search_cuts_to_top_k_and_breaks_ties_by_rowid() {
+        let mut index = VectorIndex::default();
+        for rowid in [5, 3, 9, 1] {
+            index.insert(rowid, rowid.to_string(), Map::new(), &unit(&[(7, 1.0)]));
+        }
+        let hits = index.search(&unit(&[(7, 1.0)]), 3, &Filter::default());
+        let rowids: Vec<i64> = hits.iter().map(|(rowid, _)| *rowid).collect();
+        assert_eq!(rowids, vec![1, 3, 5]);
+        assert!(
+            index
+                .search(&unit(&[(7, 1.0)]), 0, &Filter::default())
+                .is_empty()
+        );
+        assert!(
+            index
+                .search(&Embedding::default(), 3, &Filter::default())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn filter_applies_before_the_cut() {
+        let mut index = VectorIndex::default();
+        for rowid in 0..100 {
+            let team = if rowid == 99 { "rare" } else { "common" };
+            // The rare document is the least similar of all.
+            let similarity = 1.0 - rowid as f32 / 200.0;
+            let embedding = unit(&[(0, similarity), (1, 1.0 - similarity)]);
+            index.insert(
+                rowid,
+                rowid.to_string(),
+                metadata(json!({"team": team})),
+                &embedding,
+            );
+        }
+        let hits = index.search(&unit(&[(0, 1.0)]), 3, &filter(json!({"team": "rare"})));
+        assert_eq!(
+            hits.iter().map(|(rowid, _)| *rowid).collect::<Vec<_>>(),
+            vec![99]
+        );
+    }
+
+    #[test]
+    fn filtered_and_unfiltered_searches_agree_with_a_full_sort() {
+        let embedder = HashingEmbedder::new(128);
+        let mut index = VectorIndex::default();
+        for rowid in 0..500 {
+            let text = format!(
+                "item {} colour {} size {}",
+                rowid % 13,
+                rowid % 5,
+                rowid % 7
+            );
+            let meta = metadata(json!({"bucket": rowid % 10, "odd": rowid % 2 == 1}));
+            index.insert(rowid, rowid.to_string(), meta, &embedder.embed_text(&text));
+        }
+        let query = embedder.embed_text("item 3 colour 2");
+        let all = index.search(&query, usize::MAX, &Filter::default());
+        assert!(all.windows(2).all(|pair| pair[0].1 >= pair[1].1));
+        for (filter_json, top_k) in [
+            (json!({}), 10),
+            (json!({"bucket": 7}), 5),
+            (json!({"bucket": 7}), 500),
+            (json!({"odd": true, "bucket": {"$in": [1, 3]}}), 70),
+            (json!({"bucket": 11}), 5),
+        ] {
+            let filter = filter(filter_json);
+            let expected: Vec<(i64, f32)> = all
+                .iter()
+                .filter(|(rowid, _)| index.matches(*rowid, &filter))
+                .take(top_k)
+                .copied()
+                .collect();
+            assert_eq!(index.search(&query, top_k, &filter), expected);
+        }
+    }
+
+    #[test]
+    fn insert_replaces_and_remove_forgets() {
+        let mut index = VectorIndex::default();
+        index.insert(1, "a".into(), Map::new(), &unit(&[(0, 1.0)]));
+        index.insert(1, "a".into(), metadata(json!({"v": 2})), &unit(&[(1, 1.0)]));
+        assert_eq!(index.len(), 1);
+        assert!(
+            index
+                .search(&unit(&[(0, 1.0)]), 5, &Filter::default())
+                .is_empty()
+        );
+        assert_eq!(
+            index
+                .search(&unit(&[(1, 1.0)]), 5, &Filter::default())
+                .len(),
+            1
+        );
+        assert!(index.matches(1, &filter(json!({"v": 2}))));
+
+        assert!(index.remove(1));
+        assert!(!index.remove(1));
+        assert_eq!(index.len(), 0);
+        assert!(index.get(1).is_none());
+        assert!(
+            index
+                .search(&unit(&[(1, 1.0)]), 5, &Filter::default())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_live_documents_searchable() {
+        let embedder = HashingEmbedder::new(256);
+        let mut index = VectorIndex::default();
+        for rowid in 0..200 {
+            let text = format!("document number {rowid} about topic {}", rowid % 7);
+            index.insert(
+                rowid,
+                format!("d{rowid}"),
+                Map::new(),
+                &embedder.embed_text(&text),
+            );
+        }
+        for rowid in (0..200).filter(|rowid| rowid % 3 != 0) {
+            index.remove(rowid);
+        }
+        assert!(index.entries.len() < 200, "compaction should have run");
+        assert!(index.dead * 4 <= index.entries.len());
+        assert_eq!(index.len(), 67);
+        for (rowid, slot) in &index.by_rowid {
+            let entry = index.entries[*slot as usize].as_ref().unwrap();
+            assert_eq!(entry.rowid, *rowid);
+            assert_eq!(index.slot_rowids[*slot as usize], *rowid);
+        }
+
+        let query = embedder.embed_text("document number 42 about topic 0");
+        let hits = index.search(&query, 1, &Filter::default());
+        assert_eq!(hits[0].0, 42);
+        assert_eq!(
+            index.get(42).map(|entry| entry.doc_id.as_str()),
+            Some("d42")
+        );
+        let all = index.search(&query, 1000, &Filter::default());
+        assert!(all.iter().all(|(rowid, _)| rowid % 3 == 0));
+    }
+}
