@@ -1,0 +1,242 @@
+//! In-process cache: least-recently-used eviction within an entry count and a byte budget,
+//! plus a time to live per entry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{Cache, CacheError, CacheKey, CacheStats};
+
+/// Bounds of a [`MemoryCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryCacheConfig {
+    /// Most entries held.
+    pub max_entries: usize,
+    /// Most bytes of values held.
+    pub max_bytes: usize,
+}
+
+impl Default for MemoryCacheConfig {
+    fn default() -> Self {
+        MemoryCacheConfig {
+            max_entries: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    expires_at: Instant,
+    last_used: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<CacheKey, Entry>,
+    // Use ticks to keys, oldest first: the first entry is the least recently used.
+    recency: BTreeMap<u64, CacheKey>,
+    tick: u64,
+    bytes: usize,
+    stats: CacheStats,
+}
+
+impl State {
+    fn touch(&mut self, key: &CacheKey) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(entry) = self.entries.get_mut(key) {
+            self.recency.remove(&entry.last_used);
+            entry.last_used = tick;
+            self.recency.insert(tick, key.clone());
+        }
+    }
+
+    fn remove(&mut self, key: &CacheKey) -> bool {
+        match self.entries.remove(key) {
+            Some(entry) => {
+                self.recency.remove(&entry.last_used);
+                self.bytes -= entry.value.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn evict_least_recent(&mut self) -> bool {
+        let Some((_, key)) = self.recency.pop_first() else {
+            return false;
+        };
+        if let Some(entry) = self.entries.remove(&key) {
+            self.bytes -= entry.value.len();
+        }
+        self.stats.evictions += 1;
+        true
+    }
+}
+
+/// An LRU cache with TTL, held in process memory.
+#[derive(Debug)]
+pub struct MemoryCache {
+    config: MemoryCacheConfig,
+    state: Mutex<State>,
+}
+
+impl MemoryCache {
+    /// Creates an empty cache.
+    pub fn new(config: MemoryCacheConfig) -> Self {
+        MemoryCache {
+            config,
+            state: Mutex::new(State::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut state = self.state.lock();
+        let expired = match state.entries.get(key) {
+            None => {
+                state.stats.misses += 1;
+                return Ok(None);
+            }
+            Some(entry) => entry.expires_at <= Instant::now(),
+        };
+        if expired {
+            state.remove(key);
+            state.stats.misses += 1;
+            return Ok(None);
+        }
+        state.touch(key);
+        state.stats.hits += 1;
+        Ok(state.entries.get(key).map(|entry| entry.value.clone()))
+    }
+
+    async fn put(&self, key: &CacheKey, value: Vec<u8>, ttl: Duration) -> Result<(), CacheError> {
+        // A value larger than the whole budget would evict everything and still not fit.
+        if value.len() > self.config.max_bytes || self.config.max_entries == 0 {
+            return Ok(());
+        }
+        let mut state = self.state.lock();
+        state.remove(key);
+        while state.entries.len() >= self.config.max_entries
+            || state.bytes + value.len() > self.config.max_bytes
+        {
+            if !state.evict_least_recent() {
+                break;
+            }
+        }
+        state.tick += 1;
+        let tick = state.tick;
+        state.bytes += value.len();
+        state.recency.insert(tick, key.clone());
+        state.entries.insert(
+            key.clone(),
+            Entry {
+                value,
+                expires_at: Instant::now() + ttl,
+                last_used: tick,
+            },
+        );
+        Ok(())
+    }
+
+    async fn clear(&self, collection: Option<&str>) -> Result<u64, CacheError> {
+        let mut state = self.state.lock();
+        let doomed: Vec<CacheKey> = state
+            .entries
+            .keys()
+            .filter(|key| collection.is_none_or(|name| key.collection == name))
+            .cloned()
+            .collect();
+        for key in &doomed {
+            state.remove(key);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn stats(&self) -> Result<CacheStats, CacheError> {
+        let state = self.state.lock();
+        Ok(CacheStats {
+            entries: state.entries.len() as u64,
+            ..state.stats
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(collection: &str, digest: &str) -> CacheKey {
+        CacheKey {
+            collection: collection.to_string(),
+            digest: digest.to_string(),
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn a_stored_value_is_found_until_it_expires() {
+        let cache = MemoryCache::new(MemoryCacheConfig::default());
+        cache.put(&key("c", "a"), b"one".to_vec(), HOUR).await.ok();
+        cache
+            .put(&key("c", "b"), b"two".to_vec(), Duration::ZERO)
+            .await
+            .ok();
+        assert_eq!(
+            cache.get(&key("c", "a")).await.ok().flatten(),
+            Some(b"one".to_vec())
+        );
+        assert_eq!(cache.get(&key("c", "b")).await.ok().flatten(), None);
+        let stats = cache.stats().await.unwrap_or_default();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_entry_is_evicted_first() {
+        let cache = MemoryCache::new(MemoryCacheConfig {
+            max_entries: 2,
+            max_bytes: 1024,
+        });
+        cache.put(&key("c", "a"), vec![1], HOUR).await.ok();
+        cache.put(&key("c", "b"), vec![2], HOUR).await.ok();
+        cache.get(&key("c", "a")).await.ok();
+        cache.put(&key("c", "c"), vec![3], HOUR).await.ok();
+        assert!(cache.get(&key("c", "a")).await.ok().flatten().is_some());
+        assert!(cache.get(&key("c", "b")).await.ok().flatten().is_none());
+        assert_eq!(cache.stats().await.unwrap_or_default().evictions, 1);
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_bounds_the_cache() {
+        let cache = MemoryCache::new(MemoryCacheConfig {
+            max_entries: 100,
+            max_bytes: 10,
+        });
+        cache.put(&key("c", "a"), vec![0; 6], HOUR).await.ok();
+        cache.put(&key("c", "b"), vec![0; 6], HOUR).await.ok();
+        cache.put(&key("c", "huge"), vec![0; 11], HOUR).await.ok();
+        let stats = cache.stats().await.unwrap_or_default();
+        assert_eq!((stats.entries, stats.evictions), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn clearing_one_collection_leaves_the_others() {
+        let cache = MemoryCache::new(MemoryCacheConfig::default());
+        cache.put(&key("a", "1"), vec![1], HOUR).await.ok();
+        cache.put(&key("a", "2"), vec![1], HOUR).await.ok();
+        cache.put(&key("b", "1"), vec![1], HOUR).await.ok();
+        assert_eq!(cache.clear(Some("a")).await.ok(), Some(2));
+        assert_eq!(cache.clear(None).await.ok(), Some(1));
+    }
+}

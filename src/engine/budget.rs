@@ -1,0 +1,321 @@
+//! Budgets: limits of one run, what has been used of them, and the checks made before every
+//! model call and every search.
+
+use std::time::{Duration, Instant};
+
+/// Limits of one run; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BudgetLimits {
+    /// Root model calls.
+    pub max_iterations: Option<u32>,
+    /// `search_db` calls.
+    pub max_search_calls: Option<u32>,
+    /// Model tokens, input plus output.
+    pub max_tokens: Option<u64>,
+    /// Wall time.
+    pub max_time: Option<Duration>,
+    /// Spend in US dollars.
+    pub max_cost_usd: Option<f64>,
+}
+
+impl BudgetLimits {
+    /// Returns these limits with every unset one taken from `defaults`.
+    pub fn or(self, defaults: BudgetLimits) -> BudgetLimits {
+        BudgetLimits {
+            max_iterations: self.max_iterations.or(defaults.max_iterations),
+            max_search_calls: self.max_search_calls.or(defaults.max_search_calls),
+            max_tokens: self.max_tokens.or(defaults.max_tokens),
+            max_time: self.max_time.or(defaults.max_time),
+            max_cost_usd: self.max_cost_usd.or(defaults.max_cost_usd),
+        }
+    }
+
+    /// Returns these limits with the time limit cut to what is left before `deadline`.
+    pub fn within_deadline(mut self, deadline: Option<Instant>, now: Instant) -> BudgetLimits {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(now);
+            self.max_time = Some(self.max_time.map_or(left, |limit| limit.min(left)));
+        }
+        self
+    }
+}
+
+/// A budgeted resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BudgetResource {
+    /// Root model calls.
+    Iterations,
+    /// Searches.
+    SearchCalls,
+    /// Model tokens.
+    Tokens,
+    /// Wall time.
+    Time,
+    /// Spend.
+    Cost,
+}
+
+impl BudgetResource {
+    /// Returns the name of the limit as written in a request.
+    pub fn limit_name(self) -> &'static str {
+        match self {
+            BudgetResource::Iterations => "max_iterations",
+            BudgetResource::SearchCalls => "max_search_calls",
+            BudgetResource::Tokens => "max_tokens",
+            BudgetResource::Time => "max_time_seconds",
+            BudgetResource::Cost => "max_cost_usd",
+        }
+    }
+}
+
+/// What a run has used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BudgetUsage {
+    /// Root model calls started.
+    pub iterations: u32,
+    /// Searches started.
+    pub search_calls: u32,
+    /// Model tokens.
+    pub tokens: u64,
+    /// Spend in US dollars.
+    pub cost_usd: f64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// A limit nearing or reaching its end, reported once per resource and level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetWarning {
+    /// The resource.
+    pub resource: BudgetResource,
+    /// Amount used.
+    pub used: f64,
+    /// The limit.
+    pub limit: f64,
+    /// Explanation.
+    pub message: String,
+}
+
+/// Share of a limit at which a warning goes out.
+const WARNING_FRACTION: f64 = 0.8;
+
+/// Tracks one run's budget.
+#[derive(Debug)]
+pub struct BudgetTracker {
+    limits: BudgetLimits,
+    started: Instant,
+    used: BudgetUsage,
+    warned: Vec<BudgetResource>,
+}
+
+impl BudgetTracker {
+    /// Starts tracking at `started`.
+    pub fn new(limits: BudgetLimits, started: Instant) -> Self {
+        BudgetTracker {
+            limits,
+            started,
+            used: BudgetUsage::default(),
+            warned: Vec::new(),
+        }
+    }
+
+    /// Returns the limits in force.
+    pub fn limits(&self) -> BudgetLimits {
+        self.limits
+    }
+
+    /// Returns what has been used, with the elapsed time as of now.
+    pub fn usage(&self) -> BudgetUsage {
+        BudgetUsage {
+            elapsed: self.started.elapsed(),
+            ..self.used
+        }
+    }
+
+    /// Returns the instant at which the time budget runs out, if there is one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.limits.max_time.map(|limit| self.started + limit)
+    }
+
+    /// Checks that one more root model call fits, and counts it if so.
+    pub fn start_iteration(&mut self) -> Result<(), BudgetResource> {
+        self.check_model_call()?;
+        if let Some(max) = self.limits.max_iterations
+            && self.used.iterations >= max
+        {
+            return Err(BudgetResource::Iterations);
+        }
+        self.used.iterations += 1;
+        Ok(())
+    }
+
+    /// Checks that a model call (root or sub-model) fits in the token, cost and time budgets.
+    pub fn check_model_call(&self) -> Result<(), BudgetResource> {
+        if let Some(max) = self.limits.max_tokens
+            && self.used.tokens >= max
+        {
+            return Err(BudgetResource::Tokens);
+        }
+        if let Some(max) = self.limits.max_cost_usd
+            && self.used.cost_usd >= max
+        {
+            return Err(BudgetResource::Cost);
+        }
+        self.check_time()
+    }
+
+    /// Checks that time is left.
+    pub fn check_time(&self) -> Result<(), BudgetResource> {
+        match self.limits.max_time {
+            Some(max) if self.started.elapsed() >= max => Err(BudgetResource::Time),
+            _ => Ok(()),
+        }
+    }
+
+    /// Returns the completion-token cap for the next call: what is left of the token budget.
+    pub fn remaining_tokens(&self) -> Option<u64> {
+        self.limits
+            .max_tokens
+            .map(|max| max.saturating_sub(self.used.tokens))
+    }
+
+    /// Reserves one search, or says which budget forbids it.
+    pub fn reserve_search(&mut self) -> Result<(), BudgetResource> {
+        self.check_time()?;
+        if let Some(max) = self.limits.max_search_calls
+            && self.used.search_calls >= max
+        {
+            return Err(BudgetResource::SearchCalls);
+        }
+        self.used.search_calls += 1;
+        Ok(())
+    }
+
+    /// Records the tokens and cost of a model call.
+    pub fn record_model_usage(&mut self, tokens: u64, cost_usd: f64) {
+        self.used.tokens += tokens;
+        self.used.cost_usd += cost_usd;
+    }
+
+    /// Returns the warnings newly due: each resource warns once when it passes 80% of its limit.
+    pub fn take_warnings(&mut self) -> Vec<BudgetWarning> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let candidates = [
+            (
+                BudgetResource::Iterations,
+                f64::from(self.used.iterations),
+                self.limits.max_iterations.map(f64::from),
+            ),
+            (
+                BudgetResource::SearchCalls,
+                f64::from(self.used.search_calls),
+                self.limits.max_search_calls.map(f64::from),
+            ),
+            (
+                BudgetResource::Tokens,
+                self.used.tokens as f64,
+                self.limits.max_tokens.map(|max| max as f64),
+            ),
+            (
+                BudgetResource::Time,
+                elapsed,
+                self.limits.max_time.map(|max| max.as_secs_f64()),
+            ),
+            (
+                BudgetResource::Cost,
+                self.used.cost_usd,
+                self.limits.max_cost_usd,
+            ),
+        ];
+        let mut warnings = Vec::new();
+        for (resource, used, limit) in candidates {
+            let Some(limit) = limit else { continue };
+            if limit > 0.0 && used >= limit * WARNING_FRACTION && !self.warned.contains(&resource) {
+                self.warned.push(resource);
+                warnings.push(BudgetWarning {
+                    resource,
+                    used,
+                    limit,
+                    message: format!(
+                        "{} at {:.0}% of its limit ({used} of {limit})",
+                        resource.limit_name(),
+                        (used / limit * 100.0).min(100.0)
+                    ),
+                });
+            }
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> BudgetLimits {
+        BudgetLimits {
+            max_iterations: Some(2),
+            max_search_calls: Some(1),
+            max_tokens: Some(100),
+            max_time: Some(Duration::from_secs(60)),
+            max_cost_usd: Some(0.01),
+        }
+    }
+
+    #[test]
+    fn iterations_stop_at_the_limit() {
+        let mut budget = BudgetTracker::new(limits(), Instant::now());
+        assert_eq!(budget.start_iteration(), Ok(()));
+        assert_eq!(budget.start_iteration(), Ok(()));
+        assert_eq!(budget.start_iteration(), Err(BudgetResource::Iterations));
+        assert_eq!(budget.usage().iterations, 2);
+    }
+
+    #[test]
+    fn a_spent_token_budget_forbids_the_next_call() {
+        let mut budget = BudgetTracker::new(limits(), Instant::now());
+        budget.record_model_usage(100, 0.0);
+        assert_eq!(budget.start_iteration(), Err(BudgetResource::Tokens));
+        assert_eq!(budget.usage().iterations, 0);
+    }
+
+    #[test]
+    fn a_spent_cost_budget_forbids_the_next_call() {
+        let mut budget = BudgetTracker::new(limits(), Instant::now());
+        budget.record_model_usage(1, 0.02);
+        assert_eq!(budget.check_model_call(), Err(BudgetResource::Cost));
+    }
+
+    #[test]
+    fn searches_are_reserved_up_to_the_limit() {
+        let mut budget = BudgetTracker::new(limits(), Instant::now());
+        assert_eq!(budget.reserve_search(), Ok(()));
+        assert_eq!(budget.reserve_search(), Err(BudgetResource::SearchCalls));
+    }
+
+    #[test]
+    fn elapsed_time_exhausts_the_time_budget() {
+        let started = Instant::now() - Duration::from_secs(61);
+        let budget = BudgetTracker::new(limits(), started);
+        assert_eq!(budget.check_time(), Err(BudgetResource::Time));
+    }
+
+    #[test]
+    fn a_deadline_tightens_the_time_limit() {
+        let now = Instant::now();
+        let tightened = limits().within_deadline(Some(now + Duration::from_secs(5)), now);
+        assert_eq!(tightened.max_time, Some(Duration::from_secs(5)));
+        let unchanged = limits().within_deadline(Some(now + Duration::from_secs(500)), now);
+        assert_eq!(unchanged.max_time, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn each_resource_warns_once() {
+        let mut budget = BudgetTracker::new(limits(), Instant::now());
+        budget.record_model_usage(90, 0.0);
+        let warnings = budget.take_warnings();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].resource, BudgetResource::Tokens);
+        assert!(budget.take_warnings().is_empty());
+    }
+}

@@ -1,0 +1,182 @@
+//! Trace events of a run and the sink that streams them to the caller as they happen.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use parking_lot::Mutex;
+
+use super::budget::{BudgetUsage, BudgetWarning};
+use super::result::QueryResult;
+
+/// One trace event, stamped with its place in the stream and the budget used when it happened.
+#[derive(Debug, Clone)]
+pub struct TraceEvent {
+    /// Position in the stream, from 0.
+    pub sequence: u32,
+    /// Time since the run started.
+    pub elapsed: Duration,
+    /// Budget used so far.
+    pub budget_used: BudgetUsage,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// An iteration began.
+    StepStarted {
+        /// Iteration, from 1.
+        step: u32,
+    },
+    /// The root model answered.
+    LlmCall(ModelCallRecord),
+    /// A search ran.
+    Search(SearchRecord),
+    /// The sub-model answered one or more prompts.
+    SubLlmCall(SubModelCallRecord),
+    /// An iteration ended.
+    StepCompleted {
+        /// Iteration, from 1.
+        step: u32,
+        /// Tools run, in the model's order.
+        tools: Vec<String>,
+        /// Duration of the iteration.
+        latency: Duration,
+    },
+    /// A limit is near or at its end.
+    BudgetWarning(BudgetWarning),
+    /// A piece of the final answer.
+    AnswerDelta(String),
+    /// The final result; always last.
+    Result(Box<QueryResult>),
+}
+
+/// A root model call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCallRecord {
+    /// Iteration.
+    pub step: u32,
+    /// Model name.
+    pub model: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Duration.
+    pub latency: Duration,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// Tools requested.
+    pub tool_calls: Vec<String>,
+}
+
+/// A search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRecord {
+    /// Iteration.
+    pub step: u32,
+    /// Collection searched.
+    pub collection: String,
+    /// Search text.
+    pub query: String,
+    /// Effective filters (caller's and model's together).
+    pub filters: Map<String, Value>,
+    /// Hits asked for.
+    pub top_k: u32,
+    /// `(id, score)` of each hit, best first.
+    pub hits: Vec<(String, f64)>,
+    /// Duration.
+    pub latency: Duration,
+    /// Whether the hits came from a cache.
+    pub cache_hit: bool,
+}
+
+/// A sub-model call, possibly of several prompts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubModelCallRecord {
+    /// Iteration.
+    pub step: u32,
+    /// Model name.
+    pub model: String,
+    /// Prompts in the call.
+    pub prompts: u32,
+    /// Prompts that failed.
+    pub failed: u32,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Duration.
+    pub latency: Duration,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+}
+
+/// Where a run's events go. Cloning shares the sequence counter, so events emitted from
+/// concurrent tool calls still get unique, increasing sequence numbers.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    sender: Option<mpsc::Sender<TraceEvent>>,
+    started: Instant,
+    sequence: Arc<Mutex<u32>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl EventSink {
+    /// Returns a sink that streams into a channel and a receiver for it. The channel is bounded:
+    /// a slow reader slows the run rather than growing memory.
+    pub fn channel(capacity: usize, started: Instant) -> (EventSink, mpsc::Receiver<TraceEvent>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let sink = EventSink {
+            sender: Some(sender),
+            started,
+            sequence: Arc::new(Mutex::new(0)),
+            closed: Arc::new(AtomicBool::new(false)),
+        };
+        (sink, receiver)
+    }
+
+    /// Returns a sink that drops every event (batch items report only their result).
+    pub fn discard(started: Instant) -> EventSink {
+        EventSink {
+            sender: None,
+            started,
+            sequence: Arc::new(Mutex::new(0)),
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Returns true once the receiver has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+            || self.sender.as_ref().is_some_and(mpsc::Sender::is_closed)
+    }
+
+    /// Sends one event, waiting for room in the channel. A gone receiver is remembered, not an
+    /// error: the run notices through [`EventSink::is_closed`] and its cancellation token.
+    pub async fn emit(&self, budget_used: BudgetUsage, kind: EventKind) {
+        let Some(sender) = &self.sender else { return };
+        let permit = match sender.reserve().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.closed.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        // Numbering and sending under one lock keeps sequence numbers in delivery order when
+        // concurrent tool calls emit at once.
+        let mut sequence = self.sequence.lock();
+        permit.send(TraceEvent {
+            sequence: *sequence,
+            elapsed: self.started.elapsed(),
+            budget_used,
+            kind,
+        });
+        *sequence += 1;
+    }
+}

@@ -1,0 +1,623 @@
+//! The reasoning engine: validates requests, answers from the cache or runs the loop of
+//! [`run`], streams trace events, and accounts usage. It knows no proto type.
+
+pub mod accounting;
+pub mod budget;
+pub mod events;
+pub mod partial;
+pub mod prompts;
+pub mod result;
+mod run;
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+pub use accounting::{UsageAccounting, UsageTotals};
+pub use budget::{BudgetLimits, BudgetResource, BudgetUsage};
+pub use events::{EventKind, EventSink, TraceEvent};
+pub use result::QueryResult;
+
+use crate::cache::{Cache, CacheError, CacheKey, CacheStats};
+use crate::llm::{ChatModel, LlmError};
+use crate::store::{
+    CollectionInfo, DEFAULT_COLLECTION, DocumentStore, Filter, NewDocument, StoreError,
+    WriteOutcome, validate_collection_name,
+};
+
+/// Errors of the engine layer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A request field is invalid.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// Path of the offending field, e.g. `queries[3].top_k`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The store failed or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The model failed before the run found anything to answer from.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The server is shutting down and takes no new work.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    /// Builds an invalid-argument error.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        EngineError::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the field path of an invalid-argument error, e.g. with `queries[3]`.
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            EngineError::InvalidArgument { field, message } => EngineError::InvalidArgument {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Engine settings: request limits and the default budget. Every limit is explicit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Passages per search when the request says 0.
+    pub default_top_k: usize,
+    /// Largest `top_k` accepted.
+    pub max_top_k: usize,
+    /// Largest query, in bytes.
+    pub max_query_bytes: usize,
+    /// Largest `root_prompt` or `context_prefix`, in bytes.
+    pub max_prompt_bytes: usize,
+    /// Largest document, in bytes.
+    pub max_document_bytes: usize,
+    /// Most documents (or ids to delete) in one call.
+    pub max_documents_per_call: usize,
+    /// Most queries in one batch.
+    pub max_batch_queries: usize,
+    /// Batch concurrency when the request says 0.
+    pub default_batch_concurrency: usize,
+    /// Largest batch concurrency accepted.
+    pub max_batch_concurrency: usize,
+    /// Default limit on iterations.
+    pub max_iterations: u32,
+    /// Default limit on searches.
+    pub max_search_calls: u32,
+    /// Default limit on tokens; none when absent.
+    pub max_tokens: Option<u64>,
+    /// Default limit on wall time, in seconds.
+    pub max_time_seconds: f64,
+    /// Default limit on spend; none when absent.
+    pub max_cost_usd: Option<f64>,
+    /// Turns in a row whose tool calls all fail before the run stops.
+    pub max_consecutive_tool_errors: u32,
+    /// Sub-model prompts of one batched call that run at once.
+    pub sub_model_concurrency: usize,
+    /// Most prompts in one `llm_query_batched` call.
+    pub max_batched_prompts: usize,
+    /// Most sources in a result (cited sources are always kept).
+    pub max_sources: usize,
+    /// Trace events buffered per stream before the run waits for the reader.
+    pub event_buffer: usize,
+    /// Completion tokens asked for per model call, at most.
+    pub max_completion_tokens: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            default_top_k: 5,
+            max_top_k: 100,
+            max_query_bytes: 8 * 1024,
+            max_prompt_bytes: 32 * 1024,
+            max_document_bytes: 1024 * 1024,
+            max_documents_per_call: 10_000,
+            max_batch_queries: 10_000,
+            default_batch_concurrency: 4,
+            max_batch_concurrency: 64,
+            max_iterations: 10,
+            max_search_calls: 20,
+            max_tokens: None,
+            max_time_seconds: 120.0,
+            max_cost_usd: None,
+            max_consecutive_tool_errors: 3,
+            sub_model_concurrency: 8,
+            max_batched_prompts: 32,
+            max_sources: 20,
+            event_buffer: 64,
+            max_completion_tokens: 4096,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Returns the default budget.
+    pub fn default_budget(&self) -> BudgetLimits {
+        BudgetLimits {
+            max_iterations: Some(self.max_iterations),
+            max_search_calls: Some(self.max_search_calls),
+            max_tokens: self.max_tokens,
+            max_time: Duration::try_from_secs_f64(self.max_time_seconds).ok(),
+            max_cost_usd: self.max_cost_usd,
+        }
+    }
+}
+
+/// A question as the engine sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryRequest {
+    /// The question.
+    pub query: String,
+    /// Extra instructions for the root model.
+    pub root_prompt: String,
+    /// Passages per search; `None` takes the default.
+    pub top_k: Option<usize>,
+    /// Collection; `None` takes `default`.
+    pub collection: Option<String>,
+    /// Metadata filters bounding every search.
+    pub filters: Map<String, Value>,
+    /// Context placed before the question.
+    pub context_prefix: String,
+    /// Limits; unset ones take the defaults.
+    pub budget: BudgetLimits,
+    /// Skips the cache lookup.
+    pub skip_cache: bool,
+}
+
+/// A validated query, ready to run.
+#[derive(Debug, Clone)]
+pub struct PreparedQuery {
+    /// Unique id of the run.
+    pub query_id: String,
+    /// The request.
+    pub request: QueryRequest,
+    /// The collection as it was when the query was prepared.
+    pub collection: CollectionInfo,
+    /// Parsed caller filters.
+    pub filter: Filter,
+    /// Passages per search.
+    pub top_k: usize,
+    /// Limits in force, tightened by the deadline.
+    pub limits: BudgetLimits,
+    /// Result cache key.
+    pub cache_key: CacheKey,
+    /// When the query arrived.
+    pub started: Instant,
+}
+
+/// The parts an engine works with.
+#[derive(Debug, Clone)]
+pub struct EngineParts {
+    /// Document store.
+    pub store: Arc<dyn DocumentStore>,
+    /// Root model.
+    pub model: Arc<dyn ChatModel>,
+    /// Sub-model for `llm_query`.
+    pub sub_model: Arc<dyn ChatModel>,
+    /// Result cache.
+    pub cache: Arc<dyn Cache>,
+    /// How long a cached result stays valid.
+    pub cache_ttl: Duration,
+}
+
+/// Statistics of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    /// Collections by name.
+    pub collections: Vec<CollectionInfo>,
+    /// Result cache counters.
+    pub cache: CacheStats,
+    /// Result cache backend.
+    pub cache_backend: String,
+    /// Cumulative usage.
+    pub usage: UsageTotals,
+    /// Root model name.
+    pub model: String,
+}
+
+#[derive(Debug)]
+struct EngineInner {
+    store: Arc<dyn DocumentStore>,
+    model: Arc<dyn ChatModel>,
+    sub_model: Arc<dyn ChatModel>,
+    cache: Arc<dyn Cache>,
+    cache_ttl: Duration,
+    config: EngineConfig,
+    accounting: UsageAccounting,
+    shutdown: CancellationToken,
+}
+
+/// The reasoning engine. Cloning is cheap and shares everything.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl Engine {
+    /// Builds an engine.
+    pub fn new(parts: EngineParts, config: EngineConfig) -> Self {
+        Engine {
+            inner: Arc::new(EngineInner {
+                store: parts.store,
+                model: parts.model,
+                sub_model: parts.sub_model,
+                cache: parts.cache,
+                cache_ttl: parts.cache_ttl,
+                config,
+                accounting: UsageAccounting::default(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Returns the settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Stops every run still going: each ends with a partial result saying the server is
+    /// shutting down.
+    pub fn abort_runs(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Validates a query and resolves its collection, defaults and cache key.
+    pub async fn prepare(
+        &self,
+        request: QueryRequest,
+        deadline: Option<Instant>,
+    ) -> Result<PreparedQuery, EngineError> {
+        let started = Instant::now();
+        let config = &self.inner.config;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        if request.query.trim().is_empty() {
+            return Err(EngineError::invalid("query", "must not be empty"));
+        }
+        check_size("query", &request.query, config.max_query_bytes)?;
+        check_size("root_prompt", &request.root_prompt, config.max_prompt_bytes)?;
+        check_size(
+            "context_prefix",
+            &request.context_prefix,
+            config.max_prompt_bytes,
+        )?;
+        let top_k = match request.top_k {
+            None | Some(0) => config.default_top_k,
+            Some(top_k) if top_k > config.max_top_k => {
+                return Err(EngineError::invalid(
+                    "top_k",
+                    format!("{top_k} is over the limit of {}", config.max_top_k),
+                ));
+            }
+            Some(top_k) => top_k,
+        };
+        let filter = Filter::from_json(&request.filters)
+            .map_err(|error| EngineError::invalid("filters", error.to_string()))?;
+        let collection_name = collection_or_default(request.collection.as_deref())?;
+        let collection = self
+            .inner
+            .store
+            .collection(&collection_name)
+            .await?
+            .ok_or(StoreError::CollectionNotFound(collection_name))?;
+
+        let limits = request.budget.or(config.default_budget());
+        let cache_key = self.cache_key(&request, &filter, top_k, &collection, &limits);
+        Ok(PreparedQuery {
+            query_id: uuid::Uuid::new_v4().to_string(),
+            limits: limits.within_deadline(deadline, started),
+            request,
+            collection,
+            filter,
+            top_k,
+            cache_key,
+            started,
+        })
+    }
+
+    /// Answers a prepared query from the cache or by running the loop, emitting trace events
+    /// into `sink` and the result last. Cancelling `cancel` stops the run at once.
+    pub async fn run(
+        &self,
+        prepared: PreparedQuery,
+        sink: EventSink,
+        cancel: CancellationToken,
+    ) -> Result<QueryResult, EngineError> {
+        let inner = &self.inner;
+        if !prepared.request.skip_cache
+            && let Some(mut result) = self.cached_result(&prepared.cache_key).await
+        {
+            result.cached = true;
+            result.query_id = prepared.query_id.clone();
+            result.execution_time = prepared.started.elapsed();
+            inner.accounting.record(&result);
+            sink.emit(
+                result.budget.used,
+                EventKind::Result(Box::new(result.clone())),
+            )
+            .await;
+            return Ok(result);
+        }
+
+        let result = run::Run::new(inner, &prepared, sink, cancel)
+            .execute()
+            .await?;
+        inner.accounting.record(&result);
+        if !result.partial && result.error.is_none() {
+            self.store_result(&prepared.cache_key, &result).await;
+        }
+        Ok(result)
+    }
+
+    /// Checks a batch's size and concurrency; returns the concurrency to use.
+    pub fn validate_batch(
+        &self,
+        queries: usize,
+        max_concurrency: usize,
+    ) -> Result<usize, EngineError> {
+        let config = &self.inner.config;
+        if queries == 0 {
+            return Err(EngineError::invalid("queries", "must not be empty"));
+        }
+        if queries > config.max_batch_queries {
+            return Err(EngineError::invalid(
+                "queries",
+                format!(
+                    "{queries} queries is over the limit of {}",
+                    config.max_batch_queries
+                ),
+            ));
+        }
+        match max_concurrency {
+            0 => Ok(config.default_batch_concurrency.max(1)),
+            n if n > config.max_batch_concurrency => Err(EngineError::invalid(
+                "max_concurrency",
+                format!("{n} is over the limit of {}", config.max_batch_concurrency),
+            )),
+            n => Ok(n),
+        }
+    }
+
+    /// Runs many queries, at most `concurrency` at a time, yielding `(index, outcome)` as each
+    /// completes. Items that failed conversion come in as errors and are reported as they are.
+    /// Dropping the stream, or cancelling `cancel`, stops the remaining work.
+    pub fn query_batch(
+        &self,
+        items: Vec<Result<QueryRequest, EngineError>>,
+        concurrency: usize,
+        deadline: Option<Instant>,
+        cancel: CancellationToken,
+    ) -> impl Stream<Item = (usize, Result<QueryResult, EngineError>)> + Send + 'static {
+        let engine = self.clone();
+        futures::stream::iter(items.into_iter().enumerate())
+            .map(move |(index, item)| {
+                let engine = engine.clone();
+                let cancel = cancel.child_token();
+                async move {
+                    let prefix = format!("queries[{index}]");
+                    let outcome = match item {
+                        Err(error) => Err(error.within(&prefix)),
+                        Ok(request) => match engine.prepare(request, deadline).await {
+                            Err(error) => Err(error.within(&prefix)),
+                            Ok(prepared) => {
+                                let sink = EventSink::discard(prepared.started);
+                                engine.run(prepared, sink, cancel).await
+                            }
+                        },
+                    };
+                    (index, outcome)
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+    }
+
+    /// Adds documents after checking the limits; one bad document rejects the whole call.
+    pub async fn add_documents(
+        &self,
+        collection: Option<&str>,
+        documents: Vec<NewDocument>,
+    ) -> Result<WriteOutcome, EngineError> {
+        let config = &self.inner.config;
+        let collection = collection_or_default(collection)?;
+        if documents.is_empty() {
+            return Err(EngineError::invalid("documents", "must not be empty"));
+        }
+        if documents.len() > config.max_documents_per_call {
+            return Err(EngineError::invalid(
+                "documents",
+                format!(
+                    "{} documents is over the limit of {} per call",
+                    documents.len(),
+                    config.max_documents_per_call
+                ),
+            ));
+        }
+        for (index, document) in documents.iter().enumerate() {
+            if document.content.trim().is_empty() {
+                return Err(EngineError::invalid(
+                    format!("documents[{index}].content"),
+                    "must not be empty",
+                ));
+            }
+            check_size(
+                &format!("documents[{index}].content"),
+                &document.content,
+                config.max_document_bytes,
+            )?;
+            if let Some(id) = &document.id {
+                check_document_id(&format!("documents[{index}].id"), id)?;
+            }
+        }
+        Ok(self
+            .inner
+            .store
+            .add_documents(&collection, documents)
+            .await?)
+    }
+
+    /// Deletes documents by id.
+    pub async fn delete_documents(
+        &self,
+        collection: Option<&str>,
+        ids: Vec<String>,
+    ) -> Result<WriteOutcome, EngineError> {
+        let collection = collection_or_default(collection)?;
+        if ids.is_empty() {
+            return Err(EngineError::invalid("ids", "must not be empty"));
+        }
+        let limit = self.inner.config.max_documents_per_call;
+        if ids.len() > limit {
+            return Err(EngineError::invalid(
+                "ids",
+                format!("{} ids is over the limit of {limit} per call", ids.len()),
+            ));
+        }
+        Ok(self.inner.store.delete_documents(&collection, ids).await?)
+    }
+
+    /// Clears cached results, of one collection or all; returns how many went.
+    pub async fn clear_cache(&self, collection: Option<&str>) -> Result<u64, EngineError> {
+        if let Some(name) = collection {
+            validate_collection_name(name)
+                .map_err(|error| EngineError::invalid("collection", error.to_string()))?;
+        }
+        Ok(self.inner.cache.clear(collection).await?)
+    }
+
+    /// Returns collections, cache counters and usage.
+    pub async fn stats(&self) -> Result<EngineStats, EngineError> {
+        Ok(EngineStats {
+            collections: self.inner.store.collections().await?,
+            cache: self.inner.cache.stats().await?,
+            cache_backend: self.inner.cache.backend().to_string(),
+            usage: self.inner.accounting.snapshot(),
+            model: self.inner.model.name().to_string(),
+        })
+    }
+
+    /// Builds the result cache key from everything that changes an answer. The collection's
+    /// content version is part of it, so a write makes older entries unreachable at once.
+    fn cache_key(
+        &self,
+        request: &QueryRequest,
+        filter: &Filter,
+        top_k: usize,
+        collection: &CollectionInfo,
+        limits: &BudgetLimits,
+    ) -> CacheKey {
+        let material = serde_json::json!({
+            "prompt_version": prompts::PROMPT_VERSION,
+            "query": request.query,
+            "root_prompt": request.root_prompt,
+            "context_prefix": request.context_prefix,
+            "filters": filter.to_json(),
+            "top_k": top_k,
+            "collection": collection.name,
+            "collection_version": collection.version,
+            "model": self.inner.model.name(),
+            "sub_model": self.inner.sub_model.name(),
+            "budget": limits,
+        });
+        let digest = Sha256::digest(material.to_string().as_bytes());
+        CacheKey {
+            collection: collection.name.clone(),
+            digest: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+        }
+    }
+
+    async fn cached_result(&self, key: &CacheKey) -> Option<QueryResult> {
+        let bytes = match self.inner.cache.get(key).await {
+            Ok(bytes) => bytes?,
+            Err(error) => {
+                tracing::warn!(%error, "result cache lookup failed; running the query");
+                return None;
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(result) => Some(result),
+            Err(error) => {
+                tracing::warn!(%error, "undecodable cache entry treated as a miss");
+                None
+            }
+        }
+    }
+
+    async fn store_result(&self, key: &CacheKey, result: &QueryResult) {
+        let bytes = match serde_json::to_vec(result) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "result not cached: encoding failed");
+                return;
+            }
+        };
+        if let Err(error) = self.inner.cache.put(key, bytes, self.inner.cache_ttl).await {
+            tracing::warn!(%error, "result not cached");
+        }
+    }
+}
+
+fn collection_or_default(collection: Option<&str>) -> Result<String, EngineError> {
+    let name = match collection {
+        None | Some("") => DEFAULT_COLLECTION,
+        Some(name) => name,
+    };
+    validate_collection_name(name)
+        .map_err(|error| EngineError::invalid("collection", error.to_string()))?;
+    Ok(name.to_string())
+}
+
+fn check_size(field: &str, value: &str, limit: usize) -> Result<(), EngineError> {
+    if value.len() > limit {
+        return Err(EngineError::invalid(
+            field,
+            format!("{} bytes is over the limit of {limit}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest document id accepted.
+const MAX_DOCUMENT_ID_BYTES: usize = 512;
+
+fn check_document_id(field: &str, id: &str) -> Result<(), EngineError> {
+    if id.len() > MAX_DOCUMENT_ID_BYTES {
+        return Err(EngineError::invalid(
+            field,
+            format!(
+                "{} bytes is over the limit of {MAX_DOCUMENT_ID_BYTES}",
+                id.len()
+            ),
+        ));
+    }
+    if id.chars().any(|c| c.is_control() || c == '[' || c == ']') {
+        return Err(EngineError::invalid(
+            field,
+            "must not contain control characters or square brackets",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,708 @@
+//! One run of the reasoning loop: the model calls tools until it submits, answers in plain text,
+//! or a budget runs out. The loop is the same for every backend.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::budget::{BudgetResource, BudgetTracker};
+use super::events::{EventKind, EventSink, ModelCallRecord, SearchRecord, SubModelCallRecord};
+use super::partial;
+use super::prompts::{self, SUBMIT};
+use super::result::{BudgetStatus, QueryResult, ReasoningStep, Usage};
+use super::tools::{self, ToolInvocation};
+use super::{EngineError, EngineInner, PreparedQuery};
+use crate::llm::{ChatModel, ChatRequest, ChatResponse, LlmError, Message, ToolCall};
+use crate::store::{Filter, Hit, SearchRequest};
+
+/// How a wait ended.
+enum Guarded<T> {
+    Done(T),
+    Cancelled,
+    OutOfTime,
+}
+
+/// How the loop ended.
+enum Outcome {
+    /// The model answered.
+    Answer {
+        text: String,
+        claimed_citations: Vec<String>,
+        certainty: Option<f64>,
+    },
+    /// The run stopped before the model answered.
+    Stopped {
+        exhausted: Option<BudgetResource>,
+        reason: String,
+    },
+}
+
+/// What one tool call produced.
+struct ToolOutcome {
+    content: String,
+    failed: bool,
+    exhausted: Option<BudgetResource>,
+}
+
+impl ToolOutcome {
+    fn ok(content: String) -> Self {
+        ToolOutcome {
+            content,
+            failed: false,
+            exhausted: None,
+        }
+    }
+
+    fn failed(message: &str) -> Self {
+        ToolOutcome {
+            content: tools::error_result(message),
+            failed: true,
+            exhausted: None,
+        }
+    }
+
+    fn exhausted(resource: BudgetResource) -> Self {
+        ToolOutcome {
+            content: tools::error_result(&format!(
+                "budget exhausted: {} reached",
+                resource.limit_name()
+            )),
+            failed: true,
+            exhausted: Some(resource),
+        }
+    }
+}
+
+/// State of one run. Tool calls of a turn run concurrently and share it through short locks.
+pub(super) struct Run<'a> {
+    inner: &'a EngineInner,
+    prepared: &'a PreparedQuery,
+    sink: EventSink,
+    cancel: CancellationToken,
+    budget: Mutex<BudgetTracker>,
+    usage: Mutex<Usage>,
+    sources: Mutex<HashMap<String, Hit>>,
+    trace: Mutex<Vec<ReasoningStep>>,
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn new(
+        inner: &'a EngineInner,
+        prepared: &'a PreparedQuery,
+        sink: EventSink,
+        cancel: CancellationToken,
+    ) -> Self {
+        Run {
+            inner,
+            prepared,
+            sink,
+            cancel,
+            budget: Mutex::new(BudgetTracker::new(prepared.limits, prepared.started)),
+            usage: Mutex::new(Usage::default()),
+            sources: Mutex::new(HashMap::new()),
+            trace: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs the loop to its end and returns the result, which has also been emitted as the last
+    /// event. Fails only when the model fails before the run found anything.
+    pub(super) async fn execute(self) -> Result<QueryResult, EngineError> {
+        let outcome = self.reason().await?;
+        Ok(self.finish(outcome).await)
+    }
+
+    async fn reason(&self) -> Result<Outcome, EngineError> {
+        let request = &self.prepared.request;
+        let mut messages = vec![
+            Message::system(prompts::system_prompt(&request.root_prompt)),
+            Message::user(prompts::user_message(
+                &request.query,
+                &self.prepared.collection.name,
+                self.prepared.collection.document_count,
+                &request.context_prefix,
+            )),
+        ];
+        let tool_specs = prompts::tools();
+        let max_errors = self.inner.config.max_consecutive_tool_errors.max(1);
+        let mut consecutive_errors = 0;
+
+        loop {
+            if let Some(reason) = self.cancel_reason() {
+                return Ok(Outcome::Stopped {
+                    exhausted: None,
+                    reason,
+                });
+            }
+            let (step, max_tokens) = {
+                let mut budget = self.budget.lock();
+                if let Err(resource) = budget.start_iteration() {
+                    return Ok(self.exhausted(resource, &budget));
+                }
+                (budget.usage().iterations, self.completion_cap(&budget))
+            };
+            self.emit(EventKind::StepStarted { step }).await;
+            let step_started = Instant::now();
+
+            let request = ChatRequest {
+                messages: messages.clone(),
+                tools: tool_specs.clone(),
+                max_tokens,
+            };
+            let call_started = Instant::now();
+            let response = match self.guarded(self.inner.model.chat(request)).await {
+                Guarded::Done(Ok(response)) => response,
+                Guarded::Done(Err(error)) => {
+                    if self.sources.lock().is_empty() {
+                        return Err(EngineError::Llm(error));
+                    }
+                    return Ok(Outcome::Stopped {
+                        exhausted: None,
+                        reason: error.to_string(),
+                    });
+                }
+                Guarded::Cancelled => {
+                    return Ok(Outcome::Stopped {
+                        exhausted: None,
+                        reason: self.cancel_reason().unwrap_or_else(|| "cancelled".into()),
+                    });
+                }
+                Guarded::OutOfTime => {
+                    let budget = self.budget.lock();
+                    return Ok(self.exhausted(BudgetResource::Time, &budget));
+                }
+            };
+            self.record_root_call(step, call_started, &response).await;
+
+            if response.tool_calls.is_empty() {
+                if response.content.trim().is_empty() {
+                    consecutive_errors += 1;
+                    if consecutive_errors >= max_errors {
+                        return Ok(Outcome::Stopped {
+                            exhausted: None,
+                            reason: "the model returned empty responses".into(),
+                        });
+                    }
+                    messages.push(Message::user(
+                        "Your reply was empty. Call a tool, or submit your answer.",
+                    ));
+                    continue;
+                }
+                self.trace_step(step, "answer", "", "plain-text answer");
+                return Ok(Outcome::Answer {
+                    text: response.content,
+                    claimed_citations: Vec::new(),
+                    certainty: None,
+                });
+            }
+
+            messages.push(Message::assistant(
+                response.content.clone(),
+                response.tool_calls.clone(),
+            ));
+            if let Some(outcome) = self.submitted(step, &response.tool_calls) {
+                return Ok(outcome);
+            }
+
+            let outcomes = join_all(
+                response
+                    .tool_calls
+                    .iter()
+                    .map(|call| self.run_tool(step, call)),
+            )
+            .await;
+            let mut exhausted = None;
+            let all_failed = outcomes.iter().all(|outcome| outcome.failed);
+            for (call, outcome) in response.tool_calls.iter().zip(outcomes) {
+                exhausted = exhausted.or(outcome.exhausted);
+                messages.push(Message::tool_result(call.id.clone(), outcome.content));
+            }
+            self.emit(EventKind::StepCompleted {
+                step,
+                tools: response
+                    .tool_calls
+                    .iter()
+                    .map(|call| call.name.clone())
+                    .collect(),
+                latency: step_started.elapsed(),
+            })
+            .await;
+            self.emit_warnings().await;
+
+            if let Some(resource) = exhausted {
+                let budget = self.budget.lock();
+                return Ok(self.exhausted(resource, &budget));
+            }
+            consecutive_errors = if all_failed {
+                consecutive_errors + 1
+            } else {
+                0
+            };
+            if consecutive_errors >= max_errors {
+                return Ok(Outcome::Stopped {
+                    exhausted: None,
+                    reason: format!(
+                        "the model's tool calls failed {consecutive_errors} turns in a row"
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Returns the outcome if the model called `submit` with usable arguments. A malformed
+    /// `submit` is left to `run_tool`, which reports the error back to the model.
+    fn submitted(&self, step: u32, calls: &[ToolCall]) -> Option<Outcome> {
+        let call = calls.iter().find(|call| call.name == SUBMIT)?;
+        let Ok(ToolInvocation::Submit {
+            answer,
+            citations,
+            certainty,
+        }) = tools::parse(call)
+        else {
+            return None;
+        };
+        self.trace_step(step, SUBMIT, &call.arguments, "answer submitted");
+        Some(Outcome::Answer {
+            text: answer,
+            claimed_citations: citations,
+            certainty,
+        })
+    }
+
+    async fn run_tool(&self, step: u32, call: &ToolCall) -> ToolOutcome {
+        let outcome = match tools::parse(call) {
+            Err(message) => ToolOutcome::failed(&message),
+            Ok(ToolInvocation::Search {
+                query,
+                top_k,
+                filters,
+            }) => self.search(step, query, top_k, filters).await,
+            Ok(ToolInvocation::LlmQuery { prompt }) => {
+                self.sub_model(step, vec![prompt], false).await
+            }
+            Ok(ToolInvocation::LlmQueryBatched { prompts }) => {
+                self.sub_model(step, prompts, true).await
+            }
+            // A parsable submit ended the turn before tools ran.
+            Ok(ToolInvocation::Submit { .. }) => ToolOutcome::failed("submit was not accepted"),
+        };
+        let summary = if outcome.failed {
+            outcome.content.clone()
+        } else {
+            summarize_output(&outcome.content)
+        };
+        self.trace_step(step, &call.name, &call.arguments, &summary);
+        outcome
+    }
+
+    async fn search(
+        &self,
+        step: u32,
+        query: String,
+        top_k: Option<usize>,
+        filters: Option<serde_json::Map<String, Value>>,
+    ) -> ToolOutcome {
+        let model_filter = match filters.as_ref().map(Filter::from_json).transpose() {
+            Ok(filter) => filter.unwrap_or_default(),
+            Err(error) => return ToolOutcome::failed(&format!("invalid filters: {error}")),
+        };
+        if let Err(resource) = self.budget.lock().reserve_search() {
+            return ToolOutcome::exhausted(resource);
+        }
+        let top_k = top_k
+            .unwrap_or(self.prepared.top_k)
+            .clamp(1, self.inner.config.max_top_k);
+        // The caller's filters bound every search: the model's can only narrow them.
+        let filter = self.prepared.filter.and(&model_filter);
+        let request = SearchRequest {
+            collection: self.prepared.collection.name.clone(),
+            query: query.clone(),
+            top_k,
+            filter: filter.clone(),
+        };
+        let started = Instant::now();
+        let hits = match self.guarded(self.inner.store.search(request)).await {
+            Guarded::Done(Ok(hits)) => hits,
+            Guarded::Done(Err(error)) => {
+                return ToolOutcome::failed(&format!("search failed: {error}"));
+            }
+            Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
+            Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
+        };
+        self.usage.lock().search_calls += 1;
+        {
+            let mut sources = self.sources.lock();
+            for hit in &hits {
+                match sources.get_mut(&hit.id) {
+                    Some(known) => known.score = known.score.max(hit.score),
+                    None => {
+                        sources.insert(hit.id.clone(), hit.clone());
+                    }
+                }
+            }
+        }
+        self.emit(EventKind::Search(SearchRecord {
+            step,
+            collection: self.prepared.collection.name.clone(),
+            query,
+            filters: filter.to_json(),
+            top_k: u32::try_from(top_k).unwrap_or(u32::MAX),
+            hits: hits.iter().map(|hit| (hit.id.clone(), hit.score)).collect(),
+            latency: started.elapsed(),
+            cache_hit: false,
+        }))
+        .await;
+        ToolOutcome::ok(tools::search_result(&hits))
+    }
+
+    async fn sub_model(&self, step: u32, prompts: Vec<String>, batched: bool) -> ToolOutcome {
+        let config = &self.inner.config;
+        if prompts.is_empty() {
+            return ToolOutcome::failed("no prompts given");
+        }
+        if prompts.len() > config.max_batched_prompts {
+            return ToolOutcome::failed(&format!(
+                "{} prompts given; at most {} per call",
+                prompts.len(),
+                config.max_batched_prompts
+            ));
+        }
+        let max_tokens = {
+            let budget = self.budget.lock();
+            if let Err(resource) = budget.check_model_call() {
+                return ToolOutcome::exhausted(resource);
+            }
+            self.completion_cap(&budget)
+        };
+        let model = &self.inner.sub_model;
+        let started = Instant::now();
+        let calls = futures::stream::iter(prompts)
+            .map(|prompt| {
+                model.chat(ChatRequest {
+                    messages: vec![
+                        Message::system(prompts::sub_model_system_prompt()),
+                        Message::user(prompt),
+                    ],
+                    tools: Vec::new(),
+                    max_tokens,
+                })
+            })
+            .buffered(config.sub_model_concurrency.max(1))
+            .collect::<Vec<Result<ChatResponse, LlmError>>>();
+        let responses = match self.guarded(calls).await {
+            Guarded::Done(responses) => responses,
+            Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
+            Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
+        };
+
+        let mut record = SubModelCallRecord {
+            step,
+            model: model.name().to_string(),
+            prompts: u32::try_from(responses.len()).unwrap_or(u32::MAX),
+            failed: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            latency: started.elapsed(),
+            cost_usd: 0.0,
+        };
+        let mut texts = Vec::with_capacity(responses.len());
+        for response in responses {
+            match response {
+                Ok(response) => {
+                    let cost = self.record_model_usage(model.as_ref(), &response);
+                    record.input_tokens += response.usage.input_tokens;
+                    record.output_tokens += response.usage.output_tokens;
+                    record.cost_usd += cost;
+                    texts.push(response.content);
+                }
+                Err(error) => {
+                    record.failed += 1;
+                    texts.push(format!("error: {error}"));
+                }
+            }
+        }
+        let all_failed = record.failed == record.prompts;
+        self.emit(EventKind::SubLlmCall(record)).await;
+        let content = if batched {
+            tools::llm_query_batched_result(&texts)
+        } else {
+            tools::llm_query_result(texts.first().map_or("", String::as_str))
+        };
+        ToolOutcome {
+            content,
+            failed: all_failed,
+            exhausted: None,
+        }
+    }
+
+    async fn record_root_call(&self, step: u32, started: Instant, response: &ChatResponse) {
+        let model = &self.inner.model;
+        let cost_usd = self.record_model_usage(model.as_ref(), response);
+        self.emit(EventKind::LlmCall(ModelCallRecord {
+            step,
+            model: model.name().to_string(),
+            input_tokens: response.usage.input_tokens,
+            output_tokens: response.usage.output_tokens,
+            latency: started.elapsed(),
+            cost_usd,
+            tool_calls: response
+                .tool_calls
+                .iter()
+                .map(|call| call.name.clone())
+                .collect(),
+        }))
+        .await;
+        self.emit_warnings().await;
+    }
+
+    /// Adds a call's tokens and cost to the budget and the usage; returns the cost.
+    fn record_model_usage(&self, model: &dyn ChatModel, response: &ChatResponse) -> f64 {
+        let cost_usd = response.cost_usd.unwrap_or(0.0);
+        let tokens = response.usage.input_tokens + response.usage.output_tokens;
+        self.budget.lock().record_model_usage(tokens, cost_usd);
+        self.usage
+            .lock()
+            .record_call(model.name(), response.usage, cost_usd);
+        cost_usd
+    }
+
+    fn completion_cap(&self, budget: &BudgetTracker) -> Option<u32> {
+        let configured = self.inner.config.max_completion_tokens;
+        let remaining = budget.remaining_tokens().map_or(configured, |left| {
+            u32::try_from(left).unwrap_or(u32::MAX).min(configured)
+        });
+        Some(remaining)
+    }
+
+    fn exhausted(&self, resource: BudgetResource, budget: &BudgetTracker) -> Outcome {
+        let limits = budget.limits();
+        let limit = match resource {
+            BudgetResource::Iterations => limits.max_iterations.map(f64::from),
+            BudgetResource::SearchCalls => limits.max_search_calls.map(f64::from),
+            BudgetResource::Tokens => limits.max_tokens.map(|max| max as f64),
+            BudgetResource::Time => limits.max_time.map(|max| max.as_secs_f64()),
+            BudgetResource::Cost => limits.max_cost_usd,
+        };
+        let reason = match limit {
+            Some(limit) => format!(
+                "budget exhausted: {} ({limit}) reached",
+                resource.limit_name()
+            ),
+            None => format!("budget exhausted: {} reached", resource.limit_name()),
+        };
+        Outcome::Stopped {
+            exhausted: Some(resource),
+            reason,
+        }
+    }
+
+    fn cancel_reason(&self) -> Option<String> {
+        if self.inner.shutdown.is_cancelled() {
+            Some("the server is shutting down".into())
+        } else if self.cancel.is_cancelled() || self.sink.is_closed() {
+            Some("cancelled by the caller".into())
+        } else {
+            None
+        }
+    }
+
+    /// Waits for `future` unless the run is cancelled or out of time first; dropping the
+    /// future aborts whatever it was doing, an HTTP request to a model included.
+    async fn guarded<T>(&self, future: impl Future<Output = T>) -> Guarded<T> {
+        let deadline = self.budget.lock().deadline();
+        let out_of_time = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Guarded::Cancelled,
+            _ = self.inner.shutdown.cancelled() => Guarded::Cancelled,
+            _ = out_of_time => Guarded::OutOfTime,
+            value = future => Guarded::Done(value),
+        }
+    }
+
+    async fn emit(&self, kind: EventKind) {
+        let used = self.budget.lock().usage();
+        self.sink.emit(used, kind).await;
+    }
+
+    async fn emit_warnings(&self) {
+        let warnings = self.budget.lock().take_warnings();
+        for warning in warnings {
+            self.emit(EventKind::BudgetWarning(warning)).await;
+        }
+    }
+
+    fn trace_step(&self, step: u32, action: &str, input: &str, output: &str) {
+        self.trace.lock().push(ReasoningStep {
+            step,
+            action: action.to_string(),
+            input: input.to_string(),
+            output: output.to_string(),
+        });
+    }
+
+    async fn finish(self, outcome: Outcome) -> QueryResult {
+        let mut sources: Vec<Hit> = self.sources.lock().values().cloned().collect();
+        sources.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+
+        let question = &self.prepared.request.query;
+        let (answer, citations, confidence, partial, error, exhausted) = match outcome {
+            Outcome::Answer {
+                text,
+                claimed_citations,
+                certainty,
+            } => {
+                let (answer, citations) = validate_citations(&text, &claimed_citations, &sources);
+                let confidence = certainty
+                    .filter(|value| value.is_finite())
+                    .map(|value| value.clamp(0.0, 1.0))
+                    .unwrap_or(if citations.is_empty() { 0.3 } else { 0.6 });
+                (answer, citations, confidence, false, None, None)
+            }
+            Outcome::Stopped { exhausted, reason } => {
+                let partial = partial::synthesize(question, &sources, &reason);
+                // A stitched-together answer is never more than half sure.
+                let confidence = partial.coverage * 0.5;
+                (
+                    partial.text,
+                    partial.citations,
+                    confidence,
+                    true,
+                    Some(reason),
+                    exhausted,
+                )
+            }
+        };
+
+        // Cited sources first, in citation order; the rest by score.
+        sources.sort_by_key(|hit| {
+            citations
+                .iter()
+                .position(|id| *id == hit.id)
+                .unwrap_or(usize::MAX)
+        });
+        sources.truncate(self.inner.config.max_sources.max(citations.len()));
+
+        let (limits, used) = {
+            let budget = self.budget.lock();
+            (budget.limits(), budget.usage())
+        };
+        let result = QueryResult {
+            query_id: self.prepared.query_id.clone(),
+            answer,
+            citations,
+            sources,
+            reasoning_trace: std::mem::take(&mut *self.trace.lock()),
+            usage: self.usage.lock().clone(),
+            execution_time: self.prepared.started.elapsed(),
+            budget: BudgetStatus {
+                limits,
+                used,
+                exhausted,
+            },
+            confidence,
+            partial,
+            error,
+            cached: false,
+        };
+        self.sink
+            .emit(used, EventKind::Result(Box::new(result.clone())))
+            .await;
+        result
+    }
+}
+
+/// Keeps the citations that name a source some search returned, and takes the others out of
+/// the answer text too: an id no search returned is never passed on.
+fn validate_citations(answer: &str, claimed: &[String], sources: &[Hit]) -> (String, Vec<String>) {
+    let known = |id: &str| sources.iter().any(|hit| hit.id == id);
+    let mut citations: Vec<String> = Vec::new();
+    let mut cleaned = answer.to_string();
+    for id in claimed {
+        if known(id) {
+            if !citations.contains(id) {
+                citations.push(id.clone());
+            }
+        } else {
+            cleaned = cleaned.replace(&format!("[{id}]"), "");
+        }
+    }
+    for marker in bracketed(answer) {
+        if known(marker) && !citations.iter().any(|id| id == marker) {
+            citations.push(marker.to_string());
+        }
+    }
+    (
+        cleaned.split_whitespace().collect::<Vec<_>>().join(" "),
+        citations,
+    )
+}
+
+/// Returns the texts between square brackets, in order.
+fn bracketed(text: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else { break };
+        found.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    found
+}
+
+/// Returns a short account of a tool's JSON output for the reasoning trace.
+fn summarize_output(content: &str) -> String {
+    let Ok(value) = serde_json::from_str::<Value>(content) else {
+        return content.chars().take(200).collect();
+    };
+    if let Some(hits) = value.get("hits").and_then(Value::as_array) {
+        let ids: Vec<&str> = hits
+            .iter()
+            .filter_map(|hit| hit.get("id").and_then(Value::as_str))
+            .collect();
+        return format!("{} hit(s): {}", hits.len(), ids.join(", "));
+    }
+    if let Some(responses) = value.get("responses").and_then(Value::as_array) {
+        return format!("{} response(s)", responses.len());
+    }
+    if let Some(response) = value.get("response").and_then(Value::as_str) {
+        return response.chars().take(200).collect();
+    }
+    content.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(id: &str) -> Hit {
+        Hit {
+            id: id.into(),
+            content: String::new(),
+            metadata: Default::default(),
+            score: 1.0,
+        }
+    }
+
+    #[test]
+    fn citations_no_search_returned_are_dropped_from_list_and_text() {
+        let (answer, citations) = validate_citations(
+            "Porto [b] per [made-up] and [a].",
+            &["b".into(), "made-up".into()],
+            &[hit("a"), hit("b")],
+        );
+        assert_eq!(citations, vec!["b", "a"]);
+        assert_eq!(answer, "Porto [b] per and [a].");
+    }
+}
