@@ -1,6 +1,14 @@
 //! DeepRecall: recursive, multi-hop question answering over document collections, served over
 //! gRPC. Data flows one way: `api` → `engine` → (`llm`, `store`, `cache`).
 
+pub mod api;
+pub mod cache;
+pub mod cli;
+pub mod config;
 pub mod embed;
+pub mod engine;
+pub mod llm;
+pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod text;

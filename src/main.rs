@@ -1,1 +1,5 @@
-fn main() {}
+//! The `deeprecall` binary.
+
+fn main() -> std::process::ExitCode {
+    deeprecall::cli::main()
+}

@@ -1,0 +1,206 @@
+//! The gRPC service: each handler validates, converts, calls the engine and converts back.
+
+pub mod convert;
+mod deadline;
+pub mod status;
+pub mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, EngineError, EventSink};
+use stream::{ResponseStream, spawn_stream};
+
+/// Generated protobuf types and service stubs.
+pub mod pb {
+    tonic::include_proto!("deeprecall.v1");
+
+    /// Encoded file descriptor set of the contract, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("deeprecall_descriptor");
+}
+
+pub use pb::deep_recall_client::DeepRecallClient;
+pub use pb::deep_recall_server::DeepRecallServer;
+
+/// Whether the service takes calls: not before the engine is ready (the store is still
+/// opening), and not once the server is draining for shutdown. Shared with the server's
+/// start-up and shutdown sequences.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    engine: Arc<OnceLock<Engine>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Admission {
+    /// Starts admitting calls to `engine`.
+    pub fn open(&self, engine: Engine) {
+        if self.engine.set(engine).is_err() {
+            tracing::warn!("the engine was already open; keeping the first one");
+        }
+    }
+
+    /// Refuses every new call from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn admit(&self) -> Result<Engine, Status> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown.into());
+        }
+        self.engine.get().cloned().ok_or_else(|| {
+            Status::unavailable("the server is starting: the store is still opening")
+        })
+    }
+}
+
+/// The DeepRecall gRPC service.
+#[derive(Debug, Clone)]
+pub struct DeepRecallService {
+    admission: Admission,
+    started: Instant,
+}
+
+impl DeepRecallService {
+    /// Creates the service; it answers once `admission` is opened with an engine.
+    pub fn new(admission: Admission) -> Self {
+        DeepRecallService {
+            admission,
+            started: Instant::now(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::deep_recall_server::DeepRecall for DeepRecallService {
+    type QueryStream = ResponseStream<pb::QueryEvent>;
+    type QueryBatchStream = ResponseStream<pb::QueryBatchItem>;
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let engine = self.admission.admit()?;
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let query = convert::query_request(request.into_inner())?;
+        let prepared = engine.prepare(query, deadline).await?;
+
+        let cancel = CancellationToken::new();
+        let run_cancel = cancel.clone();
+        let buffer = engine.config().event_buffer;
+        let stream = spawn_stream(buffer, cancel, move |sender| async move {
+            let (sink, mut events) = EventSink::channel(buffer, prepared.started);
+            let forward = async {
+                while let Some(event) = events.recv().await {
+                    if sender.send(Ok(convert::event(event))).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let (outcome, ()) = tokio::join!(engine.run(prepared, sink, run_cancel), forward);
+            if let Err(error) = outcome {
+                let _ = sender.send(Err(error.into())).await;
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn query_batch(
+        &self,
+        request: Request<pb::QueryBatchRequest>,
+    ) -> Result<Response<Self::QueryBatchStream>, Status> {
+        let engine = self.admission.admit()?;
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let pb::QueryBatchRequest {
+            queries,
+            max_concurrency,
+        } = request.into_inner();
+        let concurrency = engine.validate_batch(queries.len(), max_concurrency as usize)?;
+        let items = queries.into_iter().map(convert::query_request).collect();
+
+        let cancel = CancellationToken::new();
+        let results = engine.query_batch(items, concurrency, deadline, cancel.clone());
+        let stream = spawn_stream(concurrency, cancel, move |sender| async move {
+            let mut results = std::pin::pin!(results);
+            while let Some((index, outcome)) = results.next().await {
+                let outcome = match outcome {
+                    Ok(result) => {
+                        pb::query_batch_item::Outcome::Result(convert::query_result(result))
+                    }
+                    Err(error) => {
+                        let status = Status::from(error);
+                        pb::query_batch_item::Outcome::Error(pb::QueryError {
+                            code: status::code_number(status.code()),
+                            message: status.message().to_string(),
+                        })
+                    }
+                };
+                let item = pb::QueryBatchItem {
+                    index: index as u32,
+                    outcome: Some(outcome),
+                };
+                // A gone caller ends the loop, which drops the remaining runs.
+                if sender.send(Ok(item)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn add_documents(
+        &self,
+        request: Request<pb::AddDocumentsRequest>,
+    ) -> Result<Response<pb::AddDocumentsResponse>, Status> {
+        let engine = self.admission.admit()?;
+        let pb::AddDocumentsRequest {
+            collection,
+            documents,
+        } = request.into_inner();
+        let documents = convert::documents(documents)?;
+        let outcome = engine
+            .add_documents(non_empty(&collection), documents)
+            .await?;
+        Ok(Response::new(convert::add_documents_response(outcome)))
+    }
+
+    async fn delete_documents(
+        &self,
+        request: Request<pb::DeleteDocumentsRequest>,
+    ) -> Result<Response<pb::DeleteDocumentsResponse>, Status> {
+        let engine = self.admission.admit()?;
+        let pb::DeleteDocumentsRequest { collection, ids } = request.into_inner();
+        let outcome = engine.delete_documents(non_empty(&collection), ids).await?;
+        Ok(Response::new(convert::delete_documents_response(outcome)))
+    }
+
+    async fn clear_cache(
+        &self,
+        request: Request<pb::ClearCacheRequest>,
+    ) -> Result<Response<pb::ClearCacheResponse>, Status> {
+        let engine = self.admission.admit()?;
+        let pb::ClearCacheRequest { collection } = request.into_inner();
+        let entries_removed = engine.clear_cache(non_empty(&collection)).await?;
+        Ok(Response::new(pb::ClearCacheResponse { entries_removed }))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let engine = self.admission.admit()?;
+        let pb::GetStatsRequest {} = request.into_inner();
+        let stats = engine.stats().await?;
+        Ok(Response::new(convert::stats(stats, self.started.elapsed())))
+    }
+}
+
+fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}

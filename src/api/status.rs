@@ -1,0 +1,117 @@
+//! The one place where errors become gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::cache::CacheError;
+use crate::embed::EmbedError;
+use crate::engine::EngineError;
+use crate::llm::LlmError;
+use crate::store::StoreError;
+
+impl From<EngineError> for Status {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::InvalidArgument { field, message } => {
+                Status::invalid_argument(format!("{field}: {message}"))
+            }
+            EngineError::Store(error) => store_status(error),
+            EngineError::Llm(error) => llm_status(error),
+            EngineError::Cache(CacheError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "cache unavailable");
+                Status::unavailable("the cache is unavailable")
+            }
+            EngineError::ShuttingDown => Status::unavailable("the server is shutting down"),
+        }
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::CollectionNotFound(name) => {
+            Status::not_found(format!("collection {name:?} does not exist"))
+        }
+        StoreError::InvalidCollectionName(_) => {
+            Status::invalid_argument(format!("collection: {error}"))
+        }
+        StoreError::InvalidFilter(error) => Status::invalid_argument(format!("filters: {error}")),
+        StoreError::Embed(EmbedError::Unavailable(reason) | EmbedError::BadResponse(reason)) => {
+            tracing::warn!(%reason, "embedding backend failed");
+            Status::unavailable("the embedding backend is unavailable")
+        }
+        StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Task(_) => {
+            // Internals stay in the log, not in the caller's message.
+            tracing::error!(%error, "storage failure");
+            Status::internal("storage failure")
+        }
+    }
+}
+
+fn llm_status(error: LlmError) -> Status {
+    match error {
+        LlmError::Unavailable(reason) | LlmError::BadResponse(reason) => {
+            tracing::warn!(%reason, "model backend failed");
+            Status::unavailable(format!("the model backend is unavailable: {reason}"))
+        }
+        LlmError::Misconfigured(reason) => {
+            tracing::error!(%reason, "model backend misconfigured");
+            Status::failed_precondition(format!("the model backend is misconfigured: {reason}"))
+        }
+    }
+}
+
+/// Returns the numeric gRPC code of a status, as batch items carry it.
+pub fn code_number(code: Code) -> i32 {
+    code as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_kind_has_its_code() {
+        let cases = [
+            (
+                EngineError::invalid("top_k", "too big"),
+                Code::InvalidArgument,
+            ),
+            (
+                EngineError::Store(StoreError::CollectionNotFound("x".into())),
+                Code::NotFound,
+            ),
+            (
+                EngineError::Store(StoreError::Task("panic".into())),
+                Code::Internal,
+            ),
+            (
+                EngineError::Llm(LlmError::Unavailable("down".into())),
+                Code::Unavailable,
+            ),
+            (
+                EngineError::Llm(LlmError::Misconfigured("bad key".into())),
+                Code::FailedPrecondition,
+            ),
+            (EngineError::ShuttingDown, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn internal_errors_keep_details_out_of_the_message() {
+        let status = Status::from(EngineError::Store(StoreError::Corrupt(
+            "row 7 of /var/data".into(),
+        )));
+        assert_eq!(status.message(), "storage failure");
+    }
+
+    #[test]
+    fn invalid_arguments_name_the_field() {
+        let status = Status::from(EngineError::invalid(
+            "queries[2].query",
+            "must not be empty",
+        ));
+        assert_eq!(status.message(), "queries[2].query: must not be empty");
+    }
+}

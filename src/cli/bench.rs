@@ -1,0 +1,366 @@
+//! `deeprecall bench`: ingest throughput and cached-query latency over real gRPC, and hybrid
+//! search latency on the embedded store. Synthetic documents come from a seeded generator, so
+//! runs are comparable. Build with `--release` for numbers worth quoting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use super::demo::wait_until_serving;
+use super::{CliError, connect};
+use crate::api::pb;
+use crate::config::Config;
+use crate::embed::HashingEmbedder;
+use crate::server;
+use crate::store::{
+    DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, SearchRequest,
+};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// AddDocuments throughput over gRPC.
+    Ingest,
+    /// Hybrid search latency on the embedded store.
+    Search,
+    /// Server-side and round-trip latency of a cached Query.
+    CachedQuery,
+    /// All of the above.
+    All,
+}
+
+/// Arguments of `deeprecall bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value = "all")]
+    suite: Suite,
+    /// Documents ingested by the ingest suite.
+    #[arg(long, default_value_t = 20_000)]
+    ingest_documents: usize,
+    /// Documents per AddDocuments call in the ingest suite.
+    #[arg(long, default_value_t = 1_000)]
+    batch_size: usize,
+    /// Documents in the collection searched by the search suite.
+    #[arg(long, default_value_t = 100_000)]
+    search_documents: usize,
+    /// Searches (or cached queries) measured.
+    #[arg(long, default_value_t = 1_000)]
+    samples: usize,
+    /// Passages per search.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+}
+
+/// Runs the benchmarks and prints one line per measurement.
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    if args.samples == 0 || args.batch_size == 0 {
+        return Err(CliError::Usage(
+            "--samples and --batch-size must be at least 1".into(),
+        ));
+    }
+    println!(
+        "deeprecall bench ({} build, {} cores)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    if matches!(args.suite, Suite::Ingest | Suite::All) {
+        ingest(&args).await?;
+    }
+    if matches!(args.suite, Suite::Search | Suite::All) {
+        search(&args).await?;
+    }
+    if matches!(args.suite, Suite::CachedQuery | Suite::All) {
+        cached_query(&args).await?;
+    }
+    Ok(())
+}
+
+/// A server on a throwaway data directory, stopped on drop of `stop`.
+struct BenchServer {
+    endpoint: String,
+    stop: Option<oneshot::Sender<()>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl BenchServer {
+    async fn start() -> Result<Self, CliError> {
+        let data_dir = tempfile::tempdir().map_err(|error| CliError::Io(error.to_string()))?;
+        let mut config = Config::default();
+        config.store.data_dir = data_dir.path().to_path_buf();
+        config.server.shutdown_grace_seconds = 1.0;
+        config.telemetry.log_filter = "warn".into();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        let address = listener
+            .local_addr()
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let endpoint = format!("http://{address}");
+        wait_until_serving(&endpoint).await?;
+        Ok(BenchServer {
+            endpoint,
+            stop: Some(stop),
+            _data_dir: data_dir,
+        })
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
+    let server = BenchServer::start().await?;
+    let mut client = connect(&server.endpoint).await?;
+    let mut corpus = Corpus::new(7);
+    let documents: Vec<pb::Document> = (0..args.ingest_documents)
+        .map(|index| {
+            let (content, metadata) = corpus.document(index);
+            pb::Document {
+                id: format!("doc-{index}"),
+                content,
+                metadata: Some(crate::api::convert::json_to_struct(metadata)),
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in documents.chunks(args.batch_size) {
+        client
+            .add_documents(pb::AddDocumentsRequest {
+                collection: "bench".into(),
+                documents: batch.to_vec(),
+            })
+            .await?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "ingest: {} documents in {:.2} s over gRPC, batches of {} = {:.0} documents/s",
+        args.ingest_documents,
+        elapsed.as_secs_f64(),
+        args.batch_size,
+        args.ingest_documents as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn search(args: &BenchArgs) -> Result<(), CliError> {
+    let data_dir = tempfile::tempdir().map_err(|error| CliError::Io(error.to_string()))?;
+    let embedder = Arc::new(HashingEmbedder::new(
+        crate::embed::hashing::DEFAULT_DIMENSION,
+    ));
+    let store = EmbeddedStore::open(
+        EmbeddedStoreConfig {
+            data_dir: data_dir.path().to_path_buf(),
+            read_connections: 4,
+        },
+        embedder,
+    )
+    .await
+    .map_err(|error| CliError::Io(error.to_string()))?;
+    let mut corpus = Corpus::new(11);
+    let loading = Instant::now();
+    let mut index = 0;
+    while index < args.search_documents {
+        let end = (index + 5_000).min(args.search_documents);
+        let batch = (index..end)
+            .map(|n| {
+                let (content, metadata) = corpus.document(n);
+                NewDocument {
+                    id: Some(format!("doc-{n}")),
+                    content,
+                    metadata,
+                }
+            })
+            .collect();
+        store
+            .add_documents("bench", batch)
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        index = end;
+    }
+    println!(
+        "search: loaded {} documents in {:.1} s",
+        args.search_documents,
+        loading.elapsed().as_secs_f64()
+    );
+
+    let filtered = Filter::from_json(
+        serde_json::json!({"group": {"$in": [1, 2, 3]}})
+            .as_object()
+            .unwrap_or(&Map::new()),
+    )
+    .map_err(|error| CliError::Usage(error.to_string()))?;
+    for (label, filter) in [("unfiltered", Filter::default()), ("filtered", filtered)] {
+        let mut latencies = Vec::with_capacity(args.samples);
+        for _ in 0..args.samples {
+            let query = corpus.query();
+            let started = Instant::now();
+            store
+                .search(SearchRequest {
+                    collection: "bench".into(),
+                    query,
+                    top_k: args.top_k,
+                    filter: filter.clone(),
+                })
+                .await
+                .map_err(|error| CliError::Io(error.to_string()))?;
+            latencies.push(started.elapsed());
+        }
+        println!(
+            "search: hybrid top-{} over {} documents, {label}: {}",
+            args.top_k,
+            args.search_documents,
+            percentiles(&mut latencies)
+        );
+    }
+    Ok(())
+}
+
+async fn cached_query(args: &BenchArgs) -> Result<(), CliError> {
+    let server = BenchServer::start().await?;
+    let mut client = connect(&server.endpoint).await?;
+    let mut corpus = Corpus::new(3);
+    let documents = (0..200)
+        .map(|index| {
+            let (content, metadata) = corpus.document(index);
+            pb::Document {
+                id: format!("doc-{index}"),
+                content,
+                metadata: Some(crate::api::convert::json_to_struct(metadata)),
+            }
+        })
+        .collect();
+    client
+        .add_documents(pb::AddDocumentsRequest {
+            collection: String::new(),
+            documents,
+        })
+        .await?;
+    let request = pb::QueryRequest {
+        query: corpus.query(),
+        ..pb::QueryRequest::default()
+    };
+    let mut server_side = Vec::with_capacity(args.samples);
+    let mut round_trip = Vec::with_capacity(args.samples);
+    for sample in 0..=args.samples {
+        let started = Instant::now();
+        let mut stream = client.query(request.clone()).await?.into_inner();
+        let mut result = None;
+        while let Some(event) = stream.message().await? {
+            if let Some(pb::query_event::Event::Result(done)) = event.event {
+                result = Some(done);
+            }
+        }
+        let elapsed = started.elapsed();
+        // The first query fills the cache; only hits are measured.
+        if sample == 0 {
+            continue;
+        }
+        let result = result.ok_or_else(|| CliError::Io("a query ended without a result".into()))?;
+        if !result.cached {
+            return Err(CliError::Io(
+                "a repeated query was not served from the cache".into(),
+            ));
+        }
+        server_side.push(Duration::from_secs_f64(result.execution_time_seconds));
+        round_trip.push(elapsed);
+    }
+    println!(
+        "cached query: server-side {}; gRPC round trip {}",
+        percentiles(&mut server_side),
+        percentiles(&mut round_trip)
+    );
+    Ok(())
+}
+
+fn percentiles(latencies: &mut [Duration]) -> String {
+    latencies.sort();
+    let at = |fraction: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * fraction).round() as usize;
+        latencies
+            .get(index)
+            .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
+    };
+    format!(
+        "p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms ({} samples)",
+        at(0.50),
+        at(0.95),
+        at(0.99),
+        latencies.len()
+    )
+}
+
+/// Seeded generator of short documents and queries over a synthetic vocabulary with a skewed
+/// word distribution, so that some words are common and most are rare, as in real text.
+struct Corpus {
+    state: u64,
+    vocabulary: Vec<String>,
+}
+
+impl Corpus {
+    fn new(seed: u64) -> Self {
+        const ONSETS: &[&str] = &["b", "k", "l", "m", "n", "p", "r", "s", "t", "v", "dr", "st"];
+        const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ou"];
+        const CODAS: &[&str] = &["", "n", "r", "s", "l", "th", "x"];
+        let mut vocabulary = Vec::new();
+        for onset in ONSETS {
+            for vowel in VOWELS {
+                for coda in CODAS {
+                    for second in VOWELS.iter().take(4) {
+                        vocabulary.push(format!("{onset}{vowel}{coda}{second}"));
+                    }
+                }
+            }
+        }
+        Corpus {
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            vocabulary,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: fast, seeded, good enough for picking words.
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn word(&mut self) -> &str {
+        // The product of two uniform picks skews toward the front of the vocabulary.
+        let size = self.vocabulary.len() as u64;
+        let index = (self.next() % size) * (self.next() % size) / size;
+        &self.vocabulary[index as usize]
+    }
+
+    fn document(&mut self, index: usize) -> (String, Map<String, Value>) {
+        let words: Vec<String> = (0..30).map(|_| self.word().to_string()).collect();
+        let mut metadata = Map::new();
+        metadata.insert("group".into(), Value::from(index % 10));
+        (format!("{}.", words.join(" ")), metadata)
+    }
+
+    fn query(&mut self) -> String {
+        (0..4)
+            .map(|_| self.word().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}

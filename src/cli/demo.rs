@@ -1,0 +1,151 @@
+//! `deeprecall demo`: a server on a throwaway data directory, the bundled handbook ingested,
+//! and multi-hop questions asked with the reasoning printed live.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use super::output::TracePrinter;
+use super::{CliError, connect, ingest};
+use crate::api::pb;
+use crate::config::Config;
+use crate::server;
+
+/// Arguments of `deeprecall demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder holding `handbook/` and `questions.json`.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))]
+    examples: PathBuf,
+    /// Questions to ask, from the top of `questions.json`.
+    #[arg(long, default_value_t = 3)]
+    questions: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct DemoQuestion {
+    question: String,
+    answer_contains: String,
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<(), CliError> {
+    let questions_path = args.examples.join("questions.json");
+    let questions: Vec<DemoQuestion> = std::fs::read_to_string(&questions_path)
+        .map_err(|error| CliError::Io(format!("cannot read {}: {error}", questions_path.display())))
+        .and_then(|text| {
+            serde_json::from_str(&text).map_err(|error| {
+                CliError::Io(format!(
+                    "{} is not valid: {error}",
+                    questions_path.display()
+                ))
+            })
+        })?;
+    let data_dir = tempfile::tempdir()
+        .map_err(|error| CliError::Io(format!("cannot create a data directory: {error}")))?;
+
+    let mut config = Config::default();
+    config.store.data_dir = data_dir.path().to_path_buf();
+    config.server.shutdown_grace_seconds = 1.0;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|error| CliError::Io(format!("cannot listen: {error}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| CliError::Io(error.to_string()))?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+
+    let endpoint = format!("http://{address}");
+    println!("DeepRecall demo: server on {endpoint}, data in a temporary directory\n");
+    wait_until_serving(&endpoint).await?;
+    let mut client = connect(&endpoint).await?;
+    let summary = ingest::ingest_paths(
+        &mut client,
+        &[args.examples.join("handbook")],
+        "",
+        1200,
+        256,
+        false,
+    )
+    .await?;
+    println!(
+        "ingested {} chunk(s) from {} handbook file(s)\n",
+        summary.chunks, summary.files
+    );
+
+    let mut answered = 0;
+    let asked = questions.len().min(args.questions);
+    for question in questions.iter().take(asked) {
+        println!("════ {}", question.question);
+        let mut stream = client
+            .query(pb::QueryRequest {
+                query: question.question.clone(),
+                ..pb::QueryRequest::default()
+            })
+            .await?
+            .into_inner();
+        let mut printer = TracePrinter::new(false);
+        let mut answer = String::new();
+        while let Some(event) = stream.message().await? {
+            if let Some(pb::query_event::Event::Result(result)) = &event.event {
+                answer = result.answer.clone();
+            }
+            printer.print(&event);
+        }
+        let found = answer.contains(&question.answer_contains);
+        answered += usize::from(found);
+        println!(
+            "expected {:?}: {}\n",
+            question.answer_contains,
+            if found { "found" } else { "not found" }
+        );
+    }
+    println!("{answered} of {asked} answers contain the expected fact.");
+
+    let _ = stop.send(());
+    if let Ok(Ok(Err(error))) = tokio::time::timeout(Duration::from_secs(10), server).await {
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Waits until health reports the service SERVING, at most ten seconds. The listener is bound
+/// before the server starts, so the health stream answers at once and pushes the change.
+pub async fn wait_until_serving(endpoint: &str) -> Result<(), CliError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let not_ready = |message: String| CliError::Connect {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let watch = async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .map_err(|error| not_ready(error.to_string()))?
+            .connect()
+            .await
+            .map_err(|error| not_ready(error.to_string()))?;
+        let mut updates = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: server::SERVICE_NAME.to_string(),
+            })
+            .await?
+            .into_inner();
+        while let Some(update) = updates.message().await? {
+            if update.status == ServingStatus::Serving as i32 {
+                return Ok(());
+            }
+        }
+        Err(not_ready("the health stream ended".into()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .map_err(|_| not_ready("the server did not become ready within 10 s".into()))?
+}

@@ -1,0 +1,367 @@
+//! The `deeprecall` command line: the server, client commands that talk gRPC to it, the demo
+//! and the benchmarks.
+
+mod bench;
+mod demo;
+pub mod ingest;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tonic::transport::Channel;
+
+use crate::api::{DeepRecallClient, pb};
+use crate::config::{self, Config, ConfigSources};
+use crate::server;
+
+/// Recursive, multi-hop question answering over your documents, served over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "deeprecall", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the gRPC server.
+    Serve(ServeArgs),
+    /// Adds text and Markdown files (directories recursively) to a collection.
+    Ingest(ingest::IngestArgs),
+    /// Asks a question and prints the reasoning as it happens, then the answer.
+    Query(QueryArgs),
+    /// Prints collections, cache counters and usage.
+    Stats(StatsArgs),
+    /// Deletes documents by id.
+    Delete(DeleteArgs),
+    /// Writes a commented configuration file with every default.
+    Init(InitArgs),
+    /// Starts a server on the bundled sample corpus and asks it multi-hop questions.
+    Demo(demo::DemoArgs),
+    /// Measures ingest, search and cached-query speed.
+    Bench(bench::BenchArgs),
+}
+
+/// Flags shared by the commands that read the configuration.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML); env DEEPRECALL_CONFIG.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Directory of the database; env DEEPRECALL_DATA_DIR.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self, mut flags: Vec<(String, String)>) -> Result<Config, config::ConfigError> {
+        if let Some(dir) = &self.data_dir {
+            flags.push(("store.data_dir".into(), dir.display().to_string()));
+        }
+        Config::load(&ConfigSources {
+            file: self.config.clone(),
+            env: config::process_env(),
+            flags,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on (default 127.0.0.1:50051); env DEEPRECALL_LISTEN.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Seconds in-flight calls get after SIGTERM/SIGINT; env DEEPRECALL_SHUTDOWN_GRACE_SECONDS.
+    #[arg(long)]
+    shutdown_grace_seconds: Option<f64>,
+    /// Result cache: memory or none; env DEEPRECALL_CACHE.
+    #[arg(long)]
+    cache: Option<String>,
+    /// Seconds a cached result stays valid; env DEEPRECALL_CACHE_TTL.
+    #[arg(long)]
+    cache_ttl: Option<u64>,
+    /// Log format: text or json; env DEEPRECALL_LOG_FORMAT.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+/// Flags shared by the client commands.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server to talk to (default http://127.0.0.1:50051); env DEEPRECALL_SERVER.
+    #[arg(long)]
+    server: Option<String>,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> Result<DeepRecallClient<Channel>, CliError> {
+        let endpoint = config::server_endpoint(self.server.as_deref(), &config::process_env());
+        connect(&endpoint).await
+    }
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// The question.
+    query: String,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Collection to search (default: default).
+    #[arg(long)]
+    collection: Option<String>,
+    /// Passages per search.
+    #[arg(long)]
+    top_k: Option<u32>,
+    /// Metadata filters as JSON, e.g. '{"team": "platform", "year": {"$gte": 2020}}'.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Extra instructions for the model.
+    #[arg(long)]
+    root_prompt: Option<String>,
+    /// Context placed before the question.
+    #[arg(long)]
+    context: Option<String>,
+    /// Most reasoning iterations.
+    #[arg(long)]
+    max_iterations: Option<u32>,
+    /// Most searches.
+    #[arg(long)]
+    max_search_calls: Option<u32>,
+    /// Most seconds.
+    #[arg(long)]
+    max_time_seconds: Option<f64>,
+    /// Bypasses the result cache.
+    #[arg(long)]
+    skip_cache: bool,
+    /// Prints every event, then the result, as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Prints JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// Ids of the documents to delete.
+    #[arg(required = true)]
+    ids: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Collection (default: default).
+    #[arg(long)]
+    collection: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// File to write.
+    #[arg(default_value = "deeprecall.toml")]
+    path: PathBuf,
+    /// Overwrites an existing file.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Errors of the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The server failed.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    /// The server could not be reached.
+    #[error("cannot connect to {endpoint}: {message}")]
+    Connect {
+        /// Where.
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+    /// A call failed.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Call(#[from] tonic::Status),
+    /// A file operation failed.
+    #[error("{0}")]
+    Io(String),
+    /// A flag's value is wrong.
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Ingest(args) => ingest::run(args).await,
+        Command::Query(args) => query(args).await,
+        Command::Stats(args) => stats(args).await,
+        Command::Delete(args) => delete(args).await,
+        Command::Init(args) => init(args),
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let mut flags = Vec::new();
+    let mut flag = |path: &str, value: Option<String>| {
+        if let Some(value) = value {
+            flags.push((path.to_string(), value));
+        }
+    };
+    flag("server.listen", args.listen);
+    flag(
+        "server.shutdown_grace_seconds",
+        args.shutdown_grace_seconds
+            .map(|seconds| seconds.to_string()),
+    );
+    flag("cache.backend", args.cache);
+    flag(
+        "cache.ttl_seconds",
+        args.cache_ttl.map(|ttl| ttl.to_string()),
+    );
+    flag("telemetry.log_format", args.log_format);
+    let config = args.config.load(flags)?;
+    crate::telemetry::init(&config.telemetry);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|error| {
+            CliError::Io(format!(
+                "cannot listen on {}: {error}",
+                config.server.listen
+            ))
+        })?;
+    server::serve(config, listener, server::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Connects a client, failing fast when nothing listens.
+pub async fn connect(endpoint: &str) -> Result<DeepRecallClient<Channel>, CliError> {
+    let connect_error = |message: String| CliError::Connect {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let channel = Channel::from_shared(endpoint.to_string())
+        .map_err(|error| connect_error(error.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|error| connect_error(error.to_string()))?;
+    Ok(DeepRecallClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024))
+}
+
+async fn query(args: QueryArgs) -> Result<(), CliError> {
+    let filters = match &args.filter {
+        None => None,
+        Some(text) => {
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|error| CliError::Usage(format!("--filter is not JSON: {error}")))?;
+            let serde_json::Value::Object(map) = value else {
+                return Err(CliError::Usage("--filter must be a JSON object".into()));
+            };
+            Some(crate::api::convert::json_to_struct(map))
+        }
+    };
+    let request = pb::QueryRequest {
+        query: args.query,
+        root_prompt: args.root_prompt.unwrap_or_default(),
+        top_k: args.top_k.unwrap_or(0),
+        collection: args.collection.unwrap_or_default(),
+        filters,
+        context_prefix: args.context.unwrap_or_default(),
+        budget: Some(pb::Budget {
+            max_iterations: args.max_iterations,
+            max_search_calls: args.max_search_calls,
+            max_time_seconds: args.max_time_seconds,
+            ..pb::Budget::default()
+        }),
+        skip_cache: args.skip_cache,
+    };
+    let mut client = args.client.connect().await?;
+    let mut stream = client.query(request).await?.into_inner();
+    let mut printer = output::TracePrinter::new(args.json);
+    while let Some(event) = stream.message().await? {
+        printer.print(&event);
+    }
+    Ok(())
+}
+
+async fn stats(args: StatsArgs) -> Result<(), CliError> {
+    let mut client = args.client.connect().await?;
+    let stats = client.get_stats(pb::GetStatsRequest {}).await?.into_inner();
+    if args.json {
+        println!("{}", output::stats_json(&stats));
+    } else {
+        output::print_stats(&stats);
+    }
+    Ok(())
+}
+
+async fn delete(args: DeleteArgs) -> Result<(), CliError> {
+    let mut client = args.client.connect().await?;
+    let response = client
+        .delete_documents(pb::DeleteDocumentsRequest {
+            collection: args.collection.unwrap_or_default(),
+            ids: args.ids,
+        })
+        .await?
+        .into_inner();
+    println!(
+        "deleted {} document(s); the collection now holds {} (version {})",
+        response.deleted, response.document_count, response.collection_version
+    );
+    Ok(())
+}
+
+fn init(args: InitArgs) -> Result<(), CliError> {
+    if args.path.exists() && !args.force {
+        return Err(CliError::Usage(format!(
+            "{} exists; pass --force to overwrite it",
+            args.path.display()
+        )));
+    }
+    std::fs::write(&args.path, config::DEFAULT_CONFIG_TOML)
+        .map_err(|error| CliError::Io(format!("cannot write {}: {error}", args.path.display())))?;
+    println!("wrote {}", args.path.display());
+    Ok(())
+}

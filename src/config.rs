@@ -1,0 +1,509 @@
+//! The one configuration, loaded in one place: defaults, then a TOML file, then `DEEPRECALL_*`
+//! environment variables, then command-line flags, each overriding the one before.
+//!
+//! Any setting can come from the environment as `DEEPRECALL_<SECTION>__<KEY>`, e.g.
+//! `DEEPRECALL_ENGINE__MAX_TOP_K=50`; the common ones also have short names (see
+//! [`ENV_ALIASES`]). This module is the only reader of the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineConfig;
+
+/// Prefix of every environment variable read.
+pub const ENV_PREFIX: &str = "DEEPRECALL_";
+
+/// Short environment names and the setting each one sets.
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("DEEPRECALL_LISTEN", "server.listen"),
+    ("DEEPRECALL_DATA_DIR", "store.data_dir"),
+    (
+        "DEEPRECALL_SHUTDOWN_GRACE_SECONDS",
+        "server.shutdown_grace_seconds",
+    ),
+    ("DEEPRECALL_BACKEND", "llm.backend"),
+    ("DEEPRECALL_CACHE", "cache.backend"),
+    ("DEEPRECALL_CACHE_TTL", "cache.ttl_seconds"),
+    ("DEEPRECALL_LOG", "telemetry.log_filter"),
+    ("DEEPRECALL_LOG_FORMAT", "telemetry.log_format"),
+];
+
+/// Environment variable naming the config file.
+pub const CONFIG_FILE_ENV: &str = "DEEPRECALL_CONFIG";
+/// Environment variable naming the server the client commands talk to.
+pub const SERVER_ENV: &str = "DEEPRECALL_SERVER";
+/// Server the client commands talk to by default.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Errors of configuration loading.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A setting has the wrong type or an unknown name.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The gRPC server.
+    pub server: ServerConfig,
+    /// Document storage.
+    pub store: StoreConfig,
+    /// Reasoning engine limits and default budget.
+    pub engine: EngineConfig,
+    /// Model backends.
+    pub llm: LlmConfig,
+    /// Result cache.
+    pub cache: CacheConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Settings of the gRPC server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest response message sent, in bytes.
+    pub max_response_bytes: usize,
+    /// Seconds in-flight calls get to finish after a shutdown signal; past it, running queries
+    /// end with a partial result.
+    pub shutdown_grace_seconds: f64,
+    /// Seconds between HTTP/2 keepalive pings to idle clients.
+    pub http2_keepalive_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_request_bytes: 64 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+            shutdown_grace_seconds: 30.0,
+            http2_keepalive_seconds: 60,
+        }
+    }
+}
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the SQLite database.
+    pub data_dir: PathBuf,
+    /// SQLite connections for reads.
+    pub read_connections: usize,
+    /// Dimensions of the feature-hashing embedder.
+    pub embedding_dimension: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("./deeprecall-data"),
+            read_connections: 4,
+            embedding_dimension: crate::embed::hashing::DEFAULT_DIMENSION,
+        }
+    }
+}
+
+/// Model backends available.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The offline extractive reader.
+    #[default]
+    Extractive,
+}
+
+/// Settings of the model backends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Root model backend.
+    pub backend: Backend,
+    /// Names followed into a second search by the extractive backend.
+    pub extractive_max_followups: Option<usize>,
+}
+
+/// Result cache backends available.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    /// No caching.
+    None,
+    /// In process memory.
+    #[default]
+    Memory,
+}
+
+/// Settings of the result cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Backend.
+    pub backend: CacheBackend,
+    /// Seconds a cached result stays valid.
+    pub ttl_seconds: u64,
+    /// Most entries held in memory.
+    pub max_entries: usize,
+    /// Most bytes held in memory.
+    pub max_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            backend: CacheBackend::Memory,
+            ttl_seconds: 3600,
+            max_entries: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `tracing` filter directives, e.g. `info` or `deeprecall=debug,info`.
+    pub log_filter: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_filter: "info".to_string(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// A TOML file; when `None`, the file named by `DEEPRECALL_CONFIG`, if any.
+    pub file: Option<PathBuf>,
+    /// The environment, as a map, so that tests stay hermetic.
+    pub env: HashMap<String, String>,
+    /// Settings from flags, as `("section.key", "value")`.
+    pub flags: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Loads the configuration from its sources, in order of precedence.
+    pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
+        let mut table = to_table(&Config::default())?;
+        let file = sources
+            .file
+            .clone()
+            .or_else(|| sources.env.get(CONFIG_FILE_ENV).map(PathBuf::from));
+        if let Some(path) = file {
+            merge(&mut table, read_file(&path)?);
+        }
+        for (path, value) in env_settings(&sources.env) {
+            set(&mut table, &path, &value)?;
+        }
+        for (path, value) in &sources.flags {
+            set(&mut table, path, value)?;
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Invalid(error.message().to_string()))
+    }
+}
+
+/// Returns the process environment. The only place that reads it.
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect()
+}
+
+/// Returns the server address for the client commands: the flag, else `DEEPRECALL_SERVER`,
+/// else the default.
+pub fn server_endpoint(flag: Option<&str>, env: &HashMap<String, String>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| env.get(SERVER_ENV).cloned())
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+}
+
+fn to_table(config: &Config) -> Result<toml::Table, ConfigError> {
+    toml::Table::try_from(config).map_err(|error| ConfigError::Invalid(error.to_string()))
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.message().to_string(),
+        })
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(overlay)) => merge(base, overlay),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Returns `(setting path, value)` for every `DEEPRECALL_*` variable that names a setting.
+fn env_settings(env: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut settings: Vec<(String, String)> = Vec::new();
+    for (name, value) in env {
+        if let Some((_, path)) = ENV_ALIASES.iter().find(|(alias, _)| alias == name) {
+            settings.push(((*path).to_string(), value.clone()));
+        } else if let Some(rest) = name.strip_prefix(ENV_PREFIX)
+            && let Some((section, key)) = rest.split_once("__")
+        {
+            settings.push((
+                format!("{}.{}", section.to_lowercase(), key.to_lowercase()),
+                value.clone(),
+            ));
+        }
+    }
+    // Generic names first, aliases after: an alias is the more specific spelling.
+    settings.sort_by_key(|(path, _)| ENV_ALIASES.iter().any(|(_, alias)| alias == path));
+    settings
+}
+
+/// Sets `section.key` to `value`, typed like the value already there (every setting has a
+/// default, so there always is one, or it is an optional setting read as TOML).
+fn set(table: &mut toml::Table, path: &str, value: &str) -> Result<(), ConfigError> {
+    let (section, key) = path
+        .split_once('.')
+        .ok_or_else(|| ConfigError::Invalid(format!("{path:?} is not a section.key setting")))?;
+    let section_table = match table.get_mut(section) {
+        Some(toml::Value::Table(section_table)) => section_table,
+        _ => return Err(ConfigError::Invalid(format!("unknown section {section:?}"))),
+    };
+    let typed = match section_table.get(key) {
+        Some(toml::Value::String(_)) => toml::Value::String(value.to_string()),
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(value.parse().map_err(|_| {
+            ConfigError::Invalid(format!("{path} must be a whole number, not {value:?}"))
+        })?),
+        Some(toml::Value::Float(_)) => toml::Value::Float(value.parse().map_err(|_| {
+            ConfigError::Invalid(format!("{path} must be a number, not {value:?}"))
+        })?),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(value.parse().map_err(|_| {
+            ConfigError::Invalid(format!("{path} must be true or false, not {value:?}"))
+        })?),
+        // Optional settings absent from the defaults: read as a TOML value, else as text.
+        _ => format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|parsed| parsed.get("v").cloned())
+            .unwrap_or_else(|| toml::Value::String(value.to_string())),
+    };
+    section_table.insert(key.to_string(), typed);
+    Ok(())
+}
+
+/// A commented configuration file with every setting at its default, as `deeprecall init`
+/// writes it.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# DeepRecall configuration. Every value shown is the default.
+# Precedence: these defaults < this file < DEEPRECALL_* environment < command-line flags.
+# Any setting can be set from the environment as DEEPRECALL_<SECTION>__<KEY>,
+# e.g. DEEPRECALL_ENGINE__MAX_TOP_K=50.
+
+[server]
+# Address of the gRPC server (env DEEPRECALL_LISTEN, flag --listen).
+listen = "127.0.0.1:50051"
+# Largest request and response messages, in bytes.
+max_request_bytes = 67108864
+max_response_bytes = 67108864
+# Seconds in-flight calls get to finish after SIGTERM/SIGINT; after that, running queries end
+# with a partial result (env DEEPRECALL_SHUTDOWN_GRACE_SECONDS).
+shutdown_grace_seconds = 30.0
+# Seconds between HTTP/2 keepalive pings.
+http2_keepalive_seconds = 60
+
+[store]
+# Where the SQLite database lives (env DEEPRECALL_DATA_DIR, flag --data-dir).
+data_dir = "./deeprecall-data"
+# SQLite connections used for reads.
+read_connections = 4
+# Dimensions of the feature-hashing embedder. Changing it re-embeds every document at start.
+embedding_dimension = 4096
+
+[engine]
+# Passages per search when a request says 0, and the most a request may ask for.
+default_top_k = 5
+max_top_k = 100
+# Request limits, in bytes.
+max_query_bytes = 8192
+max_prompt_bytes = 32768
+max_document_bytes = 1048576
+# Most documents (or ids) per AddDocuments / DeleteDocuments call.
+max_documents_per_call = 10000
+# QueryBatch: most queries, default and largest concurrency.
+max_batch_queries = 10000
+default_batch_concurrency = 4
+max_batch_concurrency = 64
+# Default budget of a query; a request may set its own.
+max_iterations = 10
+max_search_calls = 20
+max_time_seconds = 120.0
+# max_tokens = 200000
+# max_cost_usd = 0.50
+# Turns in a row whose tool calls all fail before a run stops.
+max_consecutive_tool_errors = 3
+# Sub-model prompts run at once, and the most prompts per llm_query_batched call.
+sub_model_concurrency = 8
+max_batched_prompts = 32
+# Most sources in a result (cited sources are always kept).
+max_sources = 20
+# Trace events buffered per stream before the run waits for a slow reader.
+event_buffer = 64
+# Completion tokens asked for per model call, at most.
+max_completion_tokens = 4096
+
+[llm]
+# Root model backend: "extractive" (offline, no model needed).
+backend = "extractive"
+# extractive_max_followups = 2
+
+[cache]
+# Result cache: "memory" or "none" (env DEEPRECALL_CACHE).
+backend = "memory"
+# Seconds a cached result stays valid (env DEEPRECALL_CACHE_TTL).
+ttl_seconds = 3600
+# Bounds of the memory cache.
+max_entries = 10000
+max_bytes = 268435456
+
+[telemetry]
+# tracing filter directives (env DEEPRECALL_LOG).
+log_filter = "info"
+# "text" or "json" (env DEEPRECALL_LOG_FORMAT).
+log_format = "text"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_init_template_is_exactly_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deeprecall.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:1\"\n[engine]\nmax_top_k = 7\ndefault_top_k = 3\n",
+        )
+        .unwrap();
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[
+                ("DEEPRECALL_LISTEN", "127.0.0.1:2"),
+                ("DEEPRECALL_ENGINE__MAX_TOP_K", "9"),
+                ("DEEPRECALL_ENGINE__MAX_COST_USD", "0.25"),
+            ]),
+            flags: vec![("server.listen".into(), "127.0.0.1:3".into())],
+        };
+        let config = Config::load(&sources).unwrap();
+        assert_eq!(config.server.listen.port(), 3);
+        assert_eq!(config.engine.max_top_k, 9);
+        assert_eq!(config.engine.default_top_k, 3);
+        assert_eq!(config.engine.max_cost_usd, Some(0.25));
+    }
+
+    #[test]
+    fn the_config_file_can_come_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[store]\ndata_dir = \"/srv/recall\"\n").unwrap();
+        let sources = ConfigSources {
+            env: env(&[("DEEPRECALL_CONFIG", file.to_str().unwrap())]),
+            ..ConfigSources::default()
+        };
+        assert_eq!(
+            Config::load(&sources).unwrap().store.data_dir,
+            PathBuf::from("/srv/recall")
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_names_are_reported() {
+        let bad_number = ConfigSources {
+            env: env(&[("DEEPRECALL_ENGINE__MAX_TOP_K", "many")]),
+            ..ConfigSources::default()
+        };
+        let error = Config::load(&bad_number).unwrap_err().to_string();
+        assert!(
+            error.contains("engine.max_top_k must be a whole number"),
+            "{error}"
+        );
+
+        let unknown = ConfigSources {
+            env: env(&[("DEEPRECALL_ENGINE__MAX_TOPK", "3")]),
+            ..ConfigSources::default()
+        };
+        let error = Config::load(&unknown).unwrap_err().to_string();
+        assert!(error.contains("max_topk"), "{error}");
+
+        let bad_backend = ConfigSources {
+            flags: vec![("cache.backend".into(), "floppy".into())],
+            ..ConfigSources::default()
+        };
+        assert!(Config::load(&bad_backend).is_err());
+    }
+}

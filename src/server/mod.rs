@@ -1,0 +1,199 @@
+//! Server bootstrap: builds the engine from the configuration, serves the gRPC services with
+//! health and reflection, and shuts down gracefully.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::{Admission, DeepRecallServer, DeepRecallService, pb};
+use crate::cache::{Cache, MemoryCache, MemoryCacheConfig, NoCache};
+use crate::config::{Backend, CacheBackend, Config};
+use crate::embed::HashingEmbedder;
+use crate::engine::{Engine, EngineParts};
+use crate::llm::ChatModel;
+use crate::llm::extractive::{ExtractiveConfig, ExtractiveModel};
+use crate::store::{EmbeddedStore, EmbeddedStoreConfig, StoreError};
+
+/// Name under which health reports the DeepRecall service.
+pub const SERVICE_NAME: &str = "deeprecall.v1.DeepRecall";
+
+/// Time running queries get to deliver their partial results once the grace period is over.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors of the server layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The transport failed.
+    #[error("transport failure: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("cannot build reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Listening failed.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the engine the configuration describes, opening the store.
+pub async fn build_engine(config: &Config) -> Result<Engine, ServerError> {
+    let embedder = Arc::new(HashingEmbedder::new(config.store.embedding_dimension));
+    let store = EmbeddedStore::open(
+        EmbeddedStoreConfig {
+            data_dir: config.store.data_dir.clone(),
+            read_connections: config.store.read_connections,
+        },
+        embedder,
+    )
+    .await?;
+    let model: Arc<dyn ChatModel> = match config.llm.backend {
+        Backend::Extractive => {
+            let mut extractive = ExtractiveConfig::default();
+            if let Some(followups) = config.llm.extractive_max_followups {
+                extractive.max_followups = followups;
+            }
+            Arc::new(ExtractiveModel::new(extractive))
+        }
+    };
+    let cache: Arc<dyn Cache> = match config.cache.backend {
+        CacheBackend::None => Arc::new(NoCache),
+        CacheBackend::Memory => Arc::new(MemoryCache::new(MemoryCacheConfig {
+            max_entries: config.cache.max_entries,
+            max_bytes: config.cache.max_bytes,
+        })),
+    };
+    Ok(Engine::new(
+        EngineParts {
+            store: Arc::new(store),
+            sub_model: model.clone(),
+            model,
+            cache,
+            cache_ttl: Duration::from_secs(config.cache.ttl_seconds),
+        },
+        config.engine.clone(),
+    ))
+}
+
+/// Serves until `shutdown` resolves, then shuts down gracefully: health turns NOT_SERVING, new
+/// calls are refused, in-flight calls get `shutdown_grace_seconds` to finish, and queries still
+/// running after that end with a partial result. Health answers from the start; the DeepRecall
+/// service reports SERVING once the store is open.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let admission = Admission::default();
+    let service = DeepRecallServer::new(DeepRecallService::new(admission.clone()))
+        .max_decoding_message_size(config.server.max_request_bytes)
+        .max_encoding_message_size(config.server.max_response_bytes);
+
+    let address = listener.local_addr()?;
+    let (drain, drained) = oneshot::channel::<()>();
+    let keepalive = Duration::from_secs(config.server.http2_keepalive_seconds.max(1));
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .tcp_keepalive(Some(keepalive))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = drained.await;
+        });
+    let mut server = std::pin::pin!(server);
+    tracing::info!(%address, "serving gRPC");
+
+    let opening = build_engine(&config);
+    let mut opening = std::pin::pin!(opening);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let engine = tokio::select! {
+        outcome = &mut server => return Ok(outcome?),
+        () = &mut shutdown => None,
+        engine = &mut opening => Some(engine?),
+    };
+    if let Some(engine) = &engine {
+        admission.open(engine.clone());
+        set_health(&health, ServingStatus::Serving).await;
+        tracing::info!(data_dir = %config.store.data_dir.display(), "store open; serving queries");
+        tokio::select! {
+            outcome = &mut server => return Ok(outcome?),
+            () = &mut shutdown => {}
+        }
+    }
+
+    tracing::info!("shutting down: refusing new calls, letting in-flight calls finish");
+    admission.start_draining();
+    set_health(&health, ServingStatus::NotServing).await;
+    let _ = drain.send(());
+    let grace =
+        Duration::try_from_secs_f64(config.server.shutdown_grace_seconds).unwrap_or(Duration::ZERO);
+    if let Ok(outcome) = tokio::time::timeout(grace, &mut server).await {
+        return Ok(outcome?);
+    }
+    tracing::warn!(?grace, "grace period over: stopping running queries");
+    if let Some(engine) = &engine {
+        engine.abort_runs();
+    }
+    match tokio::time::timeout(ABORT_GRACE, &mut server).await {
+        Ok(outcome) => Ok(outcome?),
+        Err(_) => {
+            tracing::warn!("calls still open after stopping; closing them");
+            Ok(())
+        }
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
