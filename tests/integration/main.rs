@@ -1,1 +1,14 @@
+//! Integration tests: the real server on an ephemeral port, spoken to over gRPC. One test
+//! binary with modules keeps link time low.
 
+#![expect(
+    clippy::expect_used,
+    reason = "a failed step should fail the test at once, with its message"
+)]
+
+mod common;
+
+mod documents;
+mod errors;
+mod lifecycle;
+mod query;

@@ -1,0 +1,207 @@
+//! The test harness: a real server on 127.0.0.1:0 with its own data directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deeprecall::api::{DeepRecallClient, pb};
+use deeprecall::config::Config;
+use deeprecall::server::{self, ServerError};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A running server and a client connected to it.
+pub struct TestServer {
+    pub endpoint: String,
+    pub client: DeepRecallClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServerError>>>,
+    data_dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server with default settings on a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server with adjusted settings on a fresh data directory.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let path = data_dir.path().to_path_buf();
+        let mut server = Self::start_in(&path, configure).await;
+        server.data_dir = Some(data_dir);
+        server
+    }
+
+    /// Starts a server on an existing data directory, which the caller keeps.
+    pub async fn start_in(data_path: &Path, configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.store.data_dir = data_path.to_path_buf();
+        config.server.shutdown_grace_seconds = 2.0;
+        configure(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        wait_until_serving(&endpoint).await;
+        let client = DeepRecallClient::connect(endpoint.clone())
+            .await
+            .expect("client connects");
+        TestServer {
+            endpoint,
+            client,
+            stop: Some(stop),
+            handle: Some(handle),
+            data_dir: None,
+        }
+    }
+
+    /// Sends the shutdown signal and waits for `serve` to return.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let handle = self.handle.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(15), handle)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("serve task does not panic")
+    }
+
+    /// Stops the server but keeps its data directory for a restart.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        let data_dir = self.data_dir.take().expect("own data directory");
+        self.stop().await.expect("clean stop");
+        data_dir
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Waits, without polling, until health reports the service SERVING.
+pub async fn wait_until_serving(endpoint: &str) {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("health connects");
+    let mut updates = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: server::SERVICE_NAME.to_string(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let serving = async {
+        while let Some(update) = updates.message().await.expect("health update") {
+            if update.status == ServingStatus::Serving as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended before SERVING");
+    };
+    tokio::time::timeout(Duration::from_secs(20), serving)
+        .await
+        .expect("server becomes ready");
+}
+
+/// Converts a JSON object to a protobuf Struct.
+pub fn structure(value: Value) -> prost_types::Struct {
+    deeprecall::api::convert::json_to_struct(value.as_object().cloned().expect("object"))
+}
+
+/// Builds a document.
+pub fn document(id: &str, content: &str, metadata: Value) -> pb::Document {
+    pb::Document {
+        id: id.to_string(),
+        content: content.to_string(),
+        metadata: Some(structure(metadata)),
+    }
+}
+
+/// Adds documents to a collection and returns the response.
+pub async fn add(
+    client: &mut DeepRecallClient<Channel>,
+    collection: &str,
+    documents: Vec<pb::Document>,
+) -> pb::AddDocumentsResponse {
+    client
+        .add_documents(pb::AddDocumentsRequest {
+            collection: collection.to_string(),
+            documents,
+        })
+        .await
+        .expect("documents added")
+        .into_inner()
+}
+
+/// Builds a query request.
+pub fn question(query: &str) -> pb::QueryRequest {
+    pb::QueryRequest {
+        query: query.to_string(),
+        ..pb::QueryRequest::default()
+    }
+}
+
+/// Runs a query and returns every event; the stream must end cleanly.
+pub async fn query_events(
+    client: &mut DeepRecallClient<Channel>,
+    request: pb::QueryRequest,
+) -> Vec<pb::QueryEvent> {
+    let mut stream = client
+        .query(request)
+        .await
+        .expect("query accepted")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.expect("stream ends cleanly") {
+        events.push(event);
+    }
+    events
+}
+
+/// Runs a query and returns its result.
+pub async fn query_result(
+    client: &mut DeepRecallClient<Channel>,
+    request: pb::QueryRequest,
+) -> pb::QueryResult {
+    let events = query_events(client, request).await;
+    match events.last().and_then(|event| event.event.clone()) {
+        Some(pb::query_event::Event::Result(result)) => result,
+        other => panic!("the stream did not end with a result: {other:?}"),
+    }
+}
+
+/// Returns the folder of the bundled sample corpus.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// Ingests the bundled handbook into the default collection.
+pub async fn ingest_handbook(client: &mut DeepRecallClient<Channel>) -> usize {
+    let summary = deeprecall::cli::ingest::ingest_paths(
+        client,
+        &[examples().join("handbook")],
+        "",
+        1200,
+        256,
+        false,
+    )
+    .await
+    .expect("handbook ingested");
+    summary.chunks
+}
