@@ -82,11 +82,21 @@ impl ExtractiveModel {
 
     fn decide(&self, messages: &[Message]) -> (String, Vec<ToolCall>) {
         let question = question_of(messages);
+        // Tool call ids must be unique across the conversation, as a real model's are.
+        let turn = messages
+            .iter()
+            .filter(|message| message.role == Role::Assistant)
+            .count();
         let searches = past_searches(messages);
         let Some(first) = searches.first() else {
             return (
                 String::new(),
-                vec![tool_call(0, SEARCH_TOOL, json!({ "query": question }))],
+                vec![tool_call(
+                    turn,
+                    0,
+                    SEARCH_TOOL,
+                    json!({ "query": question }),
+                )],
             );
         };
         let followed: Vec<&PastSearch> = searches.iter().skip(1).collect();
@@ -96,13 +106,14 @@ impl ExtractiveModel {
                 let calls = names
                     .iter()
                     .enumerate()
-                    .map(|(n, name)| tool_call(n, SEARCH_TOOL, json!({ "query": name })))
+                    .map(|(n, name)| tool_call(turn, n, SEARCH_TOOL, json!({ "query": name })))
                     .collect();
                 return (String::new(), calls);
             }
         }
         let (answer, citations, certainty) = self.compose(&question, first, &followed);
         let submit = tool_call(
+            turn,
             0,
             SUBMIT_TOOL,
             json!({ "answer": answer, "citations": citations, "certainty": certainty }),
@@ -149,10 +160,12 @@ impl ExtractiveModel {
         followed: &[&PastSearch],
     ) -> (String, Vec<String>, f64) {
         let question_terms = text::stemmed_terms(question);
+        let names = name_stems(question);
         let mut picks: Vec<Pick<'_>> = Vec::new();
         let mut covered: Vec<String> = Vec::new();
 
-        if let Some((pick, terms)) = best_sentence(&first.hits, &question_terms, &[], None) {
+        if let Some((pick, terms)) = best_sentence(&first.hits, &question_terms, &names, &[], None)
+        {
             covered.extend(terms);
             picks.push(pick);
         }
@@ -166,11 +179,20 @@ impl ExtractiveModel {
                 .filter(|term| !covered.contains(term))
                 .cloned()
                 .collect();
-            let found = best_sentence(&search.hits, &open, &picks, Some(&name));
+            let found = best_sentence(&search.hits, &open, &names, &picks, Some(&name));
             if let Some((pick, terms)) = found {
                 covered.extend(terms);
                 picks.push(pick);
             }
+        }
+        // When no sentence about a followed name shares a word with the question ("What is the
+        // job title of …"), the sentence that defines the most relevant name usually answers.
+        if picks.len() == 1
+            && let Some(pick) = followed
+                .first()
+                .and_then(|search| defining_sentence(&search.hits, &search.query, &picks))
+        {
+            picks.push(pick);
         }
 
         if picks.is_empty() {
@@ -289,10 +311,12 @@ fn past_searches(messages: &[Message]) -> Vec<PastSearch> {
 }
 
 /// Returns the sentence of `hits` that shares the most of `terms`, if it shares any, skipping
-/// sentences already picked and, with `about`, sentences that do not mention that name.
+/// sentences already picked and, with `about`, sentences that do not mention that name. Terms
+/// the question wrote capitalised (`names`) count double: they name its subject.
 fn best_sentence<'a>(
     hits: &'a [HitOutput],
     terms: &[String],
+    names: &[String],
     picked: &[Pick<'_>],
     about: Option<&str>,
 ) -> Option<(Pick<'a>, Vec<String>)> {
@@ -311,20 +335,54 @@ fn best_sentence<'a>(
                 .filter(|term| sentence_terms.contains(term))
                 .cloned()
                 .collect();
-            if !shared.is_empty()
+            let score = shared.len() + shared.iter().filter(|term| names.contains(term)).count();
+            if score > 0
                 && best
                     .as_ref()
-                    .is_none_or(|(score, _, _)| shared.len() > *score)
+                    .is_none_or(|(best_score, _, _)| score > *best_score)
             {
                 let pick = Pick {
                     id: &hit.id,
                     sentence,
                 };
-                best = Some((shared.len(), pick, shared));
+                best = Some((score, pick, shared));
             }
         }
     }
     best.map(|(_, pick, shared)| (pick, shared))
+}
+
+/// Returns the first sentence, best hit first, that starts with `name`: "Kenji Halvorsen is
+/// the Site Reliability Lead."
+fn defining_sentence<'a>(
+    hits: &'a [HitOutput],
+    name: &str,
+    picked: &[Pick<'_>],
+) -> Option<Pick<'a>> {
+    let name = name.to_lowercase();
+    hits.iter().find_map(|hit| {
+        text::sentences(&hit.content)
+            .into_iter()
+            .find(|sentence| {
+                !looks_like_heading(sentence)
+                    && sentence.to_lowercase().starts_with(&name)
+                    && !picked.iter().any(|pick| pick.sentence == *sentence)
+            })
+            .map(|sentence| Pick {
+                id: &hit.id,
+                sentence,
+            })
+    })
+}
+
+/// Returns the stems of the words the question capitalises after its first word.
+fn name_stems(question: &str) -> Vec<String> {
+    question
+        .split_whitespace()
+        .skip(1)
+        .filter(|word| word.chars().next().is_some_and(char::is_uppercase))
+        .flat_map(text::stemmed_terms)
+        .collect()
 }
 
 fn overlap(question_terms: &[String], sentence_terms: &[String]) -> usize {
@@ -378,9 +436,9 @@ fn looks_like_heading(sentence: &str) -> bool {
     !sentence.ends_with(['.', '!', '?']) && capitalized * 10 >= words.len() * 8
 }
 
-fn tool_call(index: usize, name: &str, arguments: serde_json::Value) -> ToolCall {
+fn tool_call(turn: usize, index: usize, name: &str, arguments: serde_json::Value) -> ToolCall {
     ToolCall {
-        id: format!("call_{name}_{index}"),
+        id: format!("call_{turn}_{index}"),
         name: name.to_string(),
         arguments: arguments.to_string(),
     }
@@ -404,6 +462,19 @@ mod tests {
     fn headings_are_recognised() {
         assert!(looks_like_heading("Aurora Strip Controller"));
         assert!(!looks_like_heading("Kestrel Fabrication is in Tampere."));
+    }
+
+    #[test]
+    fn tool_call_ids_are_unique_across_turns() {
+        let model = ExtractiveModel::default();
+        let mut messages = vec![Message::user("Question: Who makes the Zephyr?")];
+        let (_, first) = model.decide(&messages);
+        messages.push(Message::assistant("", first.clone()));
+        let hits = json!({"hits": [{"id": "z", "content": "The Zephyr is made by Klaxon Works."}]});
+        messages.push(Message::tool_result(first[0].id.clone(), hits.to_string()));
+        let (_, second) = model.decide(&messages);
+        assert_eq!(second[0].name, SEARCH_TOOL);
+        assert!(second.iter().all(|call| call.id != first[0].id));
     }
 
     #[test]
