@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -112,14 +112,18 @@ pub async fn serve(
     let address = listener.local_addr()?;
     let (drain, drained) = oneshot::channel::<()>();
     let keepalive = Duration::from_secs(config.server.http2_keepalive_seconds.max(1));
+    // Without TCP_NODELAY the small frames of a stream wait for delayed ACKs (~40 ms each);
+    // tonic sets it only on listeners it binds itself.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(keepalive));
     let server = Server::builder()
         .http2_keepalive_interval(Some(keepalive))
-        .tcp_keepalive(Some(keepalive))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = drained.await;
         });
     let mut server = std::pin::pin!(server);
