@@ -42,6 +42,10 @@ const MIN_CANDIDATES: usize = 30;
 const CANDIDATES_PER_HIT: usize = 3;
 /// Bounds the cost of a keyword query built from a very long search text.
 const MAX_MATCH_TERMS: usize = 64;
+/// Share of the indexed documents above which a term is too common to rank by.
+const COMMON_TERM_SHARE: f64 = 0.10;
+/// Below this many indexed documents every term is cheap enough to rank by.
+const MIN_DOCUMENTS_TO_PRUNE: usize = 2_000;
 const EMBEDDER_ID_KEY: &str = "embedder_id";
 
 /// Schema migrations; entry `n` moves `user_version` from `n` to `n + 1`.
@@ -530,7 +534,15 @@ impl Inner {
                 .collect();
             let by_keyword = match keyword {
                 Some(keyword) => {
-                    keyword_candidates(connection, keyword, candidates, &state.index, filter)?
+                    let indexed = self.documents.load(Ordering::Relaxed);
+                    keyword_candidates(
+                        connection,
+                        keyword,
+                        candidates,
+                        &state.index,
+                        filter,
+                        indexed,
+                    )?
                 }
                 None => Vec::new(),
             };
@@ -565,15 +577,18 @@ fn keyword_candidates(
     limit: usize,
     index: &VectorIndex,
     filter: &Filter,
+    indexed_documents: usize,
 ) -> Result<Vec<i64>, StoreError> {
     let mut rowids = Vec::with_capacity(limit.min(1024));
+    let terms = rankable_terms(connection, keyword, indexed_documents)?;
+    let expression = keyword.expression(&terms);
     if keyword.scoped && filter.is_empty() {
         // Every match counts, so SQLite may keep only the best `limit` rows while ranking.
         let mut statement = connection.prepare_cached(
             "SELECT rowid FROM documents_fts WHERE documents_fts MATCH ?1 ORDER BY rank LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut rows = statement.query(params![keyword.expression, limit])?;
+        let mut rows = statement.query(params![expression, limit])?;
         while let Some(row) = rows.next()? {
             let rowid: i64 = row.get(0)?;
             if index.get(rowid).is_some() {
@@ -586,7 +601,7 @@ fn keyword_candidates(
         let mut statement = connection.prepare_cached(
             "SELECT rowid FROM documents_fts WHERE documents_fts MATCH ?1 ORDER BY rank",
         )?;
-        let mut rows = statement.query([&keyword.expression])?;
+        let mut rows = statement.query([&expression])?;
         while let Some(row) = rows.next()? {
             let rowid: i64 = row.get(0)?;
             if index.matches(rowid, filter) {
@@ -643,31 +658,87 @@ fn fetch_hits(
 /// An FTS5 query for one search.
 #[derive(Debug, PartialEq)]
 struct KeywordQuery {
-    expression: String,
+    collection_id: i64,
+    /// The query's content terms, at most [`MAX_MATCH_TERMS`].
+    terms: Vec<String>,
     /// True when the expression itself restricts matches to the collection.
     scoped: bool,
 }
 
-/// Builds the FTS5 query: any of the query's content terms, each quoted so that nothing in the
-/// query is read as FTS5 syntax. Returns `None` when the query has no content terms, which
-/// skips the keyword search.
+impl KeywordQuery {
+    /// Builds the FTS5 expression matching any of `terms`, each quoted so that nothing in the
+    /// query is read as FTS5 syntax.
+    fn expression(&self, terms: &[String]) -> String {
+        let alternatives: Vec<String> = terms
+            .iter()
+            .map(|term| format!("\"{}\"", term.replace('"', "\"\"")))
+            .collect();
+        let alternatives = alternatives.join(" OR ");
+        if self.scoped {
+            format!(
+                "scope : \"c{}\" AND content : ({alternatives})",
+                self.collection_id
+            )
+        } else {
+            format!("content : ({alternatives})")
+        }
+    }
+}
+
+/// Takes the query's content terms. Returns `None` when the query has none, which skips the
+/// keyword search.
 fn keyword_query(collection_id: i64, query: &str, scoped: bool) -> Option<KeywordQuery> {
-    let terms = text::content_terms(query);
+    let mut terms = text::content_terms(query);
     if terms.is_empty() {
         return None;
     }
-    let alternatives: Vec<String> = terms
+    terms.truncate(MAX_MATCH_TERMS);
+    Some(KeywordQuery {
+        collection_id,
+        terms,
+        scoped,
+    })
+}
+
+/// Returns the terms worth ranking by. FTS5 computes BM25 for every matching row before it can
+/// sort, so a term found in a large share of the documents makes a query cost as much as the
+/// collection is large, while its inverse document frequency, and so its weight in the
+/// ranking, is near zero. Such terms are dropped when a rarer one is present; when all are
+/// common, only the rarest is kept. Frequencies come from FTS5 itself (so they follow its
+/// tokenizer), counted only up to the threshold.
+fn rankable_terms(
+    connection: &Connection,
+    keyword: &KeywordQuery,
+    indexed_documents: usize,
+) -> Result<Vec<String>, StoreError> {
+    if indexed_documents < MIN_DOCUMENTS_TO_PRUNE || keyword.terms.len() < 2 {
+        return Ok(keyword.terms.clone());
+    }
+    let threshold = (indexed_documents as f64 * COMMON_TERM_SHARE) as i64;
+    let mut count = connection.prepare_cached(
+        "SELECT count(*) FROM \
+         (SELECT 1 FROM documents_fts WHERE documents_fts MATCH ?1 LIMIT ?2)",
+    )?;
+    let mut counted: Vec<(i64, &String)> = Vec::with_capacity(keyword.terms.len());
+    for term in &keyword.terms {
+        let expression = format!("content : \"{}\"", term.replace('"', "\"\""));
+        let documents: i64 =
+            count.query_row(params![expression, threshold + 1], |row| row.get(0))?;
+        counted.push((documents, term));
+    }
+    let rare: Vec<String> = counted
         .iter()
-        .take(MAX_MATCH_TERMS)
-        .map(|term| format!("\"{}\"", term.replace('"', "\"\"")))
+        .filter(|(documents, _)| *documents <= threshold)
+        .map(|(_, term)| (*term).clone())
         .collect();
-    let alternatives = alternatives.join(" OR ");
-    let expression = if scoped {
-        format!("scope : \"c{collection_id}\" AND content : ({alternatives})")
-    } else {
-        format!("content : ({alternatives})")
-    };
-    Some(KeywordQuery { expression, scoped })
+    if !rare.is_empty() {
+        return Ok(rare);
+    }
+    Ok(counted
+        .iter()
+        .min_by_key(|(documents, _)| *documents)
+        .map(|(_, term)| vec![(*term).clone()])
+        .unwrap_or_default())
 }
 
 fn bump_version(transaction: &Transaction<'_>, collection_id: i64) -> Result<u64, StoreError> {
@@ -1704,10 +1775,37 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn terms_in_most_documents_are_not_ranked_by_when_rarer_ones_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let documents = (0..2_500)
+            .map(|n| {
+                let extra = if n % 500 == 0 { " saffron" } else { "" };
+                doc(&format!("d{n}"), &format!("widget number {n}{extra}"))
+            })
+            .collect();
+        store.add_documents("c", documents).await.unwrap();
+        let connection = Connection::open(store.path()).unwrap();
+        let query = |text: &str| keyword_query(1, text, false).unwrap();
+
+        let pruned = rankable_terms(&connection, &query("widget saffron"), 2_500).unwrap();
+        assert_eq!(pruned, vec!["saffron"]);
+        let all_common = rankable_terms(&connection, &query("widget number"), 2_500).unwrap();
+        assert_eq!(all_common.len(), 1);
+        let small = rankable_terms(&connection, &query("widget saffron"), 100).unwrap();
+        assert_eq!(
+            small,
+            vec!["widget", "saffron"],
+            "small collections rank by every term"
+        );
+    }
+
     #[test]
     fn keyword_queries_quote_every_term() {
         let expression = |scoped| {
-            keyword_query(7, "What is the Zephyr X?", scoped).map(|query| query.expression)
+            keyword_query(7, "What is the Zephyr X?", scoped)
+                .map(|query| query.expression(&query.terms))
         };
         assert_eq!(
             expression(true).as_deref(),
@@ -1717,7 +1815,7 @@ mod tests {
             expression(false).as_deref(),
             Some("content : (\"zephyr\" OR \"x\")")
         );
-        assert_eq!(keyword_query(7, "the of", true), None);
+        assert!(keyword_query(7, "the of", true).is_none());
     }
 
     #[tokio::test]
