@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Passages per search.
     #[arg(long, default_value_t = 10)]
     top_k: usize,
+    /// Zipf ranks left to function words before content words start; 1 makes a few content
+    /// words appear in most documents, the worst case for keyword ranking.
+    #[arg(long, default_value_t = 150)]
+    zipf_offset: usize,
 }
 
 /// Runs the benchmarks and prints one line per measurement.
@@ -129,17 +133,7 @@ impl Drop for BenchServer {
 async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
     let server = BenchServer::start().await?;
     let mut client = connect(&server.endpoint).await?;
-    let mut corpus = Corpus::new(7);
-    let documents: Vec<pb::Document> = (0..args.ingest_documents)
-        .map(|index| {
-            let (content, metadata) = corpus.document(index);
-            pb::Document {
-                id: format!("doc-{index}"),
-                content,
-                metadata: Some(crate::api::convert::json_to_struct(metadata)),
-            }
-        })
-        .collect();
+    let documents = Corpus::new(7, args.zipf_offset).proto_documents(args.ingest_documents);
     let started = Instant::now();
     for batch in documents.chunks(args.batch_size) {
         client
@@ -174,7 +168,7 @@ async fn search(args: &BenchArgs) -> Result<(), CliError> {
     )
     .await
     .map_err(|error| CliError::Io(error.to_string()))?;
-    let mut corpus = Corpus::new(11);
+    let mut corpus = Corpus::new(11, args.zipf_offset);
     let loading = Instant::now();
     let mut index = 0;
     while index < args.search_documents {
@@ -236,17 +230,8 @@ async fn search(args: &BenchArgs) -> Result<(), CliError> {
 async fn cached_query(args: &BenchArgs) -> Result<(), CliError> {
     let server = BenchServer::start().await?;
     let mut client = connect(&server.endpoint).await?;
-    let mut corpus = Corpus::new(3);
-    let documents = (0..200)
-        .map(|index| {
-            let (content, metadata) = corpus.document(index);
-            pb::Document {
-                id: format!("doc-{index}"),
-                content,
-                metadata: Some(crate::api::convert::json_to_struct(metadata)),
-            }
-        })
-        .collect();
+    let mut corpus = Corpus::new(3, args.zipf_offset);
+    let documents = corpus.proto_documents(200);
     client
         .add_documents(pb::AddDocumentsRequest {
             collection: String::new(),
@@ -307,32 +292,43 @@ fn percentiles(latencies: &mut [Duration]) -> String {
     )
 }
 
-/// Seeded generator of short documents and queries over a synthetic vocabulary with a skewed
-/// word distribution, so that some words are common and most are rare, as in real text.
+/// Seeded generator of short documents and queries that look like English to the search: a
+/// third of the tokens common function words, the rest from a 30,000-word vocabulary with
+/// Zipf-distributed ranks starting after `zipf_offset` (the head of an English Zipf curve being
+/// function words). Real text has that shape; a small or flat vocabulary would
+/// make every posting list hold every document.
 struct Corpus {
     state: u64,
     vocabulary: Vec<String>,
+    zipf_offset: f64,
 }
 
+/// Function words mixed into documents and queries.
+const FUNCTION_WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "is", "for", "with", "on", "by", "as", "at", "from", "that",
+];
+const VOCABULARY_SIZE: usize = 30_000;
+const WORDS_PER_DOCUMENT: usize = 30;
+
 impl Corpus {
-    fn new(seed: u64) -> Self {
-        const ONSETS: &[&str] = &["b", "k", "l", "m", "n", "p", "r", "s", "t", "v", "dr", "st"];
-        const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ou"];
-        const CODAS: &[&str] = &["", "n", "r", "s", "l", "th", "x"];
-        let mut vocabulary = Vec::new();
-        for onset in ONSETS {
-            for vowel in VOWELS {
-                for coda in CODAS {
-                    for second in VOWELS.iter().take(4) {
-                        vocabulary.push(format!("{onset}{vowel}{coda}{second}"));
-                    }
-                }
-            }
-        }
-        Corpus {
+    fn new(seed: u64, zipf_offset: usize) -> Self {
+        let mut corpus = Corpus {
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-            vocabulary,
+            vocabulary: Vec::with_capacity(VOCABULARY_SIZE),
+            zipf_offset: zipf_offset.max(1) as f64,
+        };
+        const CONSONANTS: &[u8] = b"bcdfghjklmnprstvwz";
+        const VOWELS: &[u8] = b"aeiou";
+        while corpus.vocabulary.len() < VOCABULARY_SIZE {
+            let syllables = 2 + (corpus.next() % 3) as usize;
+            let mut word = String::new();
+            for _ in 0..syllables {
+                word.push(CONSONANTS[(corpus.next() % CONSONANTS.len() as u64) as usize] as char);
+                word.push(VOWELS[(corpus.next() % VOWELS.len() as u64) as usize] as char);
+            }
+            corpus.vocabulary.push(word);
         }
+        corpus
     }
 
     fn next(&mut self) -> u64 {
@@ -343,24 +339,44 @@ impl Corpus {
         self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn word(&mut self) -> &str {
-        // The product of two uniform picks skews toward the front of the vocabulary.
-        let size = self.vocabulary.len() as u64;
-        let index = (self.next() % size) * (self.next() % size) / size;
-        &self.vocabulary[index as usize]
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn word(&mut self) -> String {
+        if self.next().is_multiple_of(3) {
+            let index = (self.next() % FUNCTION_WORDS.len() as u64) as usize;
+            return FUNCTION_WORDS[index].to_string();
+        }
+        // A log-uniform draw over [offset, offset + size) approximates Zipf's law (exponent 1)
+        // for the ranks after the first `offset`, which in English are the function words.
+        let (offset, size) = (self.zipf_offset, VOCABULARY_SIZE as f64);
+        let position = (offset.ln() + self.uniform() * ((offset + size).ln() - offset.ln())).exp();
+        let rank = (position - offset) as usize;
+        self.vocabulary[rank.min(VOCABULARY_SIZE - 1)].clone()
     }
 
     fn document(&mut self, index: usize) -> (String, Map<String, Value>) {
-        let words: Vec<String> = (0..30).map(|_| self.word().to_string()).collect();
+        let words: Vec<String> = (0..WORDS_PER_DOCUMENT).map(|_| self.word()).collect();
         let mut metadata = Map::new();
         metadata.insert("group".into(), Value::from(index % 10));
         (format!("{}.", words.join(" ")), metadata)
     }
 
+    fn proto_documents(&mut self, count: usize) -> Vec<pb::Document> {
+        (0..count)
+            .map(|index| {
+                let (content, metadata) = self.document(index);
+                pb::Document {
+                    id: format!("doc-{index}"),
+                    content,
+                    metadata: Some(crate::api::convert::json_to_struct(metadata)),
+                }
+            })
+            .collect()
+    }
+
     fn query(&mut self) -> String {
-        (0..4)
-            .map(|_| self.word().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
+        (0..5).map(|_| self.word()).collect::<Vec<_>>().join(" ")
     }
 }
