@@ -102,3 +102,63 @@ async fn shutdown_refuses_new_calls_and_returns_cleanly() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn in_flight_streams_get_the_grace_period_then_end_cleanly() {
+    let mut server = TestServer::start_with(|config| {
+        config.server.shutdown_grace_seconds = 0.3;
+        config.cache.backend = deeprecall::config::CacheBackend::None;
+    })
+    .await;
+    add(
+        &mut server.client,
+        "",
+        vec![document(
+            "a",
+            "Graceful shutdown drains streams.",
+            serde_json::json!({}),
+        )],
+    )
+    .await;
+    // Enough work that the batch is still running when the signal comes.
+    let queries = (0..10_000)
+        .map(|n| question(&format!("How does shutdown drain streams, take {n}?")))
+        .collect();
+    let mut stream = server
+        .client
+        .query_batch(pb::QueryBatchRequest {
+            queries,
+            max_concurrency: 2,
+        })
+        .await
+        .expect("batch accepted")
+        .into_inner();
+    let first = stream.message().await.expect("clean").expect("an item");
+    assert!(matches!(
+        first.outcome,
+        Some(pb::query_batch_item::Outcome::Result(_))
+    ));
+
+    let stopping = tokio::spawn(server.stop());
+    let mut results = 1;
+    let mut refused = 0;
+    while let Some(item) = stream.message().await.expect("the stream ends cleanly") {
+        match item.outcome {
+            Some(pb::query_batch_item::Outcome::Result(_)) => results += 1,
+            Some(pb::query_batch_item::Outcome::Error(error)) => {
+                assert_eq!(
+                    error.code,
+                    tonic::Code::Unavailable as i32,
+                    "{}",
+                    error.message
+                );
+                assert!(error.message.contains("shutting down"), "{}", error.message);
+                refused += 1;
+            }
+            None => panic!("an item without an outcome"),
+        }
+    }
+    assert!(results > 1, "work went on during the grace period");
+    assert_eq!(results + refused, 10_000, "every query got an item");
+    stopping.await.expect("joined").expect("clean shutdown");
+}
