@@ -5,13 +5,14 @@
 //! `DEEPRECALL_ENGINE__MAX_TOP_K=50`; the common ones also have short names (see
 //! [`ENV_ALIASES`]). This module is the only reader of the process environment.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
+use crate::llm::http::Secret;
 
 /// Prefix of every environment variable read.
 pub const ENV_PREFIX: &str = "DEEPRECALL_";
@@ -25,6 +26,10 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
         "server.shutdown_grace_seconds",
     ),
     ("DEEPRECALL_BACKEND", "llm.backend"),
+    ("DEEPRECALL_MODEL", "llm.model"),
+    ("DEEPRECALL_BASE_URL", "llm.base_url"),
+    ("DEEPRECALL_LLM_API_KEY", "llm.api_key"),
+    ("DEEPRECALL_API_KEY_FILE", "llm.api_key_file"),
     ("DEEPRECALL_CACHE", "cache.backend"),
     ("DEEPRECALL_CACHE_TTL", "cache.ttl_seconds"),
     ("DEEPRECALL_LOG", "telemetry.log_filter"),
@@ -138,16 +143,105 @@ pub enum Backend {
     /// The offline extractive reader.
     #[default]
     Extractive,
+    /// Any OpenAI-compatible chat completions API.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
 }
 
 /// Settings of the model backends.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
     /// Root model backend.
     pub backend: Backend,
+    /// Model name (for Azure OpenAI, the deployment name).
+    pub model: String,
+    /// API root; empty takes the backend's public endpoint.
+    pub base_url: String,
+    /// API key. Prefer `DEEPRECALL_LLM_API_KEY` or `api_key_file` over writing it here.
+    pub api_key: Secret,
+    /// File holding the API key (its first line).
+    pub api_key_file: Option<PathBuf>,
+    /// Headers added to every model request.
+    pub headers: BTreeMap<String, String>,
+    /// Seconds to establish a connection.
+    pub connect_timeout_seconds: f64,
+    /// Seconds for a whole model request.
+    pub request_timeout_seconds: f64,
+    /// Attempts per model call, the first included.
+    pub max_attempts: u32,
+    /// Backoff before the first retry, in milliseconds; doubles each time, with full jitter.
+    pub retry_base_ms: u64,
+    /// Longest backoff, in milliseconds.
+    pub retry_max_ms: u64,
+    /// Streams replies so the answer's text reaches the caller as it is written.
+    pub stream: bool,
+    /// Azure OpenAI `api-version`; setting it selects Azure's URL form and `api-key` header.
+    pub azure_api_version: Option<String>,
+    /// Completion-limit field of OpenAI-compatible APIs: `max_tokens` or
+    /// `max_completion_tokens`.
+    pub max_tokens_field: String,
+    /// Asks an OpenAI-compatible API for the cost of each call (OpenRouter).
+    pub request_cost: bool,
+    /// `anthropic-version` header of the Anthropic backend.
+    pub anthropic_version: String,
     /// Names followed into a second search by the extractive backend.
     pub extractive_max_followups: Option<usize>,
+    /// The sub-model answering `llm_query`; unset fields take the root model's.
+    pub sub: SubModelConfig,
+    /// US dollars per million tokens, by model, for backends that do not report a cost.
+    pub prices: BTreeMap<String, ModelPrice>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            backend: Backend::Extractive,
+            model: String::new(),
+            base_url: String::new(),
+            api_key: Secret::default(),
+            api_key_file: None,
+            headers: BTreeMap::new(),
+            connect_timeout_seconds: 10.0,
+            request_timeout_seconds: 120.0,
+            max_attempts: 4,
+            retry_base_ms: 500,
+            retry_max_ms: 20_000,
+            stream: true,
+            azure_api_version: None,
+            max_tokens_field: "max_tokens".to_string(),
+            request_cost: false,
+            anthropic_version: "2023-06-01".to_string(),
+            extractive_max_followups: None,
+            sub: SubModelConfig::default(),
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+/// The sub-model: any field left unset is the root model's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubModelConfig {
+    /// Backend.
+    pub backend: Option<Backend>,
+    /// Model name.
+    pub model: Option<String>,
+    /// API root.
+    pub base_url: Option<String>,
+    /// File holding the API key.
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// Price of a model, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Per million prompt tokens.
+    pub input_per_million: f64,
+    /// Per million completion tokens.
+    pub output_per_million: f64,
 }
 
 /// Result cache backends available.
@@ -404,9 +498,46 @@ event_buffer = 64
 max_completion_tokens = 4096
 
 [llm]
-# Root model backend: "extractive" (offline, no model needed).
+# Root model backend: "extractive" (offline, no model needed), "openai" (any OpenAI-compatible
+# API) or "anthropic" (env DEEPRECALL_BACKEND, flag --backend).
 backend = "extractive"
+# Model name; for Azure OpenAI the deployment name (env DEEPRECALL_MODEL, flag --model).
+model = ""
+# API root; empty takes the backend's public endpoint (env DEEPRECALL_BASE_URL, flag --base-url).
+base_url = ""
+# The API key comes from DEEPRECALL_LLM_API_KEY or from this file (flag --api-key-file).
+# api_key_file = "/run/secrets/llm-api-key"
+# Seconds to connect, and for a whole model request.
+connect_timeout_seconds = 10.0
+request_timeout_seconds = 120.0
+# Retries per model call: attempts in all, first backoff and longest backoff (ms).
+max_attempts = 4
+retry_base_ms = 500
+retry_max_ms = 20000
+# Stream replies so the answer's text reaches the caller as it is written.
+stream = true
+# Azure OpenAI: setting api-version selects the deployment URL and the api-key header.
+# azure_api_version = "2024-06-01"
+# "max_completion_tokens" for OpenAI's reasoning models.
+max_tokens_field = "max_tokens"
+# Ask for each call's cost (OpenRouter).
+request_cost = false
+anthropic_version = "2023-06-01"
 # extractive_max_followups = 2
+
+[llm.headers]
+# "HTTP-Referer" = "https://example.com"
+
+[llm.sub]
+# The sub-model answering llm_query; unset fields take the root model's.
+# backend = "openai"
+# model = "gpt-4o-mini"
+# base_url = ""
+# api_key_file = ""
+
+[llm.prices]
+# US dollars per million tokens, for backends that do not report a cost.
+# "gpt-4o-mini" = { input_per_million = 0.15, output_per_million = 0.60 }
 
 [cache]
 # Result cache: "memory" or "none" (env DEEPRECALL_CACHE).

@@ -87,6 +87,18 @@ struct ServeArgs {
     /// Log format: text or json; env DEEPRECALL_LOG_FORMAT.
     #[arg(long)]
     log_format: Option<String>,
+    /// Model backend: extractive, openai or anthropic; env DEEPRECALL_BACKEND.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Model name (Azure: the deployment); env DEEPRECALL_MODEL.
+    #[arg(long)]
+    model: Option<String>,
+    /// API root of the model backend; env DEEPRECALL_BASE_URL.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// File holding the model API key; else env DEEPRECALL_LLM_API_KEY.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
 }
 
 /// Flags shared by the client commands.
@@ -259,6 +271,13 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         args.cache_ttl.map(|ttl| ttl.to_string()),
     );
     flag("telemetry.log_format", args.log_format);
+    flag("llm.backend", args.backend);
+    flag("llm.model", args.model);
+    flag("llm.base_url", args.base_url);
+    flag(
+        "llm.api_key_file",
+        args.api_key_file.map(|path| path.display().to_string()),
+    );
     let config = args.config.load(flags)?;
     crate::telemetry::init(&config.telemetry);
     let listener = tokio::net::TcpListener::bind(config.server.listen)

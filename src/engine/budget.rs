@@ -96,6 +96,10 @@ pub struct BudgetWarning {
     pub message: String,
 }
 
+/// Completion tokens a call needs at the least to say anything useful; a call whose prompt
+/// leaves less than this in the budget is not made.
+pub const MIN_COMPLETION_TOKENS: u64 = 16;
+
 /// Share of a limit at which a warning goes out.
 const WARNING_FRACTION: f64 = 0.8;
 
@@ -137,16 +141,54 @@ impl BudgetTracker {
         self.limits.max_time.map(|limit| self.started + limit)
     }
 
-    /// Checks that one more root model call fits, and counts it if so.
-    pub fn start_iteration(&mut self) -> Result<(), BudgetResource> {
-        self.check_model_call()?;
+    /// Checks that one more root model call with a prompt of about `prompt_tokens` fits, counts
+    /// it if so, and returns the cap on its completion tokens.
+    pub fn start_iteration(
+        &mut self,
+        prompt_tokens: u64,
+        price: Option<(f64, f64)>,
+        configured_cap: u32,
+    ) -> Result<u32, BudgetResource> {
         if let Some(max) = self.limits.max_iterations
             && self.used.iterations >= max
         {
             return Err(BudgetResource::Iterations);
         }
+        let cap = self.plan_call(prompt_tokens, price, configured_cap)?;
         self.used.iterations += 1;
-        Ok(())
+        Ok(cap)
+    }
+
+    /// Checks that a model call with a prompt of about `prompt_tokens` fits what is left of the
+    /// token, cost and time budgets with room for a minimal completion, and returns the cap on
+    /// its completion tokens: the configured cap, cut to what the budgets leave. `price` is
+    /// dollars per prompt and per completion token, when known.
+    pub fn plan_call(
+        &self,
+        prompt_tokens: u64,
+        price: Option<(f64, f64)>,
+        configured_cap: u32,
+    ) -> Result<u32, BudgetResource> {
+        self.check_model_call()?;
+        let mut cap = u64::from(configured_cap);
+        if let Some(max) = self.limits.max_tokens {
+            let left = max.saturating_sub(self.used.tokens);
+            if left < prompt_tokens + MIN_COMPLETION_TOKENS {
+                return Err(BudgetResource::Tokens);
+            }
+            cap = cap.min(left - prompt_tokens);
+        }
+        if let (Some(max), Some((input, output))) = (self.limits.max_cost_usd, price) {
+            let left = max - self.used.cost_usd;
+            let prompt_cost = prompt_tokens as f64 * input;
+            if left < prompt_cost + MIN_COMPLETION_TOKENS as f64 * output {
+                return Err(BudgetResource::Cost);
+            }
+            if output > 0.0 {
+                cap = cap.min(((left - prompt_cost) / output) as u64);
+            }
+        }
+        Ok(u32::try_from(cap).unwrap_or(u32::MAX))
     }
 
     /// Checks that a model call (root or sub-model) fits in the token, cost and time budgets.
@@ -170,13 +212,6 @@ impl BudgetTracker {
             Some(max) if self.started.elapsed() >= max => Err(BudgetResource::Time),
             _ => Ok(()),
         }
-    }
-
-    /// Returns the completion-token cap for the next call: what is left of the token budget.
-    pub fn remaining_tokens(&self) -> Option<u64> {
-        self.limits
-            .max_tokens
-            .map(|max| max.saturating_sub(self.used.tokens))
     }
 
     /// Reserves one search, or says which budget forbids it.
@@ -265,9 +300,12 @@ mod tests {
     #[test]
     fn iterations_stop_at_the_limit() {
         let mut budget = BudgetTracker::new(limits(), Instant::now());
-        assert_eq!(budget.start_iteration(), Ok(()));
-        assert_eq!(budget.start_iteration(), Ok(()));
-        assert_eq!(budget.start_iteration(), Err(BudgetResource::Iterations));
+        assert!(budget.start_iteration(10, None, 50).is_ok());
+        assert!(budget.start_iteration(10, None, 50).is_ok());
+        assert_eq!(
+            budget.start_iteration(10, None, 50),
+            Err(BudgetResource::Iterations)
+        );
         assert_eq!(budget.usage().iterations, 2);
     }
 
@@ -275,8 +313,46 @@ mod tests {
     fn a_spent_token_budget_forbids_the_next_call() {
         let mut budget = BudgetTracker::new(limits(), Instant::now());
         budget.record_model_usage(100, 0.0);
-        assert_eq!(budget.start_iteration(), Err(BudgetResource::Tokens));
+        assert_eq!(
+            budget.start_iteration(0, None, 50),
+            Err(BudgetResource::Tokens)
+        );
         assert_eq!(budget.usage().iterations, 0);
+    }
+
+    #[test]
+    fn a_call_whose_prompt_cannot_fit_is_not_made_and_others_are_capped() {
+        let budget = BudgetTracker::new(limits(), Instant::now());
+        // 100 tokens in all: a 90-token prompt leaves 10, under the minimal completion.
+        assert_eq!(
+            budget.plan_call(90, None, 4096),
+            Err(BudgetResource::Tokens)
+        );
+        assert_eq!(budget.plan_call(60, None, 4096), Ok(40));
+        assert_eq!(budget.plan_call(60, None, 25), Ok(25));
+    }
+
+    #[test]
+    fn the_cost_budget_caps_completions_at_known_prices() {
+        let budget = BudgetTracker::new(
+            BudgetLimits {
+                max_tokens: None,
+                ..limits()
+            },
+            Instant::now(),
+        );
+        // $0.01 left; the prompt costs $0.004; completions cost $0.0001 a token.
+        let cap = budget.plan_call(40, Some((0.0001, 0.0001)), 4096);
+        assert!(matches!(cap, Ok(59 | 60)), "{cap:?}");
+        assert_eq!(
+            budget.plan_call(99, Some((0.0001, 0.0001)), 4096),
+            Err(BudgetResource::Cost)
+        );
+        assert_eq!(
+            budget.plan_call(99, None, 4096),
+            Ok(4096),
+            "unknown prices cap nothing"
+        );
     }
 
     #[test]

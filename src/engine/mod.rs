@@ -25,7 +25,7 @@ pub use events::{EventKind, EventSink, TraceEvent};
 pub use result::QueryResult;
 
 use crate::cache::{Cache, CacheError, CacheKey, CacheStats};
-use crate::llm::{ChatModel, LlmError};
+use crate::llm::{ChatModel, LlmError, PriceTable};
 use crate::store::{
     CollectionInfo, DEFAULT_COLLECTION, DocumentStore, Filter, NewDocument, StoreError,
     WriteOutcome, validate_collection_name,
@@ -214,6 +214,8 @@ pub struct EngineParts {
     pub model: Arc<dyn ChatModel>,
     /// Sub-model for `llm_query`.
     pub sub_model: Arc<dyn ChatModel>,
+    /// Prices of models whose backend reports no cost.
+    pub prices: PriceTable,
     /// Result cache.
     pub cache: Arc<dyn Cache>,
     /// How long a cached result stays valid.
@@ -240,6 +242,7 @@ struct EngineInner {
     store: Arc<dyn DocumentStore>,
     model: Arc<dyn ChatModel>,
     sub_model: Arc<dyn ChatModel>,
+    prices: PriceTable,
     cache: Arc<dyn Cache>,
     cache_ttl: Duration,
     config: EngineConfig,
@@ -261,6 +264,7 @@ impl Engine {
                 store: parts.store,
                 model: parts.model,
                 sub_model: parts.sub_model,
+                prices: parts.prices,
                 cache: parts.cache,
                 cache_ttl: parts.cache_ttl,
                 config,

@@ -63,6 +63,26 @@ pub fn user_message(
     message
 }
 
+/// Returns the instruction for the call that sums up a run that stopped early.
+pub fn synthesis_system_prompt() -> &'static str {
+    "The research on a question stopped before it was finished. Answer the question as well \
+     as the passages below allow, citing each passage you use as [id]. Say plainly what the \
+     passages do not settle. Be brief."
+}
+
+/// Most characters of one passage shown to the summing-up call.
+const SYNTHESIS_PASSAGE_CHARS: usize = 2_000;
+
+/// Returns the user message of the summing-up call: the question and the passages found.
+pub fn synthesis_user_message(question: &str, passages: &[(&str, &str)]) -> String {
+    let mut message = format!("{QUESTION_MARKER} {}\n\nPassages:\n", question.trim());
+    for (id, content) in passages {
+        let excerpt: String = content.chars().take(SYNTHESIS_PASSAGE_CHARS).collect();
+        message.push_str(&format!("\n[{id}]\n{excerpt}\n"));
+    }
+    message
+}
+
 /// Returns the instruction for the sub-model, which gets no tools.
 pub fn sub_model_system_prompt() -> &'static str {
     "You are a careful reader. Answer from the text you are given only, briefly."

@@ -11,15 +11,20 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{BudgetResource, BudgetTracker};
+use super::budget::{BudgetResource, BudgetTracker, MIN_COMPLETION_TOKENS};
 use super::events::{EventKind, EventSink, ModelCallRecord, SearchRecord, SubModelCallRecord};
 use super::partial;
 use super::prompts::{self, SUBMIT};
 use super::result::{BudgetStatus, QueryResult, ReasoningStep, Usage};
 use super::tools::{self, ToolInvocation};
 use super::{EngineError, EngineInner, PreparedQuery};
-use crate::llm::{ChatModel, ChatRequest, ChatResponse, LlmError, Message, ToolCall};
+use crate::llm::{
+    ChatModel, ChatRequest, ChatResponse, LlmError, Message, ToolCall, estimate_tokens,
+};
 use crate::store::{Filter, Hit, SearchRequest};
+
+/// Completion tokens of the call that sums up a run that stopped early.
+const SUMMARY_MAX_TOKENS: u32 = 1024;
 
 /// How a wait ended.
 enum Guarded<T> {
@@ -131,6 +136,7 @@ impl<'a> Run<'a> {
         let tool_specs = prompts::tools();
         let max_errors = self.inner.config.max_consecutive_tool_errors.max(1);
         let mut consecutive_errors = 0;
+        let mut empty_replies = 0;
 
         loop {
             if let Some(reason) = self.cancel_reason() {
@@ -139,12 +145,20 @@ impl<'a> Run<'a> {
                     reason,
                 });
             }
-            let (step, max_tokens) = {
+            let model = &self.inner.model;
+            let prompt_tokens = estimate_prompt_tokens(&messages, &tool_specs);
+            let price = self.inner.prices.per_token(model.name());
+            let (step, max_tokens, deadline) = {
                 let mut budget = self.budget.lock();
-                if let Err(resource) = budget.start_iteration() {
-                    return Ok(self.exhausted(resource, &budget));
+                let planned = budget.start_iteration(
+                    prompt_tokens,
+                    price,
+                    self.inner.config.max_completion_tokens,
+                );
+                match planned {
+                    Ok(cap) => (budget.usage().iterations, cap, budget.deadline()),
+                    Err(resource) => return Ok(self.exhausted(resource, &budget)),
                 }
-                (budget.usage().iterations, self.completion_cap(&budget))
             };
             self.emit(EventKind::StepStarted { step }).await;
             let step_started = Instant::now();
@@ -152,10 +166,11 @@ impl<'a> Run<'a> {
             let request = ChatRequest {
                 messages: messages.clone(),
                 tools: tool_specs.clone(),
-                max_tokens,
+                max_tokens: Some(max_tokens),
+                deadline,
             };
             let call_started = Instant::now();
-            let response = match self.guarded(self.inner.model.chat(request)).await {
+            let response = match self.streamed_call(request).await {
                 Guarded::Done(Ok(response)) => response,
                 Guarded::Done(Err(error)) => {
                     if self.sources.lock().is_empty() {
@@ -181,11 +196,12 @@ impl<'a> Run<'a> {
 
             if response.tool_calls.is_empty() {
                 if response.content.trim().is_empty() {
-                    consecutive_errors += 1;
-                    if consecutive_errors >= max_errors {
+                    // An empty reply is asked again once, then reported.
+                    empty_replies += 1;
+                    if empty_replies >= 2 {
                         return Ok(Outcome::Stopped {
                             exhausted: None,
-                            reason: "the model returned empty responses".into(),
+                            reason: "the model returned empty replies twice in a row".into(),
                         });
                     }
                     messages.push(Message::user(
@@ -201,6 +217,7 @@ impl<'a> Run<'a> {
                 });
             }
 
+            empty_replies = 0;
             messages.push(Message::assistant(
                 response.content.clone(),
                 response.tool_calls.clone(),
@@ -372,14 +389,27 @@ impl<'a> Run<'a> {
                 config.max_batched_prompts
             ));
         }
-        let max_tokens = {
-            let budget = self.budget.lock();
-            if let Err(resource) = budget.check_model_call() {
-                return ToolOutcome::exhausted(resource);
-            }
-            self.completion_cap(&budget)
-        };
         let model = &self.inner.sub_model;
+        let prompt_tokens: u64 = prompts
+            .iter()
+            .map(|prompt| {
+                estimate_tokens(prompt) + estimate_tokens(prompts::sub_model_system_prompt())
+            })
+            .sum::<u64>()
+            + MIN_COMPLETION_TOKENS * (prompts.len() as u64 - 1);
+        let price = self.inner.prices.per_token(model.name());
+        let (max_tokens, deadline) = {
+            let budget = self.budget.lock();
+            let configured = config.max_completion_tokens;
+            match budget.plan_call(prompt_tokens, price, configured) {
+                // The completion budget is shared by the prompts that run together.
+                Ok(cap) => (
+                    (cap / prompts.len() as u32).max(MIN_COMPLETION_TOKENS as u32),
+                    budget.deadline(),
+                ),
+                Err(resource) => return ToolOutcome::exhausted(resource),
+            }
+        };
         let started = Instant::now();
         let calls = futures::stream::iter(prompts)
             .map(|prompt| {
@@ -389,7 +419,8 @@ impl<'a> Run<'a> {
                         Message::user(prompt),
                     ],
                     tools: Vec::new(),
-                    max_tokens,
+                    max_tokens: Some(max_tokens),
+                    deadline,
                 })
             })
             .buffered(config.sub_model_concurrency.max(1))
@@ -462,21 +493,16 @@ impl<'a> Run<'a> {
 
     /// Adds a call's tokens and cost to the budget and the usage; returns the cost.
     fn record_model_usage(&self, model: &dyn ChatModel, response: &ChatResponse) -> f64 {
-        let cost_usd = response.cost_usd.unwrap_or(0.0);
+        let cost_usd = response
+            .cost_usd
+            .or_else(|| self.inner.prices.cost(model.name(), response.usage))
+            .unwrap_or(0.0);
         let tokens = response.usage.input_tokens + response.usage.output_tokens;
         self.budget.lock().record_model_usage(tokens, cost_usd);
         self.usage
             .lock()
             .record_call(model.name(), response.usage, cost_usd);
         cost_usd
-    }
-
-    fn completion_cap(&self, budget: &BudgetTracker) -> Option<u32> {
-        let configured = self.inner.config.max_completion_tokens;
-        let remaining = budget.remaining_tokens().map_or(configured, |left| {
-            u32::try_from(left).unwrap_or(u32::MAX).min(configured)
-        });
-        Some(remaining)
     }
 
     fn exhausted(&self, resource: BudgetResource, budget: &BudgetTracker) -> Outcome {
@@ -509,6 +535,27 @@ impl<'a> Run<'a> {
         } else {
             None
         }
+    }
+
+    /// Calls the root model, streaming the text of its reply to the caller as answer deltas.
+    async fn streamed_call(&self, request: ChatRequest) -> Guarded<Result<ChatResponse, LlmError>> {
+        let (deltas, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let model = &self.inner.model;
+        let call = async move {
+            let on_delta = move |text: &str| {
+                // A gone receiver only means the run stopped listening.
+                let _ = deltas.send(text.to_string());
+            };
+            model.chat_streaming(request, &on_delta).await
+        };
+        // The call owns the sender: when it ends or is dropped, forwarding ends too.
+        let forward = async {
+            while let Some(text) = received.recv().await {
+                self.emit(EventKind::AnswerDelta(text)).await;
+            }
+        };
+        let (outcome, ()) = tokio::join!(self.guarded(call), forward);
+        outcome
     }
 
     /// Waits for `future` unless the run is cancelled or out of time first; dropping the
@@ -551,6 +598,74 @@ impl<'a> Run<'a> {
         });
     }
 
+    /// Asks the model, once and within what is left of the budget, to answer from the sources
+    /// of a run that stopped early. Returns `None` when that call cannot or should not be made,
+    /// or fails; the caller then stitches an answer together itself.
+    async fn sum_up(
+        &self,
+        question: &str,
+        sources: &[Hit],
+        exhausted: Option<BudgetResource>,
+    ) -> Option<(String, Vec<String>, f64)> {
+        let model = &self.inner.model;
+        let out_of_time = exhausted == Some(BudgetResource::Time);
+        if sources.is_empty()
+            || out_of_time
+            || !model.writes_summaries()
+            || self.cancel_reason().is_some()
+        {
+            return None;
+        }
+        let passages: Vec<(&str, &str)> = sources
+            .iter()
+            .take(self.inner.config.max_sources)
+            .map(|hit| (hit.id.as_str(), hit.content.as_str()))
+            .collect();
+        let messages = vec![
+            Message::system(prompts::synthesis_system_prompt()),
+            Message::user(prompts::synthesis_user_message(question, &passages)),
+        ];
+        let prompt_tokens = estimate_prompt_tokens(&messages, &[]);
+        let price = self.inner.prices.per_token(model.name());
+        let (max_tokens, deadline, step) = {
+            let budget = self.budget.lock();
+            let cap = budget
+                .plan_call(
+                    prompt_tokens,
+                    price,
+                    self.inner
+                        .config
+                        .max_completion_tokens
+                        .min(SUMMARY_MAX_TOKENS),
+                )
+                .ok()?;
+            (cap, budget.deadline(), budget.usage().iterations)
+        };
+        let started = Instant::now();
+        let request = ChatRequest {
+            messages,
+            tools: Vec::new(),
+            max_tokens: Some(max_tokens),
+            deadline,
+        };
+        let response = match self.guarded(model.chat(request)).await {
+            Guarded::Done(Ok(response)) => response,
+            Guarded::Done(Err(error)) => {
+                tracing::warn!(%error, "summing up a stopped run failed");
+                return None;
+            }
+            Guarded::Cancelled | Guarded::OutOfTime => return None,
+        };
+        self.record_root_call(step, started, &response).await;
+        if response.content.trim().is_empty() {
+            return None;
+        }
+        let (text, citations) = validate_citations(&response.content, &[], sources);
+        // A summary of unfinished research is never more than half sure.
+        let confidence = if citations.is_empty() { 0.2 } else { 0.5 };
+        Some((text, citations, confidence))
+    }
+
     async fn finish(self, outcome: Outcome) -> QueryResult {
         let mut sources: Vec<Hit> = self.sources.lock().values().cloned().collect();
         sources.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
@@ -570,17 +685,16 @@ impl<'a> Run<'a> {
                 (answer, citations, confidence, false, None, None)
             }
             Outcome::Stopped { exhausted, reason } => {
-                let partial = partial::synthesize(question, &sources, &reason);
-                // A stitched-together answer is never more than half sure.
-                let confidence = partial.coverage * 0.5;
-                (
-                    partial.text,
-                    partial.citations,
-                    confidence,
-                    true,
-                    Some(reason),
-                    exhausted,
-                )
+                let summary = match self.sum_up(question, &sources, exhausted).await {
+                    Some(summary) => summary,
+                    None => {
+                        let partial = partial::synthesize(question, &sources, &reason);
+                        // A stitched-together answer is never more than half sure.
+                        (partial.text, partial.citations, partial.coverage * 0.5)
+                    }
+                };
+                let (text, citations, confidence) = summary;
+                (text, citations, confidence, true, Some(reason), exhausted)
             }
         };
 
@@ -646,6 +760,33 @@ fn validate_citations(answer: &str, claimed: &[String], sources: &[Hit]) -> (Str
         cleaned.split_whitespace().collect::<Vec<_>>().join(" "),
         citations,
     )
+}
+
+/// Estimates the prompt tokens of a call: its messages, tool calls and tool definitions.
+fn estimate_prompt_tokens(messages: &[Message], tools: &[crate::llm::ToolSpec]) -> u64 {
+    // Each message carries a few tokens of framing besides its text.
+    const PER_MESSAGE: u64 = 4;
+    let messages: u64 = messages
+        .iter()
+        .map(|message| {
+            PER_MESSAGE
+                + estimate_tokens(&message.content)
+                + message
+                    .tool_calls
+                    .iter()
+                    .map(|call| estimate_tokens(&call.name) + estimate_tokens(&call.arguments))
+                    .sum::<u64>()
+        })
+        .sum();
+    let tools: u64 = tools
+        .iter()
+        .map(|tool| {
+            estimate_tokens(tool.name)
+                + estimate_tokens(tool.description)
+                + estimate_tokens(&tool.parameters.to_string())
+        })
+        .sum();
+    messages + tools
 }
 
 /// Returns the texts between square brackets, in order.

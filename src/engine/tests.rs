@@ -117,6 +117,7 @@ fn engine_with(store: Arc<MemoryStore>, model: Arc<dyn ChatModel>) -> Engine {
             store,
             sub_model: model.clone(),
             model,
+            prices: Default::default(),
             cache: Arc::new(MemoryCache::new(Default::default())),
             cache_ttl: Duration::from_secs(60),
         },
@@ -295,7 +296,7 @@ async fn the_iteration_budget_is_checked_before_each_model_call() {
         vec![
             ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
             ScriptedModel::tool("search_db", json!({"query": "klaxon"})),
-            ScriptedModel::text("never asked"),
+            ScriptedModel::text("Klaxon makes it [zephyr], as far as the search got."),
         ],
     ));
     let engine = engine_with(corpus(), model.clone());
@@ -304,7 +305,109 @@ async fn the_iteration_budget_is_checked_before_each_model_call() {
     let (result, _) = run_collecting(&engine, request).await;
     assert!(result.partial);
     assert_eq!(result.budget.exhausted, Some(BudgetResource::Iterations));
-    assert_eq!(model.requests().len(), 2);
+    assert_eq!(result.budget.used.iterations, 2);
+
+    // The third call is not an iteration but the one summing-up call, without tools.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests[2].tools.is_empty());
+    assert!(requests[2].messages[1].content.contains("[zephyr]"));
+    assert_eq!(
+        result.answer,
+        "Klaxon makes it [zephyr], as far as the search got."
+    );
+    assert_eq!(result.citations, vec!["zephyr"]);
+    assert_eq!(
+        result.usage.llm_calls(),
+        3,
+        "the summing-up call is counted"
+    );
+}
+
+#[tokio::test]
+async fn a_token_budget_too_small_for_the_next_prompt_stops_before_the_call() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedReply::Respond(crate::llm::ChatResponse {
+                content: String::new(),
+                tool_calls: vec![crate::llm::ToolCall {
+                    id: "c".into(),
+                    name: "search_db".into(),
+                    arguments: json!({"query": "zephyr"}).to_string(),
+                }],
+                usage: crate::llm::TokenUsage {
+                    input_tokens: 850,
+                    output_tokens: 50,
+                },
+                cost_usd: None,
+            }),
+            ScriptedModel::text("never asked"),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Zephyr blender?");
+    // The first call fits; it reports 900 tokens, and the second prompt (system prompt, tools
+    // and a search result, several hundred tokens) cannot fit in the 100 left.
+    request.budget.max_tokens = Some(1_000);
+    let (result, _) = run_collecting(&engine, request).await;
+    assert!(result.partial);
+    assert_eq!(result.budget.exhausted, Some(BudgetResource::Tokens));
+    assert_eq!(
+        model.requests().len(),
+        1,
+        "the call that could not fit was not made"
+    );
+    assert_eq!(result.usage.llm_calls(), 1);
+    assert_eq!(result.budget.used.tokens, 900);
+}
+
+#[tokio::test]
+async fn completions_are_capped_to_the_token_budget_left() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![ScriptedModel::text("done")],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Zephyr?");
+    request.budget.max_tokens = Some(2_000);
+    run_collecting(&engine, request).await;
+    let cap = model.requests()[0].max_tokens.expect("a cap");
+    assert!(cap < 2_000 && cap > 500, "{cap}");
+}
+
+#[tokio::test]
+async fn listed_prices_give_the_cost_of_models_that_report_none() {
+    let model = Arc::new(ScriptedModel::new(
+        "priced",
+        Duration::ZERO,
+        vec![ScriptedReply::Respond(crate::llm::ChatResponse {
+            content: "done".into(),
+            tool_calls: Vec::new(),
+            usage: crate::llm::TokenUsage {
+                input_tokens: 1_000,
+                output_tokens: 100,
+            },
+            cost_usd: None,
+        })],
+    ));
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            sub_model: model.clone(),
+            model,
+            prices: crate::llm::PriceTable::new(vec![("priced".into(), 2.0, 10.0)]),
+            cache: Arc::new(MemoryCache::new(Default::default())),
+            cache_ttl: Duration::from_secs(60),
+        },
+        EngineConfig::default(),
+    );
+    let (result, _) = run_collecting(&engine, question("Zephyr?")).await;
+    // 1,000 × $2/M + 100 × $10/M = $0.003
+    assert!((result.usage.cost_usd() - 0.003).abs() < 1e-9);
+    assert!((result.budget.used.cost_usd - 0.003).abs() < 1e-9);
 }
 
 #[tokio::test]
@@ -377,6 +480,7 @@ async fn one_failed_prompt_does_not_sink_a_batched_sub_model_call() {
             store: corpus(),
             model: root.clone(),
             sub_model: sub,
+            prices: Default::default(),
             cache: Arc::new(MemoryCache::new(Default::default())),
             cache_ttl: Duration::from_secs(60),
         },

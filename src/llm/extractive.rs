@@ -244,6 +244,11 @@ impl ChatModel for ExtractiveModel {
         "extractive"
     }
 
+    /// Quoting sentences is all it does; the engine's own partial answer does that already.
+    fn writes_summaries(&self) -> bool {
+        false
+    }
+
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let (content, tool_calls) = if request.tools.is_empty() {
             (self.digest(&request.messages), Vec::new())

@@ -1,7 +1,11 @@
 //! Language models behind one trait. The engine drives every backend, the offline `extractive`
 //! one included, through [`ChatModel`].
 
+pub mod anthropic;
 pub mod extractive;
+pub mod http;
+pub mod mock_server;
+pub mod openai;
 pub mod scripted;
 
 /// Names shared by the engine, which offers the tools, and by backends that play the model
@@ -138,6 +142,8 @@ pub struct ChatRequest {
     pub tools: Vec<ToolSpec>,
     /// Upper bound on completion tokens.
     pub max_tokens: Option<u32>,
+    /// When the run's time budget ends: retries never wait past it.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Tokens of one call.
@@ -170,6 +176,60 @@ pub trait ChatModel: Send + Sync + std::fmt::Debug {
 
     /// Answers one call. Dropping the future aborts the call.
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
+
+    /// Returns true when the model can write an answer from given passages without tools: the
+    /// engine then asks it to sum up a run that stopped early.
+    fn writes_summaries(&self) -> bool {
+        true
+    }
+
+    /// Answers one call, passing the text of the reply to `on_delta` piece by piece as it
+    /// arrives, for backends that stream. Only text written before any tool call is passed on:
+    /// text that turns out to preface tool calls is not an answer. Backends that do not stream
+    /// answer in one piece, without calling `on_delta`.
+    async fn chat_streaming(
+        &self,
+        request: ChatRequest,
+        on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<ChatResponse, LlmError> {
+        let _ = on_delta;
+        self.chat(request).await
+    }
+}
+
+/// Prices per model, for backends that report no cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PriceTable {
+    /// `(model, US dollars per prompt token, per completion token)`.
+    prices: Vec<(String, f64, f64)>,
+}
+
+impl PriceTable {
+    /// Builds a table from `(model, dollars per million prompt tokens, per million completion
+    /// tokens)`.
+    pub fn new(per_million: Vec<(String, f64, f64)>) -> Self {
+        PriceTable {
+            prices: per_million
+                .into_iter()
+                .map(|(model, input, output)| (model, input / 1e6, output / 1e6))
+                .collect(),
+        }
+    }
+
+    /// Returns `(dollars per prompt token, per completion token)` of a model, if listed.
+    pub fn per_token(&self, model: &str) -> Option<(f64, f64)> {
+        self.prices
+            .iter()
+            .find(|(name, _, _)| name == model)
+            .map(|(_, input, output)| (*input, *output))
+    }
+
+    /// Returns the cost of a call, if the model is listed.
+    pub fn cost(&self, model: &str, usage: TokenUsage) -> Option<f64> {
+        self.per_token(model).map(|(input, output)| {
+            usage.input_tokens as f64 * input + usage.output_tokens as f64 * output
+        })
+    }
 }
 
 /// Estimates tokens for backends that report none, at the usual four characters a token.

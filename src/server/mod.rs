@@ -14,11 +14,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::{Admission, DeepRecallServer, DeepRecallService, pb};
 use crate::cache::{Cache, MemoryCache, MemoryCacheConfig, NoCache};
-use crate::config::{Backend, CacheBackend, Config};
+use crate::config::{CacheBackend, Config};
 use crate::embed::HashingEmbedder;
 use crate::engine::{Engine, EngineParts};
-use crate::llm::ChatModel;
-use crate::llm::extractive::{ExtractiveConfig, ExtractiveModel};
+use crate::llm::LlmError;
 use crate::store::{EmbeddedStore, EmbeddedStoreConfig, StoreError};
 
 /// Name under which health reports the DeepRecall service.
@@ -27,12 +26,17 @@ pub const SERVICE_NAME: &str = "deeprecall.v1.DeepRecall";
 /// Time running queries get to deliver their partial results once the grace period is over.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 
+mod models;
+
 /// Errors of the server layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// A model backend is misconfigured.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
     /// The transport failed.
     #[error("transport failure: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -44,8 +48,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the engine the configuration describes, opening the store.
-pub async fn build_engine(config: &Config) -> Result<Engine, ServerError> {
+/// Builds the engine the configuration describes over the given models, opening the store.
+async fn build_engine(config: &Config, models: models::Models) -> Result<Engine, ServerError> {
     let embedder = Arc::new(HashingEmbedder::new(config.store.embedding_dimension));
     let store = EmbeddedStore::open(
         EmbeddedStoreConfig {
@@ -55,15 +59,6 @@ pub async fn build_engine(config: &Config) -> Result<Engine, ServerError> {
         embedder,
     )
     .await?;
-    let model: Arc<dyn ChatModel> = match config.llm.backend {
-        Backend::Extractive => {
-            let mut extractive = ExtractiveConfig::default();
-            if let Some(followups) = config.llm.extractive_max_followups {
-                extractive.max_followups = followups;
-            }
-            Arc::new(ExtractiveModel::new(extractive))
-        }
-    };
     let cache: Arc<dyn Cache> = match config.cache.backend {
         CacheBackend::None => Arc::new(NoCache),
         CacheBackend::Memory => Arc::new(MemoryCache::new(MemoryCacheConfig {
@@ -74,8 +69,9 @@ pub async fn build_engine(config: &Config) -> Result<Engine, ServerError> {
     Ok(Engine::new(
         EngineParts {
             store: Arc::new(store),
-            sub_model: model.clone(),
-            model,
+            model: models.model,
+            sub_model: models.sub_model,
+            prices: models.prices,
             cache,
             cache_ttl: Duration::from_secs(config.cache.ttl_seconds),
         },
@@ -92,6 +88,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Models first: a missing key or model fails start-up at once, before anything listens.
+    let models = models::build(&config.llm)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
@@ -129,7 +127,7 @@ pub async fn serve(
     let mut server = std::pin::pin!(server);
     tracing::info!(%address, "serving gRPC");
 
-    let opening = build_engine(&config);
+    let opening = build_engine(&config, models);
     let mut opening = std::pin::pin!(opening);
     let mut shutdown = std::pin::pin!(shutdown);
     let engine = tokio::select! {

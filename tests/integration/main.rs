@@ -11,4 +11,5 @@ mod common;
 mod documents;
 mod errors;
 mod lifecycle;
+mod models;
 mod query;
