@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -13,8 +14,9 @@ use tokio::sync::oneshot;
 use super::demo::wait_until_serving;
 use super::{CliError, connect};
 use crate::api::pb;
-use crate::config::Config;
+use crate::config::{Backend, CacheBackend, Config};
 use crate::embed::HashingEmbedder;
+use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript};
 use crate::server;
 use crate::store::{
     DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, SearchRequest,
@@ -29,6 +31,8 @@ enum Suite {
     Search,
     /// Server-side and round-trip latency of a cached Query.
     CachedQuery,
+    /// Engine overhead with an OpenAI-compatible model (the scripted mock) in the loop.
+    Engine,
     /// All of the above.
     All,
 }
@@ -58,6 +62,9 @@ pub struct BenchArgs {
     /// words appear in most documents, the worst case for keyword ranking.
     #[arg(long, default_value_t = 150)]
     zipf_offset: usize,
+    /// Engine suite: asks the model for whole replies instead of streamed ones.
+    #[arg(long)]
+    no_stream: bool,
 }
 
 /// Runs the benchmarks and prints one line per measurement.
@@ -85,6 +92,13 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     if matches!(args.suite, Suite::CachedQuery | Suite::All) {
         cached_query(&args).await?;
     }
+    if matches!(args.suite, Suite::Engine | Suite::All) {
+        for latency_ms in [0, 50] {
+            for concurrency in [1, 16, 64] {
+                engine_overhead(&args, Duration::from_millis(latency_ms), concurrency).await?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -97,11 +111,16 @@ struct BenchServer {
 
 impl BenchServer {
     async fn start() -> Result<Self, CliError> {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut Config)) -> Result<Self, CliError> {
         let data_dir = tempfile::tempdir().map_err(|error| CliError::Io(error.to_string()))?;
         let mut config = Config::default();
         config.store.data_dir = data_dir.path().to_path_buf();
         config.server.shutdown_grace_seconds = 1.0;
         config.telemetry.log_filter = "warn".into();
+        configure(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|error| CliError::Io(error.to_string()))?;
@@ -271,6 +290,100 @@ async fn cached_query(args: &BenchArgs) -> Result<(), CliError> {
         "cached query: server-side {}; gRPC round trip {}",
         percentiles(&mut server_side),
         percentiles(&mut round_trip)
+    );
+    Ok(())
+}
+
+/// Measures what the engine adds to a model's own latency: each query runs a three-call script
+/// (two searches, then submit) against the scripted OpenAI-compatible mock over HTTP, through
+/// the real gRPC server. Overhead is the end-to-end latency minus three times the mock's.
+async fn engine_overhead(
+    args: &BenchArgs,
+    latency: Duration,
+    concurrency: usize,
+) -> Result<(), CliError> {
+    let queries = (args.samples / 4).max(concurrency * 4);
+    let tool = |name: &str, arguments: serde_json::Value| {
+        MockReply::tool_call(name, arguments.to_string())
+    };
+    let mut script = MockScript::default()
+        .with_latency(latency)
+        .with_chunk_pause(Duration::ZERO);
+    for n in 0..queries {
+        script = script.with_conversation(
+            format!("bench question {n}?"),
+            vec![
+                tool("search_db", serde_json::json!({"query": "first hop"})),
+                tool("search_db", serde_json::json!({"query": "second hop"})),
+                tool(
+                    "submit",
+                    serde_json::json!({"answer": "done [doc-1]", "citations": ["doc-1"]}),
+                ),
+            ],
+        );
+    }
+    let mock = MockLlmServer::start(script)
+        .await
+        .map_err(|error| CliError::Io(error.to_string()))?;
+    let base_url = mock.base_url();
+    let server = BenchServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock".into();
+        config.llm.base_url = base_url;
+        config.llm.stream = !args.no_stream;
+        config.cache.backend = CacheBackend::None;
+    })
+    .await?;
+    let mut client = connect(&server.endpoint).await?;
+    client
+        .add_documents(pb::AddDocumentsRequest {
+            collection: String::new(),
+            documents: Corpus::new(5, args.zipf_offset).proto_documents(200),
+        })
+        .await?;
+
+    let started = Instant::now();
+    let latencies = futures::stream::iter(0..queries)
+        .map(|n| {
+            let mut client = client.clone();
+            async move {
+                let request = pb::QueryRequest {
+                    query: format!("bench question {n}?"),
+                    ..pb::QueryRequest::default()
+                };
+                let began = Instant::now();
+                let mut stream = client.query(request).await?.into_inner();
+                while stream.message().await?.is_some() {}
+                Ok::<Duration, tonic::Status>(began.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let wall = started.elapsed();
+    let mut overheads = Vec::with_capacity(latencies.len());
+    for latency_of_query in latencies {
+        overheads.push(latency_of_query?.saturating_sub(latency * 3));
+    }
+    let throughput = queries as f64 / wall.as_secs_f64();
+    let bound = if latency.is_zero() {
+        String::new()
+    } else {
+        let bound = concurrency as f64 / (latency.as_secs_f64() * 3.0);
+        format!(
+            " ({:.0}% of the {bound:.0}/s the mock allows)",
+            throughput / bound * 100.0
+        )
+    };
+    println!(
+        "engine ({}): mock latency {} ms, concurrency {concurrency}: overhead {}; {throughput:.0} queries/s{bound}",
+        if args.no_stream {
+            "whole replies"
+        } else {
+            "streamed replies"
+        },
+        latency.as_millis(),
+        percentiles(&mut overheads),
     );
     Ok(())
 }

@@ -80,6 +80,9 @@ pub struct MockScript {
     /// Replies to requests of no conversation, consumed in order; the last one repeats once
     /// they run out, and an empty list answers a plain text "ok".
     pub default_replies: Vec<MockReply>,
+    /// Pause between the events of a streamed reply; `None` is 2 ms, enough for a client to
+    /// see the text arrive piece by piece. Benchmarks set zero.
+    pub chunk_pause: Option<Duration>,
 }
 
 impl MockScript {
@@ -94,6 +97,12 @@ impl MockScript {
     /// Returns the script with `latency` added before every reply.
     pub fn with_latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Returns the script with this pause between the events of streamed replies.
+    pub fn with_chunk_pause(mut self, pause: Duration) -> Self {
+        self.chunk_pause = Some(pause);
         self
     }
 
@@ -217,6 +226,7 @@ impl MockLlmServer {
         let (abandoned, _) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
             latency: script.latency,
+            chunk_pause: script.chunk_pause.unwrap_or(CHUNK_PAUSE),
             script: Mutex::new(ScriptCursor::new(script)),
             requests: Mutex::new(Vec::new()),
             abandoned,
@@ -317,6 +327,7 @@ impl Drop for MockLlmServer {
 /// State shared by the server handle and the request handlers.
 struct Shared {
     latency: Duration,
+    chunk_pause: Duration,
     script: Mutex<ScriptCursor>,
     requests: Mutex<Vec<RecordedRequest>>,
     /// How long after arrival each abandoned request was dropped, in order.
@@ -1125,8 +1136,9 @@ fn sse_stream(
         }
         // The pause returns Pending to hyper, which flushes what it has, so every event leaves
         // in its own write.
-        if state.started {
-            tokio::time::sleep(CHUNK_PAUSE).await;
+        let pause = state.guard.shared.chunk_pause;
+        if state.started && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
         }
         state.started = true;
         if let Some(event) = state.events.pop_front() {
