@@ -72,7 +72,10 @@ pub fn synthesize(question: &str, sources: &[Hit], reason: &str) -> PartialAnswe
         };
     }
     let mut citations: Vec<String> = Vec::new();
-    let mut answer = format!("Partial answer ({reason}), from the sources found so far:");
+    let mut answer = format!(
+        "Partial answer ({reason}), from the {} source(s) found so far:",
+        sources.len()
+    );
     for (id, sentence) in &picked {
         answer.push_str(&format!(" {sentence} [{id}]"));
         if !citations.iter().any(|cited| cited == id) {
