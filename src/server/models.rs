@@ -99,6 +99,8 @@ fn build_one(
                 LlmError::Misconfigured(format!("{name} must be a positive number of seconds"))
             })
     };
+    let connect_timeout = seconds(config.connect_timeout_seconds, "connect_timeout_seconds")?;
+    let request_timeout = seconds(config.request_timeout_seconds, "request_timeout_seconds")?;
     let headers: Vec<(String, String)> = config
         .headers
         .iter()
@@ -126,14 +128,8 @@ fn build_one(
                 api_key,
                 model: model.to_string(),
                 extra_headers: headers,
-                connect_timeout: seconds(
-                    config.connect_timeout_seconds,
-                    "connect_timeout_seconds",
-                )?,
-                request_timeout: seconds(
-                    config.request_timeout_seconds,
-                    "request_timeout_seconds",
-                )?,
+                connect_timeout,
+                request_timeout,
                 retry,
                 stream: config.stream,
                 azure_api_version: config.azure_api_version.clone(),
@@ -149,9 +145,6 @@ fn build_one(
                         .into(),
                 ));
             }
-            if model.trim().is_empty() {
-                return Err(LlmError::Misconfigured("no model is set".into()));
-            }
             Ok(Arc::new(AnthropicModel::new(AnthropicConfig {
                 base_url: non_empty(base_url)
                     .unwrap_or(ANTHROPIC_BASE_URL)
@@ -160,14 +153,8 @@ fn build_one(
                 model: model.to_string(),
                 anthropic_version: config.anthropic_version.clone(),
                 extra_headers: headers,
-                connect_timeout: seconds(
-                    config.connect_timeout_seconds,
-                    "connect_timeout_seconds",
-                )?,
-                request_timeout: seconds(
-                    config.request_timeout_seconds,
-                    "request_timeout_seconds",
-                )?,
+                connect_timeout,
+                request_timeout,
                 retry,
                 stream: config.stream,
                 default_max_tokens: 4096,
