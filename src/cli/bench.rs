@@ -2,6 +2,7 @@
 //! search latency on the embedded store. Synthetic documents come from a seeded generator, so
 //! runs are comparable. Build with `--release` for numbers worth quoting.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -294,9 +295,13 @@ async fn cached_query(args: &BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Questions of the engine suite; each names its mock conversation.
+const QUESTION_PREFIX: &str = "bench question ";
+
 /// Measures what the engine adds to a model's own latency: each query runs a three-call script
 /// (two searches, then submit) against the scripted OpenAI-compatible mock over HTTP, through
-/// the real gRPC server. Overhead is the end-to-end latency minus three times the mock's.
+/// the real gRPC server. Overhead is the end-to-end latency minus the time the mock spent on
+/// that query's three requests.
 async fn engine_overhead(
     args: &BenchArgs,
     latency: Duration,
@@ -311,7 +316,7 @@ async fn engine_overhead(
         .with_chunk_pause(Duration::ZERO);
     for n in 0..queries {
         script = script.with_conversation(
-            format!("bench question {n}?"),
+            format!("{QUESTION_PREFIX}{n}?"),
             vec![
                 tool("search_db", serde_json::json!({"query": "first hop"})),
                 tool("search_db", serde_json::json!({"query": "second hop"})),
@@ -348,22 +353,43 @@ async fn engine_overhead(
             let mut client = client.clone();
             async move {
                 let request = pb::QueryRequest {
-                    query: format!("bench question {n}?"),
+                    query: format!("{QUESTION_PREFIX}{n}?"),
                     ..pb::QueryRequest::default()
                 };
                 let began = Instant::now();
                 let mut stream = client.query(request).await?.into_inner();
                 while stream.message().await?.is_some() {}
-                Ok::<Duration, tonic::Status>(began.elapsed())
+                Ok::<(usize, Duration), tonic::Status>((n, began.elapsed()))
             }
         })
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
     let wall = started.elapsed();
+
+    // The mock's own latency is what it measured itself, per request, from arrival to the
+    // last byte of its answer: the configured latency plus its parsing and replying.
+    let mut mock_time: HashMap<usize, Duration> = HashMap::new();
+    for request in mock.requests() {
+        let question = request.body.to_string();
+        let number = question
+            .split(QUESTION_PREFIX)
+            .nth(1)
+            .and_then(|rest| rest.split('?').next())
+            .and_then(|digits| digits.parse::<usize>().ok());
+        if let (Some(n), Some(service_time)) = (number, request.service_time) {
+            *mock_time.entry(n).or_default() += service_time;
+        }
+    }
     let mut overheads = Vec::with_capacity(latencies.len());
-    for latency_of_query in latencies {
-        overheads.push(latency_of_query?.saturating_sub(latency * 3));
+    let mut end_to_end = Vec::with_capacity(latencies.len());
+    let mut mock_share = Vec::with_capacity(latencies.len());
+    for outcome in latencies {
+        let (n, elapsed) = outcome?;
+        let mock = mock_time.get(&n).copied().unwrap_or(latency * 3);
+        overheads.push(elapsed.saturating_sub(mock));
+        end_to_end.push(elapsed);
+        mock_share.push(mock);
     }
     let throughput = queries as f64 / wall.as_secs_f64();
     let bound = if latency.is_zero() {
@@ -376,7 +402,7 @@ async fn engine_overhead(
         )
     };
     println!(
-        "engine ({}): mock latency {} ms, concurrency {concurrency}: overhead {}; {throughput:.0} queries/s{bound}",
+        "engine ({}): mock latency {} ms, concurrency {concurrency}: overhead {}; end to end {}, of which mock {}; {throughput:.0} queries/s{bound}",
         if args.no_stream {
             "whole replies"
         } else {
@@ -384,8 +410,18 @@ async fn engine_overhead(
         },
         latency.as_millis(),
         percentiles(&mut overheads),
+        median(&mut end_to_end),
+        median(&mut mock_share),
     );
     Ok(())
+}
+
+fn median(latencies: &mut [Duration]) -> String {
+    latencies.sort();
+    let middle = latencies
+        .get(latencies.len() / 2)
+        .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0);
+    format!("p50 {middle:.3} ms")
 }
 
 fn percentiles(latencies: &mut [Duration]) -> String {

@@ -56,6 +56,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Body parsed as JSON, or `null` when it is not JSON.
     pub body: Value,
+    /// Time from the request's arrival until the mock had sent its whole answer, latency
+    /// included; `None` while it is pending, or if the client went away first.
+    pub service_time: Option<Duration>,
 }
 
 impl RecordedRequest {
@@ -405,21 +408,30 @@ impl ScriptCursor {
 /// or hyper the response body, when the client goes away before the answer is complete.
 struct AbandonGuard {
     shared: Arc<Shared>,
+    /// Position of the request in the record.
+    index: usize,
     arrived: Instant,
     armed: bool,
 }
 
 impl AbandonGuard {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, index: usize, arrived: Instant) -> Self {
         AbandonGuard {
             shared,
-            arrived: Instant::now(),
+            index,
+            arrived,
             armed: true,
         }
     }
 
-    /// Marks the answer as complete.
+    /// Marks the answer as complete and records how long it took.
     fn disarm(&mut self) {
+        if self.armed {
+            let service_time = self.arrived.elapsed();
+            if let Some(request) = self.shared.requests.lock().get_mut(self.index) {
+                request.service_time = Some(service_time);
+            }
+        }
         self.armed = false;
     }
 }
@@ -502,6 +514,7 @@ enum StreamEnd {
 /// Records the request before anything else, so hung requests are recorded too, then answers it
 /// from the script.
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let arrived = Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or_else(
         || parts.uri.path().to_string(),
@@ -525,11 +538,16 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
         .unwrap_or(Value::Null);
     tracing::debug!(method = %parts.method, %path, "mock llm request");
-    shared.requests.lock().push(RecordedRequest {
-        path,
-        headers,
-        body: body.clone(),
-    });
+    let index = {
+        let mut requests = shared.requests.lock();
+        requests.push(RecordedRequest {
+            path,
+            headers,
+            body: body.clone(),
+            service_time: None,
+        });
+        requests.len() - 1
+    };
 
     let Some(api) = api else {
         let message = format!("no route for {} {}", parts.method, parts.uri.path());
@@ -539,7 +557,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         return error_response(api, StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
 
-    let guard = AbandonGuard::new(Arc::clone(&shared));
+    let guard = AbandonGuard::new(Arc::clone(&shared), index, arrived);
     let exchange = Exchange {
         api,
         model: body
