@@ -263,6 +263,10 @@ pub struct CacheConfig {
     pub backend: CacheBackend,
     /// Seconds a cached result stays valid.
     pub ttl_seconds: u64,
+    /// Seconds cached search hits stay valid.
+    pub search_ttl_seconds: u64,
+    /// File of the SQLite cache; the search cache lives beside it, `-search` appended.
+    pub path: PathBuf,
     /// Most entries held in memory.
     pub max_entries: usize,
     /// Most bytes held in memory.
@@ -274,6 +278,8 @@ impl Default for CacheConfig {
         CacheConfig {
             backend: CacheBackend::Memory,
             ttl_seconds: 3600,
+            search_ttl_seconds: 600,
+            path: PathBuf::from("./deeprecall-cache.db"),
             max_entries: 10_000,
             max_bytes: 256 * 1024 * 1024,
         }
@@ -542,8 +548,12 @@ anthropic_version = "2023-06-01"
 [cache]
 # Result cache: "memory" or "none" (env DEEPRECALL_CACHE).
 backend = "memory"
-# Seconds a cached result stays valid (env DEEPRECALL_CACHE_TTL).
+# Seconds a cached result stays valid (env DEEPRECALL_CACHE_TTL, flag --cache-ttl).
 ttl_seconds = 3600
+# Seconds cached search hits stay valid.
+search_ttl_seconds = 600
+# File of the sqlite cache (flag --cache-path); the search cache sits beside it.
+path = "./deeprecall-cache.db"
 # Bounds of the memory cache.
 max_entries = 10000
 max_bytes = 268435456

@@ -7,6 +7,7 @@ use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
 use super::pb;
+use crate::cache::CacheStats;
 use crate::engine::budget::BudgetWarning;
 use crate::engine::events::{ModelCallRecord, SearchRecord, SubModelCallRecord};
 use crate::engine::result::{BudgetStatus, ModelUsage, ReasoningStep, Usage};
@@ -402,7 +403,8 @@ fn budget_status(status: BudgetStatus) -> pb::BudgetStatus {
 pub fn stats(stats: EngineStats, uptime: Duration) -> pb::GetStatsResponse {
     let EngineStats {
         collections,
-        cache,
+        result_cache,
+        search_cache,
         cache_backend,
         usage,
         model,
@@ -419,13 +421,8 @@ pub fn stats(stats: EngineStats, uptime: Duration) -> pb::GetStatsResponse {
     } = usage;
     pb::GetStatsResponse {
         collections: collections.into_iter().map(collection_stats).collect(),
-        cache: Some(pb::CacheStats {
-            hits: cache.hits,
-            misses: cache.misses,
-            entries: cache.entries,
-            evictions: cache.evictions,
-            backend: cache_backend,
-        }),
+        cache: Some(cache_stats(result_cache, &cache_backend)),
+        search_cache: Some(cache_stats(search_cache, &cache_backend)),
         usage: Some(pb::UsageTotals {
             queries,
             cached_queries,
@@ -439,6 +436,22 @@ pub fn stats(stats: EngineStats, uptime: Duration) -> pb::GetStatsResponse {
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         model,
         uptime_seconds: uptime.as_secs_f64(),
+    }
+}
+
+fn cache_stats(stats: CacheStats, backend: &str) -> pb::CacheStats {
+    let CacheStats {
+        hits,
+        misses,
+        entries,
+        evictions,
+    } = stats;
+    pb::CacheStats {
+        hits,
+        misses,
+        entries,
+        evictions,
+        backend: backend.to_string(),
     }
 }
 

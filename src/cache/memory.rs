@@ -149,6 +149,11 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
+    async fn delete(&self, key: &CacheKey) -> Result<(), CacheError> {
+        self.state.lock().remove(key);
+        Ok(())
+    }
+
     async fn clear(&self, collection: Option<&str>) -> Result<u64, CacheError> {
         let mut state = self.state.lock();
         let doomed: Vec<CacheKey> = state

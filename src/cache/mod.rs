@@ -3,9 +3,13 @@
 
 pub mod memory;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 pub use memory::{MemoryCache, MemoryCacheConfig};
 
@@ -52,6 +56,9 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     /// Stores `value` under `key` for `ttl`.
     async fn put(&self, key: &CacheKey, value: Vec<u8>, ttl: Duration) -> Result<(), CacheError>;
 
+    /// Removes the entry under `key`, if any.
+    async fn delete(&self, key: &CacheKey) -> Result<(), CacheError>;
+
     /// Removes every entry, or those of one collection; returns how many went.
     async fn clear(&self, collection: Option<&str>) -> Result<u64, CacheError>;
 
@@ -82,11 +89,78 @@ impl Cache for NoCache {
         Ok(())
     }
 
+    async fn delete(&self, _key: &CacheKey) -> Result<(), CacheError> {
+        Ok(())
+    }
+
     async fn clear(&self, _collection: Option<&str>) -> Result<u64, CacheError> {
         Ok(0)
     }
 
     async fn stats(&self) -> Result<CacheStats, CacheError> {
         Ok(CacheStats::default())
+    }
+}
+
+impl CacheKey {
+    /// Builds a key for `collection` from a digest of `material`, which must hold everything
+    /// that changes the cached value.
+    pub fn digest_of(collection: &str, material: &serde_json::Value) -> Self {
+        let digest = Sha256::digest(material.to_string().as_bytes());
+        CacheKey {
+            collection: collection.to_string(),
+            digest: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+        }
+    }
+}
+
+/// One level of caching (query results, or search results): a backend and the time to live
+/// of its entries, storing values as JSON. A cache that fails is a miss, never an error: the
+/// work is done again and the failure logged.
+#[derive(Debug, Clone)]
+pub struct CacheLevel {
+    /// Names the level in logs, e.g. `result` or `search`.
+    pub name: &'static str,
+    /// Backend.
+    pub cache: Arc<dyn Cache>,
+    /// Time to live of new entries.
+    pub ttl: Duration,
+}
+
+impl CacheLevel {
+    /// Returns the value under `key`, if there is a live, decodable one. An entry that does not
+    /// decode is deleted.
+    pub async fn lookup<T: DeserializeOwned>(&self, key: &CacheKey) -> Option<T> {
+        let bytes = match self.cache.get(key).await {
+            Ok(bytes) => bytes?,
+            Err(error) => {
+                tracing::warn!(level = self.name, %error, "cache lookup failed; treated as a miss");
+                return None;
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::warn!(level = self.name, %error, "undecodable cache entry deleted");
+                if let Err(error) = self.cache.delete(key).await {
+                    tracing::warn!(level = self.name, %error, "undecodable cache entry not deleted");
+                }
+                None
+            }
+        }
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn store<T: Serialize>(&self, key: &CacheKey, value: &T) {
+        let bytes = match serde_json::to_vec(value) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(level = self.name, %error, "not cached: encoding failed");
+                return;
+            }
+        };
+        if let Err(error) = self.cache.put(key, bytes, self.ttl).await {
+            tracing::warn!(level = self.name, %error, "not cached");
+        }
     }
 }

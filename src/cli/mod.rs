@@ -78,12 +78,15 @@ struct ServeArgs {
     /// Seconds in-flight calls get after SIGTERM/SIGINT; env DEEPRECALL_SHUTDOWN_GRACE_SECONDS.
     #[arg(long)]
     shutdown_grace_seconds: Option<f64>,
-    /// Result cache: memory or none; env DEEPRECALL_CACHE.
+    /// Cache backend: memory, sqlite or none; env DEEPRECALL_CACHE.
     #[arg(long)]
     cache: Option<String>,
     /// Seconds a cached result stays valid; env DEEPRECALL_CACHE_TTL.
     #[arg(long)]
     cache_ttl: Option<u64>,
+    /// File of the sqlite cache.
+    #[arg(long)]
+    cache_path: Option<PathBuf>,
     /// Log format: text or json; env DEEPRECALL_LOG_FORMAT.
     #[arg(long)]
     log_format: Option<String>,

@@ -210,13 +210,8 @@ pub fn stats_json(stats: &pb::GetStatsResponse) -> Value {
             "documentCount": collection.document_count,
             "version": collection.version,
         })).collect::<Vec<_>>(),
-        "cache": stats.cache.as_ref().map(|cache| json!({
-            "hits": cache.hits,
-            "misses": cache.misses,
-            "entries": cache.entries,
-            "evictions": cache.evictions,
-            "backend": cache.backend,
-        })),
+        "cache": stats.cache.as_ref().map(cache_json),
+        "searchCache": stats.search_cache.as_ref().map(cache_json),
         "usage": stats.usage.as_ref().map(|usage| json!({
             "queries": usage.queries,
             "cachedQueries": usage.cached_queries,
@@ -230,6 +225,16 @@ pub fn stats_json(stats: &pb::GetStatsResponse) -> Value {
         "serverVersion": stats.server_version,
         "model": stats.model,
         "uptimeSeconds": stats.uptime_seconds,
+    })
+}
+
+fn cache_json(cache: &pb::CacheStats) -> Value {
+    json!({
+        "hits": cache.hits,
+        "misses": cache.misses,
+        "entries": cache.entries,
+        "evictions": cache.evictions,
+        "backend": cache.backend,
     })
 }
 
@@ -249,11 +254,13 @@ pub fn print_stats(stats: &pb::GetStatsResponse) {
             collection.name, collection.document_count, collection.version
         );
     }
-    if let Some(cache) = &stats.cache {
-        println!(
-            "cache ({}): {} hit(s), {} miss(es), {} entr(ies), {} eviction(s)",
-            cache.backend, cache.hits, cache.misses, cache.entries, cache.evictions
-        );
+    for (level, cache) in [("result", &stats.cache), ("search", &stats.search_cache)] {
+        if let Some(cache) = cache {
+            println!(
+                "{level} cache ({}): {} hit(s), {} miss(es), {} entr(ies), {} eviction(s)",
+                cache.backend, cache.hits, cache.misses, cache.entries, cache.evictions
+            );
+        }
     }
     if let Some(usage) = &stats.usage {
         println!(

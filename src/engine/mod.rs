@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub use accounting::{UsageAccounting, UsageTotals};
@@ -24,7 +23,7 @@ pub use budget::{BudgetLimits, BudgetResource, BudgetUsage};
 pub use events::{EventKind, EventSink, TraceEvent};
 pub use result::QueryResult;
 
-use crate::cache::{Cache, CacheError, CacheKey, CacheStats};
+use crate::cache::{CacheError, CacheKey, CacheLevel, CacheStats};
 use crate::llm::{ChatModel, LlmError, PriceTable};
 use crate::store::{
     CollectionInfo, DEFAULT_COLLECTION, DocumentStore, Filter, NewDocument, StoreError,
@@ -216,10 +215,10 @@ pub struct EngineParts {
     pub sub_model: Arc<dyn ChatModel>,
     /// Prices of models whose backend reports no cost.
     pub prices: PriceTable,
-    /// Result cache.
-    pub cache: Arc<dyn Cache>,
-    /// How long a cached result stays valid.
-    pub cache_ttl: Duration,
+    /// Cache of query results.
+    pub results: CacheLevel,
+    /// Cache of search hits.
+    pub searches: CacheLevel,
 }
 
 /// Statistics of the engine.
@@ -228,8 +227,10 @@ pub struct EngineStats {
     /// Collections by name.
     pub collections: Vec<CollectionInfo>,
     /// Result cache counters.
-    pub cache: CacheStats,
-    /// Result cache backend.
+    pub result_cache: CacheStats,
+    /// Search cache counters.
+    pub search_cache: CacheStats,
+    /// Cache backend.
     pub cache_backend: String,
     /// Cumulative usage.
     pub usage: UsageTotals,
@@ -243,8 +244,8 @@ struct EngineInner {
     model: Arc<dyn ChatModel>,
     sub_model: Arc<dyn ChatModel>,
     prices: PriceTable,
-    cache: Arc<dyn Cache>,
-    cache_ttl: Duration,
+    results: CacheLevel,
+    searches: CacheLevel,
     config: EngineConfig,
     accounting: UsageAccounting,
     shutdown: CancellationToken,
@@ -265,8 +266,8 @@ impl Engine {
                 model: parts.model,
                 sub_model: parts.sub_model,
                 prices: parts.prices,
-                cache: parts.cache,
-                cache_ttl: parts.cache_ttl,
+                results: parts.results,
+                searches: parts.searches,
                 config,
                 accounting: UsageAccounting::default(),
                 shutdown: CancellationToken::new(),
@@ -350,7 +351,10 @@ impl Engine {
     ) -> Result<QueryResult, EngineError> {
         let inner = &self.inner;
         if !prepared.request.skip_cache
-            && let Some(mut result) = self.cached_result(&prepared.cache_key).await
+            && let Some(mut result) = inner
+                .results
+                .lookup::<QueryResult>(&prepared.cache_key)
+                .await
         {
             result.cached = true;
             result.query_id = prepared.query_id.clone();
@@ -369,7 +373,7 @@ impl Engine {
             .await?;
         inner.accounting.record(&result);
         if !result.partial && result.error.is_none() {
-            self.store_result(&prepared.cache_key, &result).await;
+            inner.results.store(&prepared.cache_key, &result).await;
         }
         Ok(result)
     }
@@ -500,21 +504,25 @@ impl Engine {
         Ok(self.inner.store.delete_documents(&collection, ids).await?)
     }
 
-    /// Clears cached results, of one collection or all; returns how many went.
+    /// Clears cached results and searches, of one collection or all; returns how many
+    /// entries went.
     pub async fn clear_cache(&self, collection: Option<&str>) -> Result<u64, EngineError> {
         if let Some(name) = collection {
             validate_collection_name(name)
                 .map_err(|error| EngineError::invalid("collection", error.to_string()))?;
         }
-        Ok(self.inner.cache.clear(collection).await?)
+        let results = self.inner.results.cache.clear(collection).await?;
+        let searches = self.inner.searches.cache.clear(collection).await?;
+        Ok(results + searches)
     }
 
     /// Returns collections, cache counters and usage.
     pub async fn stats(&self) -> Result<EngineStats, EngineError> {
         Ok(EngineStats {
             collections: self.inner.store.collections().await?,
-            cache: self.inner.cache.stats().await?,
-            cache_backend: self.inner.cache.backend().to_string(),
+            result_cache: self.inner.results.cache.stats().await?,
+            search_cache: self.inner.searches.cache.stats().await?,
+            cache_backend: self.inner.results.cache.backend().to_string(),
             usage: self.inner.accounting.snapshot(),
             model: self.inner.model.name().to_string(),
         })
@@ -543,41 +551,7 @@ impl Engine {
             "sub_model": self.inner.sub_model.name(),
             "budget": limits,
         });
-        let digest = Sha256::digest(material.to_string().as_bytes());
-        CacheKey {
-            collection: collection.name.clone(),
-            digest: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
-        }
-    }
-
-    async fn cached_result(&self, key: &CacheKey) -> Option<QueryResult> {
-        let bytes = match self.inner.cache.get(key).await {
-            Ok(bytes) => bytes?,
-            Err(error) => {
-                tracing::warn!(%error, "result cache lookup failed; running the query");
-                return None;
-            }
-        };
-        match serde_json::from_slice(&bytes) {
-            Ok(result) => Some(result),
-            Err(error) => {
-                tracing::warn!(%error, "undecodable cache entry treated as a miss");
-                None
-            }
-        }
-    }
-
-    async fn store_result(&self, key: &CacheKey, result: &QueryResult) {
-        let bytes = match serde_json::to_vec(result) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::warn!(%error, "result not cached: encoding failed");
-                return;
-            }
-        };
-        if let Err(error) = self.inner.cache.put(key, bytes, self.inner.cache_ttl).await {
-            tracing::warn!(%error, "result not cached");
-        }
+        CacheKey::digest_of(&collection.name, &material)
     }
 }
 

@@ -18,6 +18,7 @@ use super::prompts::{self, SUBMIT};
 use super::result::{BudgetStatus, QueryResult, ReasoningStep, Usage};
 use super::tools::{self, ToolInvocation};
 use super::{EngineError, EngineInner, PreparedQuery};
+use crate::cache::CacheKey;
 use crate::llm::{
     ChatModel, ChatRequest, ChatResponse, LlmError, Message, ToolCall, estimate_tokens,
 };
@@ -343,13 +344,36 @@ impl<'a> Run<'a> {
             filter: filter.clone(),
         };
         let started = Instant::now();
-        let hits = match self.guarded(self.inner.store.search(request)).await {
-            Guarded::Done(Ok(hits)) => hits,
-            Guarded::Done(Err(error)) => {
-                return ToolOutcome::failed(&format!("search failed: {error}"));
-            }
-            Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
-            Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
+        let collection = &self.prepared.collection;
+        // Everything that changes the hits; the content version makes a write invalidate.
+        let cache_key = CacheKey::digest_of(
+            &collection.name,
+            &serde_json::json!({
+                "collection_version": collection.version,
+                "query": query,
+                "filters": filter.to_json(),
+                "top_k": top_k,
+            }),
+        );
+        let cached = if self.prepared.request.skip_cache {
+            None
+        } else {
+            self.inner.searches.lookup::<Vec<Hit>>(&cache_key).await
+        };
+        let cache_hit = cached.is_some();
+        let hits = match cached {
+            Some(hits) => hits,
+            None => match self.guarded(self.inner.store.search(request)).await {
+                Guarded::Done(Ok(hits)) => {
+                    self.inner.searches.store(&cache_key, &hits).await;
+                    hits
+                }
+                Guarded::Done(Err(error)) => {
+                    return ToolOutcome::failed(&format!("search failed: {error}"));
+                }
+                Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
+                Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
+            },
         };
         self.usage.lock().search_calls += 1;
         {
@@ -371,7 +395,7 @@ impl<'a> Run<'a> {
             top_k: u32::try_from(top_k).unwrap_or(u32::MAX),
             hits: hits.iter().map(|hit| (hit.id.clone(), hit.score)).collect(),
             latency: started.elapsed(),
-            cache_hit: false,
+            cache_hit,
         }))
         .await;
         ToolOutcome::ok(tools::search_result(&hits))

@@ -111,6 +111,14 @@ fn corpus() -> Arc<MemoryStore> {
     ]))
 }
 
+fn memory_level(name: &'static str) -> crate::cache::CacheLevel {
+    crate::cache::CacheLevel {
+        name,
+        cache: Arc::new(MemoryCache::new(Default::default())),
+        ttl: Duration::from_secs(60),
+    }
+}
+
 fn engine_with(store: Arc<MemoryStore>, model: Arc<dyn ChatModel>) -> Engine {
     Engine::new(
         EngineParts {
@@ -118,8 +126,8 @@ fn engine_with(store: Arc<MemoryStore>, model: Arc<dyn ChatModel>) -> Engine {
             sub_model: model.clone(),
             model,
             prices: Default::default(),
-            cache: Arc::new(MemoryCache::new(Default::default())),
-            cache_ttl: Duration::from_secs(60),
+            results: memory_level("result"),
+            searches: memory_level("search"),
         },
         EngineConfig::default(),
     )
@@ -399,8 +407,8 @@ async fn listed_prices_give_the_cost_of_models_that_report_none() {
             sub_model: model.clone(),
             model,
             prices: crate::llm::PriceTable::new(vec![("priced".into(), 2.0, 10.0)]),
-            cache: Arc::new(MemoryCache::new(Default::default())),
-            cache_ttl: Duration::from_secs(60),
+            results: memory_level("result"),
+            searches: memory_level("search"),
         },
         EngineConfig::default(),
     );
@@ -481,8 +489,8 @@ async fn one_failed_prompt_does_not_sink_a_batched_sub_model_call() {
             model: root.clone(),
             sub_model: sub,
             prices: Default::default(),
-            cache: Arc::new(MemoryCache::new(Default::default())),
-            cache_ttl: Duration::from_secs(60),
+            results: memory_level("result"),
+            searches: memory_level("search"),
         },
         EngineConfig::default(),
     );
@@ -700,4 +708,45 @@ async fn dropping_a_batch_stream_stops_the_remaining_work() {
         model.started.load(SeqCst) <= 8,
         "no new work started after the drop"
     );
+}
+
+#[tokio::test]
+async fn a_repeated_search_is_served_from_the_search_cache_until_skipped() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedModel::text("first"),
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedModel::text("second"),
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedModel::text("third"),
+        ],
+    ));
+    let store = corpus();
+    let engine = engine_with(store.clone(), model);
+    let search_hit = |events: &[TraceEvent]| {
+        events.iter().find_map(|event| match &event.kind {
+            EventKind::Search(search) => Some(search.cache_hit),
+            _ => None,
+        })
+    };
+    let (_, first) = run_collecting(&engine, question("Who makes the Zephyr?")).await;
+    let (second, events) = run_collecting(&engine, question("Which firm makes the Zephyr?")).await;
+    assert_eq!(search_hit(&first), Some(false));
+    assert_eq!(search_hit(&events), Some(true));
+    assert_eq!(second.sources[0].id, "zephyr");
+    assert_eq!(
+        store.searches.lock().len(),
+        1,
+        "the store was searched once"
+    );
+
+    let mut fresh = question("And who makes the Zephyr?");
+    fresh.skip_cache = true;
+    let (_, events) = run_collecting(&engine, fresh).await;
+    assert_eq!(search_hit(&events), Some(false));
+    let stats = engine.stats().await.unwrap();
+    assert_eq!((stats.search_cache.hits, stats.search_cache.misses), (1, 1));
 }

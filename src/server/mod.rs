@@ -13,8 +13,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::{Admission, DeepRecallServer, DeepRecallService, pb};
-use crate::cache::{Cache, MemoryCache, MemoryCacheConfig, NoCache};
-use crate::config::{CacheBackend, Config};
+use crate::cache::{Cache, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache};
+use crate::config::{CacheBackend, CacheConfig, Config};
 use crate::embed::HashingEmbedder;
 use crate::engine::{Engine, EngineParts};
 use crate::llm::LlmError;
@@ -59,23 +59,40 @@ async fn build_engine(config: &Config, models: models::Models) -> Result<Engine,
         embedder,
     )
     .await?;
-    let cache: Arc<dyn Cache> = match config.cache.backend {
-        CacheBackend::None => Arc::new(NoCache),
-        CacheBackend::Memory => Arc::new(MemoryCache::new(MemoryCacheConfig {
-            max_entries: config.cache.max_entries,
-            max_bytes: config.cache.max_bytes,
-        })),
-    };
+    let (results, searches) = cache_levels(&config.cache)?;
     Ok(Engine::new(
         EngineParts {
             store: Arc::new(store),
             model: models.model,
             sub_model: models.sub_model,
             prices: models.prices,
-            cache,
-            cache_ttl: Duration::from_secs(config.cache.ttl_seconds),
+            results,
+            searches,
         },
         config.engine.clone(),
+    ))
+}
+
+/// Builds the result and search cache levels of the configured backend.
+fn cache_levels(config: &CacheConfig) -> Result<(CacheLevel, CacheLevel), ServerError> {
+    let level = |name, cache: Arc<dyn Cache>, ttl_seconds| CacheLevel {
+        name,
+        cache,
+        ttl: Duration::from_secs(ttl_seconds),
+    };
+    let memory = || -> Arc<dyn Cache> {
+        Arc::new(MemoryCache::new(MemoryCacheConfig {
+            max_entries: config.max_entries,
+            max_bytes: config.max_bytes,
+        }))
+    };
+    let (results, searches): (Arc<dyn Cache>, Arc<dyn Cache>) = match config.backend {
+        CacheBackend::None => (Arc::new(NoCache), Arc::new(NoCache)),
+        CacheBackend::Memory => (memory(), memory()),
+    };
+    Ok((
+        level("result", results, config.ttl_seconds),
+        level("search", searches, config.search_ttl_seconds),
     ))
 }
 
