@@ -253,6 +253,8 @@ pub enum CacheBackend {
     /// In process memory.
     #[default]
     Memory,
+    /// A SQLite file that survives restarts.
+    Sqlite,
 }
 
 /// Settings of the result cache.
@@ -546,7 +548,7 @@ anthropic_version = "2023-06-01"
 # "gpt-4o-mini" = { input_per_million = 0.15, output_per_million = 0.60 }
 
 [cache]
-# Result cache: "memory" or "none" (env DEEPRECALL_CACHE).
+# Cache backend: "memory", "sqlite" or "none" (env DEEPRECALL_CACHE, flag --cache).
 backend = "memory"
 # Seconds a cached result stays valid (env DEEPRECALL_CACHE_TTL, flag --cache-ttl).
 ttl_seconds = 3600

@@ -297,6 +297,7 @@ pub fn query_result(result: QueryResult) -> pb::QueryResult {
         partial,
         error,
         cached,
+        coalesced,
     } = result;
     pb::QueryResult {
         answer,
@@ -311,6 +312,7 @@ pub fn query_result(result: QueryResult) -> pb::QueryResult {
         cached,
         citations,
         query_id,
+        coalesced,
     }
 }
 
@@ -412,6 +414,7 @@ pub fn stats(stats: EngineStats, uptime: Duration) -> pb::GetStatsResponse {
     let UsageTotals {
         queries,
         cached_queries,
+        coalesced_queries,
         input_tokens,
         output_tokens,
         search_calls,
@@ -426,6 +429,7 @@ pub fn stats(stats: EngineStats, uptime: Duration) -> pb::GetStatsResponse {
         usage: Some(pb::UsageTotals {
             queries,
             cached_queries,
+            coalesced_queries,
             input_tokens,
             output_tokens,
             search_calls,

@@ -10,22 +10,28 @@ use crate::store::StoreError;
 
 impl From<EngineError> for Status {
     fn from(error: EngineError) -> Self {
-        match error {
-            EngineError::InvalidArgument { field, message } => {
-                Status::invalid_argument(format!("{field}: {message}"))
-            }
-            EngineError::Store(error) => store_status(error),
-            EngineError::Llm(error) => llm_status(error),
-            EngineError::Cache(CacheError::Unavailable(reason)) => {
-                tracing::warn!(%reason, "cache unavailable");
-                Status::unavailable("the cache is unavailable")
-            }
-            EngineError::ShuttingDown => Status::unavailable("the server is shutting down"),
-        }
+        status_of(&error)
     }
 }
 
-fn store_status(error: StoreError) -> Status {
+fn status_of(error: &EngineError) -> Status {
+    match error {
+        EngineError::InvalidArgument { field, message } => {
+            Status::invalid_argument(format!("{field}: {message}"))
+        }
+        EngineError::Store(error) => store_status(error),
+        EngineError::Llm(error) => llm_status(error),
+        EngineError::Cache(CacheError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "cache unavailable");
+            Status::unavailable("the cache is unavailable")
+        }
+        EngineError::ShuttingDown => Status::unavailable("the server is shutting down"),
+        EngineError::Cancelled => Status::cancelled("the query was cancelled"),
+        EngineError::Shared(error) => status_of(error),
+    }
+}
+
+fn store_status(error: &StoreError) -> Status {
     match error {
         StoreError::CollectionNotFound(name) => {
             Status::not_found(format!("collection {name:?} does not exist"))
@@ -46,7 +52,7 @@ fn store_status(error: StoreError) -> Status {
     }
 }
 
-fn llm_status(error: LlmError) -> Status {
+fn llm_status(error: &LlmError) -> Status {
     match error {
         LlmError::Unavailable(reason) | LlmError::BadResponse(reason) => {
             tracing::warn!(%reason, "model backend failed");

@@ -2,6 +2,7 @@
 //! SQLite and Redis later) stores the same encoding.
 
 pub mod memory;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 pub use memory::{MemoryCache, MemoryCacheConfig};
+pub use sqlite::{SqliteCache, SqliteCacheConfig};
 
 /// Errors of the cache layer.
 #[derive(Debug, thiserror::Error)]

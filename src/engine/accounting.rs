@@ -11,6 +11,8 @@ pub struct UsageTotals {
     pub queries: u64,
     /// Queries answered from the cache.
     pub cached_queries: u64,
+    /// Queries that shared the run of an identical query in flight.
+    pub coalesced_queries: u64,
     /// Prompt tokens.
     pub input_tokens: u64,
     /// Completion tokens.
@@ -32,12 +34,17 @@ pub struct UsageAccounting {
 }
 
 impl UsageAccounting {
-    /// Adds one answered query. A cached result cost nothing this time, so only the query counts.
+    /// Adds one answered query. A cached or shared result cost nothing this time, so only the
+    /// query counts.
     pub fn record(&self, result: &QueryResult) {
         let mut totals = self.totals.lock();
         totals.queries += 1;
         if result.cached {
             totals.cached_queries += 1;
+            return;
+        }
+        if result.coalesced {
+            totals.coalesced_queries += 1;
             return;
         }
         let usage = &result.usage;

@@ -10,12 +10,16 @@ pub mod result;
 mod run;
 pub mod tools;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use accounting::{UsageAccounting, UsageTotals};
@@ -53,6 +57,12 @@ pub enum EngineError {
     /// The server is shutting down and takes no new work.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The caller went away before the result was ready.
+    #[error("the query was cancelled")]
+    Cancelled,
+    /// The error of a run whose result several identical queries shared.
+    #[error(transparent)]
+    Shared(Arc<EngineError>),
 }
 
 impl EngineError {
@@ -238,6 +248,41 @@ pub struct EngineStats {
     pub model: String,
 }
 
+/// A run shared by identical queries.
+#[derive(Debug)]
+struct Flight {
+    /// The run's outcome, once there is one.
+    outcome: watch::Sender<Option<Result<QueryResult, Arc<EngineError>>>>,
+    /// Callers still waiting for it.
+    callers: AtomicUsize,
+    /// Stops the run; cancelled when the last caller leaves.
+    stop: CancellationToken,
+}
+
+impl Flight {
+    fn new() -> Self {
+        Flight {
+            outcome: watch::channel(None).0,
+            callers: AtomicUsize::new(1),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+/// One caller's share of a flight: when the last caller leaves (returns, cancels, or is
+/// dropped with its request), the run stops.
+struct Caller {
+    flight: Arc<Flight>,
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        if self.flight.callers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.flight.stop.cancel();
+        }
+    }
+}
+
 #[derive(Debug)]
 struct EngineInner {
     store: Arc<dyn DocumentStore>,
@@ -249,6 +294,7 @@ struct EngineInner {
     config: EngineConfig,
     accounting: UsageAccounting,
     shutdown: CancellationToken,
+    flights: Mutex<HashMap<CacheKey, Arc<Flight>>>,
 }
 
 /// The reasoning engine. Cloning is cheap and shares everything.
@@ -271,6 +317,7 @@ impl Engine {
                 config,
                 accounting: UsageAccounting::default(),
                 shutdown: CancellationToken::new(),
+                flights: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -368,14 +415,70 @@ impl Engine {
             return Ok(result);
         }
 
-        let result = run::Run::new(inner, &prepared, sink, cancel)
-            .execute()
-            .await?;
-        inner.accounting.record(&result);
-        if !result.partial && result.error.is_none() {
-            inner.results.store(&prepared.cache_key, &result).await;
+        // Identical queries in flight share one run: the first caller leads, with its trace
+        // events; the others wait for the result. The run belongs to no caller: it stops
+        // only when every caller has gone.
+        let (flight, leads) = self.join_flight(&prepared.cache_key);
+        let caller = Caller {
+            flight: Arc::clone(&flight),
+        };
+        let mut outcome = flight.outcome.subscribe();
+        let started = prepared.started;
+        let follower_sink = if leads {
+            let engine = self.clone();
+            let key = prepared.cache_key.clone();
+            let flight = Arc::clone(&flight);
+            tokio::spawn(async move {
+                let outcome = run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone())
+                    .execute()
+                    .await;
+                if let Ok(result) = &outcome {
+                    engine.inner.accounting.record(result);
+                    if !result.partial && result.error.is_none() {
+                        engine.inner.results.store(&key, result).await;
+                    }
+                }
+                engine.inner.flights.lock().remove(&key);
+                flight.outcome.send_replace(Some(outcome.map_err(Arc::new)));
+            });
+            None
+        } else {
+            Some(sink)
+        };
+        let shared = tokio::select! {
+            done = outcome.wait_for(Option::is_some) => done.ok().and_then(|done| done.clone()),
+            () = cancel.cancelled() => None,
+        };
+        drop(caller);
+        match (shared, follower_sink) {
+            (None, _) => Err(EngineError::Cancelled),
+            (Some(Err(error)), _) => Err(EngineError::Shared(error)),
+            (Some(Ok(result)), None) => Ok(result),
+            (Some(Ok(mut result)), Some(sink)) => {
+                result.coalesced = true;
+                result.execution_time = started.elapsed();
+                inner.accounting.record(&result);
+                sink.emit(
+                    result.budget.used,
+                    EventKind::Result(Box::new(result.clone())),
+                )
+                .await;
+                Ok(result)
+            }
         }
-        Ok(result)
+    }
+
+    /// Joins the run in flight for `key`, or starts one; returns it and whether the caller
+    /// leads it.
+    fn join_flight(&self, key: &CacheKey) -> (Arc<Flight>, bool) {
+        let mut flights = self.inner.flights.lock();
+        if let Some(flight) = flights.get(key) {
+            flight.callers.fetch_add(1, Ordering::SeqCst);
+            return (Arc::clone(flight), false);
+        }
+        let flight = Arc::new(Flight::new());
+        flights.insert(key.clone(), Arc::clone(&flight));
+        (flight, true)
     }
 
     /// Checks a batch's size and concurrency; returns the concurrency to use.

@@ -35,6 +35,9 @@ pub struct QueryResult {
     pub error: Option<String>,
     /// True when served from the result cache.
     pub cached: bool,
+    /// True when an identical query in flight produced this result, shared with this caller.
+    #[serde(default)]
+    pub coalesced: bool,
 }
 
 /// One action of the engine.

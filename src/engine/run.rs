@@ -554,7 +554,7 @@ impl<'a> Run<'a> {
     fn cancel_reason(&self) -> Option<String> {
         if self.inner.shutdown.is_cancelled() {
             Some("the server is shutting down".into())
-        } else if self.cancel.is_cancelled() || self.sink.is_closed() {
+        } else if self.cancel.is_cancelled() {
             Some("cancelled by the caller".into())
         } else {
             None
@@ -752,6 +752,7 @@ impl<'a> Run<'a> {
             partial,
             error,
             cached: false,
+            coalesced: false,
         };
         self.sink
             .emit(used, EventKind::Result(Box::new(result.clone())))

@@ -532,10 +532,10 @@ async fn a_model_that_fails_at_once_is_an_error() {
             CancellationToken::new(),
         )
         .await;
-    assert!(matches!(
-        outcome,
-        Err(EngineError::Llm(LlmError::Unavailable(_)))
-    ));
+    let Err(EngineError::Shared(error)) = outcome else {
+        panic!("expected an error, got {outcome:?}");
+    };
+    assert!(matches!(*error, EngineError::Llm(LlmError::Unavailable(_))));
 }
 
 #[tokio::test]
@@ -749,4 +749,106 @@ async fn a_repeated_search_is_served_from_the_search_cache_until_skipped() {
     assert_eq!(search_hit(&events), Some(false));
     let stats = engine.stats().await.unwrap();
     assert_eq!((stats.search_cache.hits, stats.search_cache.misses), (1, 1));
+}
+
+#[tokio::test]
+async fn identical_concurrent_queries_share_one_run() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::from_millis(100),
+        vec![ScriptedModel::text("the one answer")],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let runs = (0..100).map(|_| {
+        let engine = engine.clone();
+        async move {
+            let prepared = engine.prepare(question("Zephyr?"), None).await.unwrap();
+            let sink = EventSink::discard(prepared.started);
+            engine.run(prepared, sink, CancellationToken::new()).await
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    assert_eq!(model.requests().len(), 1, "one model call for 100 queries");
+    let coalesced = results
+        .iter()
+        .filter(|result| result.as_ref().unwrap().coalesced)
+        .count();
+    assert_eq!(coalesced, 99);
+    assert!(
+        results
+            .iter()
+            .all(|result| result.as_ref().unwrap().answer == "the one answer")
+    );
+    let usage = engine.stats().await.unwrap().usage;
+    assert_eq!(
+        (usage.queries, usage.coalesced_queries, usage.llm_calls),
+        (100, 99, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_shared_run_outlives_its_leader_but_not_all_its_callers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let model = Arc::new(GaugeModel::default());
+    let engine = engine_with(corpus(), model.clone());
+    let start = |cancel: CancellationToken| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let prepared = engine.prepare(question("Zephyr?"), None).await.unwrap();
+            let sink = EventSink::discard(prepared.started);
+            engine.run(prepared, sink, cancel).await
+        })
+    };
+    let leader_cancel = CancellationToken::new();
+    let leader = start(leader_cancel.clone());
+    while model.started.load(SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let follower = start(CancellationToken::new());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    leader_cancel.cancel();
+    assert!(matches!(leader.await.unwrap(), Err(EngineError::Cancelled)));
+    let shared = follower.await.unwrap().unwrap();
+    assert!(shared.coalesced);
+    assert_eq!(shared.answer, "answer");
+    assert_eq!(model.started.load(SeqCst), 1);
+
+    // When every caller leaves, the run stops and its model call is dropped.
+    let first_cancel = CancellationToken::new();
+    let second_cancel = CancellationToken::new();
+    let prepared = engine.prepare(question("Klaxon?"), None).await.unwrap();
+    let key = prepared.cache_key.clone();
+    let first = start_keyed(&engine, "Klaxon?", first_cancel.clone());
+    while model.in_flight.load(SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = start_keyed(&engine, "Klaxon?", second_cancel.clone());
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    first_cancel.cancel();
+    second_cancel.cancel();
+    assert!(first.await.unwrap().is_err() && second.await.unwrap().is_err());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        model.in_flight.load(SeqCst),
+        0,
+        "the model call was dropped"
+    );
+    assert!(
+        !engine.inner.flights.lock().contains_key(&key),
+        "the flight ended"
+    );
+}
+
+fn start_keyed(
+    engine: &Engine,
+    text: &str,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<Result<QueryResult, EngineError>> {
+    let engine = engine.clone();
+    let text = text.to_string();
+    tokio::spawn(async move {
+        let prepared = engine.prepare(question(&text), None).await.unwrap();
+        let sink = EventSink::discard(prepared.started);
+        engine.run(prepared, sink, cancel).await
+    })
 }

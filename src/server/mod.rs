@@ -2,6 +2,7 @@
 //! health and reflection, and shuts down gracefully.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::{Admission, DeepRecallServer, DeepRecallService, pb};
-use crate::cache::{Cache, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache};
+use crate::cache::{
+    Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, SqliteCache,
+    SqliteCacheConfig,
+};
 use crate::config::{CacheBackend, CacheConfig, Config};
 use crate::embed::HashingEmbedder;
 use crate::engine::{Engine, EngineParts};
@@ -37,6 +41,9 @@ pub enum ServerError {
     /// A model backend is misconfigured.
     #[error(transparent)]
     Llm(#[from] LlmError),
+    /// The cache could not be opened.
+    #[error("cannot open the cache: {0}")]
+    Cache(#[from] CacheError),
     /// The transport failed.
     #[error("transport failure: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -59,7 +66,7 @@ async fn build_engine(config: &Config, models: models::Models) -> Result<Engine,
         embedder,
     )
     .await?;
-    let (results, searches) = cache_levels(&config.cache)?;
+    let (results, searches) = cache_levels(&config.cache).await?;
     Ok(Engine::new(
         EngineParts {
             store: Arc::new(store),
@@ -74,7 +81,7 @@ async fn build_engine(config: &Config, models: models::Models) -> Result<Engine,
 }
 
 /// Builds the result and search cache levels of the configured backend.
-fn cache_levels(config: &CacheConfig) -> Result<(CacheLevel, CacheLevel), ServerError> {
+async fn cache_levels(config: &CacheConfig) -> Result<(CacheLevel, CacheLevel), ServerError> {
     let level = |name, cache: Arc<dyn Cache>, ttl_seconds| CacheLevel {
         name,
         cache,
@@ -89,6 +96,21 @@ fn cache_levels(config: &CacheConfig) -> Result<(CacheLevel, CacheLevel), Server
     let (results, searches): (Arc<dyn Cache>, Arc<dyn Cache>) = match config.backend {
         CacheBackend::None => (Arc::new(NoCache), Arc::new(NoCache)),
         CacheBackend::Memory => (memory(), memory()),
+        CacheBackend::Sqlite => {
+            let sqlite = |path: PathBuf| {
+                SqliteCache::open(SqliteCacheConfig {
+                    path,
+                    max_entries: config.max_entries,
+                    ..SqliteCacheConfig::default()
+                })
+            };
+            let mut search_path = config.path.clone().into_os_string();
+            search_path.push("-search");
+            (
+                Arc::new(sqlite(config.path.clone()).await?),
+                Arc::new(sqlite(PathBuf::from(search_path)).await?),
+            )
+        }
     };
     Ok((
         level("result", results, config.ttl_seconds),

@@ -8,6 +8,7 @@
 
 mod common;
 
+mod cache;
 mod documents;
 mod errors;
 mod lifecycle;

@@ -1,0 +1,164 @@
+//! Result and search caches over gRPC: each backend, persistence, isolation, coalescing.
+
+use std::time::Duration;
+
+use deeprecall::api::pb;
+use deeprecall::config::{Backend, CacheBackend, Config};
+use deeprecall::llm::http::Secret;
+use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
+use serde_json::json;
+
+use crate::common::*;
+
+fn use_backend(config: &mut Config, backend: CacheBackend, dir: &std::path::Path) {
+    config.cache.backend = backend;
+    config.cache.path = dir.join("cache.db");
+}
+
+#[tokio::test]
+async fn every_backend_hits_on_repeat_and_misses_after_a_write() {
+    for backend in [CacheBackend::Memory, CacheBackend::Sqlite] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server =
+            TestServer::start_with(|config| use_backend(config, backend, dir.path())).await;
+        add(
+            &mut server.client,
+            "",
+            vec![document("a", "Kestrel is in Tampere.", json!({}))],
+        )
+        .await;
+        let first = query_result(&mut server.client, question("Where is Kestrel?")).await;
+        let second = query_result(&mut server.client, question("Where is Kestrel?")).await;
+        assert!(!first.cached && second.cached, "{backend:?}");
+        add(
+            &mut server.client,
+            "",
+            vec![document("b", "Kestrel moved to Oulu.", json!({}))],
+        )
+        .await;
+        let third = query_result(&mut server.client, question("Where is Kestrel?")).await;
+        assert!(
+            !third.cached,
+            "{backend:?}: a write makes older entries unreachable"
+        );
+
+        let stats = server
+            .client
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let results = stats.cache.unwrap();
+        let searches = stats.search_cache.unwrap();
+        assert_eq!(results.hits, 1, "{backend:?}");
+        assert!(searches.misses >= 2, "{backend:?}");
+        let expected = if backend == CacheBackend::Memory {
+            "memory"
+        } else {
+            "sqlite"
+        };
+        assert_eq!(results.backend, expected);
+
+        let cleared = server
+            .client
+            .clear_cache(pb::ClearCacheRequest {
+                collection: "default".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            cleared.entries_removed >= 2,
+            "{backend:?}: results and searches"
+        );
+        let after = query_result(&mut server.client, question("Where is Kestrel?")).await;
+        assert!(!after.cached, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_sqlite_cache_survives_a_restart() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let path = cache_dir.path().to_path_buf();
+    let mut server =
+        TestServer::start_with(|config| use_backend(config, CacheBackend::Sqlite, &path)).await;
+    add(
+        &mut server.client,
+        "",
+        vec![document("a", "Osprey is in Calgary.", json!({}))],
+    )
+    .await;
+    let first = query_result(&mut server.client, question("Where is Osprey?")).await;
+    assert!(!first.cached);
+    let data = server.stop_keeping_data().await;
+
+    let mut restarted = TestServer::start_in(data.path(), |config| {
+        use_backend(config, CacheBackend::Sqlite, &path)
+    })
+    .await;
+    let again = query_result(&mut restarted.client, question("Where is Osprey?")).await;
+    assert!(again.cached, "the entry outlived the process");
+    assert_eq!(again.answer, first.answer);
+}
+
+#[tokio::test]
+async fn different_filters_or_collections_never_share_an_entry() {
+    let mut server = TestServer::start().await;
+    let documents = vec![
+        document("a", "The launch is in March.", json!({"team": "red"})),
+        document("b", "The launch is in April.", json!({"team": "blue"})),
+    ];
+    add(&mut server.client, "", documents.clone()).await;
+    add(&mut server.client, "other", documents).await;
+    let ask = |team: &str, collection: &str| {
+        let mut request = question("When is the launch?");
+        request.filters = Some(structure(json!({ "team": team })));
+        request.collection = collection.to_string();
+        request
+    };
+    let red = query_result(&mut server.client, ask("red", "")).await;
+    let blue = query_result(&mut server.client, ask("blue", "")).await;
+    let other = query_result(&mut server.client, ask("red", "other")).await;
+    assert!(!red.cached && !blue.cached && !other.cached);
+    assert!(red.sources.iter().all(|source| source.id == "a"));
+    assert!(blue.sources.iter().all(|source| source.id == "b"));
+    assert!(
+        query_result(&mut server.client, ask("blue", ""))
+            .await
+            .cached
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_identical_concurrent_queries_cause_one_run() {
+    let mock = MockLlmServer::start(
+        MockScript::replies(vec![MockReply::text("Tampere.")])
+            .with_latency(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let mut server = TestServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("k");
+    })
+    .await;
+    add(
+        &mut server.client,
+        "",
+        vec![document("a", "Kestrel is in Tampere.", json!({}))],
+    )
+    .await;
+    let queries = (0..100).map(|_| {
+        let mut client = server.client.clone();
+        async move { query_result(&mut client, question("Where is Kestrel?")).await }
+    });
+    let results = futures::future::join_all(queries).await;
+    assert_eq!(mock.request_count(), 1, "one model call for 100 queries");
+    assert!(results.iter().all(|result| result.answer == "Tampere."));
+    let shared = results.iter().filter(|result| result.coalesced).count();
+    let cached = results.iter().filter(|result| result.cached).count();
+    assert_eq!(shared + cached, 99);
+    assert!(shared > 0);
+}
