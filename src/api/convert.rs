@@ -449,6 +449,7 @@ fn cache_stats(stats: CacheStats, backend: &str) -> pb::CacheStats {
         misses,
         entries,
         evictions,
+        health,
     } = stats;
     pb::CacheStats {
         hits,
@@ -456,6 +457,11 @@ fn cache_stats(stats: CacheStats, backend: &str) -> pb::CacheStats {
         entries,
         evictions,
         backend: backend.to_string(),
+        health: health.map(|health| pb::CacheHealth {
+            reachable: health.reachable,
+            probe_latency_seconds: health.probe_latency.as_secs_f64(),
+            failures: health.failures,
+        }),
     }
 }
 

@@ -44,6 +44,19 @@ pub struct CacheStats {
     pub entries: u64,
     /// Entries dropped to stay within bounds.
     pub evictions: u64,
+    /// Reachability of a remote backend (Redis), probed when stats are asked for.
+    pub health: Option<CacheHealth>,
+}
+
+/// Health of a remote cache backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheHealth {
+    /// Whether the probe got an answer.
+    pub reachable: bool,
+    /// Round trip of the probe.
+    pub probe_latency: Duration,
+    /// Operations that failed since start (each one a miss or a skipped store).
+    pub failures: u64,
 }
 
 /// A key-value cache with per-entry time to live.

@@ -297,6 +297,7 @@ impl Cache for SqliteCache {
             misses: self.misses.load(Ordering::Relaxed),
             entries: u64::try_from(entries).unwrap_or(0),
             evictions: self.evictions.load(Ordering::Relaxed),
+            health: None,
         })
     }
 }
