@@ -32,6 +32,7 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("DEEPRECALL_API_KEY_FILE", "llm.api_key_file"),
     ("DEEPRECALL_CACHE", "cache.backend"),
     ("DEEPRECALL_CACHE_TTL", "cache.ttl_seconds"),
+    ("DEEPRECALL_REDIS_URL", "cache.redis_url"),
     ("DEEPRECALL_LOG", "telemetry.log_filter"),
     ("DEEPRECALL_LOG_FORMAT", "telemetry.log_format"),
 ];
@@ -255,6 +256,8 @@ pub enum CacheBackend {
     Memory,
     /// A SQLite file that survives restarts.
     Sqlite,
+    /// A Redis server shared by replicas.
+    Redis,
 }
 
 /// Settings of the result cache.
@@ -269,6 +272,10 @@ pub struct CacheConfig {
     pub search_ttl_seconds: u64,
     /// File of the SQLite cache; the search cache lives beside it, `-search` appended.
     pub path: PathBuf,
+    /// Redis server of the Redis cache: `redis://`, `rediss://` (TLS) or `unix://`.
+    pub redis_url: String,
+    /// Prefix of the Redis keys, so that several deployments can share one Redis.
+    pub redis_prefix: String,
     /// Most entries held in memory.
     pub max_entries: usize,
     /// Most bytes held in memory.
@@ -282,6 +289,8 @@ impl Default for CacheConfig {
             ttl_seconds: 3600,
             search_ttl_seconds: 600,
             path: PathBuf::from("./deeprecall-cache.db"),
+            redis_url: "redis://127.0.0.1:6379".to_string(),
+            redis_prefix: "deeprecall".to_string(),
             max_entries: 10_000,
             max_bytes: 256 * 1024 * 1024,
         }
@@ -548,7 +557,7 @@ anthropic_version = "2023-06-01"
 # "gpt-4o-mini" = { input_per_million = 0.15, output_per_million = 0.60 }
 
 [cache]
-# Cache backend: "memory", "sqlite" or "none" (env DEEPRECALL_CACHE, flag --cache).
+# Cache backend: "memory", "sqlite", "redis" or "none" (env DEEPRECALL_CACHE, flag --cache).
 backend = "memory"
 # Seconds a cached result stays valid (env DEEPRECALL_CACHE_TTL, flag --cache-ttl).
 ttl_seconds = 3600
@@ -556,6 +565,9 @@ ttl_seconds = 3600
 search_ttl_seconds = 600
 # File of the sqlite cache (flag --cache-path); the search cache sits beside it.
 path = "./deeprecall-cache.db"
+# Redis of the redis cache (env DEEPRECALL_REDIS_URL, flag --redis-url), and its key prefix.
+redis_url = "redis://127.0.0.1:6379"
+redis_prefix = "deeprecall"
 # Bounds of the memory cache.
 max_entries = 10000
 max_bytes = 268435456

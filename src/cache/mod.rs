@@ -2,6 +2,7 @@
 //! SQLite and Redis later) stores the same encoding.
 
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 pub use memory::{MemoryCache, MemoryCacheConfig};
+pub use redis::{RedisCache, RedisCacheConfig};
 pub use sqlite::{SqliteCache, SqliteCacheConfig};
 
 /// Errors of the cache layer.

@@ -564,7 +564,8 @@ mod tests {
                 hits: 2,
                 misses: 1,
                 entries: 1,
-                evictions: 0
+                evictions: 0,
+                health: None,
             }
         );
     }

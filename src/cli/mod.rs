@@ -78,7 +78,7 @@ struct ServeArgs {
     /// Seconds in-flight calls get after SIGTERM/SIGINT; env DEEPRECALL_SHUTDOWN_GRACE_SECONDS.
     #[arg(long)]
     shutdown_grace_seconds: Option<f64>,
-    /// Cache backend: memory, sqlite or none; env DEEPRECALL_CACHE.
+    /// Cache backend: memory, sqlite, redis or none; env DEEPRECALL_CACHE.
     #[arg(long)]
     cache: Option<String>,
     /// Seconds a cached result stays valid; env DEEPRECALL_CACHE_TTL.
@@ -87,6 +87,9 @@ struct ServeArgs {
     /// File of the sqlite cache.
     #[arg(long)]
     cache_path: Option<PathBuf>,
+    /// Redis of the redis cache; env DEEPRECALL_REDIS_URL.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Log format: text or json; env DEEPRECALL_LOG_FORMAT.
     #[arg(long)]
     log_format: Option<String>,

@@ -235,6 +235,11 @@ fn cache_json(cache: &pb::CacheStats) -> Value {
         "entries": cache.entries,
         "evictions": cache.evictions,
         "backend": cache.backend,
+        "health": cache.health.as_ref().map(|health| json!({
+            "reachable": health.reachable,
+            "probeLatencySeconds": health.probe_latency_seconds,
+            "failures": health.failures,
+        })),
     })
 }
 
@@ -260,6 +265,18 @@ pub fn print_stats(stats: &pb::GetStatsResponse) {
                 "{level} cache ({}): {} hit(s), {} miss(es), {} entr(ies), {} eviction(s)",
                 cache.backend, cache.hits, cache.misses, cache.entries, cache.evictions
             );
+            if let Some(health) = &cache.health {
+                println!(
+                    "  {}: probe {:.2} ms, {} failed operation(s) since start",
+                    if health.reachable {
+                        "reachable"
+                    } else {
+                        "UNREACHABLE"
+                    },
+                    health.probe_latency_seconds * 1000.0,
+                    health.failures
+                );
+            }
         }
     }
     if let Some(usage) = &stats.usage {

@@ -15,8 +15,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::{Admission, DeepRecallServer, DeepRecallService, pb};
 use crate::cache::{
-    Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, SqliteCache,
-    SqliteCacheConfig,
+    Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, RedisCache,
+    RedisCacheConfig, SqliteCache, SqliteCacheConfig,
 };
 use crate::config::{CacheBackend, CacheConfig, Config};
 use crate::embed::HashingEmbedder;
@@ -109,6 +109,19 @@ async fn cache_levels(config: &CacheConfig) -> Result<(CacheLevel, CacheLevel), 
             (
                 Arc::new(sqlite(config.path.clone()).await?),
                 Arc::new(sqlite(PathBuf::from(search_path)).await?),
+            )
+        }
+        CacheBackend::Redis => {
+            let redis = |level: &str| {
+                RedisCache::open(RedisCacheConfig {
+                    url: config.redis_url.clone(),
+                    prefix: format!("{}:{level}", config.redis_prefix),
+                    ..RedisCacheConfig::default()
+                })
+            };
+            (
+                Arc::new(redis("result").await?),
+                Arc::new(redis("search").await?),
             )
         }
     };

@@ -15,6 +15,11 @@ fn use_backend(config: &mut Config, backend: CacheBackend, dir: &std::path::Path
     config.cache.path = dir.join("cache.db");
 }
 
+fn use_redis(config: &mut Config, redis: &RedisServer) {
+    config.cache.backend = CacheBackend::Redis;
+    config.cache.redis_url = redis.url.clone();
+}
+
 #[tokio::test]
 async fn every_backend_hits_on_repeat_and_misses_after_a_write() {
     for backend in [CacheBackend::Memory, CacheBackend::Sqlite] {
@@ -161,4 +166,70 @@ async fn a_hundred_identical_concurrent_queries_cause_one_run() {
     let cached = results.iter().filter(|result| result.cached).count();
     assert_eq!(shared + cached, 99);
     assert!(shared > 0);
+}
+
+#[tokio::test]
+async fn replicas_share_the_redis_cache() {
+    let redis = RedisServer::start();
+    let mut first = TestServer::start_with(|config| use_redis(config, &redis)).await;
+    let mut second = TestServer::start_with(|config| use_redis(config, &redis)).await;
+    // Replicas over the same content: each store holds the same documents at the same version.
+    for server in [&mut first, &mut second] {
+        add(
+            &mut server.client,
+            "",
+            vec![document("a", "Vellum is in Lyon.", json!({}))],
+        )
+        .await;
+    }
+    let answered = query_result(&mut first.client, question("Where is Vellum?")).await;
+    assert!(!answered.cached);
+    let shared = query_result(&mut second.client, question("Where is Vellum?")).await;
+    assert!(
+        shared.cached,
+        "the second replica found the first one's answer in Redis"
+    );
+    assert_eq!(shared.answer, answered.answer);
+}
+
+#[tokio::test]
+async fn a_redis_killed_mid_test_only_turns_the_cache_off() {
+    let mut redis = RedisServer::start();
+    let mut server = TestServer::start_with(|config| use_redis(config, &redis)).await;
+    add(
+        &mut server.client,
+        "",
+        vec![document("a", "Corvid is in Porto.", json!({}))],
+    )
+    .await;
+    assert!(
+        !query_result(&mut server.client, question("Where is Corvid?"))
+            .await
+            .cached
+    );
+    assert!(
+        query_result(&mut server.client, question("Where is Corvid?"))
+            .await
+            .cached
+    );
+
+    redis.kill();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let result = query_result(&mut server.client, question("Where is Corvid?")).await;
+        assert!(!result.cached && result.answer.contains("Porto"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a dead Redis does not stall queries"
+    );
+    let stats = server
+        .client
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let health = stats.cache.unwrap().health.unwrap();
+    assert!(!health.reachable);
+    assert!(health.failures >= 3, "{health:?}");
 }

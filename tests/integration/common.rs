@@ -205,3 +205,64 @@ pub async fn ingest_handbook(client: &mut DeepRecallClient<Channel>) -> usize {
     .expect("handbook ingested");
     summary.chunks
 }
+
+/// A real `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    /// `redis://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl RedisServer {
+    /// Starts redis-server and waits until it answers PING. `.ci/run` installs it.
+    pub fn start() -> Self {
+        use std::io::{Read, Write};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server; .ci/run does it)");
+        // An external process gives no readiness signal but its port: ask until it answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answered =
+                std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+                    stream.write_all(b"PING\r\n")?;
+                    let mut reply = [0u8; 7];
+                    stream.read_exact(&mut reply)?;
+                    Ok(&reply == b"+PONG\r\n")
+                });
+            if matches!(answered, Ok(true)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer {
+            child: Some(child),
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,1077 @@
+//! Cache in Redis: entries are shared by every replica of the service and outlive restarts, and
+//! Redis expires them itself.
+//!
+//! Redis is a dependency the service must survive losing. The cache connects in the background
+//! and never waits for Redis: until the first connection is made, and whenever Redis is slow or
+//! down, each operation fails within the operation timeout as [`CacheError::Unavailable`], which
+//! the layer above treats as a miss.
+//!
+//! Keys are `{prefix}:{collection}:{digest}`. A `:` or `%` inside the collection or the digest is
+//! percent-encoded, so that every key of a cache has exactly two parts after its prefix; clearing
+//! and counting rely on that to skip the keys of a cache whose prefix extends this one's (such as
+//! `deeprecall:result` next to `deeprecall`).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::io::tcp::TcpSettings;
+use ::redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::task::AbortHandle;
+
+use super::{Cache, CacheError, CacheHealth, CacheKey, CacheStats};
+
+/// Keys examined by each SCAN call: few round trips, yet no single call that keeps a
+/// single-threaded Redis busy for long.
+const SCAN_COUNT: u64 = 1_000;
+/// Most entries counted by `stats`; the count stops there, so that stats stay cheap on a huge
+/// keyspace.
+const MAX_COUNTED_ENTRIES: u64 = 1_000_000;
+/// First pause between attempts of a connection; it doubles after each failed attempt.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between attempts of a connection.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Limit of one connection attempt, TLS handshake included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Data left unacknowledged this long closes the connection. Without it, a Redis host that
+/// vanished without a reset (a network partition, a dead VM) leaves a half-open connection on
+/// which every call times out and the connection manager never reconnects.
+#[cfg(target_os = "linux")]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time to live sent to Redis, which rejects an expiry that overflows its clock
+/// arithmetic (about 73 million years).
+const MAX_TTL_MILLIS: u64 = u64::MAX / 8;
+
+/// Settings of a [`RedisCache`].
+#[derive(Clone)]
+pub struct RedisCacheConfig {
+    /// Where Redis listens: `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS, or
+    /// `unix:///path/to/socket` (`redis+unix://` too, with `?db=…&pass=…`).
+    pub url: String,
+    /// Namespace of the keys, e.g. `deeprecall:result`: keys are `{prefix}:{collection}:{digest}`,
+    /// so that several caches can share one Redis.
+    pub prefix: String,
+    /// Shortest time between two warnings about a failing Redis, so that an outage logs a line
+    /// per interval rather than one per query.
+    pub warn_interval: Duration,
+    /// Limit of each Redis call, so that a hung Redis never stalls a query for longer; with
+    /// `Duration::ZERO` every call fails.
+    pub operation_timeout: Duration,
+}
+
+impl Default for RedisCacheConfig {
+    fn default() -> Self {
+        RedisCacheConfig {
+            url: "redis://127.0.0.1:6379".to_string(),
+            prefix: "deeprecall".to_string(),
+            warn_interval: Duration::from_secs(30),
+            operation_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+impl fmt::Debug for RedisCacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("warn_interval", &self.warn_interval)
+            .field("operation_timeout", &self.operation_timeout)
+            .finish()
+    }
+}
+
+/// A cache with TTL, held in Redis and degrading to misses while Redis is unreachable.
+pub struct RedisCache {
+    shared: Arc<Shared>,
+    connector: AbortHandle,
+}
+
+/// State of a [`RedisCache`], shared with the task that makes the first connection.
+struct Shared {
+    config: RedisCacheConfig,
+    /// Empty until the first connection is made; the manager then repairs later outages itself.
+    connection: OnceLock<ConnectionManager>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    failures: AtomicU64,
+    warnings: WarnGate,
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.shared;
+        f.debug_struct("RedisCache")
+            .field("config", &shared.config)
+            .field("connected", &shared.connection.get().is_some())
+            .field("hits", &shared.hits.load(Ordering::Relaxed))
+            .field("misses", &shared.misses.load(Ordering::Relaxed))
+            .field("failures", &shared.failures.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCache {
+    /// Checks the URL and starts connecting in the background; Redis need not be up. Until the
+    /// first connection is made every operation fails at once as [`CacheError::Unavailable`];
+    /// after that the connection is re-established by itself whenever it is lost.
+    pub async fn open(config: RedisCacheConfig) -> Result<RedisCache, CacheError> {
+        let client = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .and_then(|info| Client::open(info.set_tcp_settings(tcp_settings())))
+            .map_err(|err| {
+                CacheError::Unavailable(format!(
+                    "redis cache url {}: {err}",
+                    redacted_url(&config.url)
+                ))
+            })?;
+        let manager_config = manager_config(config.operation_timeout);
+        let shared = Arc::new(Shared {
+            warnings: WarnGate::new(config.warn_interval),
+            config,
+            connection: OnceLock::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        });
+        let connector = tokio::spawn(connect_in_background(
+            Arc::downgrade(&shared),
+            client,
+            manager_config,
+        ))
+        .abort_handle();
+        Ok(RedisCache { shared, connector })
+    }
+}
+
+impl Drop for RedisCache {
+    fn drop(&mut self) {
+        // A connection attempt in progress would notice the dropped cache only when it ends,
+        // which with Redis down takes seconds; stopping the task now frees it at once.
+        self.connector.abort();
+    }
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
+        let shared = &self.shared;
+        let value: Option<Vec<u8>> = shared
+            .run("GET", ::redis::cmd("GET").arg(shared.key(key)))
+            .await?;
+        let counter = if value.is_some() {
+            &shared.hits
+        } else {
+            &shared.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(value)
+    }
+
+    async fn put(&self, key: &CacheKey, value: Vec<u8>, ttl: Duration) -> Result<(), CacheError> {
+        let shared = &self.shared;
+        let key = shared.key(key);
+        if ttl.is_zero() {
+            // Nothing to store, but an older value must not outlive this put: the other
+            // backends replace it with the dead entry.
+            let _: u64 = shared
+                .run("UNLINK", ::redis::cmd("UNLINK").arg(&key))
+                .await?;
+            return Ok(());
+        }
+        // At least 1 ms: Redis refuses `PX 0`, and a shorter TTL still means "store it".
+        let millis = u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_TTL_MILLIS);
+        shared
+            .run(
+                "SET",
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis),
+            )
+            .await
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<(), CacheError> {
+        let shared = &self.shared;
+        let _: u64 = shared
+            .run("UNLINK", ::redis::cmd("UNLINK").arg(shared.key(key)))
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, collection: Option<&str>) -> Result<u64, CacheError> {
+        let shared = &self.shared;
+        let prefix = escape_glob(&shared.config.prefix);
+        let pattern = match collection {
+            Some(collection) => format!("{prefix}:{}:*", escape_glob(&encode_part(collection))),
+            None => format!("{prefix}:*"),
+        };
+        let (mut cursor, mut removed) = (0, 0);
+        loop {
+            let (next, keys) = shared
+                .scan_page(cursor, &pattern)
+                .await
+                .map_err(|failure| shared.fail("SCAN", &failure))?;
+            if !keys.is_empty() {
+                let mut unlink = ::redis::cmd("UNLINK");
+                for key in &keys {
+                    unlink.arg(key.as_slice());
+                }
+                // UNLINK's count, not the page's length: SCAN may return a key twice, and a key
+                // may expire between the two calls.
+                let went: u64 = shared.run("UNLINK", &unlink).await?;
+                removed += went;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn stats(&self) -> Result<CacheStats, CacheError> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        // A failed probe shows as `reachable: false` and is not counted in `failures`, which
+        // count lost lookups and stores: polling the stats of a down Redis must not inflate them.
+        let reachable = shared.call::<()>(&::redis::cmd("PING")).await.is_ok();
+        let probe_latency = if reachable {
+            started.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        let entries = if reachable {
+            match shared.count_entries().await {
+                Ok(entries) => entries,
+                Err(failure) => {
+                    shared.warn("SCAN", &failure);
+                    0
+                }
+            }
+        } else {
+            0
+        };
+        Ok(CacheStats {
+            hits: shared.hits.load(Ordering::Relaxed),
+            misses: shared.misses.load(Ordering::Relaxed),
+            entries,
+            evictions: 0,
+            health: Some(CacheHealth {
+                reachable,
+                probe_latency,
+                failures: shared.failures.load(Ordering::Relaxed),
+            }),
+        })
+    }
+}
+
+impl Shared {
+    /// Returns the Redis key of `key`.
+    fn key(&self, key: &CacheKey) -> String {
+        format!(
+            "{}:{}:{}",
+            self.config.prefix,
+            encode_part(&key.collection),
+            encode_part(&key.digest)
+        )
+    }
+
+    /// Sends `command` and waits at most the operation timeout for its answer.
+    async fn call<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, Failure> {
+        // A clone shares the one multiplexed connection; it only spares a lock around it.
+        let Some(mut connection) = self.connection.get().cloned() else {
+            return Err(Failure::NotConnected);
+        };
+        let limit = self.config.operation_timeout;
+        match tokio::time::timeout(limit, command.query_async(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(Failure::Redis(err)),
+            Err(_) => Err(Failure::TimedOut(limit)),
+        }
+    }
+
+    /// Sends `command` like [`Shared::call`]; a failure is counted, logged at most once per
+    /// warn interval, and returned as [`CacheError::Unavailable`].
+    async fn run<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        command: &Cmd,
+    ) -> Result<T, CacheError> {
+        self.call(command)
+            .await
+            .map_err(|failure| self.fail(operation, &failure))
+    }
+
+    /// Counts a failed operation, logs it if the warn interval allows, and returns its error.
+    fn fail(&self, operation: &'static str, failure: &Failure) -> CacheError {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.warn(operation, failure);
+        CacheError::Unavailable(format!("redis cache {operation}: {failure}"))
+    }
+
+    /// Logs a failure unless another was logged less than the warn interval ago.
+    fn warn(&self, operation: &'static str, failure: &dyn fmt::Display) {
+        if let Some(held_back) = self.warnings.admit(Instant::now()) {
+            tracing::warn!(
+                operation,
+                error = %failure,
+                url = %redacted_url(&self.config.url),
+                prefix = %self.config.prefix,
+                failures = self.failures.load(Ordering::Relaxed),
+                held_back,
+                "redis cache failing; lookups are misses and stores are skipped"
+            );
+        }
+    }
+
+    /// Returns the next cursor and the keys of this cache among one SCAN page of `pattern`.
+    async fn scan_page(&self, cursor: u64, pattern: &str) -> Result<(u64, Vec<Vec<u8>>), Failure> {
+        let (next, mut keys): (u64, Vec<Vec<u8>>) = self
+            .call(
+                ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT),
+            )
+            .await?;
+        keys.retain(|key| self.is_own_key(key));
+        Ok((next, keys))
+    }
+
+    /// Tells whether `key` is a `{prefix}:{collection}:{digest}` of this cache rather than a key
+    /// of a cache whose prefix starts with this one's.
+    fn is_own_key(&self, key: &[u8]) -> bool {
+        key.strip_prefix(self.config.prefix.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b":"))
+            .is_some_and(|parts| parts.iter().filter(|&&byte| byte == b':').count() == 1)
+    }
+
+    /// Counts the keys of this cache, up to [`MAX_COUNTED_ENTRIES`]. SCAN may return a key
+    /// twice while Redis resizes its table, so the count is approximate under writes.
+    async fn count_entries(&self) -> Result<u64, Failure> {
+        let pattern = format!("{}:*", escape_glob(&self.config.prefix));
+        let (mut cursor, mut entries) = (0, 0);
+        loop {
+            let (next, keys) = self.scan_page(cursor, &pattern).await?;
+            entries += keys.len() as u64;
+            if next == 0 || entries >= MAX_COUNTED_ENTRIES {
+                return Ok(entries.min(MAX_COUNTED_ENTRIES));
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Makes the first connection, retrying with a doubling pause, and hands it to the cache; ends
+/// once connected or once the cache is gone. Later outages are the connection manager's to
+/// repair.
+async fn connect_in_background(
+    shared: Weak<Shared>,
+    client: Client,
+    config: ConnectionManagerConfig,
+) {
+    let mut pause = CONNECT_BACKOFF_MIN;
+    loop {
+        let attempt = ConnectionManager::new_with_config(client.clone(), config.clone()).await;
+        // Upgraded only between attempts, so that this task never keeps a dropped cache alive.
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match attempt {
+            Ok(manager) => {
+                let stored = shared.connection.set(manager).is_ok();
+                debug_assert!(stored, "only the connecting task stores the connection");
+                tracing::info!(
+                    url = %redacted_url(&shared.config.url),
+                    prefix = %shared.config.prefix,
+                    "redis cache connected"
+                );
+                return;
+            }
+            Err(err) => shared.warn("CONNECT", &err),
+        }
+        drop(shared);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(CONNECT_BACKOFF_MAX);
+    }
+}
+
+fn manager_config(operation_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        // The manager's own default (500 ms) would be a second limit, shorter than a longer
+        // configured operation timeout.
+        .set_response_timeout(Some(operation_timeout))
+        .set_min_delay(CONNECT_BACKOFF_MIN)
+        .set_max_delay(CONNECT_BACKOFF_MAX)
+}
+
+fn tcp_settings() -> TcpSettings {
+    // Nagle's algorithm would hold back a request written while an earlier one is unanswered on
+    // the shared connection.
+    let settings = TcpSettings::default().set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(TCP_USER_TIMEOUT);
+    settings
+}
+
+/// Why a Redis call failed.
+#[derive(Debug)]
+enum Failure {
+    /// The first connection is not made yet.
+    NotConnected,
+    /// No answer came within the operation timeout.
+    TimedOut(Duration),
+    /// Redis, or the connection to it, reported an error.
+    Redis(RedisError),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NotConnected => f.write_str("not connected yet"),
+            Failure::TimedOut(limit) => write!(f, "no answer within {limit:?}"),
+            Failure::Redis(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+/// Lets a warning through at most once per interval and counts the ones it holds back.
+#[derive(Debug)]
+struct WarnGate {
+    interval: Duration,
+    state: Mutex<WarnGateState>,
+}
+
+#[derive(Debug, Default)]
+struct WarnGateState {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl WarnGate {
+    fn new(interval: Duration) -> Self {
+        WarnGate {
+            interval,
+            state: Mutex::new(WarnGateState::default()),
+        }
+    }
+
+    /// Returns how many warnings were held back since the last one let through if a warning may
+    /// go out at `now`, and `None` if it must be held back.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock();
+        if state
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.interval)
+        {
+            state.held_back += 1;
+            return None;
+        }
+        state.last = Some(now);
+        Some(std::mem::take(&mut state.held_back))
+    }
+}
+
+/// Percent-encodes `%` and `:` in a part of a key, so that a part never adds a separator.
+fn encode_part(part: &str) -> Cow<'_, str> {
+    if part.contains(['%', ':']) {
+        Cow::Owned(part.replace('%', "%25").replace(':', "%3A"))
+    } else {
+        Cow::Borrowed(part)
+    }
+}
+
+/// Escapes the characters that SCAN's MATCH reads as a pattern, so that `text` matches only
+/// itself.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
+}
+
+/// Returns `url` with its password, whether `user:password@` or a `pass=`/`password=` query
+/// parameter, replaced by `***`, for logs, errors and `Debug`.
+fn redacted_url(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |scheme_end| scheme_end + 3);
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |end| authority_start + end);
+    let mut redacted = String::with_capacity(url.len());
+    let authority = &url[authority_start..authority_end];
+    redacted.push_str(&url[..authority_start]);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            match user_info.split_once(':') {
+                Some((user, _password)) => {
+                    redacted.push_str(user);
+                    redacted.push_str(":***");
+                }
+                None => redacted.push_str(user_info),
+            }
+            redacted.push('@');
+            redacted.push_str(host);
+        }
+        None => redacted.push_str(authority),
+    }
+    let rest = &url[authority_end..];
+    let Some((path, query_and_fragment)) = rest.split_once('?') else {
+        redacted.push_str(rest);
+        return redacted;
+    };
+    let (query, fragment) = match query_and_fragment.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (query_and_fragment, None),
+    };
+    redacted.push_str(path);
+    redacted.push('?');
+    for (index, parameter) in query.split('&').enumerate() {
+        if index > 0 {
+            redacted.push('&');
+        }
+        match parameter.split_once('=') {
+            Some((name, _value))
+                if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") =>
+            {
+                redacted.push_str(name);
+                redacted.push_str("=***");
+            }
+            _ => redacted.push_str(parameter),
+        }
+    }
+    if let Some(fragment) = fragment {
+        redacted.push('#');
+        redacted.push_str(fragment);
+    }
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    const REDIS_SERVER: &str = "/usr/bin/redis-server";
+    const HOUR: Duration = Duration::from_secs(3600);
+    /// Bound of an operation against a dead or hung Redis: the default operation timeout
+    /// (250 ms) with room for a loaded machine.
+    const FAST: Duration = Duration::from_millis(750);
+
+    /// A `redis-server` of the test's own, killed when dropped.
+    struct RedisServer {
+        port: u16,
+        process: Child,
+    }
+
+    impl RedisServer {
+        fn start() -> Self {
+            Self::start_on(free_port())
+        }
+
+        fn start_on(port: u16) -> Self {
+            assert!(
+                Path::new(REDIS_SERVER).exists(),
+                "{REDIS_SERVER} is missing: the redis cache tests need a real Redis \
+                 (apt-get install redis-server)"
+            );
+            let process = Command::new(REDIS_SERVER)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(std::env::temp_dir())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let mut server = RedisServer { port, process };
+            server.wait_until_it_answers();
+            server
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        fn wait_until_it_answers(&mut self) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !answers_ping(self.port) {
+                if let Ok(Some(status)) = self.process.try_wait() {
+                    panic!("redis-server on port {} exited: {status}", self.port);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on port {} did not answer PING within 5 s",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        fn kill(&mut self) {
+            // Errors mean the process is gone already.
+            self.process.kill().ok();
+            self.process.wait().ok();
+        }
+
+        /// Sends `signal` (`STOP`, `CONT`) to the server.
+        fn signal(&self, signal: &str) {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.process.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -{signal} failed");
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    fn answers_ping(port: u16) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let mut reply = [0; 7];
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .is_ok()
+            && stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    fn key(collection: &str, digest: &str) -> CacheKey {
+        CacheKey {
+            collection: collection.to_string(),
+            digest: digest.to_string(),
+        }
+    }
+
+    fn config(url: &str, prefix: &str) -> RedisCacheConfig {
+        RedisCacheConfig {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            ..RedisCacheConfig::default()
+        }
+    }
+
+    /// Opens a cache and waits until its background connection is made.
+    async fn connected(url: &str, prefix: &str) -> RedisCache {
+        let cache = RedisCache::open(config(url, prefix))
+            .await
+            .expect("cache opens");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.shared.connection.get().is_none() {
+            assert!(Instant::now() < deadline, "cache did not connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cache
+    }
+
+    fn is_unavailable<T>(result: &Result<T, CacheError>) -> bool {
+        matches!(result, Err(CacheError::Unavailable(_)))
+    }
+
+    fn health_of(stats: &CacheStats) -> CacheHealth {
+        stats.health.expect("redis stats carry health")
+    }
+
+    #[tokio::test]
+    async fn a_stored_value_is_found_until_it_expires() {
+        let server = RedisServer::start();
+        let cache = connected(&server.url(), "test").await;
+        let ttl = Duration::from_millis(300);
+        let stored_at = Instant::now();
+        // Not UTF-8: values are opaque bytes.
+        let value = vec![0, 159, 146, 150];
+        cache
+            .put(&key("c", "a"), value.clone(), ttl)
+            .await
+            .expect("put");
+        cache
+            .put(&key("c", "b"), b"long".to_vec(), HOUR)
+            .await
+            .expect("put");
+        assert_eq!(cache.get(&key("c", "a")).await.expect("get"), Some(value));
+        assert!(stored_at.elapsed() < ttl, "too slow to check before expiry");
+        tokio::time::sleep(ttl.saturating_sub(stored_at.elapsed()) + Duration::from_millis(50))
+            .await;
+        assert_eq!(cache.get(&key("c", "a")).await.expect("get"), None);
+        assert_eq!(
+            cache.get(&key("c", "b")).await.expect("get"),
+            Some(b"long".to_vec())
+        );
+        let stats = cache.stats().await.expect("stats");
+        assert_eq!((stats.hits, stats.misses, stats.entries), (2, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_put_without_time_to_live_stores_nothing_and_drops_the_older_value() {
+        let server = RedisServer::start();
+        let cache = connected(&server.url(), "test").await;
+        cache.put(&key("c", "a"), vec![1], HOUR).await.expect("put");
+        cache
+            .put(&key("c", "a"), vec![2], Duration::ZERO)
+            .await
+            .expect("put");
+        cache
+            .put(&key("c", "b"), vec![3], Duration::ZERO)
+            .await
+            .expect("put");
+        assert_eq!(cache.get(&key("c", "a")).await.expect("get"), None);
+        assert_eq!(cache.stats().await.expect("stats").entries, 0);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_entry_is_gone_and_its_neighbours_stay() {
+        let server = RedisServer::start();
+        let cache = connected(&server.url(), "test").await;
+        cache.put(&key("c", "a"), vec![1], HOUR).await.expect("put");
+        cache.put(&key("c", "b"), vec![2], HOUR).await.expect("put");
+        cache.delete(&key("c", "a")).await.expect("delete");
+        cache.delete(&key("c", "missing")).await.expect("delete");
+        assert_eq!(cache.get(&key("c", "a")).await.expect("get"), None);
+        assert_eq!(cache.get(&key("c", "b")).await.expect("get"), Some(vec![2]));
+    }
+
+    #[tokio::test]
+    async fn clearing_one_collection_leaves_the_others() {
+        let server = RedisServer::start();
+        let cache = connected(&server.url(), "test").await;
+        for (collection, digest) in [("a", "1"), ("a", "2"), ("b", "1")] {
+            cache
+                .put(&key(collection, digest), vec![1], HOUR)
+                .await
+                .expect("put");
+        }
+        // Glob characters and separators in names must not widen what a clear removes.
+        for collection in ["a*", "a:b", "a?", "[a]"] {
+            cache
+                .put(&key(collection, "1"), vec![2], HOUR)
+                .await
+                .expect("put");
+        }
+        assert_eq!(cache.clear(Some("a")).await.expect("clear"), 2);
+        assert_eq!(cache.get(&key("a", "1")).await.expect("get"), None);
+        assert_eq!(cache.get(&key("b", "1")).await.expect("get"), Some(vec![1]));
+        assert_eq!(
+            cache.get(&key("a:b", "1")).await.expect("get"),
+            Some(vec![2])
+        );
+        assert_eq!(cache.clear(Some("a*")).await.expect("clear"), 1);
+        assert_eq!(
+            cache.get(&key("a?", "1")).await.expect("get"),
+            Some(vec![2])
+        );
+        assert_eq!(cache.clear(Some("missing")).await.expect("clear"), 0);
+        assert_eq!(cache.clear(None).await.expect("clear"), 4);
+        assert_eq!(cache.stats().await.expect("stats").entries, 0);
+    }
+
+    #[tokio::test]
+    async fn clearing_walks_every_scan_page() {
+        let server = RedisServer::start();
+        let cache = connected(&server.url(), "test").await;
+        let held = 2_500;
+        for digest in 0..held {
+            cache
+                .put(&key("c", &digest.to_string()), vec![1], HOUR)
+                .await
+                .expect("put");
+        }
+        assert_eq!(cache.stats().await.expect("stats").entries, held);
+        assert_eq!(cache.clear(Some("c")).await.expect("clear"), held);
+        assert_eq!(cache.stats().await.expect("stats").entries, 0);
+    }
+
+    #[tokio::test]
+    async fn caches_with_different_prefixes_do_not_see_each_others_keys() {
+        let server = RedisServer::start();
+        let url = server.url();
+        let result = connected(&url, "deeprecall:result").await;
+        let search = connected(&url, "deeprecall:search").await;
+        // A prefix that the other two extend.
+        let root = connected(&url, "deeprecall").await;
+        for (cache, value) in [(&result, 1), (&search, 2), (&root, 3)] {
+            cache
+                .put(&key("c", "a"), vec![value], HOUR)
+                .await
+                .expect("put");
+        }
+        for (cache, value) in [(&result, 1), (&search, 2), (&root, 3)] {
+            assert_eq!(
+                cache.get(&key("c", "a")).await.expect("get"),
+                Some(vec![value])
+            );
+            assert_eq!(cache.stats().await.expect("stats").entries, 1);
+        }
+        assert_eq!(root.clear(None).await.expect("clear"), 1);
+        assert_eq!(result.clear(Some("c")).await.expect("clear"), 1);
+        assert_eq!(
+            search.get(&key("c", "a")).await.expect("get"),
+            Some(vec![2])
+        );
+        assert_eq!(result.get(&key("c", "a")).await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn stats_count_hits_misses_and_entries_and_report_a_reachable_redis() {
+        let server = RedisServer::start();
+        let cache = connected(&server.url(), "test").await;
+        assert_eq!(cache.backend(), "redis");
+        let stats = cache.stats().await.expect("stats");
+        assert_eq!(
+            (stats.hits, stats.misses, stats.entries, stats.evictions),
+            (0, 0, 0, 0)
+        );
+        cache.get(&key("c", "missing")).await.expect("get");
+        cache.put(&key("c", "a"), vec![1], HOUR).await.expect("put");
+        cache.put(&key("d", "a"), vec![1], HOUR).await.expect("put");
+        cache.get(&key("c", "a")).await.expect("get");
+        cache.get(&key("c", "a")).await.expect("get");
+        let stats = cache.stats().await.expect("stats");
+        assert_eq!(
+            (stats.hits, stats.misses, stats.entries, stats.evictions),
+            (2, 1, 2, 0)
+        );
+        let health = health_of(&stats);
+        assert!(health.reachable);
+        assert!(health.probe_latency > Duration::ZERO);
+        assert!(health.probe_latency < Duration::from_secs(1));
+        assert_eq!(health.failures, 0);
+    }
+
+    #[tokio::test]
+    async fn a_killed_redis_fails_fast_and_the_cache_recovers_when_it_returns() {
+        let mut server = RedisServer::start();
+        let port = server.port;
+        let cache = connected(&server.url(), "test").await;
+        cache.put(&key("c", "a"), vec![1], HOUR).await.expect("put");
+        server.kill();
+        for _ in 0..3 {
+            let started = Instant::now();
+            assert!(is_unavailable(&cache.get(&key("c", "a")).await));
+            assert!(started.elapsed() < FAST, "get took {:?}", started.elapsed());
+            let started = Instant::now();
+            assert!(is_unavailable(
+                &cache.put(&key("c", "b"), vec![2], HOUR).await
+            ));
+            assert!(started.elapsed() < FAST, "put took {:?}", started.elapsed());
+        }
+        let started = Instant::now();
+        let stats = cache.stats().await.expect("stats never fail");
+        assert!(
+            started.elapsed() < FAST,
+            "stats took {:?}",
+            started.elapsed()
+        );
+        let health = health_of(&stats);
+        assert!(!health.reachable);
+        assert_eq!(
+            (health.failures, health.probe_latency, stats.entries),
+            (6, Duration::ZERO, 0)
+        );
+        // Failed lookups are neither hits nor misses.
+        assert_eq!((stats.hits, stats.misses), (0, 0));
+
+        let _server = RedisServer::start_on(port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cache.put(&key("c", "b"), vec![2], HOUR).await.is_err() {
+            assert!(Instant::now() < deadline, "cache did not reconnect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(cache.get(&key("c", "b")).await.expect("get"), Some(vec![2]));
+        assert!(health_of(&cache.stats().await.expect("stats")).reachable);
+    }
+
+    #[tokio::test]
+    async fn a_hung_redis_times_out_and_answers_again_once_resumed() {
+        let server = RedisServer::start();
+        let cache = connected(&server.url(), "test").await;
+        cache.put(&key("c", "a"), vec![1], HOUR).await.expect("put");
+        server.signal("STOP");
+        let started = Instant::now();
+        let result = cache.get(&key("c", "a")).await;
+        let waited = started.elapsed();
+        assert!(is_unavailable(&result));
+        assert!(
+            waited >= RedisCacheConfig::default().operation_timeout && waited < FAST,
+            "get took {waited:?}"
+        );
+        let stats = cache.stats().await.expect("stats never fail");
+        assert!(!health_of(&stats).reachable);
+        assert_eq!(health_of(&stats).failures, 1);
+        server.signal("CONT");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match cache.get(&key("c", "a")).await {
+                Ok(value) => {
+                    assert_eq!(value, Some(vec![1]));
+                    break;
+                }
+                Err(err) => assert!(Instant::now() < deadline, "still failing: {err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redis_started_after_open_becomes_usable_without_reopening() {
+        let port = free_port();
+        let cache = RedisCache::open(config(&format!("redis://127.0.0.1:{port}"), "test"))
+            .await
+            .expect("opening needs no server");
+        let started = Instant::now();
+        assert!(is_unavailable(&cache.get(&key("c", "a")).await));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        let stats = cache.stats().await.expect("stats never fail");
+        assert_eq!(
+            (health_of(&stats).reachable, health_of(&stats).failures),
+            (false, 1)
+        );
+
+        let _server = RedisServer::start_on(port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cache.put(&key("c", "a"), vec![1], HOUR).await.is_err() {
+            assert!(Instant::now() < deadline, "cache did not connect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(cache.get(&key("c", "a")).await.expect("get"), Some(vec![1]));
+    }
+
+    #[tokio::test]
+    async fn tls_and_unix_socket_urls_parse_without_a_server() {
+        for url in [
+            "rediss://:secret@127.0.0.1:1/0",
+            "rediss://127.0.0.1:1/#insecure",
+            "unix:///nonexistent/redis.sock",
+            "redis+unix:///nonexistent/redis.sock?db=1&pass=secret",
+        ] {
+            let cache = RedisCache::open(config(url, "test"))
+                .await
+                .unwrap_or_else(|err| panic!("{url}: {err}"));
+            assert!(is_unavailable(&cache.get(&key("c", "a")).await), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_garbage_url_is_an_error_from_open() {
+        for url in [
+            "",
+            "not a url",
+            "http://127.0.0.1:6379",
+            "redis://:hunter2@127.0.0.1:6379/not-a-db",
+        ] {
+            match RedisCache::open(config(url, "test")).await {
+                Err(CacheError::Unavailable(message)) => {
+                    assert!(!message.contains("hunter2"), "{message}");
+                }
+                Ok(_) => panic!("{url:?} was accepted"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn debug_output_never_shows_the_password() {
+        let cache = RedisCache::open(config("redis://user:hunter2@127.0.0.1:1/0", "test"))
+            .await
+            .expect("cache opens");
+        let shown = format!("{cache:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://user:***@127.0.0.1:1/0"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_cache_stops_its_connecting_task() {
+        let url = format!("redis://127.0.0.1:{}", free_port());
+        let cache = RedisCache::open(config(&url, "test"))
+            .await
+            .expect("cache opens");
+        let connector = cache.connector.clone();
+        let shared = Arc::downgrade(&cache.shared);
+        drop(cache);
+        assert!(shared.upgrade().is_none(), "the task kept the cache alive");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !connector.is_finished() {
+            assert!(Instant::now() < deadline, "connecting task still running");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+            ("rediss://user:secret@host", "rediss://user:***@host"),
+            (
+                "rediss://user@host/#insecure",
+                "rediss://user@host/#insecure",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=secret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "unix:///run/redis.sock?password=secret#frag",
+                "unix:///run/redis.sock?password=***#frag",
+            ),
+            ("user:secret@host", "user:***@host"),
+        ] {
+            assert_eq!(redacted_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn key_parts_cannot_add_separators_or_patterns() {
+        assert_eq!(encode_part("abc-1.2_x"), "abc-1.2_x");
+        assert_eq!(encode_part("a:b%c"), "a%3Ab%25c");
+        assert_eq!(escape_glob(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
+    }
+
+    #[test]
+    fn the_warn_gate_lets_one_warning_through_per_interval() {
+        let gate = WarnGate::new(Duration::from_secs(30));
+        let start = Instant::now();
+        assert_eq!(gate.admit(start), Some(0));
+        assert_eq!(gate.admit(start + Duration::from_secs(1)), None);
+        assert_eq!(gate.admit(start + Duration::from_secs(29)), None);
+        assert_eq!(gate.admit(start + Duration::from_secs(30)), Some(2));
+        assert_eq!(gate.admit(start + Duration::from_secs(31)), None);
+    }
+}
