@@ -181,3 +181,47 @@ impl CacheLevel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_undecodable_entry_is_a_miss_and_is_deleted() {
+        let level = CacheLevel {
+            name: "result",
+            cache: Arc::new(MemoryCache::new(MemoryCacheConfig::default())),
+            ttl: Duration::from_secs(60),
+        };
+        let key = CacheKey::digest_of("c", &serde_json::json!({"q": 1}));
+        level
+            .cache
+            .put(&key, b"{not json".to_vec(), level.ttl)
+            .await
+            .unwrap();
+        assert_eq!(level.lookup::<Vec<String>>(&key).await, None);
+        assert_eq!(
+            level.cache.get(&key).await.unwrap(),
+            None,
+            "the entry was deleted"
+        );
+
+        level.store(&key, &vec!["kept".to_string()]).await;
+        assert_eq!(
+            level.lookup::<Vec<String>>(&key).await,
+            Some(vec!["kept".to_string()])
+        );
+    }
+
+    #[test]
+    fn keys_differ_with_their_material_and_collection() {
+        let material = serde_json::json!({"query": "q", "top_k": 5});
+        let a = CacheKey::digest_of("a", &material);
+        assert_eq!(a, CacheKey::digest_of("a", &material));
+        assert_ne!(a, CacheKey::digest_of("b", &material));
+        assert_ne!(
+            a,
+            CacheKey::digest_of("a", &serde_json::json!({"query": "q", "top_k": 6}))
+        );
+    }
+}

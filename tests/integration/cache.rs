@@ -22,10 +22,18 @@ fn use_redis(config: &mut Config, redis: &RedisServer) {
 
 #[tokio::test]
 async fn every_backend_hits_on_repeat_and_misses_after_a_write() {
-    for backend in [CacheBackend::Memory, CacheBackend::Sqlite] {
+    let redis = RedisServer::start();
+    for backend in [
+        CacheBackend::Memory,
+        CacheBackend::Sqlite,
+        CacheBackend::Redis,
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut server =
-            TestServer::start_with(|config| use_backend(config, backend, dir.path())).await;
+        let mut server = TestServer::start_with(|config| {
+            use_backend(config, backend, dir.path());
+            config.cache.redis_url = redis.url.clone();
+        })
+        .await;
         add(
             &mut server.client,
             "",
@@ -46,6 +54,19 @@ async fn every_backend_hits_on_repeat_and_misses_after_a_write() {
             !third.cached,
             "{backend:?}: a write makes older entries unreachable"
         );
+        let fourth = query_result(&mut server.client, question("Where is Kestrel?")).await;
+        assert!(fourth.cached, "{backend:?}");
+        server
+            .client
+            .delete_documents(pb::DeleteDocumentsRequest {
+                collection: String::new(),
+                ids: vec!["b".into()],
+            })
+            .await
+            .unwrap();
+        let after_delete = query_result(&mut server.client, question("Where is Kestrel?")).await;
+        assert!(!after_delete.cached, "{backend:?}: a delete does too");
+        assert!(after_delete.sources.iter().all(|source| source.id != "b"));
 
         let stats = server
             .client
@@ -55,14 +76,19 @@ async fn every_backend_hits_on_repeat_and_misses_after_a_write() {
             .into_inner();
         let results = stats.cache.unwrap();
         let searches = stats.search_cache.unwrap();
-        assert_eq!(results.hits, 1, "{backend:?}");
+        assert_eq!(results.hits, 2, "{backend:?}");
         assert!(searches.misses >= 2, "{backend:?}");
-        let expected = if backend == CacheBackend::Memory {
-            "memory"
-        } else {
-            "sqlite"
+        let expected = match backend {
+            CacheBackend::Memory => "memory",
+            CacheBackend::Sqlite => "sqlite",
+            _ => "redis",
         };
         assert_eq!(results.backend, expected);
+        if backend == CacheBackend::Redis {
+            let health = results.health.unwrap();
+            assert!(health.reachable && health.failures == 0, "{health:?}");
+            assert!(results.entries >= 1);
+        }
 
         let cleared = server
             .client
