@@ -139,23 +139,36 @@ impl AnthropicModel {
             self.default_max_tokens,
             on_delta.is_some(),
         );
-        let response = self
-            .http
-            .post_json(&self.url, &body, request.deadline)
-            .await?;
-        // A proxy may answer a streaming request in one piece, as the ordinary JSON reply.
-        let whole = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.starts_with("application/json"));
-        let reply = match on_delta {
-            Some(on_delta) if !whole => fold_stream(response.bytes_stream(), on_delta).await?,
-            _ => {
-                let bytes = response.bytes().await.map_err(|error| {
-                    LlmError::Unavailable(format!("reading the reply failed: {}", describe(&error)))
-                })?;
-                parse_response(&bytes)?
+        // A garbled reply (not the expected JSON, a stream cut off) is asked for again once:
+        // the next sample is usually fine.
+        let mut garbled = 0;
+        let (reply, whole) = loop {
+            let response = self
+                .http
+                .post_json(&self.url, &body, request.deadline)
+                .await?;
+            // A proxy may answer a streaming request in one piece, as the ordinary JSON reply.
+            let whole = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.starts_with("application/json"));
+            let outcome = match on_delta {
+                Some(on_delta) if !whole => fold_stream(response.bytes_stream(), on_delta).await,
+                _ => match response.bytes().await {
+                    Ok(bytes) => parse_response(&bytes),
+                    Err(error) => Err(LlmError::BadResponse(format!(
+                        "reading the reply failed: {}",
+                        describe(&error)
+                    ))),
+                },
+            };
+            match outcome {
+                Err(LlmError::BadResponse(reason)) if garbled == 0 => {
+                    garbled += 1;
+                    tracing::warn!(%reason, "garbled model reply; asking again");
+                }
+                outcome => break (outcome?, whole),
             }
         };
         tracing::debug!(
@@ -788,7 +801,7 @@ where
     while let Some(chunk) = body.next().await {
         // A connection that breaks is worth another try, unlike a reply that makes no sense.
         let chunk = chunk.map_err(|error| {
-            LlmError::Unavailable(format!("the stream broke off: {}", describe(&error)))
+            LlmError::BadResponse(format!("the stream broke off: {}", describe(&error)))
         })?;
         parser.push(&chunk, &mut events);
         for event in events.drain(..) {

@@ -417,3 +417,21 @@ async fn the_anthropic_backend_drives_the_loop_and_streams_text() {
     let second = requests[1].body["messages"].as_array().unwrap();
     assert_eq!(second.last().unwrap()["content"][0]["type"], "tool_result");
 }
+
+#[tokio::test]
+async fn the_anthropic_backend_asks_again_once_after_a_cut_stream() {
+    let mock = MockLlmServer::start(
+        MockScript::replies(vec![MockReply::TruncatedStream, MockReply::text("Porto.")])
+            .with_conversation("twice?", vec![MockReply::TruncatedStream]),
+    )
+    .await
+    .unwrap();
+    let mut server = server_for(&mock, Backend::Anthropic).await;
+    let result = query_result(&mut server.client, question("Where?")).await;
+    assert_eq!(result.answer, "Porto.");
+    assert_eq!(mock.request_count(), 2);
+
+    let status = query_error(&mut server, "twice?").await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(mock.request_count(), 4, "asked again once, then reported");
+}
