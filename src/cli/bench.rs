@@ -12,8 +12,7 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use super::demo::wait_until_serving;
-use super::{CliError, connect};
+use super::{CliError, READY_TIMEOUT, connect, wait_until_serving};
 use crate::api::pb;
 use crate::config::{Backend, CacheBackend, Config};
 use crate::embed::HashingEmbedder;
@@ -136,7 +135,7 @@ impl BenchServer {
             let _ = stopped.await;
         }));
         let endpoint = format!("http://{address}");
-        wait_until_serving(&endpoint).await?;
+        wait_until_serving(&endpoint, READY_TIMEOUT).await?;
         Ok(BenchServer {
             endpoint,
             stop: Some(stop),

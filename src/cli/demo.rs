@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use super::output::TracePrinter;
-use super::{CliError, connect, ingest};
+use super::{CliError, READY_TIMEOUT, connect, ingest, wait_until_serving};
 use crate::api::pb;
 use crate::config::Config;
 use crate::server;
@@ -64,7 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 
     let endpoint = format!("http://{address}");
     println!("DeepRecall demo: server on {endpoint}, data in a temporary directory\n");
-    wait_until_serving(&endpoint).await?;
+    wait_until_serving(&endpoint, READY_TIMEOUT).await?;
     let mut client = connect(&endpoint).await?;
     let summary = ingest::ingest_paths(
         &mut client,
@@ -114,38 +114,4 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         return Err(error.into());
     }
     Ok(())
-}
-
-/// Waits until health reports the service SERVING, at most ten seconds. The listener is bound
-/// before the server starts, so the health stream answers at once and pushes the change.
-pub async fn wait_until_serving(endpoint: &str) -> Result<(), CliError> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-    let not_ready = |message: String| CliError::Connect {
-        endpoint: endpoint.to_string(),
-        message,
-    };
-    let watch = async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map_err(|error| not_ready(error.to_string()))?
-            .connect()
-            .await
-            .map_err(|error| not_ready(error.to_string()))?;
-        let mut updates = HealthClient::new(channel)
-            .watch(HealthCheckRequest {
-                service: server::SERVICE_NAME.to_string(),
-            })
-            .await?
-            .into_inner();
-        while let Some(update) = updates.message().await? {
-            if update.status == ServingStatus::Serving as i32 {
-                return Ok(());
-            }
-        }
-        Err(not_ready("the health stream ended".into()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), watch)
-        .await
-        .map_err(|_| not_ready("the server did not become ready within 10 s".into()))?
 }

@@ -8,6 +8,7 @@ mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tonic::transport::Channel;
@@ -296,6 +297,46 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         })?;
     server::serve(config, listener, server::shutdown_signal()).await?;
     Ok(())
+}
+
+/// How long the demo and the benchmarks wait for a server they started.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until health reports the service SERVING, at most `timeout`. The listener is bound
+/// before the server starts, so the health stream answers at once and pushes the change.
+pub async fn wait_until_serving(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let not_ready = |message: String| CliError::Connect {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let watch = async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .map_err(|error| not_ready(error.to_string()))?
+            .connect()
+            .await
+            .map_err(|error| not_ready(error.to_string()))?;
+        let mut updates = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: server::SERVICE_NAME.to_string(),
+            })
+            .await?
+            .into_inner();
+        while let Some(update) = updates.message().await? {
+            if update.status == ServingStatus::Serving as i32 {
+                return Ok(());
+            }
+        }
+        Err(not_ready("the health stream ended".into()))
+    };
+    tokio::time::timeout(timeout, watch).await.map_err(|_| {
+        not_ready(format!(
+            "the server did not become ready within {} s",
+            timeout.as_secs_f64()
+        ))
+    })?
 }
 
 /// Connects a client, failing fast when nothing listens.

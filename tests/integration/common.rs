@@ -11,9 +11,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// A running server and a client connected to it.
 pub struct TestServer {
@@ -94,27 +91,7 @@ impl Drop for TestServer {
 
 /// Waits, without polling, until health reports the service SERVING.
 pub async fn wait_until_serving(endpoint: &str) {
-    let channel = Channel::from_shared(endpoint.to_string())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("health connects");
-    let mut updates = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: server::SERVICE_NAME.to_string(),
-        })
-        .await
-        .expect("health watch")
-        .into_inner();
-    let serving = async {
-        while let Some(update) = updates.message().await.expect("health update") {
-            if update.status == ServingStatus::Serving as i32 {
-                return;
-            }
-        }
-        panic!("health stream ended before SERVING");
-    };
-    tokio::time::timeout(Duration::from_secs(20), serving)
+    deeprecall::cli::wait_until_serving(endpoint, Duration::from_secs(20))
         .await
         .expect("server becomes ready");
 }
