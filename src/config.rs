@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::KeyEntry;
 use crate::engine::EngineConfig;
 use crate::llm::http::Secret;
 
@@ -33,6 +34,17 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("DEEPRECALL_CACHE", "cache.backend"),
     ("DEEPRECALL_CACHE_TTL", "cache.ttl_seconds"),
     ("DEEPRECALL_REDIS_URL", "cache.redis_url"),
+    ("DEEPRECALL_REDIS_URL", "limits.redis_url"),
+    ("DEEPRECALL_KEYS_FILE", "auth.keys_file"),
+    (
+        "DEEPRECALL_RATE_LIMIT_PER_MINUTE",
+        "limits.requests_per_minute",
+    ),
+    ("DEEPRECALL_RATE_LIMIT_BURST", "limits.burst"),
+    (
+        "DEEPRECALL_MAX_CONCURRENT_QUERIES",
+        "limits.max_concurrent_queries",
+    ),
     ("DEEPRECALL_LOG", "telemetry.log_filter"),
     ("DEEPRECALL_LOG_FORMAT", "telemetry.log_format"),
 ];
@@ -82,6 +94,10 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Result cache.
     pub cache: CacheConfig,
+    /// API keys.
+    pub auth: AuthConfig,
+    /// Rate limits and load shedding.
+    pub limits: LimitsConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -101,6 +117,18 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: f64,
     /// Seconds between HTTP/2 keepalive pings to idle clients.
     pub http2_keepalive_seconds: u64,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout_seconds: u64,
+    /// Calls open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Seconds a handler may take to answer (to start its stream, for streaming calls); a
+    /// shorter `grpc-timeout` from the caller wins. 0 for no limit.
+    pub request_timeout_seconds: u64,
+    /// Serve gRPC-Web (HTTP/1.1 and HTTP/2) on the same port, for browsers.
+    pub grpc_web: bool,
+    /// Origins browsers may call from over gRPC-Web; `["*"]` for any. Empty allows no
+    /// cross-origin caller.
+    pub cors_allow_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +139,11 @@ impl Default for ServerConfig {
             max_response_bytes: 64 * 1024 * 1024,
             shutdown_grace_seconds: 30.0,
             http2_keepalive_seconds: 60,
+            http2_keepalive_timeout_seconds: 20,
+            max_concurrent_streams: 256,
+            request_timeout_seconds: 300,
+            grpc_web: false,
+            cors_allow_origins: Vec::new(),
         }
     }
 }
@@ -297,6 +330,86 @@ impl Default for CacheConfig {
     }
 }
 
+/// Settings of API-key authentication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// TOML file of `[[keys]]`, re-read on SIGHUP.
+    pub keys_file: Option<PathBuf>,
+    /// Keys listed in the configuration itself, like the key file's.
+    pub keys: Vec<KeyEntry>,
+    /// Services callable without a key.
+    pub exempt_services: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys_file: None,
+            keys: Vec::new(),
+            exempt_services: vec![
+                "grpc.health.v1.Health".to_string(),
+                "grpc.reflection.v1.ServerReflection".to_string(),
+                "grpc.reflection.v1alpha.ServerReflection".to_string(),
+            ],
+        }
+    }
+}
+
+/// Where rate-limit buckets live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitStore {
+    /// In this process: each replica limits alone.
+    #[default]
+    Memory,
+    /// In Redis: every replica shares one limit per caller.
+    Redis,
+}
+
+/// Settings of rate limits and load shedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute per key (per client address without auth); 0 for no limit.
+    pub requests_per_minute: u32,
+    /// Requests admitted at once from an idle start.
+    pub burst: u32,
+    /// Where buckets live.
+    pub store: RateLimitStore,
+    /// Redis of the `redis` store.
+    pub redis_url: String,
+    /// Prefix of the bucket keys in Redis.
+    pub redis_prefix: String,
+    /// Milliseconds a Redis check may take before the replica decides alone.
+    pub redis_timeout_ms: u64,
+    /// Callers whose buckets are kept in memory at most.
+    pub max_tracked_callers: usize,
+    /// Queries (Query and QueryBatch calls) running at once; 0 for no bound.
+    pub max_concurrent_queries: usize,
+    /// Queries waiting for a slot at most; more are refused at once.
+    pub max_queued_queries: usize,
+    /// Milliseconds a query waits for a slot at most.
+    pub max_queue_wait_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            requests_per_minute: 0,
+            burst: 20,
+            store: RateLimitStore::Memory,
+            redis_url: "redis://127.0.0.1:6379".to_string(),
+            redis_prefix: "deeprecall:ratelimit".to_string(),
+            redis_timeout_ms: 250,
+            max_tracked_callers: 100_000,
+            max_concurrent_queries: 256,
+            max_queued_queries: 64,
+            max_queue_wait_ms: 1_000,
+        }
+    }
+}
+
 /// Log formats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -407,8 +520,14 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 fn env_settings(env: &HashMap<String, String>) -> Vec<(String, String)> {
     let mut settings: Vec<(String, String)> = Vec::new();
     for (name, value) in env {
-        if let Some((_, path)) = ENV_ALIASES.iter().find(|(alias, _)| alias == name) {
-            settings.push(((*path).to_string(), value.clone()));
+        let mut aliases = ENV_ALIASES
+            .iter()
+            .filter(|(alias, _)| alias == name)
+            .peekable();
+        if aliases.peek().is_some() {
+            for (_, path) in aliases {
+                settings.push(((*path).to_string(), value.clone()));
+            }
         } else if let Some(rest) = name.strip_prefix(ENV_PREFIX)
             && let Some((section, key)) = rest.split_once("__")
         {
@@ -471,8 +590,18 @@ max_response_bytes = 67108864
 # Seconds in-flight calls get to finish after SIGTERM/SIGINT; after that, running queries end
 # with a partial result (env DEEPRECALL_SHUTDOWN_GRACE_SECONDS).
 shutdown_grace_seconds = 30.0
-# Seconds between HTTP/2 keepalive pings.
+# Seconds between HTTP/2 keepalive pings, and how long one may go unanswered.
 http2_keepalive_seconds = 60
+http2_keepalive_timeout_seconds = 20
+# Calls open at once on one connection.
+max_concurrent_streams = 256
+# Seconds a handler may take to answer (to start its stream, for Query and QueryBatch);
+# a shorter grpc-timeout wins. 0 for no limit.
+request_timeout_seconds = 300
+# gRPC-Web (HTTP/1.1 and HTTP/2) on the same port, for browsers (flag --grpc-web), and the
+# origins allowed to call it cross-origin (["*"] for any).
+grpc_web = false
+cors_allow_origins = []
 
 [store]
 # Where the SQLite database lives (env DEEPRECALL_DATA_DIR, flag --data-dir).
@@ -572,6 +701,39 @@ redis_prefix = "deeprecall"
 max_entries = 10000
 max_bytes = 268435456
 
+[auth]
+# API keys: off when no key is configured. A key file (TOML, one [[keys]] table per key) is
+# re-read on SIGHUP (env DEEPRECALL_KEYS_FILE, flag --keys-file).
+# keys_file = "/etc/deeprecall/keys.toml"
+# Keys may also be listed here, as in the key file:
+# keys = [{ name = "ci", sha256 = "<hex digest>", scopes = ["query"] }]
+keys = []
+# Services callable without a key.
+exempt_services = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+
+[limits]
+# Requests per minute per key, or per client address without auth; 0 turns rate limits off
+# (env DEEPRECALL_RATE_LIMIT_PER_MINUTE, flag --rate-limit-per-minute). A QueryBatch costs one
+# request per query.
+requests_per_minute = 0
+# Requests admitted at once after a quiet spell (flag --rate-limit-burst).
+burst = 20
+# "memory" (each replica alone) or "redis" (one limit shared by every replica; flag
+# --rate-limit-store). While Redis cannot answer, each replica limits alone.
+store = "memory"
+# Redis of the redis store (env DEEPRECALL_REDIS_URL, flag --redis-url), its key prefix and the
+# longest wait for it.
+redis_url = "redis://127.0.0.1:6379"
+redis_prefix = "deeprecall:ratelimit"
+redis_timeout_ms = 250
+# Callers tracked in memory at most; idle ones are forgotten first.
+max_tracked_callers = 100000
+# Queries running at once, 0 for no bound (flag --max-concurrent-queries); how many may wait
+# for a slot, and for how long (ms), before being refused with RESOURCE_EXHAUSTED.
+max_concurrent_queries = 256
+max_queued_queries = 64
+max_queue_wait_ms = 1000
+
 [telemetry]
 # tracing filter directives (env DEEPRECALL_LOG).
 log_filter = "info"
@@ -619,6 +781,30 @@ mod tests {
         assert_eq!(config.engine.max_top_k, 9);
         assert_eq!(config.engine.default_top_k, 3);
         assert_eq!(config.engine.max_cost_usd, Some(0.25));
+    }
+
+    #[test]
+    fn keys_and_shared_redis_come_from_the_environment() {
+        let sources = ConfigSources {
+            env: env(&[
+                (
+                    "DEEPRECALL_AUTH__KEYS",
+                    r#"[{name = "ci", key = "ci-key-0123456789abc", scopes = ["query"]}]"#,
+                ),
+                ("DEEPRECALL_REDIS_URL", "redis://redis.internal:6379/2"),
+                ("DEEPRECALL_KEYS_FILE", "/etc/deeprecall/keys.toml"),
+            ]),
+            ..ConfigSources::default()
+        };
+        let config = Config::load(&sources).unwrap();
+        assert_eq!(config.auth.keys.len(), 1);
+        assert_eq!(config.auth.keys[0].name, "ci");
+        assert_eq!(config.cache.redis_url, "redis://redis.internal:6379/2");
+        assert_eq!(config.limits.redis_url, "redis://redis.internal:6379/2");
+        assert_eq!(
+            config.auth.keys_file,
+            Some(PathBuf::from("/etc/deeprecall/keys.toml"))
+        );
     }
 
     #[test]

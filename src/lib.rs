@@ -1,6 +1,7 @@
 //! DeepRecall: recursive, multi-hop question answering over document collections, served over
 //! gRPC. Data flows one way: `api` → `engine` → (`llm`, `store`, `cache`).
 
+pub mod access;
 pub mod api;
 pub mod cache;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod embed;
 pub mod engine;
 pub mod llm;
+pub mod redis_link;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::access::{AccessError, Caller, FrontDoor};
 use crate::engine::{Engine, EngineError, EventSink};
 use stream::{ResponseStream, spawn_stream};
 
@@ -64,17 +65,30 @@ impl Admission {
 #[derive(Debug, Clone)]
 pub struct DeepRecallService {
     admission: Admission,
+    door: Arc<FrontDoor>,
     started: Instant,
 }
 
 impl DeepRecallService {
-    /// Creates the service; it answers once `admission` is opened with an engine.
-    pub fn new(admission: Admission) -> Self {
+    /// Creates the service; it answers once `admission` is opened with an engine. Calls reach
+    /// it through `door`'s layer, which gives each its [`Caller`].
+    pub fn new(admission: Admission, door: Arc<FrontDoor>) -> Self {
         DeepRecallService {
             admission,
+            door,
             started: Instant::now(),
         }
     }
+}
+
+/// The caller the front door admitted. Every call passes the front door, so a call without one
+/// is a wiring fault, refused rather than let in unchecked.
+fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| AccessError::NoIdentity.into())
 }
 
 #[tonic::async_trait]
@@ -87,6 +101,8 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let engine = self.admission.admit()?;
+        let caller = caller_of(&request)?;
+        caller.check_collection(&request.get_ref().collection)?;
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
         let query = convert::query_request(request.into_inner())?;
         let prepared = engine.prepare(query, deadline).await?;
@@ -116,12 +132,20 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         request: Request<pb::QueryBatchRequest>,
     ) -> Result<Response<Self::QueryBatchStream>, Status> {
         let engine = self.admission.admit()?;
+        let caller = caller_of(&request)?;
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
         let pb::QueryBatchRequest {
             queries,
             max_concurrency,
         } = request.into_inner();
+        // A batch touching a collection beyond the key's is refused whole, before it is charged.
+        for (index, query) in queries.iter().enumerate() {
+            caller
+                .check_collection(&query.collection)
+                .map_err(|error| Status::permission_denied(format!("queries[{index}]: {error}")))?;
+        }
         let concurrency = engine.validate_batch(queries.len(), max_concurrency as usize)?;
+        self.door.charge_batch(&caller, queries.len()).await?;
         let items = queries.into_iter().map(convert::query_request).collect();
 
         let cancel = CancellationToken::new();
@@ -159,6 +183,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         request: Request<pb::AddDocumentsRequest>,
     ) -> Result<Response<pb::AddDocumentsResponse>, Status> {
         let engine = self.admission.admit()?;
+        caller_of(&request)?.check_collection(&request.get_ref().collection)?;
         let pb::AddDocumentsRequest {
             collection,
             documents,
@@ -175,6 +200,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         request: Request<pb::DeleteDocumentsRequest>,
     ) -> Result<Response<pb::DeleteDocumentsResponse>, Status> {
         let engine = self.admission.admit()?;
+        caller_of(&request)?.check_collection(&request.get_ref().collection)?;
         let pb::DeleteDocumentsRequest { collection, ids } = request.into_inner();
         let outcome = engine.delete_documents(non_empty(&collection), ids).await?;
         Ok(Response::new(convert::delete_documents_response(outcome)))
@@ -185,6 +211,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         request: Request<pb::ClearCacheRequest>,
     ) -> Result<Response<pb::ClearCacheResponse>, Status> {
         let engine = self.admission.admit()?;
+        caller_of(&request)?.check_clear(&request.get_ref().collection)?;
         let pb::ClearCacheRequest { collection } = request.into_inner();
         let entries_removed = engine.clear_cache(non_empty(&collection)).await?;
         Ok(Response::new(pb::ClearCacheResponse { entries_removed }))
@@ -195,8 +222,12 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let engine = self.admission.admit()?;
+        let caller = caller_of(&request)?;
         let pb::GetStatsRequest {} = request.into_inner();
-        let stats = engine.stats().await?;
+        let mut stats = engine.stats().await?;
+        stats
+            .collections
+            .retain(|collection| caller.may_see(&collection.name));
         Ok(Response::new(convert::stats(stats, self.started.elapsed())))
     }
 }

@@ -1,7 +1,9 @@
 //! The one place where errors become gRPC statuses.
 
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
+use crate::access::{AccessError, retry_after_seconds};
 use crate::cache::CacheError;
 use crate::embed::EmbedError;
 use crate::engine::EngineError;
@@ -61,6 +63,41 @@ fn llm_status(error: &LlmError) -> Status {
         LlmError::Misconfigured(reason) => {
             tracing::error!(%reason, "model backend misconfigured");
             Status::failed_precondition(format!("the model backend is misconfigured: {reason}"))
+        }
+    }
+}
+
+impl From<AccessError> for Status {
+    fn from(error: AccessError) -> Self {
+        access_status(&error)
+    }
+}
+
+/// The status of a call the front door refused. A rate-limited call carries `retry-after`
+/// metadata: whole seconds until the same call would be admitted.
+pub fn access_status(error: &AccessError) -> Status {
+    let message = error.to_string();
+    match error {
+        AccessError::MissingKey | AccessError::MalformedKey(_) | AccessError::UnknownKey => {
+            Status::unauthenticated(message)
+        }
+        AccessError::MissingScope { .. }
+        | AccessError::CollectionDenied { .. }
+        | AccessError::ClearAllDenied { .. } => Status::permission_denied(message),
+        AccessError::RateLimited { retry_after, .. } => {
+            let mut metadata = MetadataMap::new();
+            metadata.insert(
+                "retry-after",
+                MetadataValue::from(retry_after_seconds(*retry_after)),
+            );
+            Status::with_metadata(Code::ResourceExhausted, message, metadata)
+        }
+        AccessError::BatchOverBurst { .. }
+        | AccessError::Overloaded { .. }
+        | AccessError::QueueTimeout { .. } => Status::resource_exhausted(message),
+        AccessError::InvalidKeys(_) | AccessError::NoIdentity => {
+            tracing::error!(%error, "access control failure");
+            Status::internal("access control failure")
         }
     }
 }

@@ -13,18 +13,15 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::io::tcp::TcpSettings;
-use ::redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError};
+use ::redis::{Cmd, FromRedisValue};
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use tokio::task::AbortHandle;
 
 use super::{Cache, CacheError, CacheHealth, CacheKey, CacheStats};
+use crate::redis_link::{Failure, RedisLink, WarnGate, redacted_url};
 
 /// Keys examined by each SCAN call: few round trips, yet no single call that keeps a
 /// single-threaded Redis busy for long.
@@ -32,17 +29,6 @@ const SCAN_COUNT: u64 = 1_000;
 /// Most entries counted by `stats`; the count stops there, so that stats stay cheap on a huge
 /// keyspace.
 const MAX_COUNTED_ENTRIES: u64 = 1_000_000;
-/// First pause between attempts of a connection; it doubles after each failed attempt.
-const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest pause between attempts of a connection.
-const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Limit of one connection attempt, TLS handshake included.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Data left unacknowledged this long closes the connection. Without it, a Redis host that
-/// vanished without a reset (a network partition, a dead VM) leaves a half-open connection on
-/// which every call times out and the connection manager never reconnects.
-#[cfg(target_os = "linux")]
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time to live sent to Redis, which rejects an expiry that overflows its clock
 /// arithmetic (about 73 million years).
 const MAX_TTL_MILLIS: u64 = u64::MAX / 8;
@@ -89,14 +75,12 @@ impl fmt::Debug for RedisCacheConfig {
 /// A cache with TTL, held in Redis and degrading to misses while Redis is unreachable.
 pub struct RedisCache {
     shared: Arc<Shared>,
-    connector: AbortHandle,
 }
 
-/// State of a [`RedisCache`], shared with the task that makes the first connection.
+/// State of a [`RedisCache`].
 struct Shared {
     config: RedisCacheConfig,
-    /// Empty until the first connection is made; the manager then repairs later outages itself.
-    connection: OnceLock<ConnectionManager>,
+    link: RedisLink,
     hits: AtomicU64,
     misses: AtomicU64,
     failures: AtomicU64,
@@ -108,7 +92,7 @@ impl fmt::Debug for RedisCache {
         let shared = &self.shared;
         f.debug_struct("RedisCache")
             .field("config", &shared.config)
-            .field("connected", &shared.connection.get().is_some())
+            .field("connected", &shared.link.is_connected())
             .field("hits", &shared.hits.load(Ordering::Relaxed))
             .field("misses", &shared.misses.load(Ordering::Relaxed))
             .field("failures", &shared.failures.load(Ordering::Relaxed))
@@ -121,41 +105,21 @@ impl RedisCache {
     /// first connection is made every operation fails at once as [`CacheError::Unavailable`];
     /// after that the connection is re-established by itself whenever it is lost.
     pub async fn open(config: RedisCacheConfig) -> Result<RedisCache, CacheError> {
-        let client = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .and_then(|info| Client::open(info.set_tcp_settings(tcp_settings())))
-            .map_err(|err| {
-                CacheError::Unavailable(format!(
-                    "redis cache url {}: {err}",
-                    redacted_url(&config.url)
-                ))
-            })?;
-        let manager_config = manager_config(config.operation_timeout);
+        let link = RedisLink::open(
+            format!("redis cache {}", config.prefix),
+            &config.url,
+            config.operation_timeout,
+        )
+        .map_err(|reason| CacheError::Unavailable(format!("redis cache: {reason}")))?;
         let shared = Arc::new(Shared {
             warnings: WarnGate::new(config.warn_interval),
             config,
-            connection: OnceLock::new(),
+            link,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         });
-        let connector = tokio::spawn(connect_in_background(
-            Arc::downgrade(&shared),
-            client,
-            manager_config,
-        ))
-        .abort_handle();
-        Ok(RedisCache { shared, connector })
-    }
-}
-
-impl Drop for RedisCache {
-    fn drop(&mut self) {
-        // A connection attempt in progress would notice the dropped cache only when it ends,
-        // which with Redis down takes seconds; stopping the task now frees it at once.
-        self.connector.abort();
+        Ok(RedisCache { shared })
     }
 }
 
@@ -293,16 +257,7 @@ impl Shared {
 
     /// Sends `command` and waits at most the operation timeout for its answer.
     async fn call<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, Failure> {
-        // A clone shares the one multiplexed connection; it only spares a lock around it.
-        let Some(mut connection) = self.connection.get().cloned() else {
-            return Err(Failure::NotConnected);
-        };
-        let limit = self.config.operation_timeout;
-        match tokio::time::timeout(limit, command.query_async(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(Failure::Redis(err)),
-            Err(_) => Err(Failure::TimedOut(limit)),
-        }
+        self.link.call(command).await
     }
 
     /// Sends `command` like [`Shared::call`]; a failure is counted, logged at most once per
@@ -379,117 +334,6 @@ impl Shared {
     }
 }
 
-/// Makes the first connection, retrying with a doubling pause, and hands it to the cache; ends
-/// once connected or once the cache is gone. Later outages are the connection manager's to
-/// repair.
-async fn connect_in_background(
-    shared: Weak<Shared>,
-    client: Client,
-    config: ConnectionManagerConfig,
-) {
-    let mut pause = CONNECT_BACKOFF_MIN;
-    loop {
-        let attempt = ConnectionManager::new_with_config(client.clone(), config.clone()).await;
-        // Upgraded only between attempts, so that this task never keeps a dropped cache alive.
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        match attempt {
-            Ok(manager) => {
-                let stored = shared.connection.set(manager).is_ok();
-                debug_assert!(stored, "only the connecting task stores the connection");
-                tracing::info!(
-                    url = %redacted_url(&shared.config.url),
-                    prefix = %shared.config.prefix,
-                    "redis cache connected"
-                );
-                return;
-            }
-            Err(err) => shared.warn("CONNECT", &err),
-        }
-        drop(shared);
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(CONNECT_BACKOFF_MAX);
-    }
-}
-
-fn manager_config(operation_timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        // The manager's own default (500 ms) would be a second limit, shorter than a longer
-        // configured operation timeout.
-        .set_response_timeout(Some(operation_timeout))
-        .set_min_delay(CONNECT_BACKOFF_MIN)
-        .set_max_delay(CONNECT_BACKOFF_MAX)
-}
-
-fn tcp_settings() -> TcpSettings {
-    // Nagle's algorithm would hold back a request written while an earlier one is unanswered on
-    // the shared connection.
-    let settings = TcpSettings::default().set_nodelay(true);
-    #[cfg(target_os = "linux")]
-    let settings = settings.set_user_timeout(TCP_USER_TIMEOUT);
-    settings
-}
-
-/// Why a Redis call failed.
-#[derive(Debug)]
-enum Failure {
-    /// The first connection is not made yet.
-    NotConnected,
-    /// No answer came within the operation timeout.
-    TimedOut(Duration),
-    /// Redis, or the connection to it, reported an error.
-    Redis(RedisError),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::NotConnected => f.write_str("not connected yet"),
-            Failure::TimedOut(limit) => write!(f, "no answer within {limit:?}"),
-            Failure::Redis(err) => write!(f, "{err}"),
-        }
-    }
-}
-
-/// Lets a warning through at most once per interval and counts the ones it holds back.
-#[derive(Debug)]
-struct WarnGate {
-    interval: Duration,
-    state: Mutex<WarnGateState>,
-}
-
-#[derive(Debug, Default)]
-struct WarnGateState {
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl WarnGate {
-    fn new(interval: Duration) -> Self {
-        WarnGate {
-            interval,
-            state: Mutex::new(WarnGateState::default()),
-        }
-    }
-
-    /// Returns how many warnings were held back since the last one let through if a warning may
-    /// go out at `now`, and `None` if it must be held back.
-    fn admit(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock();
-        if state
-            .last
-            .is_some_and(|last| now.saturating_duration_since(last) < self.interval)
-        {
-            state.held_back += 1;
-            return None;
-        }
-        state.last = Some(now);
-        Some(std::mem::take(&mut state.held_back))
-    }
-}
-
 /// Percent-encodes `%` and `:` in a part of a key, so that a part never adds a separator.
 fn encode_part(part: &str) -> Cow<'_, str> {
     if part.contains(['%', ':']) {
@@ -510,62 +354,6 @@ fn escape_glob(text: &str) -> String {
         escaped.push(character);
     }
     escaped
-}
-
-/// Returns `url` with its password, whether `user:password@` or a `pass=`/`password=` query
-/// parameter, replaced by `***`, for logs, errors and `Debug`.
-fn redacted_url(url: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |scheme_end| scheme_end + 3);
-    let authority_end = url[authority_start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |end| authority_start + end);
-    let mut redacted = String::with_capacity(url.len());
-    let authority = &url[authority_start..authority_end];
-    redacted.push_str(&url[..authority_start]);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            match user_info.split_once(':') {
-                Some((user, _password)) => {
-                    redacted.push_str(user);
-                    redacted.push_str(":***");
-                }
-                None => redacted.push_str(user_info),
-            }
-            redacted.push('@');
-            redacted.push_str(host);
-        }
-        None => redacted.push_str(authority),
-    }
-    let rest = &url[authority_end..];
-    let Some((path, query_and_fragment)) = rest.split_once('?') else {
-        redacted.push_str(rest);
-        return redacted;
-    };
-    let (query, fragment) = match query_and_fragment.split_once('#') {
-        Some((query, fragment)) => (query, Some(fragment)),
-        None => (query_and_fragment, None),
-    };
-    redacted.push_str(path);
-    redacted.push('?');
-    for (index, parameter) in query.split('&').enumerate() {
-        if index > 0 {
-            redacted.push('&');
-        }
-        match parameter.split_once('=') {
-            Some((name, _value))
-                if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") =>
-            {
-                redacted.push_str(name);
-                redacted.push_str("=***");
-            }
-            _ => redacted.push_str(parameter),
-        }
-    }
-    if let Some(fragment) = fragment {
-        redacted.push('#');
-        redacted.push_str(fragment);
-    }
-    redacted
 }
 
 #[cfg(test)]
@@ -696,7 +484,7 @@ mod tests {
             .await
             .expect("cache opens");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cache.shared.connection.get().is_none() {
+        while !cache.shared.link.is_connected() {
             assert!(Instant::now() < deadline, "cache did not connect");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -1022,7 +810,7 @@ mod tests {
         let cache = RedisCache::open(config(&url, "test"))
             .await
             .expect("cache opens");
-        let connector = cache.connector.clone();
+        let connector = cache.shared.link.connector();
         let shared = Arc::downgrade(&cache.shared);
         drop(cache);
         assert!(shared.upgrade().is_none(), "the task kept the cache alive");
@@ -1034,44 +822,9 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted_from_urls() {
-        for (url, shown) in [
-            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-            ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
-            ("rediss://user:secret@host", "rediss://user:***@host"),
-            (
-                "rediss://user@host/#insecure",
-                "rediss://user@host/#insecure",
-            ),
-            (
-                "redis+unix:///run/redis.sock?db=1&pass=secret",
-                "redis+unix:///run/redis.sock?db=1&pass=***",
-            ),
-            (
-                "unix:///run/redis.sock?password=secret#frag",
-                "unix:///run/redis.sock?password=***#frag",
-            ),
-            ("user:secret@host", "user:***@host"),
-        ] {
-            assert_eq!(redacted_url(url), shown);
-        }
-    }
-
-    #[test]
     fn key_parts_cannot_add_separators_or_patterns() {
         assert_eq!(encode_part("abc-1.2_x"), "abc-1.2_x");
         assert_eq!(encode_part("a:b%c"), "a%3Ab%25c");
         assert_eq!(escape_glob(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
-    }
-
-    #[test]
-    fn the_warn_gate_lets_one_warning_through_per_interval() {
-        let gate = WarnGate::new(Duration::from_secs(30));
-        let start = Instant::now();
-        assert_eq!(gate.admit(start), Some(0));
-        assert_eq!(gate.admit(start + Duration::from_secs(1)), None);
-        assert_eq!(gate.admit(start + Duration::from_secs(29)), None);
-        assert_eq!(gate.admit(start + Duration::from_secs(30)), Some(2));
-        assert_eq!(gate.admit(start + Duration::from_secs(31)), None);
     }
 }

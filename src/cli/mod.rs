@@ -88,9 +88,29 @@ struct ServeArgs {
     /// File of the sqlite cache.
     #[arg(long)]
     cache_path: Option<PathBuf>,
-    /// Redis of the redis cache; env DEEPRECALL_REDIS_URL.
+    /// Redis of the redis cache and of the redis rate limiter; env DEEPRECALL_REDIS_URL.
     #[arg(long)]
     redis_url: Option<String>,
+    /// TOML file of API keys, re-read on SIGHUP; env DEEPRECALL_KEYS_FILE.
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
+    /// Requests per minute per key (per client address without keys), 0 for no limit; env
+    /// DEEPRECALL_RATE_LIMIT_PER_MINUTE.
+    #[arg(long)]
+    rate_limit_per_minute: Option<u32>,
+    /// Requests admitted at once after a quiet spell; env DEEPRECALL_RATE_LIMIT_BURST.
+    #[arg(long)]
+    rate_limit_burst: Option<u32>,
+    /// Where rate-limit buckets live: memory or redis (shared by every replica).
+    #[arg(long)]
+    rate_limit_store: Option<String>,
+    /// Queries running at once before new ones wait or are refused, 0 for no bound; env
+    /// DEEPRECALL_MAX_CONCURRENT_QUERIES.
+    #[arg(long)]
+    max_concurrent_queries: Option<usize>,
+    /// Serve gRPC-Web on the same port, for browsers.
+    #[arg(long)]
+    grpc_web: bool,
     /// Log format: text or json; env DEEPRECALL_LOG_FORMAT.
     #[arg(long)]
     log_format: Option<String>,
@@ -277,6 +297,32 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         "cache.ttl_seconds",
         args.cache_ttl.map(|ttl| ttl.to_string()),
     );
+    flag(
+        "cache.path",
+        args.cache_path.map(|path| path.display().to_string()),
+    );
+    flag("cache.redis_url", args.redis_url.clone());
+    flag("limits.redis_url", args.redis_url);
+    flag(
+        "auth.keys_file",
+        args.keys_file.map(|path| path.display().to_string()),
+    );
+    flag(
+        "limits.requests_per_minute",
+        args.rate_limit_per_minute.map(|rate| rate.to_string()),
+    );
+    flag(
+        "limits.burst",
+        args.rate_limit_burst.map(|burst| burst.to_string()),
+    );
+    flag("limits.store", args.rate_limit_store);
+    flag(
+        "limits.max_concurrent_queries",
+        args.max_concurrent_queries.map(|bound| bound.to_string()),
+    );
+    if args.grpc_web {
+        flag("server.grpc_web", Some("true".to_string()));
+    }
     flag("telemetry.log_format", args.log_format);
     flag("llm.backend", args.backend);
     flag("llm.model", args.model);

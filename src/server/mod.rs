@@ -6,19 +6,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::util::option_layer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::access::{
+    AccessError, FrontDoor, FrontDoorSettings, QuerySlots, Rate, RateLimiter, SlotSettings,
+    limit::RedisLimiter,
+};
 use crate::api::{Admission, DeepRecallServer, DeepRecallService, pb};
 use crate::cache::{
     Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, RedisCache,
     RedisCacheConfig, SqliteCache, SqliteCacheConfig,
 };
-use crate::config::{CacheBackend, CacheConfig, Config};
+use crate::config::{CacheBackend, CacheConfig, Config, RateLimitStore};
 use crate::embed::HashingEmbedder;
 use crate::engine::{Engine, EngineParts};
 use crate::llm::LlmError;
@@ -27,10 +34,16 @@ use crate::store::{EmbeddedStore, EmbeddedStoreConfig, StoreError};
 /// Name under which health reports the DeepRecall service.
 pub const SERVICE_NAME: &str = "deeprecall.v1.DeepRecall";
 
+/// Longest wait at start-up for a Redis rate limiter's first connection.
+const LIMITER_READY_WAIT: Duration = Duration::from_secs(2);
+
 /// Time running queries get to deliver their partial results once the grace period is over.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 
+pub mod front_door;
 mod models;
+
+use front_door::FrontDoorLayer;
 
 /// Errors of the server layer.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +66,132 @@ pub enum ServerError {
     /// Listening failed.
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The API keys are invalid.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// A setting of the server itself is invalid.
+    #[error("invalid server setting: {0}")]
+    Setting(String),
+}
+
+/// Builds the front door the configuration describes: keys loaded and checked, the rate
+/// limiter (connecting to Redis in the background if it is the store) and the query slots.
+pub fn build_front_door(config: &Config) -> Result<Arc<FrontDoor>, ServerError> {
+    let limits = &config.limits;
+    let limiter = match limits.store {
+        RateLimitStore::Memory => RateLimiter::in_memory(limits.max_tracked_callers),
+        RateLimitStore::Redis => RateLimiter::in_redis(
+            RedisLimiter::open(
+                &limits.redis_url,
+                &limits.redis_prefix,
+                Duration::from_millis(limits.redis_timeout_ms.max(1)),
+            )
+            .map_err(|reason| ServerError::Setting(format!("limits.redis_url: {reason}")))?,
+            limits.max_tracked_callers,
+        ),
+    };
+    let slots = QuerySlots::new(SlotSettings {
+        max_running: limits.max_concurrent_queries,
+        max_waiting: limits.max_queued_queries,
+        max_wait: Duration::from_millis(limits.max_queue_wait_ms),
+    });
+    let door = FrontDoor::new(
+        FrontDoorSettings {
+            keys: config.auth.keys.clone(),
+            keys_file: config.auth.keys_file.clone(),
+            exempt_services: config.auth.exempt_services.clone(),
+            default_rate: Rate::from_settings(limits.requests_per_minute, limits.burst),
+        },
+        limiter,
+        slots,
+    )?;
+    Ok(Arc::new(door))
+}
+
+/// The CORS policy of gRPC-Web: the allowed origins may call with the key headers and read the
+/// gRPC status headers. `None` when no origin is allowed.
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin).map_err(|_| {
+                    ServerError::Setting(format!(
+                        "server.cors_allow_origins: {origin:?} is not a valid origin"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    let header = HeaderName::from_static;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([http::Method::POST, http::Method::OPTIONS])
+            .allow_headers([
+                header("content-type"),
+                header("x-grpc-web"),
+                header("x-user-agent"),
+                header("grpc-timeout"),
+                header("authorization"),
+                header("x-api-key"),
+                header("traceparent"),
+            ])
+            .expose_headers([
+                header("grpc-status"),
+                header("grpc-message"),
+                header("grpc-status-details-bin"),
+                header("retry-after"),
+            ])
+            .max_age(Duration::from_secs(24 * 3600)),
+    ))
+}
+
+/// Re-reads the key file on every SIGHUP until the returned task is aborted; connections and
+/// calls in flight are untouched, and a file that fails to load keeps the keys in force.
+#[cfg(unix)]
+fn reload_keys_on_hangup(door: Arc<FrontDoor>) -> Option<tokio::task::AbortHandle> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: the key file will not be reloaded");
+            return None;
+        }
+    };
+    let task = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match door.reload_keys() {
+                Ok(count) => tracing::info!(keys = count, "SIGHUP: API keys reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: API keys not reloaded; the old keys stay")
+                }
+            }
+        }
+    });
+    Some(task.abort_handle())
+}
+
+#[cfg(not(unix))]
+fn reload_keys_on_hangup(_door: Arc<FrontDoor>) -> Option<tokio::task::AbortHandle> {
+    None
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Builds the engine the configuration describes over the given models, opening the store.
@@ -142,6 +281,30 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     // Models first: a missing key or model fails start-up at once, before anything listens.
     let models = models::build(&config.llm)?;
+    let door = build_front_door(&config)?;
+    let cors = if config.server.grpc_web {
+        cors_layer(&config.server.cors_allow_origins)?
+    } else {
+        None
+    };
+    let address = listener.local_addr()?;
+    if door.auth_enabled() {
+        tracing::info!(keys = door.key_count(), "API keys required");
+    } else if !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "no API keys configured: anyone who can reach this address can query and write; \
+             set auth.keys_file (--keys-file)"
+        );
+    }
+    let _reloader = AbortOnDrop(
+        config
+            .auth
+            .keys_file
+            .is_some()
+            .then(|| reload_keys_on_hangup(Arc::clone(&door)))
+            .flatten(),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
@@ -155,11 +318,11 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let admission = Admission::default();
-    let service = DeepRecallServer::new(DeepRecallService::new(admission.clone()))
-        .max_decoding_message_size(config.server.max_request_bytes)
-        .max_encoding_message_size(config.server.max_response_bytes);
+    let service =
+        DeepRecallServer::new(DeepRecallService::new(admission.clone(), Arc::clone(&door)))
+            .max_decoding_message_size(config.server.max_request_bytes)
+            .max_encoding_message_size(config.server.max_response_bytes);
 
-    let address = listener.local_addr()?;
     let (drain, drained) = oneshot::channel::<()>();
     let keepalive = Duration::from_secs(config.server.http2_keepalive_seconds.max(1));
     // Without TCP_NODELAY the small frames of a stream wait for delayed ACKs (~40 ms each);
@@ -167,8 +330,21 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(keepalive));
-    let server = Server::builder()
+    let mut builder = Server::builder()
+        .accept_http1(config.server.grpc_web)
         .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(
+            config.server.http2_keepalive_timeout_seconds.max(1),
+        )))
+        .max_concurrent_streams(config.server.max_concurrent_streams.max(1));
+    if config.server.request_timeout_seconds > 0 {
+        builder = builder.timeout(Duration::from_secs(config.server.request_timeout_seconds));
+    }
+    let grpc_web = config.server.grpc_web.then(tonic_web::GrpcWebLayer::new);
+    let server = builder
+        .layer(option_layer(cors))
+        .layer(option_layer(grpc_web))
+        .layer(FrontDoorLayer::new(Arc::clone(&door)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -177,7 +353,7 @@ pub async fn serve(
             let _ = drained.await;
         });
     let mut server = std::pin::pin!(server);
-    tracing::info!(%address, "serving gRPC");
+    tracing::info!(%address, grpc_web = config.server.grpc_web, "serving gRPC");
 
     let opening = build_engine(&config, models);
     let mut opening = std::pin::pin!(opening);
@@ -188,6 +364,11 @@ pub async fn serve(
         engine = &mut opening => Some(engine?),
     };
     if let Some(engine) = &engine {
+        if !door.limiter().wait_until_ready(LIMITER_READY_WAIT).await {
+            tracing::warn!(
+                "the redis rate limiter is not connected yet: each replica limits alone until it is"
+            );
+        }
         admission.open(engine.clone());
         set_health(&health, ServingStatus::Serving).await;
         tracing::info!(data_dir = %config.store.data_dir.display(), "store open; serving queries");

@@ -1,7 +1,5 @@
 //! AddDocuments, DeleteDocuments and durability.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use deeprecall::api::{DeepRecallClient, pb};
@@ -127,37 +125,10 @@ async fn a_restart_keeps_documents_and_rebuilds_the_index() {
     );
 }
 
-/// Starts the real binary and returns it with the address it listens on.
-fn spawn_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deeprecall"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("DEEPRECALL_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("the server logs its address before exiting")
-            .expect("readable log");
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(address) = entry["fields"]["address"].as_str() {
-            break address.to_string();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{address}"))
-}
-
 #[tokio::test]
 async fn an_acknowledged_write_survives_kill_dash_nine() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
-    let (mut child, endpoint) = spawn_binary(data_dir.path());
+    let (mut child, endpoint) = spawn_binary(data_dir.path(), &[]);
     wait_until_serving(&endpoint).await;
     let mut client = DeepRecallClient::connect(endpoint).await.expect("connects");
     let documents = (0..50)
@@ -174,7 +145,7 @@ async fn an_acknowledged_write_survives_kill_dash_nine() {
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 
-    let (mut child, endpoint) = spawn_binary(data_dir.path());
+    let (mut child, endpoint) = spawn_binary(data_dir.path(), &[]);
     wait_until_serving(&endpoint).await;
     let mut client = DeepRecallClient::connect(endpoint).await.expect("connects");
     let stats = client

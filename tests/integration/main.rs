@@ -8,6 +8,7 @@
 
 mod common;
 
+mod access;
 mod cache;
 mod documents;
 mod errors;

@@ -1,0 +1,456 @@
+//! API keys: where they come from, how they are kept (SHA-256 digests only) and how a
+//! presented key is matched (in constant time).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{AccessError, Caller, Credentials, Rate, Scope};
+use crate::llm::http::Secret;
+
+/// Shortest key accepted in clear: anything shorter can be guessed.
+pub const MIN_KEY_LENGTH: usize = 16;
+
+/// One key, as the key file or the configuration lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// Who holds the key; shows in logs and usage, never the key itself.
+    pub name: String,
+    /// The key in clear. Either this or `sha256`.
+    #[serde(default, skip_serializing_if = "Secret::is_empty")]
+    pub key: Secret,
+    /// The SHA-256 digest of the key, in hex, so that the file holds no usable secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// What the key may do: `query`, `write`, `admin`.
+    pub scopes: Vec<Scope>,
+    /// Collections the key may touch; absent for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<String>>,
+    /// The key's own steady rate, overriding the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// The key's own burst, overriding the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// A key file: one `[[keys]]` table per key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// The keys.
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+}
+
+/// What a key grants, without the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    name: Arc<str>,
+    scopes: BTreeSet<Scope>,
+    collections: Option<Arc<BTreeSet<String>>>,
+    requests_per_minute: Option<u32>,
+    burst: Option<u32>,
+}
+
+impl Identity {
+    /// The caller this identity makes, its rate merged over the server's.
+    pub fn caller(&self, default_rate: Option<Rate>) -> Caller {
+        Caller {
+            name: Arc::clone(&self.name),
+            authenticated: true,
+            scopes: self.scopes.clone(),
+            collections: self.collections.clone(),
+            limit_key: Arc::from(format!("key:{}", self.name)),
+            rate: Rate::merged(default_rate, self.requests_per_minute, self.burst),
+        }
+    }
+}
+
+struct KnownKey {
+    digest: [u8; 32],
+    identity: Identity,
+}
+
+/// The keys in force.
+#[derive(Default)]
+pub struct KeyRing {
+    keys: Vec<KnownKey>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.keys.iter().map(|key| &*key.identity.name).collect();
+        f.debug_struct("KeyRing").field("names", &names).finish()
+    }
+}
+
+impl KeyRing {
+    /// Builds the ring from the configured keys and the key file, checking every entry.
+    pub fn load(configured: &[KeyEntry], file: Option<&Path>) -> Result<KeyRing, AccessError> {
+        let mut entries = configured.to_vec();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                AccessError::InvalidKeys(format!("cannot read {}: {error}", path.display()))
+            })?;
+            let parsed: KeyFile = toml::from_str(&text).map_err(|error| {
+                AccessError::InvalidKeys(format!("{}: {}", path.display(), error.message()))
+            })?;
+            entries.extend(parsed.keys);
+        }
+        KeyRing::from_entries(&entries)
+    }
+
+    /// Builds the ring from entries, checking each and refusing duplicate names or keys.
+    pub fn from_entries(entries: &[KeyEntry]) -> Result<KeyRing, AccessError> {
+        let mut names = HashSet::new();
+        let mut digests: HashMap<[u8; 32], &str> = HashMap::new();
+        let mut keys = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let known = known_key(entry)?;
+            if !names.insert(entry.name.clone()) {
+                return Err(invalid(&entry.name, "the name is used by another key"));
+            }
+            if let Some(first) = digests.insert(known.digest, &entry.name) {
+                return Err(invalid(
+                    &entry.name,
+                    &format!("the same key is already listed as {first:?}"),
+                ));
+            }
+            keys.push(known);
+        }
+        Ok(KeyRing { keys })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the ring holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The identity of the key presented, if it is known. Every stored digest is compared, in
+    /// constant time, so that the time taken tells nothing about which bytes matched.
+    pub fn lookup(&self, presented: &str) -> Option<&Identity> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(&key.identity);
+            }
+        }
+        found
+    }
+}
+
+/// The key a call presents, from `authorization: Bearer <key>` or `x-api-key: <key>`.
+pub fn presented_key(credentials: Credentials<'_>) -> Result<&str, AccessError> {
+    let bearer = credentials
+        .authorization
+        .map(|value| {
+            let text = std::str::from_utf8(value)
+                .map_err(|_| AccessError::MalformedKey("authorization is not text"))?;
+            let (scheme, token) = text
+                .trim()
+                .split_once(' ')
+                .ok_or(AccessError::MalformedKey(
+                    "authorization must be `Bearer <key>`",
+                ))?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(AccessError::MalformedKey(
+                    "authorization must use the Bearer scheme",
+                ));
+            }
+            checked_token(token.trim())
+        })
+        .transpose()?;
+    let header = credentials
+        .api_key
+        .map(|value| {
+            std::str::from_utf8(value)
+                .map_err(|_| AccessError::MalformedKey("x-api-key is not text"))
+                .and_then(|text| checked_token(text.trim()))
+        })
+        .transpose()?;
+    match (bearer, header) {
+        (Some(bearer), Some(header)) if bearer != header => Err(AccessError::MalformedKey(
+            "authorization and x-api-key carry different keys",
+        )),
+        (Some(key), _) | (None, Some(key)) => Ok(key),
+        (None, None) => Err(AccessError::MissingKey),
+    }
+}
+
+fn checked_token(token: &str) -> Result<&str, AccessError> {
+    if token.is_empty() {
+        return Err(AccessError::MalformedKey("the key is empty"));
+    }
+    if token.chars().any(|character| !character.is_ascii_graphic()) {
+        return Err(AccessError::MalformedKey(
+            "the key holds spaces or non-printable characters",
+        ));
+    }
+    Ok(token)
+}
+
+fn known_key(entry: &KeyEntry) -> Result<KnownKey, AccessError> {
+    let name = entry.name.trim();
+    if name.is_empty() {
+        return Err(AccessError::InvalidKeys("a key has an empty name".into()));
+    }
+    let digest = match (entry.key.is_empty(), &entry.sha256) {
+        (false, None) => {
+            let key = entry.key.expose();
+            if key.len() < MIN_KEY_LENGTH {
+                return Err(invalid(
+                    name,
+                    &format!("the key is shorter than {MIN_KEY_LENGTH} characters"),
+                ));
+            }
+            checked_token(key).map_err(|error| invalid(name, &error.to_string()))?;
+            Sha256::digest(key.as_bytes()).into()
+        }
+        (true, Some(hex)) => parse_digest(hex).ok_or_else(|| {
+            invalid(
+                name,
+                "sha256 must be 64 hexadecimal digits (e.g. `printf %s KEY | sha256sum`)",
+            )
+        })?,
+        (false, Some(_)) => return Err(invalid(name, "give either key or sha256, not both")),
+        (true, None) => return Err(invalid(name, "give key or sha256")),
+    };
+    if entry.scopes.is_empty() {
+        return Err(invalid(
+            name,
+            "list at least one scope (query, write, admin)",
+        ));
+    }
+    let collections = match &entry.collections {
+        None => None,
+        Some(collections) if collections.is_empty() => {
+            return Err(invalid(
+                name,
+                "an empty collections list would allow nothing; omit it to allow all",
+            ));
+        }
+        Some(collections) => Some(Arc::new(collections.iter().cloned().collect())),
+    };
+    if entry.requests_per_minute == Some(0) || entry.burst == Some(0) {
+        return Err(invalid(
+            name,
+            "requests_per_minute and burst must be at least 1",
+        ));
+    }
+    Ok(KnownKey {
+        digest,
+        identity: Identity {
+            name: Arc::from(name),
+            scopes: entry.scopes.iter().copied().collect(),
+            collections,
+            requests_per_minute: entry.requests_per_minute,
+            burst: entry.burst,
+        },
+    })
+}
+
+fn invalid(name: &str, reason: &str) -> AccessError {
+    AccessError::InvalidKeys(format!("key {name:?}: {reason}"))
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+        let high = (pair[0] as char).to_digit(16)?;
+        let low = (pair[1] as char).to_digit(16)?;
+        *byte = u8::try_from(high * 16 + low).ok()?;
+    }
+    Some(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, key: &str, scopes: &[Scope]) -> KeyEntry {
+        KeyEntry {
+            name: name.into(),
+            key: Secret::new(key),
+            sha256: None,
+            scopes: scopes.to_vec(),
+            collections: None,
+            requests_per_minute: None,
+            burst: None,
+        }
+    }
+
+    #[test]
+    fn keys_match_in_clear_or_by_digest_and_nothing_else_does() {
+        let hex: String = Sha256::digest(b"reader-key-0123456789")
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let ring = KeyRing::from_entries(&[
+            entry("writer", "writer-key-0123456789", &[Scope::Write]),
+            KeyEntry {
+                key: Secret::default(),
+                sha256: Some(hex.to_uppercase()),
+                ..entry("reader", "", &[Scope::Query])
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            &*ring.lookup("writer-key-0123456789").unwrap().name,
+            "writer"
+        );
+        assert_eq!(
+            &*ring.lookup("reader-key-0123456789").unwrap().name,
+            "reader"
+        );
+        assert!(ring.lookup("reader-key-012345678").is_none());
+        assert!(ring.lookup("").is_none());
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_the_key_name() {
+        let cases = [
+            (vec![entry("a", "short", &[Scope::Query])], "shorter"),
+            (vec![entry("a", "long-enough-key-000", &[])], "scope"),
+            (
+                vec![
+                    entry("a", "long-enough-key-000", &[Scope::Query]),
+                    entry("a", "long-enough-key-001", &[Scope::Query]),
+                ],
+                "name is used",
+            ),
+            (
+                vec![
+                    entry("a", "long-enough-key-000", &[Scope::Query]),
+                    entry("b", "long-enough-key-000", &[Scope::Query]),
+                ],
+                "already listed as \"a\"",
+            ),
+            (
+                vec![KeyEntry {
+                    sha256: Some("abc".into()),
+                    key: Secret::default(),
+                    ..entry("a", "", &[Scope::Query])
+                }],
+                "64 hexadecimal",
+            ),
+            (
+                vec![KeyEntry {
+                    collections: Some(vec![]),
+                    ..entry("a", "long-enough-key-000", &[Scope::Query])
+                }],
+                "empty collections",
+            ),
+            (
+                vec![entry("a", "long enough key 000", &[Scope::Query])],
+                "spaces",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let error = KeyRing::from_entries(&entries).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(error.contains("\"a\""), "{error}");
+            assert!(!error.contains("long-enough-key"), "a key leaked: {error}");
+        }
+    }
+
+    #[test]
+    fn both_metadata_forms_are_read_and_bad_ones_named() {
+        let read = |authorization: Option<&str>, api_key: Option<&str>| {
+            presented_key(Credentials {
+                authorization: authorization.map(str::as_bytes),
+                api_key: api_key.map(str::as_bytes),
+            })
+            .map(str::to_string)
+        };
+        assert_eq!(read(Some("Bearer abc"), None).unwrap(), "abc");
+        assert_eq!(read(Some("bearer  abc "), None).unwrap(), "abc");
+        assert_eq!(read(None, Some("abc")).unwrap(), "abc");
+        assert_eq!(read(Some("Bearer abc"), Some("abc")).unwrap(), "abc");
+        assert!(matches!(read(None, None), Err(AccessError::MissingKey)));
+        for (authorization, api_key) in [
+            (Some("Basic abc"), None),
+            (Some("abc"), None),
+            (Some("Bearer "), None),
+            (Some("Bearer abc"), Some("abd")),
+            (None, Some("")),
+        ] {
+            assert!(
+                matches!(
+                    read(authorization, api_key),
+                    Err(AccessError::MalformedKey(_))
+                ),
+                "{authorization:?} {api_key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_key_file_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("# keys.toml\n").unwrap();
+        let end = start + readme[start..].find("```").unwrap();
+        let file: KeyFile = toml::from_str(&readme[start..end]).unwrap();
+        let ring = KeyRing::from_entries(&file.keys).unwrap();
+        assert_eq!(ring.len(), 3);
+        assert!(ring.lookup("dr_live_support_bot_5c1e0a9b").is_some());
+    }
+
+    #[test]
+    fn a_key_file_parses_with_overrides_and_collections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[keys]]
+name = "support-bot"
+key = "support-bot-key-0001"
+scopes = ["query"]
+collections = ["handbook"]
+requests_per_minute = 600
+burst = 50
+"#,
+        )
+        .unwrap();
+        let ring = KeyRing::load(&[], Some(&path)).unwrap();
+        let caller = ring
+            .lookup("support-bot-key-0001")
+            .unwrap()
+            .caller(Some(Rate {
+                per_minute: 60,
+                burst: 5,
+            }));
+        assert_eq!(
+            caller.rate,
+            Some(Rate {
+                per_minute: 600,
+                burst: 50
+            })
+        );
+        assert!(caller.check_collection("handbook").is_ok());
+        assert!(caller.check_collection("default").is_err());
+        assert_eq!(&*caller.limit_key, "key:support-bot");
+
+        std::fs::write(&path, "[[keys]]\nname = \"x\"\nkey = \"k\"\nscope = []\n").unwrap();
+        let error = KeyRing::load(&[], Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("keys.toml"), "{error}");
+    }
+}

@@ -1,0 +1,630 @@
+//! The front door's decisions: who is calling (API keys), what they may do (scopes and
+//! collections), how often (rate limits) and how many queries run at once (load shedding).
+//!
+//! The server applies them once to every call as a tower layer (`server::front_door`); this
+//! module knows no HTTP or gRPC type, and only `api::status` turns its errors into statuses.
+
+pub mod keys;
+pub mod limit;
+pub mod shed;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::store::DEFAULT_COLLECTION;
+pub use keys::{KeyEntry, KeyFile, KeyRing};
+pub use limit::{Decision, Rate, RateLimiter};
+pub use shed::{QuerySlot, QuerySlots, SlotSettings};
+
+/// Errors of the front door: each is a refused call, except [`AccessError::InvalidKeys`],
+/// which refuses a key configuration at start-up or on reload.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AccessError {
+    /// The call carries no API key.
+    #[error("missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`")]
+    MissingKey,
+    /// The key metadata cannot be read.
+    #[error("malformed API key: {0}")]
+    MalformedKey(&'static str),
+    /// No configured key matches.
+    #[error("unknown API key")]
+    UnknownKey,
+    /// The key lacks the scope the method needs.
+    #[error("key {caller:?} lacks the \"{scope}\" scope that {method} needs")]
+    MissingScope {
+        /// Name of the key.
+        caller: String,
+        /// Scope needed.
+        scope: Scope,
+        /// Method called.
+        method: &'static str,
+    },
+    /// The key may not touch the collection.
+    #[error("key {caller:?} may not use collection {collection:?}")]
+    CollectionDenied {
+        /// Name of the key.
+        caller: String,
+        /// Collection asked for.
+        collection: String,
+    },
+    /// The key may not clear every collection's cache entries.
+    #[error("key {caller:?} is limited to some collections: name one to clear")]
+    ClearAllDenied {
+        /// Name of the key.
+        caller: String,
+    },
+    /// The caller sent more requests than its rate allows.
+    #[error("rate limit of {per_minute} requests per minute exceeded; retry in {}", seconds_text(*retry_after))]
+    RateLimited {
+        /// Steady rate of the caller.
+        per_minute: u32,
+        /// Wait before the request would be admitted.
+        retry_after: Duration,
+    },
+    /// A batch costs more than the caller's burst, so it can never be admitted whole.
+    #[error("a batch of {cost} queries exceeds the rate-limit burst of {burst}: split it")]
+    BatchOverBurst {
+        /// Queries in the batch.
+        cost: u32,
+        /// The caller's burst.
+        burst: u32,
+    },
+    /// Every query slot is taken and the waiting line is full.
+    #[error("server overloaded: {running} queries running and {queued} waiting; retry later")]
+    Overloaded {
+        /// Queries running.
+        running: usize,
+        /// Queries waiting.
+        queued: usize,
+    },
+    /// A query waited its longest for a slot.
+    #[error("server overloaded: no query slot freed within {waited:?}; retry later")]
+    QueueTimeout {
+        /// Time waited.
+        waited: Duration,
+    },
+    /// A key configuration is invalid.
+    #[error("invalid API keys: {0}")]
+    InvalidKeys(String),
+    /// The identity the front door gives every call is missing: a wiring fault.
+    #[error("the call has no caller identity")]
+    NoIdentity,
+}
+
+impl AccessError {
+    /// Time after which the refused call may succeed, for a `retry-after` hint.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AccessError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// Whole seconds, rounded up, as `retry-after` counts them.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    let whole = wait.as_secs();
+    if wait.subsec_nanos() > 0 {
+        whole + 1
+    } else {
+        whole.max(1)
+    }
+}
+
+fn seconds_text(wait: Duration) -> String {
+    match retry_after_seconds(wait) {
+        1 => "1 second".to_string(),
+        seconds => format!("{seconds} seconds"),
+    }
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Query, QueryBatch, GetStats.
+    Query,
+    /// AddDocuments, DeleteDocuments, ClearCache.
+    Write,
+    /// Everything, and every caller's usage in GetStats.
+    Admin,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Query => "query",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        })
+    }
+}
+
+/// The DeepRecall RPCs, as the front door tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `Query`.
+    Query,
+    /// `QueryBatch`.
+    QueryBatch,
+    /// `AddDocuments`.
+    AddDocuments,
+    /// `DeleteDocuments`.
+    DeleteDocuments,
+    /// `ClearCache`.
+    ClearCache,
+    /// `GetStats`.
+    GetStats,
+}
+
+/// Full name of the DeepRecall service, as it appears in request paths.
+pub const SERVICE_PATH: &str = "deeprecall.v1.DeepRecall";
+
+impl Method {
+    /// Every method.
+    pub const ALL: [Method; 6] = [
+        Method::Query,
+        Method::QueryBatch,
+        Method::AddDocuments,
+        Method::DeleteDocuments,
+        Method::ClearCache,
+        Method::GetStats,
+    ];
+
+    /// The method a gRPC path (`/deeprecall.v1.DeepRecall/Query`) names, if any.
+    pub fn from_path(path: &str) -> Option<Method> {
+        let (service, name) = path.strip_prefix('/')?.split_once('/')?;
+        if service != SERVICE_PATH {
+            return None;
+        }
+        Method::ALL.into_iter().find(|method| method.name() == name)
+    }
+
+    /// The method's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Query => "Query",
+            Method::QueryBatch => "QueryBatch",
+            Method::AddDocuments => "AddDocuments",
+            Method::DeleteDocuments => "DeleteDocuments",
+            Method::ClearCache => "ClearCache",
+            Method::GetStats => "GetStats",
+        }
+    }
+
+    /// The scope a key needs to call it.
+    pub fn scope(self) -> Scope {
+        match self {
+            Method::Query | Method::QueryBatch | Method::GetStats => Scope::Query,
+            Method::AddDocuments | Method::DeleteDocuments | Method::ClearCache => Scope::Write,
+        }
+    }
+
+    /// Whether the method runs queries, and so takes a query slot.
+    pub fn runs_queries(self) -> bool {
+        matches!(self, Method::Query | Method::QueryBatch)
+    }
+}
+
+/// Who is calling, as the front door established it; handlers find it in the request's
+/// extensions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    /// Name of the key, or `anonymous` when auth is off.
+    pub name: Arc<str>,
+    /// Whether a key identified the caller.
+    pub authenticated: bool,
+    scopes: BTreeSet<Scope>,
+    /// Collections the caller may touch; `None` for all.
+    collections: Option<Arc<BTreeSet<String>>>,
+    /// Whose bucket the caller's requests draw from.
+    pub limit_key: Arc<str>,
+    /// The caller's rate; `None` when unlimited.
+    pub rate: Option<Rate>,
+}
+
+impl Caller {
+    /// A caller admitted without a key (auth off): every scope, every collection, limited per
+    /// client address.
+    pub fn anonymous(peer: Option<IpAddr>, rate: Option<Rate>) -> Caller {
+        let limit_key = match peer {
+            Some(address) => format!("peer:{address}"),
+            None => "peer:unknown".to_string(),
+        };
+        Caller {
+            name: Arc::from("anonymous"),
+            authenticated: false,
+            scopes: BTreeSet::from([Scope::Query, Scope::Write, Scope::Admin]),
+            collections: None,
+            limit_key: Arc::from(limit_key),
+            rate,
+        }
+    }
+
+    /// Whether the caller holds `scope` (admin holds them all).
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+
+    /// Whether the caller may see every caller's usage.
+    pub fn is_admin(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
+
+    /// Refuses a method whose scope the caller lacks.
+    pub fn check_method(&self, method: Method) -> Result<(), AccessError> {
+        if self.has_scope(method.scope()) {
+            Ok(())
+        } else {
+            Err(AccessError::MissingScope {
+                caller: self.name.to_string(),
+                scope: method.scope(),
+                method: method.name(),
+            })
+        }
+    }
+
+    /// Refuses a collection outside the caller's list; an empty name means `default`.
+    pub fn check_collection(&self, collection: &str) -> Result<(), AccessError> {
+        if self.may_see(collection) {
+            Ok(())
+        } else {
+            Err(AccessError::CollectionDenied {
+                caller: self.name.to_string(),
+                collection: resolved(collection).to_string(),
+            })
+        }
+    }
+
+    /// Refuses a cache clear of every collection to a caller limited to some; an empty name
+    /// means all collections here, as in `ClearCache`.
+    pub fn check_clear(&self, collection: &str) -> Result<(), AccessError> {
+        if collection.is_empty() {
+            match self.collections {
+                None => Ok(()),
+                Some(_) => Err(AccessError::ClearAllDenied {
+                    caller: self.name.to_string(),
+                }),
+            }
+        } else {
+            self.check_collection(collection)
+        }
+    }
+
+    /// Whether the caller may see the collection (in stats, say).
+    pub fn may_see(&self, collection: &str) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(resolved(collection)))
+    }
+}
+
+fn resolved(collection: &str) -> &str {
+    if collection.is_empty() {
+        DEFAULT_COLLECTION
+    } else {
+        collection
+    }
+}
+
+/// Settings of the front door, from the configuration.
+#[derive(Debug, Clone)]
+pub struct FrontDoorSettings {
+    /// Keys from the configuration itself.
+    pub keys: Vec<KeyEntry>,
+    /// Key file, re-read on reload.
+    pub keys_file: Option<PathBuf>,
+    /// Services (`package.Service`) callable without a key.
+    pub exempt_services: Vec<String>,
+    /// Rate of callers whose key sets none; `None` for unlimited.
+    pub default_rate: Option<Rate>,
+}
+
+/// Whether and how a call may go in.
+#[derive(Debug)]
+pub enum Admission {
+    /// An exempt service (health, reflection): no identity, no limits.
+    Exempt,
+    /// A DeepRecall call (or any other non-exempt path) by this caller.
+    Caller {
+        /// The caller.
+        caller: Caller,
+        /// The query slot held for the call's whole life, for methods that run queries.
+        slot: Option<QuerySlot>,
+    },
+}
+
+/// Credentials a call presented, as raw metadata values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The `authorization` value.
+    pub authorization: Option<&'a [u8]>,
+    /// The `x-api-key` value.
+    pub api_key: Option<&'a [u8]>,
+}
+
+/// The front door: keys, limits and query slots, shared by every connection.
+pub struct FrontDoor {
+    settings: FrontDoorSettings,
+    keys: RwLock<Arc<KeyRing>>,
+    auth_enabled: bool,
+    limiter: RateLimiter,
+    slots: QuerySlots,
+}
+
+impl fmt::Debug for FrontDoor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrontDoor")
+            .field("auth_enabled", &self.auth_enabled)
+            .field("keys", &self.keys.read().len())
+            .field("default_rate", &self.settings.default_rate)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrontDoor {
+    /// Loads the keys and builds the front door. Auth is on when the configuration lists keys
+    /// or names a key file, even an empty one: a key file that lists nobody lets nobody in.
+    pub fn new(
+        settings: FrontDoorSettings,
+        limiter: RateLimiter,
+        slots: QuerySlots,
+    ) -> Result<FrontDoor, AccessError> {
+        let keys = KeyRing::load(&settings.keys, settings.keys_file.as_deref())?;
+        let auth_enabled = !settings.keys.is_empty() || settings.keys_file.is_some();
+        Ok(FrontDoor {
+            settings,
+            keys: RwLock::new(Arc::new(keys)),
+            auth_enabled,
+            limiter,
+            slots,
+        })
+    }
+
+    /// Whether calls need a key.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled
+    }
+
+    /// Number of keys loaded.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().len()
+    }
+
+    /// Re-reads the key file and the configured keys. A file that fails to load leaves the
+    /// keys in force unchanged; calls in flight keep the identity they were admitted with.
+    pub fn reload_keys(&self) -> Result<usize, AccessError> {
+        let keys = KeyRing::load(&self.settings.keys, self.settings.keys_file.as_deref())?;
+        let count = keys.len();
+        *self.keys.write() = Arc::new(keys);
+        Ok(count)
+    }
+
+    /// Decides whether a call to `path` goes in: exempt services pass untouched; everything
+    /// else is authenticated, checked against its scope, charged one request (a `QueryBatch`
+    /// pays for its other queries in its handler, which knows the count), and, for methods
+    /// that run queries, given a query slot or refused when none frees up in time.
+    pub async fn admit(
+        &self,
+        path: &str,
+        credentials: Credentials<'_>,
+        peer: Option<IpAddr>,
+    ) -> Result<Admission, AccessError> {
+        if self.is_exempt(path) {
+            return Ok(Admission::Exempt);
+        }
+        let caller = self.identify(credentials, peer)?;
+        let method = Method::from_path(path);
+        if let Some(method) = method {
+            caller.check_method(method)?;
+        }
+        self.charge(&caller, 1).await?;
+        let slot = match method {
+            Some(method) if method.runs_queries() => Some(self.slots.acquire().await?),
+            _ => None,
+        };
+        Ok(Admission::Caller { caller, slot })
+    }
+
+    /// Charges a batch of `queries` the requests beyond the one its call already paid. A batch
+    /// larger than the caller's burst could never be admitted and is refused as such.
+    pub async fn charge_batch(&self, caller: &Caller, queries: usize) -> Result<(), AccessError> {
+        let Some(rate) = caller.rate else {
+            return Ok(());
+        };
+        let cost = u32::try_from(queries).unwrap_or(u32::MAX);
+        if cost > rate.burst {
+            return Err(AccessError::BatchOverBurst {
+                cost,
+                burst: rate.burst,
+            });
+        }
+        if cost > 1 {
+            self.charge(caller, cost - 1).await?;
+        }
+        Ok(())
+    }
+
+    /// Charges `cost` requests to the caller's rate.
+    pub async fn charge(&self, caller: &Caller, cost: u32) -> Result<(), AccessError> {
+        let Some(rate) = caller.rate else {
+            return Ok(());
+        };
+        match self.limiter.check(&caller.limit_key, rate, cost).await {
+            Decision::Allowed => Ok(()),
+            Decision::Limited { retry_after } => Err(AccessError::RateLimited {
+                per_minute: rate.per_minute,
+                retry_after,
+            }),
+            Decision::OverBurst => Err(AccessError::BatchOverBurst {
+                cost,
+                burst: rate.burst,
+            }),
+        }
+    }
+
+    /// The rate limiter, for its counters.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The query slots, for their counters.
+    pub fn slots(&self) -> &QuerySlots {
+        &self.slots
+    }
+
+    fn is_exempt(&self, path: &str) -> bool {
+        let service = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .map_or("", |(service, _)| service);
+        self.settings
+            .exempt_services
+            .iter()
+            .any(|exempt| exempt == service)
+    }
+
+    fn identify(
+        &self,
+        credentials: Credentials<'_>,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, AccessError> {
+        if !self.auth_enabled {
+            return Ok(Caller::anonymous(peer, self.settings.default_rate));
+        }
+        let presented = keys::presented_key(credentials)?;
+        let keys = Arc::clone(&self.keys.read());
+        let identity = keys.lookup(presented).ok_or(AccessError::UnknownKey)?;
+        Ok(identity.caller(self.settings.default_rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_methods_of_the_service_only() {
+        assert_eq!(
+            Method::from_path("/deeprecall.v1.DeepRecall/QueryBatch"),
+            Some(Method::QueryBatch)
+        );
+        assert_eq!(Method::from_path("/deeprecall.v1.DeepRecall/Nope"), None);
+        assert_eq!(Method::from_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(Method::from_path("deeprecall.v1.DeepRecall/Query"), None);
+    }
+
+    #[test]
+    fn admin_holds_every_scope_and_collections_bound_what_a_caller_touches() {
+        let mut caller = Caller::anonymous(None, None);
+        caller.scopes = BTreeSet::from([Scope::Query]);
+        caller.collections = Some(Arc::new(BTreeSet::from(["default".to_string()])));
+        assert!(caller.check_method(Method::Query).is_ok());
+        assert!(matches!(
+            caller.check_method(Method::AddDocuments),
+            Err(AccessError::MissingScope {
+                scope: Scope::Write,
+                ..
+            })
+        ));
+        assert!(caller.check_collection("").is_ok());
+        assert!(caller.check_collection("hr").is_err());
+        assert!(caller.check_clear("").is_err());
+        assert!(caller.check_clear("default").is_ok());
+
+        caller.scopes = BTreeSet::from([Scope::Admin]);
+        assert!(caller.check_method(Method::ClearCache).is_ok());
+        assert!(caller.is_admin());
+    }
+
+    fn door(exempt: &[&str], rate: Option<Rate>) -> FrontDoor {
+        FrontDoor::new(
+            FrontDoorSettings {
+                keys: vec![KeyEntry {
+                    name: "reader".into(),
+                    key: crate::llm::http::Secret::new("reader-key-0123456789"),
+                    sha256: None,
+                    scopes: vec![Scope::Query],
+                    collections: None,
+                    requests_per_minute: None,
+                    burst: None,
+                }],
+                keys_file: None,
+                exempt_services: exempt.iter().map(|name| name.to_string()).collect(),
+                default_rate: rate,
+            },
+            RateLimiter::in_memory(1_000),
+            QuerySlots::new(SlotSettings {
+                max_running: 0,
+                max_waiting: 0,
+                max_wait: Duration::ZERO,
+            }),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn exemptions_are_configurable() {
+        let health = "/grpc.health.v1.Health/Check";
+        let exempting = door(&["grpc.health.v1.Health"], None);
+        assert!(matches!(
+            exempting.admit(health, Credentials::default(), None).await,
+            Ok(Admission::Exempt)
+        ));
+        let strict = door(&[], None);
+        assert!(matches!(
+            strict.admit(health, Credentials::default(), None).await,
+            Err(AccessError::MissingKey)
+        ));
+        let key = Credentials {
+            api_key: Some(b"reader-key-0123456789"),
+            ..Credentials::default()
+        };
+        assert!(matches!(
+            strict.admit(health, key, None).await,
+            Ok(Admission::Caller { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_cost_no_memory() {
+        let door = door(
+            &[],
+            Some(Rate {
+                per_minute: 60,
+                burst: 5,
+            }),
+        );
+        for attempt in 0..100_000 {
+            let key = format!("guess-{attempt:016}");
+            let outcome = door
+                .admit(
+                    "/deeprecall.v1.DeepRecall/GetStats",
+                    Credentials {
+                        api_key: Some(key.as_bytes()),
+                        ..Credentials::default()
+                    },
+                    None,
+                )
+                .await;
+            assert!(matches!(outcome, Err(AccessError::UnknownKey)));
+        }
+        assert_eq!(door.limiter().tracked_locally(), 0);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_seconds(Duration::from_millis(2_001)), 3);
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+    }
+}

@@ -1,0 +1,589 @@
+//! The front door over real gRPC: API keys, scopes, rate limits (in memory and shared through a
+//! real Redis), load shedding, key reload on SIGHUP, and gRPC-Web.
+
+use std::time::{Duration, Instant};
+
+use deeprecall::access::{KeyEntry, Scope};
+use deeprecall::api::{DeepRecallClient, pb};
+use deeprecall::config::{Backend, CacheBackend, Config, RateLimitStore};
+use deeprecall::llm::http::Secret;
+use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
+use prost::Message;
+use serde_json::json;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::*;
+
+const READER: &str = "reader-key-0000000001";
+const WRITER: &str = "writer-key-0000000002";
+const ADMIN: &str = "admin-key-00000000003";
+
+fn key(name: &str, secret: &str, scopes: &[Scope], collections: Option<&[&str]>) -> KeyEntry {
+    KeyEntry {
+        name: name.into(),
+        key: Secret::new(secret),
+        sha256: None,
+        scopes: scopes.to_vec(),
+        collections: collections.map(|names| names.iter().map(|name| name.to_string()).collect()),
+        requests_per_minute: None,
+        burst: None,
+    }
+}
+
+fn with_keys(config: &mut Config) {
+    config.auth.keys = vec![
+        key("reader", READER, &[Scope::Query], Some(&["default"])),
+        key("writer", WRITER, &[Scope::Write], Some(&["team"])),
+        key("admin", ADMIN, &[Scope::Admin], None),
+    ];
+}
+
+/// A request carrying `authorization: Bearer <secret>`.
+fn bearer<T>(message: T, secret: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {secret}").parse().expect("ascii"),
+    );
+    request
+}
+
+/// A request carrying `x-api-key: <secret>`.
+fn api_key<T>(message: T, secret: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-api-key", secret.parse().expect("ascii"));
+    request
+}
+
+async fn stats(
+    client: &mut DeepRecallClient<Channel>,
+    request: tonic::Request<pb::GetStatsRequest>,
+) -> Result<pb::GetStatsResponse, tonic::Status> {
+    client
+        .get_stats(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn add_request(collection: &str, id: &str) -> pb::AddDocumentsRequest {
+    pb::AddDocumentsRequest {
+        collection: collection.into(),
+        documents: vec![document(
+            id,
+            "Kestrel Fabrication is in Tampere.",
+            json!({}),
+        )],
+    }
+}
+
+/// Runs a query to its end, returning the status of the call or of the stream.
+async fn run_query(
+    client: &mut DeepRecallClient<Channel>,
+    request: tonic::Request<pb::QueryRequest>,
+) -> Result<pb::QueryResult, tonic::Status> {
+    let mut stream = client.query(request).await?.into_inner();
+    let mut last = None;
+    while let Some(event) = stream.message().await? {
+        last = event.event;
+    }
+    match last {
+        Some(pb::query_event::Event::Result(result)) => Ok(result),
+        other => panic!("the stream did not end with a result: {other:?}"),
+    }
+}
+
+fn retry_after(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("retry-after")
+        .expect("retry-after metadata")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds")
+}
+
+#[tokio::test]
+async fn keys_are_required_in_either_header_and_health_is_exempt() {
+    let mut server = TestServer::start_with(with_keys).await;
+    let client = &mut server.client;
+
+    let missing = stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(missing.message().contains("missing API key"), "{missing:?}");
+
+    let mut basic = tonic::Request::new(pb::GetStatsRequest {});
+    basic
+        .metadata_mut()
+        .insert("authorization", "Basic cmVhZGVy".parse().expect("ascii"));
+    let malformed = stats(client, basic).await.unwrap_err();
+    assert_eq!(malformed.code(), Code::Unauthenticated);
+    assert!(malformed.message().contains("Bearer"), "{malformed:?}");
+
+    let wrong = "reader-key-0000000009";
+    let unknown = stats(client, bearer(pb::GetStatsRequest {}, wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert_eq!(unknown.message(), "unknown API key");
+
+    stats(client, bearer(pb::GetStatsRequest {}, READER))
+        .await
+        .expect("bearer key admitted");
+    stats(client, api_key(pb::GetStatsRequest {}, READER))
+        .await
+        .expect("x-api-key admitted");
+
+    let channel = Channel::from_shared(server.endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "deeprecall.v1.DeepRecall".into(),
+        })
+        .await
+        .expect("health needs no key")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn scopes_and_collection_lists_bound_each_key() {
+    let mut server = TestServer::start_with(with_keys).await;
+    let client = &mut server.client;
+    client
+        .add_documents(bearer(add_request("", "kestrel"), ADMIN))
+        .await
+        .expect("admin writes anywhere");
+    client
+        .add_documents(bearer(add_request("team", "osprey"), WRITER))
+        .await
+        .expect("writer writes its collection");
+
+    let denied = client
+        .add_documents(bearer(add_request("", "x"), READER))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains("\"write\""), "{denied:?}");
+
+    let elsewhere = client
+        .add_documents(bearer(add_request("default", "x"), WRITER))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::PermissionDenied);
+    assert!(elsewhere.message().contains("\"default\""), "{elsewhere:?}");
+
+    let writer_query = run_query(client, bearer(question("Where is Kestrel?"), WRITER))
+        .await
+        .unwrap_err();
+    assert_eq!(writer_query.code(), Code::PermissionDenied);
+
+    let clear_all = client
+        .clear_cache(bearer(pb::ClearCacheRequest::default(), WRITER))
+        .await
+        .unwrap_err();
+    assert_eq!(clear_all.code(), Code::PermissionDenied);
+    client
+        .clear_cache(bearer(
+            pb::ClearCacheRequest {
+                collection: "team".into(),
+            },
+            WRITER,
+        ))
+        .await
+        .expect("writer clears its collection");
+
+    let answer = run_query(client, bearer(question("Where is Kestrel?"), READER))
+        .await
+        .expect("reader queries default");
+    assert!(answer.answer.contains("Tampere"), "{answer:?}");
+    let mut other = question("Where is Osprey?");
+    other.collection = "team".into();
+    let denied = run_query(client, bearer(other.clone(), READER))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    let batch = pb::QueryBatchRequest {
+        queries: vec![question("Where is Kestrel?"), other],
+        max_concurrency: 2,
+    };
+    let denied = client.query_batch(bearer(batch, READER)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().starts_with("queries[1]:"), "{denied:?}");
+
+    let seen = stats(client, bearer(pb::GetStatsRequest {}, READER))
+        .await
+        .expect("stats");
+    let names: Vec<&str> = seen
+        .collections
+        .iter()
+        .map(|collection| collection.name.as_str())
+        .collect();
+    assert_eq!(names, ["default"]);
+    let all = stats(client, bearer(pb::GetStatsRequest {}, ADMIN))
+        .await
+        .expect("stats");
+    assert_eq!(all.collections.len(), 2);
+}
+
+#[tokio::test]
+async fn rate_limits_count_exactly_and_say_when_to_retry() {
+    let mut server = TestServer::start_with(|config| {
+        with_keys(config);
+        // One request a minute after the burst: no token comes back while the test runs.
+        config.limits.requests_per_minute = 1;
+        config.limits.burst = 3;
+        config.auth.keys[1].requests_per_minute = Some(2);
+        config.auth.keys[1].burst = Some(1);
+        config.auth.keys[1].collections = None;
+    })
+    .await;
+    let client = &mut server.client;
+    for _ in 0..3 {
+        stats(client, bearer(pb::GetStatsRequest {}, READER))
+            .await
+            .expect("within the burst");
+    }
+    let limited = stats(client, bearer(pb::GetStatsRequest {}, READER))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert!((59..=60).contains(&retry_after(&limited)), "{limited:?}");
+    assert!(
+        limited.message().contains("1 requests per minute"),
+        "{limited:?}"
+    );
+
+    // Another key has its own bucket, and its own override: burst 1, 2 per minute.
+    client
+        .clear_cache(bearer(pb::ClearCacheRequest::default(), WRITER))
+        .await
+        .expect("own bucket");
+    let limited = client
+        .clear_cache(bearer(pb::ClearCacheRequest::default(), WRITER))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert!((29..=30).contains(&retry_after(&limited)), "{limited:?}");
+
+    // A batch larger than the burst can never pass, and says so (its call still costs one).
+    let too_big = pb::QueryBatchRequest {
+        queries: vec![question("Kestrel?"); 4],
+        max_concurrency: 2,
+    };
+    let refused = client
+        .query_batch(bearer(too_big, ADMIN))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("burst of 3"), "{refused:?}");
+    // A batch costs one request per query: two fit the admin's remaining two, and the next
+    // call is one too many.
+    let batch = pb::QueryBatchRequest {
+        queries: vec![question("Where is Kestrel?"), question("Kestrel?")],
+        max_concurrency: 2,
+    };
+    let mut items = client
+        .query_batch(bearer(batch.clone(), ADMIN))
+        .await
+        .expect("two more requests fit")
+        .into_inner();
+    while items.message().await.expect("items").is_some() {}
+    let limited = client.query_batch(bearer(batch, ADMIN)).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn without_keys_the_limit_is_per_client_address() {
+    let mut server = TestServer::start_with(|config| {
+        config.limits.requests_per_minute = 1;
+        config.limits.burst = 2;
+    })
+    .await;
+    let client = &mut server.client;
+    for _ in 0..2 {
+        stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+            .await
+            .expect("within the burst");
+    }
+    let limited = stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+}
+
+fn limited_through(redis: &RedisServer) -> impl FnOnce(&mut Config) + use<> {
+    let url = redis.url.clone();
+    move |config: &mut Config| {
+        config.limits.store = RateLimitStore::Redis;
+        config.limits.redis_url = url;
+        config.limits.requests_per_minute = 1;
+        config.limits.burst = 4;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_limit_through_redis() {
+    let redis = RedisServer::start();
+    let mut first = TestServer::start_with(limited_through(&redis)).await;
+    let mut second = TestServer::start_with(limited_through(&redis)).await;
+    for client in [&mut first.client, &mut second.client] {
+        for _ in 0..2 {
+            stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+                .await
+                .expect("within the shared burst");
+        }
+    }
+    for client in [&mut first.client, &mut second.client] {
+        let limited = stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+        assert!((59..=60).contains(&retry_after(&limited)), "{limited:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_redis_leaves_each_replica_limiting_alone() {
+    let mut redis = RedisServer::start();
+    let mut server = TestServer::start_with(limited_through(&redis)).await;
+    let client = &mut server.client;
+    add(
+        client,
+        "",
+        vec![document("k", "Kestrel is in Tampere.", json!({}))],
+    )
+    .await;
+    redis.kill();
+
+    // The local buckets start fresh: the burst of four again, then refusals, each answered
+    // within the Redis timeout rather than hanging.
+    for _ in 0..4 {
+        let started = Instant::now();
+        let result = run_query(client, tonic::Request::new(question("Where is Kestrel?")))
+            .await
+            .expect("served without Redis");
+        assert!(result.answer.contains("Tampere"), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let limited = stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn overload_is_refused_at_once_not_queued() {
+    const STREAMS: usize = 200;
+    const RUNNING: usize = 10;
+    const WAITING: usize = 5;
+    let model_latency = Duration::from_secs(3);
+    let mock = MockLlmServer::start(
+        MockScript::replies(vec![MockReply::text("Kestrel is in Tampere.")])
+            .with_latency(model_latency),
+    )
+    .await
+    .expect("mock starts");
+    let server = TestServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        config.limits.max_concurrent_queries = RUNNING;
+        config.limits.max_queued_queries = WAITING;
+        config.limits.max_queue_wait_ms = 30_000;
+    })
+    .await;
+    let mut writer = server.client.clone();
+    add(
+        &mut writer,
+        "",
+        vec![document("k", "Kestrel is in Tampere.", json!({}))],
+    )
+    .await;
+
+    let started = Instant::now();
+    let calls = (0..STREAMS).map(|n| {
+        let mut client = server.client.clone();
+        async move {
+            let outcome = run_query(
+                &mut client,
+                tonic::Request::new(question(&format!("Kestrel {n}?"))),
+            )
+            .await;
+            (outcome, started.elapsed())
+        }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+
+    let answered = outcomes
+        .iter()
+        .filter(|(outcome, _)| outcome.is_ok())
+        .count();
+    let refused: Vec<Duration> = outcomes
+        .iter()
+        .filter_map(|(outcome, elapsed)| match outcome {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(status.message().contains("overloaded"), "{status:?}");
+                Some(*elapsed)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answered, RUNNING + WAITING);
+    assert_eq!(refused.len(), STREAMS - RUNNING - WAITING);
+    // Refused before any model call could have ended: never queued behind the slow model.
+    assert!(
+        refused.iter().all(|elapsed| *elapsed < model_latency),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_key_file_is_reloaded_on_sighup() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let keys_file = data_dir.path().join("keys.toml");
+    let key_file = |name: &str, secret: &str| {
+        format!("[[keys]]\nname = \"{name}\"\nkey = \"{secret}\"\nscopes = [\"query\"]\n")
+    };
+    std::fs::write(&keys_file, key_file("alice", READER)).expect("key file written");
+    let keys_path = keys_file.display().to_string();
+    let (mut child, endpoint) =
+        spawn_binary(&data_dir.path().join("data"), &["--keys-file", &keys_path]);
+    wait_until_serving(&endpoint).await;
+    let mut client = DeepRecallClient::connect(endpoint).await.expect("connects");
+    stats(&mut client, bearer(pb::GetStatsRequest {}, READER))
+        .await
+        .expect("alice admitted");
+
+    std::fs::write(&keys_file, key_file("bob", WRITER)).expect("key file rewritten");
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    // The reload is the server's to do after the signal; ask until it shows, within a bound.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats(&mut client, bearer(pb::GetStatsRequest {}, WRITER))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "bob's key never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone = stats(&mut client, bearer(pb::GetStatsRequest {}, READER))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::Unauthenticated);
+
+    // A broken file keeps the keys in force.
+    std::fs::write(&keys_file, "[[keys]\nbroken").expect("key file broken");
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stats(&mut client, bearer(pb::GetStatsRequest {}, WRITER))
+        .await
+        .expect("bob still admitted");
+    child.kill().expect("stopped");
+    child.wait().expect("reaped");
+}
+
+/// One gRPC-Web frame: flag byte, big-endian length, payload.
+fn grpc_web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn query_streams_over_grpc_web_with_cors_for_allowed_origins() {
+    let mut server = TestServer::start_with(|config| {
+        config.server.grpc_web = true;
+        config.server.cors_allow_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    add(
+        &mut server.client,
+        "",
+        vec![document(
+            "k",
+            "Kestrel Fabrication is in Tampere.",
+            json!({}),
+        )],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("client");
+    let url = format!("{}/deeprecall.v1.DeepRecall/Query", server.endpoint);
+
+    let preflight = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,x-grpc-web,authorization",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.expect("preflight");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let request = question("Where is Kestrel Fabrication?").encode_to_vec();
+    let response = http
+        .post(&url)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("origin", "https://app.example")
+        .body(grpc_web_frame(0, &request))
+        .send()
+        .await
+        .expect("gRPC-Web call");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes().await.expect("body").to_vec();
+    let (mut events, mut trailers) = (Vec::new(), String::new());
+    while body.len() >= 5 {
+        let flag = body[0];
+        let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let payload: Vec<u8> = body.drain(..5 + length).skip(5).collect();
+        if flag & 0x80 != 0 {
+            trailers = String::from_utf8_lossy(&payload).into_owned();
+        } else {
+            events.push(pb::QueryEvent::decode(payload.as_slice()).expect("an event"));
+        }
+    }
+    assert!(body.is_empty(), "a cut frame: {body:?}");
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+    match events.last().and_then(|event| event.event.clone()) {
+        Some(pb::query_event::Event::Result(result)) => {
+            assert!(result.answer.contains("Tampere"), "{result:?}")
+        }
+        other => panic!("no result over gRPC-Web: {other:?}"),
+    }
+}
