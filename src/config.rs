@@ -53,6 +53,8 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
 pub const CONFIG_FILE_ENV: &str = "DEEPRECALL_CONFIG";
 /// Environment variable naming the server the client commands talk to.
 pub const SERVER_ENV: &str = "DEEPRECALL_SERVER";
+/// Environment variable holding the API key the client commands send.
+pub const CLIENT_KEY_ENV: &str = "DEEPRECALL_CLIENT_KEY";
 /// Server the client commands talk to by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 

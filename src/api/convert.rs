@@ -409,8 +409,28 @@ pub fn stats(stats: EngineStats, uptime: Duration) -> pb::GetStatsResponse {
         search_cache,
         cache_backend,
         usage,
+        accounts,
         model,
     } = stats;
+    pb::GetStatsResponse {
+        collections: collections.into_iter().map(collection_stats).collect(),
+        cache: Some(cache_stats(result_cache, &cache_backend)),
+        search_cache: Some(cache_stats(search_cache, &cache_backend)),
+        usage: Some(usage_totals(usage)),
+        key_usage: accounts
+            .into_iter()
+            .map(|(key_name, usage)| pb::KeyUsage {
+                key_name,
+                usage: Some(usage_totals(usage)),
+            })
+            .collect(),
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+        model,
+        uptime_seconds: uptime.as_secs_f64(),
+    }
+}
+
+fn usage_totals(usage: UsageTotals) -> pb::UsageTotals {
     let UsageTotals {
         queries,
         cached_queries,
@@ -422,24 +442,16 @@ pub fn stats(stats: EngineStats, uptime: Duration) -> pb::GetStatsResponse {
         cost_usd,
         models,
     } = usage;
-    pb::GetStatsResponse {
-        collections: collections.into_iter().map(collection_stats).collect(),
-        cache: Some(cache_stats(result_cache, &cache_backend)),
-        search_cache: Some(cache_stats(search_cache, &cache_backend)),
-        usage: Some(pb::UsageTotals {
-            queries,
-            cached_queries,
-            coalesced_queries,
-            input_tokens,
-            output_tokens,
-            search_calls,
-            llm_calls,
-            cost_usd,
-            models: models.into_iter().map(model_usage).collect(),
-        }),
-        server_version: env!("CARGO_PKG_VERSION").to_string(),
-        model,
-        uptime_seconds: uptime.as_secs_f64(),
+    pb::UsageTotals {
+        queries,
+        cached_queries,
+        coalesced_queries,
+        input_tokens,
+        output_tokens,
+        search_calls,
+        llm_calls,
+        cost_usd,
+        models: models.into_iter().map(model_usage).collect(),
     }
 }
 

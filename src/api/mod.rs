@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::access::{AccessError, Caller, FrontDoor};
-use crate::engine::{Engine, EngineError, EventSink};
+use crate::engine::{Engine, EngineError, EventSink, UsageTotals};
 use stream::{ResponseStream, spawn_stream};
 
 /// Generated protobuf types and service stubs.
@@ -105,7 +105,8 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         caller.check_collection(&request.get_ref().collection)?;
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
         let query = convert::query_request(request.into_inner())?;
-        let prepared = engine.prepare(query, deadline).await?;
+        let mut prepared = engine.prepare(query, deadline).await?;
+        prepared.account = Arc::clone(&caller.name);
 
         let cancel = CancellationToken::new();
         let run_cancel = cancel.clone();
@@ -149,7 +150,13 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         let items = queries.into_iter().map(convert::query_request).collect();
 
         let cancel = CancellationToken::new();
-        let results = engine.query_batch(items, concurrency, deadline, cancel.clone());
+        let results = engine.query_batch(
+            items,
+            Arc::clone(&caller.name),
+            concurrency,
+            deadline,
+            cancel.clone(),
+        );
         let stream = spawn_stream(concurrency, cancel, move |sender| async move {
             let mut results = std::pin::pin!(results);
             while let Some((index, outcome)) = results.next().await {
@@ -228,6 +235,19 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         stats
             .collections
             .retain(|collection| caller.may_see(&collection.name));
+        if !caller.is_admin() {
+            stats.accounts.retain(|(name, _)| **name == *caller.name);
+            stats.usage = stats
+                .accounts
+                .first()
+                .map(|(_, usage)| usage.clone())
+                .unwrap_or_default();
+            if stats.accounts.is_empty() {
+                stats
+                    .accounts
+                    .push((caller.name.to_string(), UsageTotals::default()));
+            }
+        }
         Ok(Response::new(convert::stats(stats, self.started.elapsed())))
     }
 }

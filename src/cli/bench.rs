@@ -154,7 +154,7 @@ impl Drop for BenchServer {
 
 async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
     let server = BenchServer::start().await?;
-    let mut client = connect(&server.endpoint).await?;
+    let mut client = connect(&server.endpoint, None).await?;
     let documents = Corpus::new(7, args.zipf_offset).proto_documents(args.ingest_documents);
     let started = Instant::now();
     for batch in documents.chunks(args.batch_size) {
@@ -265,7 +265,7 @@ async fn cached_query(args: &BenchArgs) -> Result<(), CliError> {
             }
         })
         .await?;
-        let mut client = connect(&server.endpoint).await?;
+        let mut client = connect(&server.endpoint, None).await?;
         let mut corpus = Corpus::new(3, args.zipf_offset);
         client
             .add_documents(pb::AddDocumentsRequest {
@@ -320,7 +320,7 @@ async fn cached_query(args: &BenchArgs) -> Result<(), CliError> {
 
 /// Runs one query; returns its server-side time and whether it was a cache hit.
 async fn cached_once(
-    client: &mut crate::api::DeepRecallClient<tonic::transport::Channel>,
+    client: &mut super::ServerClient,
     request: pb::QueryRequest,
 ) -> Result<(Duration, bool), CliError> {
     let mut stream = client.query(request).await?.into_inner();
@@ -381,7 +381,7 @@ async fn engine_overhead(
         config.cache.backend = CacheBackend::None;
     })
     .await?;
-    let mut client = connect(&server.endpoint).await?;
+    let mut client = connect(&server.endpoint, None).await?;
     client
         .add_documents(pb::AddDocumentsRequest {
             collection: String::new(),

@@ -65,7 +65,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let endpoint = format!("http://{address}");
     println!("DeepRecall demo: server on {endpoint}, data in a temporary directory\n");
     wait_until_serving(&endpoint, READY_TIMEOUT).await?;
-    let mut client = connect(&endpoint).await?;
+    let mut client = connect(&endpoint, None).await?;
     let summary = ingest::ingest_paths(
         &mut client,
         &[args.examples.join("handbook")],

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
-use tonic::transport::Channel;
 
 use super::{CliError, ClientArgs};
 use crate::api::{DeepRecallClient, pb};
@@ -98,14 +97,20 @@ pub(super) async fn run(args: IngestArgs) -> Result<(), CliError> {
 }
 
 /// Reads, chunks and sends every file under `paths`.
-pub async fn ingest_paths(
-    client: &mut DeepRecallClient<Channel>,
+pub async fn ingest_paths<T>(
+    client: &mut DeepRecallClient<T>,
     paths: &[PathBuf],
     collection: &str,
     chunk_size: usize,
     batch_size: usize,
     show_progress: bool,
-) -> Result<IngestSummary, CliError> {
+) -> Result<IngestSummary, CliError>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let mut summary = IngestSummary::default();
     let mut chunks = Vec::new();
     for root in paths {

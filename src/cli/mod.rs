@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::api::{DeepRecallClient, pb};
@@ -134,14 +137,57 @@ pub struct ClientArgs {
     /// Server to talk to (default http://127.0.0.1:50051); env DEEPRECALL_SERVER.
     #[arg(long)]
     server: Option<String>,
+    /// File holding the API key to send; else env DEEPRECALL_CLIENT_KEY.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
 }
 
 impl ClientArgs {
-    async fn connect(&self) -> Result<DeepRecallClient<Channel>, CliError> {
-        let endpoint = config::server_endpoint(self.server.as_deref(), &config::process_env());
-        connect(&endpoint).await
+    async fn connect(&self) -> Result<ServerClient, CliError> {
+        let env = config::process_env();
+        let endpoint = config::server_endpoint(self.server.as_deref(), &env);
+        let key = match &self.key_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|error| {
+                CliError::Io(format!("cannot read {}: {error}", path.display()))
+            })?),
+            None => env.get(config::CLIENT_KEY_ENV).cloned(),
+        };
+        connect(&endpoint, key.as_deref()).await
     }
 }
+
+/// Sends the caller's API key, if any, as `authorization: Bearer <key>` with every call.
+#[derive(Debug, Clone, Default)]
+pub struct CallerKey(Option<MetadataValue<Ascii>>);
+
+impl CallerKey {
+    /// The key to send; `None` sends none.
+    pub fn new(key: Option<&str>) -> Result<CallerKey, CliError> {
+        let Some(key) = key.map(str::trim).filter(|key| !key.is_empty()) else {
+            return Ok(CallerKey(None));
+        };
+        MetadataValue::try_from(format!("Bearer {key}"))
+            .map(|value| CallerKey(Some(value)))
+            .map_err(|_| CliError::Usage("the API key must be printable ASCII".into()))
+    }
+}
+
+impl Interceptor for CallerKey {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The client of the client commands: a channel that sends the caller's key.
+pub type ServerClient = DeepRecallClient<InterceptedService<Channel, CallerKey>>;
 
 #[derive(Debug, Args)]
 struct QueryArgs {
@@ -385,8 +431,9 @@ pub async fn wait_until_serving(endpoint: &str, timeout: Duration) -> Result<(),
     })?
 }
 
-/// Connects a client, failing fast when nothing listens.
-pub async fn connect(endpoint: &str) -> Result<DeepRecallClient<Channel>, CliError> {
+/// Connects a client sending `api_key` with every call, failing fast when nothing listens.
+pub async fn connect(endpoint: &str, api_key: Option<&str>) -> Result<ServerClient, CliError> {
+    let key = CallerKey::new(api_key)?;
     let connect_error = |message: String| CliError::Connect {
         endpoint: endpoint.to_string(),
         message,
@@ -397,7 +444,7 @@ pub async fn connect(endpoint: &str) -> Result<DeepRecallClient<Channel>, CliErr
         .connect()
         .await
         .map_err(|error| connect_error(error.to_string()))?;
-    Ok(DeepRecallClient::new(channel)
+    Ok(DeepRecallClient::with_interceptor(channel, key)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))
 }

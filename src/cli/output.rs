@@ -212,19 +212,28 @@ pub fn stats_json(stats: &pb::GetStatsResponse) -> Value {
         })).collect::<Vec<_>>(),
         "cache": stats.cache.as_ref().map(cache_json),
         "searchCache": stats.search_cache.as_ref().map(cache_json),
-        "usage": stats.usage.as_ref().map(|usage| json!({
-            "queries": usage.queries,
-            "cachedQueries": usage.cached_queries,
-            "inputTokens": usage.input_tokens,
-            "outputTokens": usage.output_tokens,
-            "searchCalls": usage.search_calls,
-            "llmCalls": usage.llm_calls,
-            "costUsd": usage.cost_usd,
-            "models": usage.models.iter().map(model_json).collect::<Vec<_>>(),
-        })),
+        "usage": stats.usage.as_ref().map(usage_totals_json),
+        "keyUsage": stats.key_usage.iter().map(|key| json!({
+            "keyName": key.key_name,
+            "usage": key.usage.as_ref().map(usage_totals_json),
+        })).collect::<Vec<_>>(),
         "serverVersion": stats.server_version,
         "model": stats.model,
         "uptimeSeconds": stats.uptime_seconds,
+    })
+}
+
+fn usage_totals_json(usage: &pb::UsageTotals) -> Value {
+    json!({
+        "queries": usage.queries,
+        "cachedQueries": usage.cached_queries,
+        "coalescedQueries": usage.coalesced_queries,
+        "inputTokens": usage.input_tokens,
+        "outputTokens": usage.output_tokens,
+        "searchCalls": usage.search_calls,
+        "llmCalls": usage.llm_calls,
+        "costUsd": usage.cost_usd,
+        "models": usage.models.iter().map(model_json).collect::<Vec<_>>(),
     })
 }
 
@@ -280,15 +289,24 @@ pub fn print_stats(stats: &pb::GetStatsResponse) {
         }
     }
     if let Some(usage) = &stats.usage {
-        println!(
-            "usage: {} quer(ies) ({} cached), {} model call(s), {} search(es), {} in / {} out tokens, ${:.4}",
-            usage.queries,
-            usage.cached_queries,
-            usage.llm_calls,
-            usage.search_calls,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cost_usd
-        );
+        println!("usage: {}", usage_line(usage));
     }
+    for key in &stats.key_usage {
+        if let Some(usage) = &key.usage {
+            println!("  key {:<20} {}", key.key_name, usage_line(usage));
+        }
+    }
+}
+
+fn usage_line(usage: &pb::UsageTotals) -> String {
+    format!(
+        "{} quer(ies) ({} cached), {} model call(s), {} search(es), {} in / {} out tokens, ${:.4}",
+        usage.queries,
+        usage.cached_queries,
+        usage.llm_calls,
+        usage.search_calls,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cost_usd
+    )
 }

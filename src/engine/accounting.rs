@@ -1,4 +1,7 @@
-//! Cumulative usage since the server started, shared by every run.
+//! Cumulative usage since the server started, shared by every run: for the whole server and
+//! per account (the API key's name, or `anonymous`).
+
+use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
 
@@ -27,51 +30,81 @@ pub struct UsageTotals {
     pub models: Vec<ModelUsage>,
 }
 
-/// Thread-safe usage accounting.
+/// Thread-safe usage accounting. Accounts are API key names, so their number is bounded by
+/// the keys ever configured.
 #[derive(Debug, Default)]
 pub struct UsageAccounting {
-    totals: Mutex<UsageTotals>,
+    ledger: Mutex<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    totals: UsageTotals,
+    accounts: BTreeMap<String, UsageTotals>,
 }
 
 impl UsageAccounting {
-    /// Adds one answered query. A cached or shared result cost nothing this time, so only the
-    /// query counts.
-    pub fn record(&self, result: &QueryResult) {
-        let mut totals = self.totals.lock();
-        totals.queries += 1;
-        if result.cached {
-            totals.cached_queries += 1;
-            return;
-        }
-        if result.coalesced {
-            totals.coalesced_queries += 1;
-            return;
-        }
-        let usage = &result.usage;
-        totals.input_tokens += usage.input_tokens();
-        totals.output_tokens += usage.output_tokens();
-        totals.search_calls += u64::from(usage.search_calls);
-        totals.llm_calls += u64::from(usage.llm_calls());
-        totals.cost_usd += usage.cost_usd();
-        for model in &usage.models {
-            match totals
-                .models
-                .iter_mut()
-                .find(|known| known.model == model.model)
-            {
-                Some(known) => {
-                    known.calls += model.calls;
-                    known.input_tokens += model.input_tokens;
-                    known.output_tokens += model.output_tokens;
-                    known.cost_usd += model.cost_usd;
-                }
-                None => totals.models.push(model.clone()),
+    /// Adds one answered query to the server's totals and to `account`'s. A cached or shared
+    /// result cost nothing this time, so only the query counts.
+    pub fn record(&self, account: &str, result: &QueryResult) {
+        let mut ledger = self.ledger.lock();
+        let ledger = &mut *ledger;
+        add(&mut ledger.totals, result);
+        match ledger.accounts.get_mut(account) {
+            Some(totals) => add(totals, result),
+            None => {
+                let mut totals = UsageTotals::default();
+                add(&mut totals, result);
+                ledger.accounts.insert(account.to_string(), totals);
             }
         }
     }
 
-    /// Returns the totals so far.
+    /// Returns the server's totals so far.
     pub fn snapshot(&self) -> UsageTotals {
-        self.totals.lock().clone()
+        self.ledger.lock().totals.clone()
+    }
+
+    /// Returns every account's totals so far, by name.
+    pub fn accounts(&self) -> Vec<(String, UsageTotals)> {
+        self.ledger
+            .lock()
+            .accounts
+            .iter()
+            .map(|(name, totals)| (name.clone(), totals.clone()))
+            .collect()
+    }
+}
+
+fn add(totals: &mut UsageTotals, result: &QueryResult) {
+    totals.queries += 1;
+    if result.cached {
+        totals.cached_queries += 1;
+        return;
+    }
+    if result.coalesced {
+        totals.coalesced_queries += 1;
+        return;
+    }
+    let usage = &result.usage;
+    totals.input_tokens += usage.input_tokens();
+    totals.output_tokens += usage.output_tokens();
+    totals.search_calls += u64::from(usage.search_calls);
+    totals.llm_calls += u64::from(usage.llm_calls());
+    totals.cost_usd += usage.cost_usd();
+    for model in &usage.models {
+        match totals
+            .models
+            .iter_mut()
+            .find(|known| known.model == model.model)
+        {
+            Some(known) => {
+                known.calls += model.calls;
+                known.input_tokens += model.input_tokens;
+                known.output_tokens += model.output_tokens;
+                known.cost_usd += model.cost_usd;
+            }
+            None => totals.models.push(model.clone()),
+        }
     }
 }

@@ -212,7 +212,12 @@ pub struct PreparedQuery {
     pub cache_key: CacheKey,
     /// When the query arrived.
     pub started: Instant,
+    /// Whose usage the query counts as: the API key's name, or `anonymous`.
+    pub account: Arc<str>,
 }
+
+/// The account of queries whose caller named none.
+pub const ANONYMOUS_ACCOUNT: &str = "anonymous";
 
 /// The parts an engine works with.
 #[derive(Debug, Clone)]
@@ -244,6 +249,8 @@ pub struct EngineStats {
     pub cache_backend: String,
     /// Cumulative usage.
     pub usage: UsageTotals,
+    /// Cumulative usage per account, by name.
+    pub accounts: Vec<(String, UsageTotals)>,
     /// Root model name.
     pub model: String,
 }
@@ -385,6 +392,7 @@ impl Engine {
             top_k,
             cache_key,
             started,
+            account: Arc::from(ANONYMOUS_ACCOUNT),
         })
     }
 
@@ -406,7 +414,7 @@ impl Engine {
             result.cached = true;
             result.query_id = prepared.query_id.clone();
             result.execution_time = prepared.started.elapsed();
-            inner.accounting.record(&result);
+            inner.accounting.record(&prepared.account, &result);
             sink.emit(
                 result.budget.used,
                 EventKind::Result(Box::new(result.clone())),
@@ -424,6 +432,7 @@ impl Engine {
         };
         let mut outcome = flight.outcome.subscribe();
         let started = prepared.started;
+        let account = Arc::clone(&prepared.account);
         let follower_sink = if leads {
             let engine = self.clone();
             let key = prepared.cache_key.clone();
@@ -433,7 +442,7 @@ impl Engine {
                     .execute()
                     .await;
                 if let Ok(result) = &outcome {
-                    engine.inner.accounting.record(result);
+                    engine.inner.accounting.record(&prepared.account, result);
                     if !result.partial && result.error.is_none() {
                         engine.inner.results.store(&key, result).await;
                     }
@@ -457,7 +466,7 @@ impl Engine {
             (Some(Ok(mut result)), Some(sink)) => {
                 result.coalesced = true;
                 result.execution_time = started.elapsed();
-                inner.accounting.record(&result);
+                inner.accounting.record(&account, &result);
                 sink.emit(
                     result.budget.used,
                     EventKind::Result(Box::new(result.clone())),
@@ -516,6 +525,7 @@ impl Engine {
     pub fn query_batch(
         &self,
         items: Vec<Result<QueryRequest, EngineError>>,
+        account: Arc<str>,
         concurrency: usize,
         deadline: Option<Instant>,
         cancel: CancellationToken,
@@ -525,13 +535,15 @@ impl Engine {
             .map(move |(index, item)| {
                 let engine = engine.clone();
                 let cancel = cancel.child_token();
+                let account = Arc::clone(&account);
                 async move {
                     let prefix = format!("queries[{index}]");
                     let outcome = match item {
                         Err(error) => Err(error.within(&prefix)),
                         Ok(request) => match engine.prepare(request, deadline).await {
                             Err(error) => Err(error.within(&prefix)),
-                            Ok(prepared) => {
+                            Ok(mut prepared) => {
+                                prepared.account = account;
                                 let sink = EventSink::discard(prepared.started);
                                 engine.run(prepared, sink, cancel).await
                             }
@@ -627,6 +639,7 @@ impl Engine {
             search_cache: self.inner.searches.cache.stats().await?,
             cache_backend: self.inner.results.cache.backend().to_string(),
             usage: self.inner.accounting.snapshot(),
+            accounts: self.inner.accounting.accounts(),
             model: self.inner.model.name().to_string(),
         })
     }

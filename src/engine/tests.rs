@@ -674,7 +674,13 @@ async fn a_batch_never_runs_more_than_its_concurrency() {
     let model = Arc::new(GaugeModel::default());
     let engine = engine_with(corpus(), model.clone());
     let items: Vec<(usize, Result<QueryResult, EngineError>)> = engine
-        .query_batch(batch_of(12), 3, None, CancellationToken::new())
+        .query_batch(
+            batch_of(12),
+            Arc::from("tester"),
+            3,
+            None,
+            CancellationToken::new(),
+        )
         .collect()
         .await;
     let mut indices: Vec<usize> = items.iter().map(|(index, _)| *index).collect();
@@ -695,7 +701,13 @@ async fn dropping_a_batch_stream_stops_the_remaining_work() {
     use std::sync::atomic::Ordering::SeqCst;
     let model = Arc::new(GaugeModel::default());
     let engine = engine_with(corpus(), model.clone());
-    let mut stream = Box::pin(engine.query_batch(batch_of(50), 4, None, CancellationToken::new()));
+    let mut stream = Box::pin(engine.query_batch(
+        batch_of(50),
+        Arc::from("tester"),
+        4,
+        None,
+        CancellationToken::new(),
+    ));
     assert!(stream.next().await.is_some());
     drop(stream);
     tokio::time::sleep(Duration::from_millis(100)).await;

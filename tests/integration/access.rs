@@ -587,3 +587,85 @@ async fn query_streams_over_grpc_web_with_cors_for_allowed_origins() {
         other => panic!("no result over gRPC-Web: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn usage_is_accounted_per_key_under_concurrency() {
+    const ALICE: &str = "alice-key-00000000004";
+    const BOB: &str = "bob-key-0000000000005";
+    let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::text(
+        "Kestrel is in Tampere.",
+    )]))
+    .await
+    .expect("mock starts");
+    let mut server = TestServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        config.auth.keys = vec![
+            key("alice", ALICE, &[Scope::Query], None),
+            key("bob", BOB, &[Scope::Query], None),
+            key("admin", ADMIN, &[Scope::Admin], None),
+        ];
+    })
+    .await;
+    server
+        .client
+        .add_documents(bearer(add_request("", "kestrel"), ADMIN))
+        .await
+        .expect("documents added");
+
+    let calls = (0..50).map(|n| {
+        let mut client = server.client.clone();
+        let secret = if n % 5 < 3 { ALICE } else { BOB };
+        async move {
+            run_query(
+                &mut client,
+                bearer(question(&format!("Where is Kestrel, take {n}?")), secret),
+            )
+            .await
+            .expect("answered")
+        }
+    });
+    futures::future::join_all(calls).await;
+
+    let all = stats(&mut server.client, bearer(pb::GetStatsRequest {}, ADMIN))
+        .await
+        .expect("stats");
+    let totals = all.usage.expect("totals");
+    let usage_of = |name: &str| {
+        all.key_usage
+            .iter()
+            .find(|key| key.key_name == name)
+            .and_then(|key| key.usage.clone())
+            .expect("the key's usage")
+    };
+    let (alice, bob) = (usage_of("alice"), usage_of("bob"));
+    assert_eq!((alice.queries, bob.queries), (30, 20));
+    assert_eq!(totals.queries, 50);
+    assert_eq!(alice.llm_calls + bob.llm_calls, totals.llm_calls);
+    assert_eq!(alice.input_tokens + bob.input_tokens, totals.input_tokens);
+    assert_eq!(
+        alice.output_tokens + bob.output_tokens,
+        totals.output_tokens
+    );
+    assert_eq!(alice.search_calls + bob.search_calls, totals.search_calls);
+    assert!(
+        totals.llm_calls >= 50 && totals.input_tokens > 0,
+        "{totals:?}"
+    );
+    assert!((alice.cost_usd + bob.cost_usd - totals.cost_usd).abs() < 1e-9);
+
+    // A key sees its own usage only.
+    let own = stats(&mut server.client, bearer(pb::GetStatsRequest {}, BOB))
+        .await
+        .expect("stats");
+    assert_eq!(own.usage.expect("own usage"), bob);
+    let names: Vec<&str> = own
+        .key_usage
+        .iter()
+        .map(|key| key.key_name.as_str())
+        .collect();
+    assert_eq!(names, ["bob"]);
+}
