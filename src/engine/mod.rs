@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use accounting::{UsageAccounting, UsageTotals};
 pub use budget::{BudgetLimits, BudgetResource, BudgetUsage};
@@ -397,8 +398,41 @@ impl Engine {
     }
 
     /// Answers a prepared query from the cache or by running the loop, emitting trace events
-    /// into `sink` and the result last. Cancelling `cancel` stops the run at once.
+    /// into `sink` and the result last. Cancelling `cancel` stops the run at once. The work
+    /// is traced as one `query` span, child of the current one, with the loop's turns, model
+    /// calls and searches beneath it.
     pub async fn run(
+        &self,
+        prepared: PreparedQuery,
+        sink: EventSink,
+        cancel: CancellationToken,
+    ) -> Result<QueryResult, EngineError> {
+        let span = tracing::info_span!(
+            "query",
+            query_id = %prepared.query_id,
+            collection = %prepared.collection.name,
+            account = %prepared.account,
+            cached = tracing::field::Empty,
+            coalesced = tracing::field::Empty,
+            partial = tracing::field::Empty,
+            iterations = tracing::field::Empty,
+            search_calls = tracing::field::Empty,
+        );
+        let outcome = self
+            .answer(prepared, sink, cancel)
+            .instrument(span.clone())
+            .await;
+        if let Ok(result) = &outcome {
+            span.record("cached", result.cached);
+            span.record("coalesced", result.coalesced);
+            span.record("partial", result.partial);
+            span.record("iterations", result.budget.used.iterations);
+            span.record("search_calls", result.usage.search_calls);
+        }
+        outcome
+    }
+
+    async fn answer(
         &self,
         prepared: PreparedQuery,
         sink: EventSink,
@@ -437,19 +471,23 @@ impl Engine {
             let engine = self.clone();
             let key = prepared.cache_key.clone();
             let flight = Arc::clone(&flight);
-            tokio::spawn(async move {
-                let outcome = run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone())
-                    .execute()
-                    .await;
-                if let Ok(result) = &outcome {
-                    engine.inner.accounting.record(&prepared.account, result);
-                    if !result.partial && result.error.is_none() {
-                        engine.inner.results.store(&key, result).await;
+            tokio::spawn(
+                async move {
+                    let outcome =
+                        run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone())
+                            .execute()
+                            .await;
+                    if let Ok(result) = &outcome {
+                        engine.inner.accounting.record(&prepared.account, result);
+                        if !result.partial && result.error.is_none() {
+                            engine.inner.results.store(&key, result).await;
+                        }
                     }
+                    engine.inner.flights.lock().remove(&key);
+                    flight.outcome.send_replace(Some(outcome.map_err(Arc::new)));
                 }
-                engine.inner.flights.lock().remove(&key);
-                flight.outcome.send_replace(Some(outcome.map_err(Arc::new)));
-            });
+                .instrument(tracing::Span::current()),
+            );
             None
         } else {
             Some(sink)

@@ -10,6 +10,8 @@ use futures::future::join_all;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::budget::{BudgetResource, BudgetTracker, MIN_COMPLETION_TOKENS};
 use super::events::{EventKind, EventSink, ModelCallRecord, SearchRecord, SubModelCallRecord};
@@ -161,6 +163,8 @@ impl<'a> Run<'a> {
                     Err(resource) => return Ok(self.exhausted(resource, &budget)),
                 }
             };
+            // Dropped at the end of the turn, which closes it: its times are the turn's.
+            let iteration = tracing::info_span!("iteration", step);
             self.emit(EventKind::StepStarted { step }).await;
             let step_started = Instant::now();
 
@@ -171,7 +175,12 @@ impl<'a> Run<'a> {
                 deadline,
             };
             let call_started = Instant::now();
-            let response = match self.streamed_call(request).await {
+            let call_span = model_call_span(&iteration, "llm.call", model.name());
+            let response = match self
+                .streamed_call(request)
+                .instrument(call_span.clone())
+                .await
+            {
                 Guarded::Done(Ok(response)) => response,
                 Guarded::Done(Err(error)) => {
                     if self.sources.lock().is_empty() {
@@ -193,7 +202,9 @@ impl<'a> Run<'a> {
                     return Ok(self.exhausted(BudgetResource::Time, &budget));
                 }
             };
-            self.record_root_call(step, call_started, &response).await;
+            self.record_root_call(step, call_started, &response, &call_span)
+                .await;
+            drop(call_span);
 
             if response.tool_calls.is_empty() {
                 if response.content.trim().is_empty() {
@@ -233,6 +244,7 @@ impl<'a> Run<'a> {
                     .iter()
                     .map(|call| self.run_tool(step, call)),
             )
+            .instrument(iteration.clone())
             .await;
             let mut exhausted = None;
             let all_failed = outcomes.iter().all(|outcome| outcome.failed);
@@ -345,6 +357,14 @@ impl<'a> Run<'a> {
         };
         let started = Instant::now();
         let collection = &self.prepared.collection;
+        let span = tracing::info_span!(
+            "search",
+            collection = %collection.name,
+            top_k,
+            hits = Empty,
+            cache_hit = Empty,
+            latency_ms = Empty,
+        );
         // Everything that changes the hits; the content version makes a write invalidate.
         let cache_key = CacheKey::digest_of(
             &collection.name,
@@ -358,12 +378,20 @@ impl<'a> Run<'a> {
         let cached = if self.prepared.request.skip_cache {
             None
         } else {
-            self.inner.searches.lookup::<Vec<Hit>>(&cache_key).await
+            self.inner
+                .searches
+                .lookup::<Vec<Hit>>(&cache_key)
+                .instrument(span.clone())
+                .await
         };
         let cache_hit = cached.is_some();
         let hits = match cached {
             Some(hits) => hits,
-            None => match self.guarded(self.inner.store.search(request)).await {
+            None => match self
+                .guarded(self.inner.store.search(request))
+                .instrument(span.clone())
+                .await
+            {
                 Guarded::Done(Ok(hits)) => {
                     self.inner.searches.store(&cache_key, &hits).await;
                     hits
@@ -375,6 +403,9 @@ impl<'a> Run<'a> {
                 Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
             },
         };
+        span.record("hits", hits.len());
+        span.record("cache_hit", cache_hit);
+        span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
         self.usage.lock().search_calls += 1;
         {
             let mut sources = self.sources.lock();
@@ -435,6 +466,8 @@ impl<'a> Run<'a> {
             }
         };
         let started = Instant::now();
+        let span = model_call_span(&Span::current(), "llm.sub_call", model.name());
+        span.record("prompts", prompts.len());
         let calls = futures::stream::iter(prompts)
             .map(|prompt| {
                 model.chat(ChatRequest {
@@ -449,7 +482,7 @@ impl<'a> Run<'a> {
             })
             .buffered(config.sub_model_concurrency.max(1))
             .collect::<Vec<Result<ChatResponse, LlmError>>>();
-        let responses = match self.guarded(calls).await {
+        let responses = match self.guarded(calls).instrument(span.clone()).await {
             Guarded::Done(responses) => responses,
             Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
             Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
@@ -481,6 +514,11 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        span.record("input_tokens", record.input_tokens);
+        span.record("output_tokens", record.output_tokens);
+        span.record("cost_usd", record.cost_usd);
+        span.record("latency_ms", record.latency.as_secs_f64() * 1000.0);
+        span.record("failed", record.failed);
         let all_failed = record.failed == record.prompts;
         self.emit(EventKind::SubLlmCall(record)).await;
         let content = if batched {
@@ -495,9 +533,20 @@ impl<'a> Run<'a> {
         }
     }
 
-    async fn record_root_call(&self, step: u32, started: Instant, response: &ChatResponse) {
+    async fn record_root_call(
+        &self,
+        step: u32,
+        started: Instant,
+        response: &ChatResponse,
+        span: &Span,
+    ) {
         let model = &self.inner.model;
         let cost_usd = self.record_model_usage(model.as_ref(), response);
+        span.record("input_tokens", response.usage.input_tokens);
+        span.record("output_tokens", response.usage.output_tokens);
+        span.record("cost_usd", cost_usd);
+        span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+        span.record("tool_calls", response.tool_calls.len());
         self.emit(EventKind::LlmCall(ModelCallRecord {
             step,
             model: model.name().to_string(),
@@ -672,7 +721,12 @@ impl<'a> Run<'a> {
             max_tokens: Some(max_tokens),
             deadline,
         };
-        let response = match self.guarded(model.chat(request)).await {
+        let span = model_call_span(&Span::current(), "llm.summary", model.name());
+        let response = match self
+            .guarded(model.chat(request))
+            .instrument(span.clone())
+            .await
+        {
             Guarded::Done(Ok(response)) => response,
             Guarded::Done(Err(error)) => {
                 tracing::warn!(%error, "summing up a stopped run failed");
@@ -680,7 +734,7 @@ impl<'a> Run<'a> {
             }
             Guarded::Cancelled | Guarded::OutOfTime => return None,
         };
-        self.record_root_call(step, started, &response).await;
+        self.record_root_call(step, started, &response, &span).await;
         if response.content.trim().is_empty() {
             return None;
         }
@@ -763,6 +817,47 @@ impl<'a> Run<'a> {
 
 /// Keeps the citations that name a source some search returned, and takes the others out of
 /// the answer text too: an id no search returned is never passed on.
+/// A span for one model call (or one batch of sub-model prompts); its fields are recorded as
+/// the answer comes back, and the HTTP client records its retries on it.
+fn model_call_span(parent: &Span, name: &'static str, model: &str) -> Span {
+    match name {
+        "llm.sub_call" => tracing::info_span!(
+            parent: parent,
+            "llm.sub_call",
+            model,
+            prompts = Empty,
+            input_tokens = Empty,
+            output_tokens = Empty,
+            cost_usd = Empty,
+            latency_ms = Empty,
+            failed = Empty,
+            retries = Empty,
+        ),
+        "llm.summary" => tracing::info_span!(
+            parent: parent,
+            "llm.summary",
+            model,
+            input_tokens = Empty,
+            output_tokens = Empty,
+            cost_usd = Empty,
+            latency_ms = Empty,
+            tool_calls = Empty,
+            retries = Empty,
+        ),
+        _ => tracing::info_span!(
+            parent: parent,
+            "llm.call",
+            model,
+            input_tokens = Empty,
+            output_tokens = Empty,
+            cost_usd = Empty,
+            latency_ms = Empty,
+            tool_calls = Empty,
+            retries = Empty,
+        ),
+    }
+}
+
 fn validate_citations(answer: &str, claimed: &[String], sources: &[Hit]) -> (String, Vec<String>) {
     let known = |id: &str| sources.iter().any(|hit| hit.id == id);
     let mut citations: Vec<String> = Vec::new();

@@ -126,7 +126,11 @@ impl HttpClient {
         loop {
             attempt += 1;
             let outcome = match self.client.post(url).json(body).send().await {
-                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) if response.status().is_success() => {
+                    // Shows on the model-call span the engine wraps this call in.
+                    tracing::Span::current().record("retries", attempt - 1);
+                    return Ok(response);
+                }
                 Ok(response) => classify_status(response).await,
                 Err(error) if error.is_connect() || error.is_timeout() => Attempt::Retry {
                     reason: describe(&error),
