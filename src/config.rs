@@ -47,6 +47,9 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ),
     ("DEEPRECALL_LOG", "telemetry.log_filter"),
     ("DEEPRECALL_LOG_FORMAT", "telemetry.log_format"),
+    ("DEEPRECALL_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("DEEPRECALL_METRICS_LISTEN", "telemetry.metrics_listen"),
+    ("DEEPRECALL_TRACE_LOG", "telemetry.trace_log"),
 ];
 
 /// Environment variable naming the config file.
@@ -423,7 +426,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings of logging.
+/// Settings of logs, traces, metrics and the trace log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -431,6 +434,26 @@ pub struct TelemetryConfig {
     pub log_filter: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// OpenTelemetry collector receiving spans over OTLP; empty for none.
+    pub otlp_endpoint: String,
+    /// `grpc` or `http/protobuf`; empty infers it from the endpoint (port 4318 or a
+    /// `/v1/traces` path mean HTTP).
+    pub otlp_protocol: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Further resource attributes of the exported spans.
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Share of new traces exported, 0 to 1; a trace continued from a caller's `traceparent`
+    /// follows the caller's sampling decision.
+    pub sampling_ratio: f64,
+    /// Address of the Prometheus endpoint (`GET /metrics`); empty for none.
+    pub metrics_listen: String,
+    /// JSONL file receiving every trace event of every query; empty for none.
+    pub trace_log: String,
+    /// Size past which the trace log is rotated.
+    pub trace_log_max_bytes: u64,
+    /// Rotated trace log files kept.
+    pub trace_log_keep_files: usize,
 }
 
 impl Default for TelemetryConfig {
@@ -438,6 +461,15 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             log_filter: "info".to_string(),
             log_format: LogFormat::Text,
+            otlp_endpoint: String::new(),
+            otlp_protocol: String::new(),
+            service_name: "deeprecall".to_string(),
+            resource_attributes: BTreeMap::new(),
+            sampling_ratio: 1.0,
+            metrics_listen: String::new(),
+            trace_log: String::new(),
+            trace_log_max_bytes: 100 * 1024 * 1024,
+            trace_log_keep_files: 5,
         }
     }
 }
@@ -741,6 +773,25 @@ max_queue_wait_ms = 1000
 log_filter = "info"
 # "text" or "json" (env DEEPRECALL_LOG_FORMAT).
 log_format = "text"
+# OpenTelemetry collector for spans, e.g. "http://otel-collector:4317" (OTLP/gRPC) or
+# "http://otel-collector:4318" (OTLP/HTTP); empty exports nothing (flag --otlp-endpoint,
+# env DEEPRECALL_OTLP_ENDPOINT). The protocol is inferred unless set: "grpc", "http/protobuf".
+otlp_endpoint = ""
+otlp_protocol = ""
+service_name = "deeprecall"
+# Share of new traces exported; a caller's traceparent decides for the traces it continues.
+sampling_ratio = 1.0
+# Prometheus metrics on their own port, e.g. "0.0.0.0:9464" (flag --metrics-listen,
+# env DEEPRECALL_METRICS_LISTEN); empty serves none.
+metrics_listen = ""
+# JSONL file of every trace event (flag --trace-log, env DEEPRECALL_TRACE_LOG), rotated past
+# trace_log_max_bytes, keeping trace_log_keep_files old files.
+trace_log = ""
+trace_log_max_bytes = 104857600
+trace_log_keep_files = 5
+
+[telemetry.resource_attributes]
+# "deployment.environment" = "prod"
 "#;
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::store::DEFAULT_COLLECTION;
+use crate::telemetry::Metrics;
 pub use keys::{KeyEntry, KeyFile, KeyRing};
 pub use limit::{Decision, Rate, RateLimiter};
 pub use shed::{QuerySlot, QuerySlots, SlotSettings};
@@ -357,6 +358,7 @@ pub struct FrontDoor {
     auth_enabled: bool,
     limiter: RateLimiter,
     slots: QuerySlots,
+    metrics: Metrics,
 }
 
 impl fmt::Debug for FrontDoor {
@@ -386,7 +388,14 @@ impl FrontDoor {
             auth_enabled,
             limiter,
             slots,
+            metrics: Metrics::new(),
         })
+    }
+
+    /// The front door reporting refusals to `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> FrontDoor {
+        self.metrics = metrics;
+        self
     }
 
     /// Whether calls need a key.
@@ -428,7 +437,12 @@ impl FrontDoor {
         }
         self.charge(&caller, 1).await?;
         let slot = match method {
-            Some(method) if method.runs_queries() => Some(self.slots.acquire().await?),
+            Some(method) if method.runs_queries() => Some(
+                self.slots
+                    .acquire()
+                    .await
+                    .inspect_err(|_| self.metrics.shed())?,
+            ),
             _ => None,
         };
         Ok(Admission::Caller { caller, slot })
@@ -442,6 +456,7 @@ impl FrontDoor {
         };
         let cost = u32::try_from(queries).unwrap_or(u32::MAX);
         if cost > rate.burst {
+            self.metrics.rate_limited("batch_over_burst");
             return Err(AccessError::BatchOverBurst {
                 cost,
                 burst: rate.burst,
@@ -458,16 +473,23 @@ impl FrontDoor {
         let Some(rate) = caller.rate else {
             return Ok(());
         };
+        let reason = if caller.authenticated { "key" } else { "peer" };
         match self.limiter.check(&caller.limit_key, rate, cost).await {
             Decision::Allowed => Ok(()),
-            Decision::Limited { retry_after } => Err(AccessError::RateLimited {
-                per_minute: rate.per_minute,
-                retry_after,
-            }),
-            Decision::OverBurst => Err(AccessError::BatchOverBurst {
-                cost,
-                burst: rate.burst,
-            }),
+            Decision::Limited { retry_after } => {
+                self.metrics.rate_limited(reason);
+                Err(AccessError::RateLimited {
+                    per_minute: rate.per_minute,
+                    retry_after,
+                })
+            }
+            Decision::OverBurst => {
+                self.metrics.rate_limited("batch_over_burst");
+                Err(AccessError::BatchOverBurst {
+                    cost,
+                    burst: rate.burst,
+                })
+            }
         }
     }
 

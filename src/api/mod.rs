@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::access::{AccessError, Caller, FrontDoor};
-use crate::engine::{Engine, EngineError, EventSink, UsageTotals};
+use crate::engine::{Engine, EngineError, EventSink, PreparedQuery, UsageTotals};
+use crate::telemetry::{self, spans};
 use stream::{ResponseStream, spawn_stream};
 
 /// Generated protobuf types and service stubs.
@@ -104,9 +105,12 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         let caller = caller_of(&request)?;
         caller.check_collection(&request.get_ref().collection)?;
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let parent = telemetry::extract_parent(request.metadata().as_ref());
         let query = convert::query_request(request.into_inner())?;
         let mut prepared = engine.prepare(query, deadline).await?;
         prepared.account = Arc::clone(&caller.name);
+        prepared.span = spans::query("Query", &prepared.query_id, &prepared.collection.name);
+        telemetry::set_parent(&prepared.span, parent);
 
         let cancel = CancellationToken::new();
         let run_cancel = cancel.clone();
@@ -135,6 +139,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         let engine = self.admission.admit()?;
         let caller = caller_of(&request)?;
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let parent = telemetry::extract_parent(request.metadata().as_ref());
         let pb::QueryBatchRequest {
             queries,
             max_concurrency,
@@ -150,9 +155,16 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         let items = queries.into_iter().map(convert::query_request).collect();
 
         let cancel = CancellationToken::new();
+        // Each item is a query span of its own, continuing the caller's trace.
+        let span_of = Arc::new(move |prepared: &PreparedQuery| {
+            let span = spans::query("QueryBatch", &prepared.query_id, &prepared.collection.name);
+            telemetry::set_parent(&span, parent.clone());
+            span
+        });
         let results = engine.query_batch(
             items,
             Arc::clone(&caller.name),
+            span_of,
             concurrency,
             deadline,
             cancel.clone(),

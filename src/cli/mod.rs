@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the gRPC server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Adds text and Markdown files (directories recursively) to a collection.
     Ingest(ingest::IngestArgs),
     /// Asks a question and prints the reasoning as it happens, then the answer.
@@ -117,6 +117,15 @@ struct ServeArgs {
     /// Log format: text or json; env DEEPRECALL_LOG_FORMAT.
     #[arg(long)]
     log_format: Option<String>,
+    /// OpenTelemetry collector receiving spans (OTLP gRPC or HTTP); env DEEPRECALL_OTLP_ENDPOINT.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Address of the Prometheus endpoint, e.g. 0.0.0.0:9464; env DEEPRECALL_METRICS_LISTEN.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// JSONL file of every trace event; env DEEPRECALL_TRACE_LOG.
+    #[arg(long)]
+    trace_log: Option<PathBuf>,
     /// Model backend: extractive, openai or anthropic; env DEEPRECALL_BACKEND.
     #[arg(long)]
     backend: Option<String>,
@@ -314,7 +323,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Ingest(args) => ingest::run(args).await,
         Command::Query(args) => query(args).await,
         Command::Stats(args) => stats(args).await,
@@ -370,6 +379,12 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         flag("server.grpc_web", Some("true".to_string()));
     }
     flag("telemetry.log_format", args.log_format);
+    flag("telemetry.otlp_endpoint", args.otlp_endpoint);
+    flag("telemetry.metrics_listen", args.metrics_listen);
+    flag(
+        "telemetry.trace_log",
+        args.trace_log.map(|path| path.display().to_string()),
+    );
     flag("llm.backend", args.backend);
     flag("llm.model", args.model);
     flag("llm.base_url", args.base_url);
@@ -378,7 +393,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         args.api_key_file.map(|path| path.display().to_string()),
     );
     let config = args.config.load(flags)?;
-    crate::telemetry::init(&config.telemetry);
+    let tracing = init_telemetry(&config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|error| {
@@ -387,8 +402,41 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 config.server.listen
             ))
         })?;
-    server::serve(config, listener, server::shutdown_signal()).await?;
-    Ok(())
+    let served = server::serve(config, listener, server::shutdown_signal()).await;
+    // Spans still batched go out before the process ends.
+    if let Err(error) = tracing.shutdown().await {
+        eprintln!("cannot flush the last spans: {error}");
+    }
+    Ok(served?)
+}
+
+/// Installs logging and, with an OTLP endpoint, span export.
+fn init_telemetry(
+    config: &config::TelemetryConfig,
+) -> Result<crate::telemetry::TelemetryGuard, CliError> {
+    use crate::telemetry::{LogSettings, OtelSettings};
+    let log = LogSettings {
+        filter: config.log_filter.clone(),
+        format: config.log_format,
+    };
+    let otel = match config.otlp_endpoint.trim() {
+        "" => None,
+        endpoint => {
+            let mut settings = OtelSettings::new(endpoint);
+            settings.protocol = match config.otlp_protocol.trim() {
+                "" => None,
+                protocol => Some(protocol.parse().map_err(|error| {
+                    CliError::Usage(format!("telemetry.otlp_protocol: {error}"))
+                })?),
+            };
+            settings.service_name = config.service_name.clone();
+            settings.resource_attributes = config.resource_attributes.clone();
+            settings.sampling_ratio = config.sampling_ratio;
+            Some(settings)
+        }
+    };
+    crate::telemetry::init_tracing(&log, otel.as_ref())
+        .map_err(|error| CliError::Usage(format!("telemetry: {error}")))
 }
 
 /// How long the demo and the benchmarks wait for a server they started.

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::budget::{BudgetUsage, BudgetWarning};
 use super::result::QueryResult;
+use crate::telemetry::TraceLog;
 
 /// One trace event, stamped with its place in the stream and the budget used when it happened.
 #[derive(Debug, Clone)]
@@ -125,6 +126,8 @@ pub struct EventSink {
     started: Instant,
     sequence: Arc<Mutex<u32>>,
     closed: Arc<AtomicBool>,
+    /// The trace log and the query id its lines carry.
+    log: Option<(TraceLog, Arc<str>)>,
 }
 
 impl EventSink {
@@ -137,6 +140,7 @@ impl EventSink {
             started,
             sequence: Arc::new(Mutex::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
+            log: None,
         };
         (sink, receiver)
     }
@@ -148,7 +152,15 @@ impl EventSink {
             started,
             sequence: Arc::new(Mutex::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
+            log: None,
         }
+    }
+
+    /// Returns the sink writing every event to `log` as well, tagged with `query_id`, whether
+    /// or not a caller still reads them.
+    pub fn logged_to(mut self, log: TraceLog, query_id: &str) -> EventSink {
+        self.log = Some((log, Arc::from(query_id)));
+        self
     }
 
     /// Returns true once the receiver has gone away.
@@ -160,23 +172,35 @@ impl EventSink {
     /// Sends one event, waiting for room in the channel. A gone receiver is remembered, not an
     /// error: the run notices through [`EventSink::is_closed`] and its cancellation token.
     pub async fn emit(&self, budget_used: BudgetUsage, kind: EventKind) {
-        let Some(sender) = &self.sender else { return };
-        let permit = match sender.reserve().await {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.closed.store(true, Ordering::Relaxed);
-                return;
-            }
+        let permit = match &self.sender {
+            None => None,
+            Some(sender) => match sender.reserve().await {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    self.closed.store(true, Ordering::Relaxed);
+                    None
+                }
+            },
         };
+        if permit.is_none() && self.log.is_none() {
+            return;
+        }
         // Numbering and sending under one lock keeps sequence numbers in delivery order when
         // concurrent tool calls emit at once.
         let mut sequence = self.sequence.lock();
-        permit.send(TraceEvent {
+        let event = TraceEvent {
             sequence: *sequence,
             elapsed: self.started.elapsed(),
             budget_used,
             kind,
-        });
+        };
         *sequence += 1;
+        if let Some((log, query_id)) = &self.log {
+            // Never waits: a log that cannot keep up drops lines and counts them.
+            log.record_event(query_id, &event);
+        }
+        if let Some(permit) = permit {
+            permit.send(event);
+        }
     }
 }

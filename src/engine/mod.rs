@@ -23,6 +23,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::telemetry::spans::{self, QuerySummary};
+use crate::telemetry::{Metrics, QueryOutcome, TraceLog};
+
 pub use accounting::{UsageAccounting, UsageTotals};
 pub use budget::{BudgetLimits, BudgetResource, BudgetUsage};
 pub use events::{EventKind, EventSink, TraceEvent};
@@ -215,6 +218,8 @@ pub struct PreparedQuery {
     pub started: Instant,
     /// Whose usage the query counts as: the API key's name, or `anonymous`.
     pub account: Arc<str>,
+    /// The span the query is traced in; a disabled span makes [`Engine::run`] open one.
+    pub span: tracing::Span,
 }
 
 /// The account of queries whose caller named none.
@@ -235,6 +240,15 @@ pub struct EngineParts {
     pub results: CacheLevel,
     /// Cache of search hits.
     pub searches: CacheLevel,
+}
+
+/// Where an engine reports besides its callers: metrics, and the trace log when one is kept.
+#[derive(Debug, Clone, Default)]
+pub struct EngineTelemetry {
+    /// Metrics of queries, model calls, cache lookups and collections.
+    pub metrics: Metrics,
+    /// JSONL log of every trace event.
+    pub trace_log: Option<TraceLog>,
 }
 
 /// Statistics of the engine.
@@ -301,6 +315,8 @@ struct EngineInner {
     searches: CacheLevel,
     config: EngineConfig,
     accounting: UsageAccounting,
+    metrics: Metrics,
+    trace_log: Option<TraceLog>,
     shutdown: CancellationToken,
     flights: Mutex<HashMap<CacheKey, Arc<Flight>>>,
 }
@@ -312,8 +328,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds an engine.
+    /// Builds an engine that reports to a metrics registry of its own and keeps no trace log.
     pub fn new(parts: EngineParts, config: EngineConfig) -> Self {
+        Self::with_telemetry(parts, config, EngineTelemetry::default())
+    }
+
+    /// Builds an engine reporting to `telemetry`.
+    pub fn with_telemetry(
+        parts: EngineParts,
+        config: EngineConfig,
+        telemetry: EngineTelemetry,
+    ) -> Self {
         Engine {
             inner: Arc::new(EngineInner {
                 store: parts.store,
@@ -324,6 +349,8 @@ impl Engine {
                 searches: parts.searches,
                 config,
                 accounting: UsageAccounting::default(),
+                metrics: telemetry.metrics,
+                trace_log: telemetry.trace_log,
                 shutdown: CancellationToken::new(),
                 flights: Mutex::new(HashMap::new()),
             }),
@@ -394,6 +421,7 @@ impl Engine {
             cache_key,
             started,
             account: Arc::from(ANONYMOUS_ACCOUNT),
+            span: tracing::Span::none(),
         })
     }
 
@@ -407,27 +435,55 @@ impl Engine {
         sink: EventSink,
         cancel: CancellationToken,
     ) -> Result<QueryResult, EngineError> {
-        let span = tracing::info_span!(
-            "query",
-            query_id = %prepared.query_id,
-            collection = %prepared.collection.name,
-            account = %prepared.account,
-            cached = tracing::field::Empty,
-            coalesced = tracing::field::Empty,
-            partial = tracing::field::Empty,
-            iterations = tracing::field::Empty,
-            search_calls = tracing::field::Empty,
-        );
+        let span = if prepared.span.is_disabled() {
+            spans::query("Query", &prepared.query_id, &prepared.collection.name)
+        } else {
+            prepared.span.clone()
+        };
+        let metrics = &self.inner.metrics;
+        let _in_flight = metrics.query_started();
+        let started = prepared.started;
+        let sink = match &self.inner.trace_log {
+            Some(log) => sink.logged_to(log.clone(), &prepared.query_id),
+            None => sink,
+        };
         let outcome = self
             .answer(prepared, sink, cancel)
             .instrument(span.clone())
             .await;
-        if let Ok(result) = &outcome {
-            span.record("cached", result.cached);
-            span.record("coalesced", result.coalesced);
-            span.record("partial", result.partial);
-            span.record("iterations", result.budget.used.iterations);
-            span.record("search_calls", result.usage.search_calls);
+        match &outcome {
+            Ok(result) => {
+                let usage = &result.usage;
+                spans::record_query(
+                    &span,
+                    &QuerySummary {
+                        iterations: result.budget.used.iterations,
+                        searches: usage.search_calls,
+                        input_tokens: usage.input_tokens(),
+                        output_tokens: usage.output_tokens(),
+                        cost_usd: usage.cost_usd(),
+                        partial: result.partial,
+                        cached: result.cached,
+                    },
+                );
+                let outcome = if result.cached {
+                    QueryOutcome::Cached
+                } else if result.partial {
+                    QueryOutcome::Partial
+                } else {
+                    QueryOutcome::Complete
+                };
+                metrics.query_finished(
+                    outcome,
+                    started.elapsed(),
+                    result.budget.used.iterations,
+                    usage.search_calls,
+                );
+            }
+            Err(error) => {
+                spans::record_error(&span, &error.to_string());
+                metrics.query_finished(QueryOutcome::Failed, started.elapsed(), 0, 0);
+            }
         }
         outcome
     }
@@ -439,12 +495,19 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<QueryResult, EngineError> {
         let inner = &self.inner;
-        if !prepared.request.skip_cache
-            && let Some(mut result) = inner
+        let cached = if prepared.request.skip_cache {
+            None
+        } else {
+            let cached = inner
                 .results
                 .lookup::<QueryResult>(&prepared.cache_key)
-                .await
-        {
+                .await;
+            inner
+                .metrics
+                .cache_lookup(inner.results.name, cached.is_some());
+            cached
+        };
+        if let Some(mut result) = cached {
             result.cached = true;
             result.query_id = prepared.query_id.clone();
             result.execution_time = prepared.started.elapsed();
@@ -564,6 +627,7 @@ impl Engine {
         &self,
         items: Vec<Result<QueryRequest, EngineError>>,
         account: Arc<str>,
+        span_of: Arc<dyn Fn(&PreparedQuery) -> tracing::Span + Send + Sync>,
         concurrency: usize,
         deadline: Option<Instant>,
         cancel: CancellationToken,
@@ -574,6 +638,7 @@ impl Engine {
                 let engine = engine.clone();
                 let cancel = cancel.child_token();
                 let account = Arc::clone(&account);
+                let span_of = Arc::clone(&span_of);
                 async move {
                     let prefix = format!("queries[{index}]");
                     let outcome = match item {
@@ -582,6 +647,7 @@ impl Engine {
                             Err(error) => Err(error.within(&prefix)),
                             Ok(mut prepared) => {
                                 prepared.account = account;
+                                prepared.span = span_of(&prepared);
                                 let sink = EventSink::discard(prepared.started);
                                 engine.run(prepared, sink, cancel).await
                             }
@@ -630,11 +696,16 @@ impl Engine {
                 check_document_id(&format!("documents[{index}].id"), id)?;
             }
         }
-        Ok(self
+        let outcome = self
             .inner
             .store
             .add_documents(&collection, documents)
-            .await?)
+            .await?;
+        let written = &outcome.collection;
+        self.inner
+            .metrics
+            .set_documents(&written.name, written.document_count);
+        Ok(outcome)
     }
 
     /// Deletes documents by id.
@@ -654,7 +725,12 @@ impl Engine {
                 format!("{} ids is over the limit of {limit} per call", ids.len()),
             ));
         }
-        Ok(self.inner.store.delete_documents(&collection, ids).await?)
+        let outcome = self.inner.store.delete_documents(&collection, ids).await?;
+        let written = &outcome.collection;
+        self.inner
+            .metrics
+            .set_documents(&written.name, written.document_count);
+        Ok(outcome)
     }
 
     /// Clears cached results and searches, of one collection or all; returns how many

@@ -10,7 +10,6 @@ use futures::future::join_all;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use super::budget::{BudgetResource, BudgetTracker, MIN_COMPLETION_TOKENS};
@@ -25,6 +24,7 @@ use crate::llm::{
     ChatModel, ChatRequest, ChatResponse, LlmError, Message, ToolCall, estimate_tokens,
 };
 use crate::store::{Filter, Hit, SearchRequest};
+use crate::telemetry::spans::{self, ModelCallSummary, ModelRole};
 
 /// Completion tokens of the call that sums up a run that stopped early.
 const SUMMARY_MAX_TOKENS: u32 = 1024;
@@ -164,7 +164,7 @@ impl<'a> Run<'a> {
                 }
             };
             // Dropped at the end of the turn, which closes it: its times are the turn's.
-            let iteration = tracing::info_span!("iteration", step);
+            let iteration = spans::iteration(step);
             self.emit(EventKind::StepStarted { step }).await;
             let step_started = Instant::now();
 
@@ -175,7 +175,7 @@ impl<'a> Run<'a> {
                 deadline,
             };
             let call_started = Instant::now();
-            let call_span = model_call_span(&iteration, "llm.call", model.name());
+            let call_span = iteration.in_scope(|| spans::model_call(ModelRole::Root, model.name()));
             let response = match self
                 .streamed_call(request)
                 .instrument(call_span.clone())
@@ -183,6 +183,10 @@ impl<'a> Run<'a> {
             {
                 Guarded::Done(Ok(response)) => response,
                 Guarded::Done(Err(error)) => {
+                    spans::record_error(&call_span, &error.to_string());
+                    self.inner
+                        .metrics
+                        .model_call_failed(ModelRole::Root, model.name());
                     if self.sources.lock().is_empty() {
                         return Err(EngineError::Llm(error));
                     }
@@ -252,13 +256,15 @@ impl<'a> Run<'a> {
                 exhausted = exhausted.or(outcome.exhausted);
                 messages.push(Message::tool_result(call.id.clone(), outcome.content));
             }
+            let tools: Vec<String> = response
+                .tool_calls
+                .iter()
+                .map(|call| call.name.clone())
+                .collect();
+            spans::record_iteration_tools(&iteration, &tools);
             self.emit(EventKind::StepCompleted {
                 step,
-                tools: response
-                    .tool_calls
-                    .iter()
-                    .map(|call| call.name.clone())
-                    .collect(),
+                tools,
                 latency: step_started.elapsed(),
             })
             .await;
@@ -357,13 +363,10 @@ impl<'a> Run<'a> {
         };
         let started = Instant::now();
         let collection = &self.prepared.collection;
-        let span = tracing::info_span!(
-            "search",
-            collection = %collection.name,
-            top_k,
-            hits = Empty,
-            cache_hit = Empty,
-            latency_ms = Empty,
+        let span = spans::search(
+            step,
+            &collection.name,
+            u32::try_from(top_k).unwrap_or(u32::MAX),
         );
         // Everything that changes the hits; the content version makes a write invalidate.
         let cache_key = CacheKey::digest_of(
@@ -385,6 +388,11 @@ impl<'a> Run<'a> {
                 .await
         };
         let cache_hit = cached.is_some();
+        if !self.prepared.request.skip_cache {
+            self.inner
+                .metrics
+                .cache_lookup(self.inner.searches.name, cache_hit);
+        }
         let hits = match cached {
             Some(hits) => hits,
             None => match self
@@ -397,15 +405,15 @@ impl<'a> Run<'a> {
                     hits
                 }
                 Guarded::Done(Err(error)) => {
+                    spans::record_error(&span, &error.to_string());
                     return ToolOutcome::failed(&format!("search failed: {error}"));
                 }
                 Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
                 Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
             },
         };
-        span.record("hits", hits.len());
-        span.record("cache_hit", cache_hit);
-        span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+        spans::record_search(&span, hits.len(), cache_hit);
+        spans::record_search_latency(&span, started.elapsed());
         self.usage.lock().search_calls += 1;
         {
             let mut sources = self.sources.lock();
@@ -466,8 +474,7 @@ impl<'a> Run<'a> {
             }
         };
         let started = Instant::now();
-        let span = model_call_span(&Span::current(), "llm.sub_call", model.name());
-        span.record("prompts", prompts.len());
+        let span = spans::model_call(ModelRole::Sub, model.name());
         let calls = futures::stream::iter(prompts)
             .map(|prompt| {
                 model.chat(ChatRequest {
@@ -502,23 +509,42 @@ impl<'a> Run<'a> {
         for response in responses {
             match response {
                 Ok(response) => {
-                    let cost = self.record_model_usage(model.as_ref(), &response);
+                    let cost = self.record_model_usage(
+                        ModelRole::Sub,
+                        model.as_ref(),
+                        &response,
+                        record.latency,
+                    );
                     record.input_tokens += response.usage.input_tokens;
                     record.output_tokens += response.usage.output_tokens;
                     record.cost_usd += cost;
                     texts.push(response.content);
                 }
                 Err(error) => {
+                    self.inner
+                        .metrics
+                        .model_call_failed(ModelRole::Sub, model.name());
                     record.failed += 1;
                     texts.push(format!("error: {error}"));
                 }
             }
         }
-        span.record("input_tokens", record.input_tokens);
-        span.record("output_tokens", record.output_tokens);
-        span.record("cost_usd", record.cost_usd);
-        span.record("latency_ms", record.latency.as_secs_f64() * 1000.0);
-        span.record("failed", record.failed);
+        spans::record_model_call(
+            &span,
+            &ModelCallSummary {
+                input_tokens: record.input_tokens,
+                output_tokens: record.output_tokens,
+                cost_usd: record.cost_usd,
+                latency: record.latency,
+                prompts: record.prompts,
+            },
+        );
+        if record.failed > 0 {
+            spans::record_error(
+                &span,
+                &format!("{} of {} prompts failed", record.failed, record.prompts),
+            );
+        }
         let all_failed = record.failed == record.prompts;
         self.emit(EventKind::SubLlmCall(record)).await;
         let content = if batched {
@@ -541,12 +567,18 @@ impl<'a> Run<'a> {
         span: &Span,
     ) {
         let model = &self.inner.model;
-        let cost_usd = self.record_model_usage(model.as_ref(), response);
-        span.record("input_tokens", response.usage.input_tokens);
-        span.record("output_tokens", response.usage.output_tokens);
-        span.record("cost_usd", cost_usd);
-        span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
-        span.record("tool_calls", response.tool_calls.len());
+        let latency = started.elapsed();
+        let cost_usd = self.record_model_usage(ModelRole::Root, model.as_ref(), response, latency);
+        spans::record_model_call(
+            span,
+            &ModelCallSummary {
+                input_tokens: response.usage.input_tokens,
+                output_tokens: response.usage.output_tokens,
+                cost_usd,
+                latency,
+                prompts: 1,
+            },
+        );
         self.emit(EventKind::LlmCall(ModelCallRecord {
             step,
             model: model.name().to_string(),
@@ -564,8 +596,14 @@ impl<'a> Run<'a> {
         self.emit_warnings().await;
     }
 
-    /// Adds a call's tokens and cost to the budget and the usage; returns the cost.
-    fn record_model_usage(&self, model: &dyn ChatModel, response: &ChatResponse) -> f64 {
+    /// Adds a call's tokens and cost to the budget, the usage and the metrics; returns the cost.
+    fn record_model_usage(
+        &self,
+        role: ModelRole,
+        model: &dyn ChatModel,
+        response: &ChatResponse,
+        latency: std::time::Duration,
+    ) -> f64 {
         let cost_usd = response
             .cost_usd
             .or_else(|| self.inner.prices.cost(model.name(), response.usage))
@@ -575,6 +613,14 @@ impl<'a> Run<'a> {
         self.usage
             .lock()
             .record_call(model.name(), response.usage, cost_usd);
+        self.inner.metrics.model_call(
+            role,
+            model.name(),
+            response.usage.input_tokens,
+            response.usage.output_tokens,
+            cost_usd,
+            latency,
+        );
         cost_usd
     }
 
@@ -721,7 +767,7 @@ impl<'a> Run<'a> {
             max_tokens: Some(max_tokens),
             deadline,
         };
-        let span = model_call_span(&Span::current(), "llm.summary", model.name());
+        let span = spans::model_call(ModelRole::Root, model.name());
         let response = match self
             .guarded(model.chat(request))
             .instrument(span.clone())
@@ -817,47 +863,6 @@ impl<'a> Run<'a> {
 
 /// Keeps the citations that name a source some search returned, and takes the others out of
 /// the answer text too: an id no search returned is never passed on.
-/// A span for one model call (or one batch of sub-model prompts); its fields are recorded as
-/// the answer comes back, and the HTTP client records its retries on it.
-fn model_call_span(parent: &Span, name: &'static str, model: &str) -> Span {
-    match name {
-        "llm.sub_call" => tracing::info_span!(
-            parent: parent,
-            "llm.sub_call",
-            model,
-            prompts = Empty,
-            input_tokens = Empty,
-            output_tokens = Empty,
-            cost_usd = Empty,
-            latency_ms = Empty,
-            failed = Empty,
-            retries = Empty,
-        ),
-        "llm.summary" => tracing::info_span!(
-            parent: parent,
-            "llm.summary",
-            model,
-            input_tokens = Empty,
-            output_tokens = Empty,
-            cost_usd = Empty,
-            latency_ms = Empty,
-            tool_calls = Empty,
-            retries = Empty,
-        ),
-        _ => tracing::info_span!(
-            parent: parent,
-            "llm.call",
-            model,
-            input_tokens = Empty,
-            output_tokens = Empty,
-            cost_usd = Empty,
-            latency_ms = Empty,
-            tool_calls = Empty,
-            retries = Empty,
-        ),
-    }
-}
-
 fn validate_citations(answer: &str, claimed: &[String], sources: &[Hit]) -> (String, Vec<String>) {
     let known = |id: &str| sources.iter().any(|hit| hit.id == id);
     let mut citations: Vec<String> = Vec::new();

@@ -677,6 +677,7 @@ async fn a_batch_never_runs_more_than_its_concurrency() {
         .query_batch(
             batch_of(12),
             Arc::from("tester"),
+            Arc::new(|_: &PreparedQuery| tracing::Span::none()),
             3,
             None,
             CancellationToken::new(),
@@ -704,6 +705,7 @@ async fn dropping_a_batch_stream_stops_the_remaining_work() {
     let mut stream = Box::pin(engine.query_batch(
         batch_of(50),
         Arc::from("tester"),
+        Arc::new(|_: &PreparedQuery| tracing::Span::none()),
         4,
         None,
         CancellationToken::new(),

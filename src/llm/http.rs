@@ -125,10 +125,20 @@ impl HttpClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = match self.client.post(url).json(body).send().await {
+            // The model call continues the caller's trace: its span is the current one.
+            let mut trace_headers = HeaderMap::new();
+            crate::telemetry::inject_current(&mut trace_headers);
+            let sent = self
+                .client
+                .post(url)
+                .headers(trace_headers)
+                .json(body)
+                .send()
+                .await;
+            let outcome = match sent {
                 Ok(response) if response.status().is_success() => {
                     // Shows on the model-call span the engine wraps this call in.
-                    tracing::Span::current().record("retries", attempt - 1);
+                    crate::telemetry::spans::record_retries(attempt - 1);
                     return Ok(response);
                 }
                 Ok(response) => classify_status(response).await,

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -13,19 +14,22 @@ use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
-use crate::access::{Admission, Credentials, FrontDoor, QuerySlot};
+use crate::access::{Admission, Credentials, FrontDoor, Method, QuerySlot};
 use crate::api::status::access_status;
+use crate::telemetry::Metrics;
 
-/// Applies a [`FrontDoor`] to every call.
+/// Applies a [`FrontDoor`] to every call, and counts every call in the metrics by method and
+/// final status.
 #[derive(Debug, Clone)]
 pub struct FrontDoorLayer {
     door: Arc<FrontDoor>,
+    metrics: Metrics,
 }
 
 impl FrontDoorLayer {
-    /// A layer over `door`.
-    pub fn new(door: Arc<FrontDoor>) -> Self {
-        FrontDoorLayer { door }
+    /// A layer over `door`, reporting to `metrics`.
+    pub fn new(door: Arc<FrontDoor>, metrics: Metrics) -> Self {
+        FrontDoorLayer { door, metrics }
     }
 }
 
@@ -35,6 +39,7 @@ impl<S> Layer<S> for FrontDoorLayer {
     fn layer(&self, inner: S) -> Self::Service {
         FrontDoorService {
             door: Arc::clone(&self.door),
+            metrics: self.metrics.clone(),
             inner,
         }
     }
@@ -44,6 +49,7 @@ impl<S> Layer<S> for FrontDoorLayer {
 #[derive(Debug, Clone)]
 pub struct FrontDoorService<S> {
     door: Arc<FrontDoor>,
+    metrics: Metrics,
     inner: S,
 }
 
@@ -65,7 +71,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let door = Arc::clone(&self.door);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
+            let started = Instant::now();
+            let method = method_label(request.uri().path());
             let peer = peer_address(&request);
             let headers = request.headers();
             let credentials = Credentials {
@@ -75,20 +84,35 @@ where
                 api_key: headers.get("x-api-key").map(|value| value.as_bytes()),
             };
             let admission = door.admit(request.uri().path(), credentials, peer).await;
-            match admission {
-                Err(error) => Ok(access_status(&error).into_http()),
-                Ok(Admission::Exempt) => inner.call(request).await,
+            let slot = match admission {
+                Err(error) => {
+                    let status = access_status(&error);
+                    metrics.rpc_finished(method, status.code(), started.elapsed());
+                    return Ok(status.into_http());
+                }
+                Ok(Admission::Exempt) => None,
                 Ok(Admission::Caller { caller, slot }) => {
                     request.extensions_mut().insert(caller);
-                    let response = inner.call(request).await?;
-                    Ok(match slot {
-                        Some(slot) => {
-                            response.map(|body| Body::new(SlotBody { body, _slot: slot }))
-                        }
-                        None => response,
-                    })
+                    slot
                 }
+            };
+            let response = inner.call(request).await?;
+            let mut metered = MeteredBody {
+                body: Body::empty(),
+                metrics,
+                method,
+                started,
+                recorded: false,
+                _slot: slot,
+            };
+            // A trailers-only response (an error before any message) has its status here.
+            if let Some(code) = status_in(response.headers()) {
+                metered.record(code);
             }
+            Ok(response.map(|body| {
+                metered.body = body;
+                Body::new(metered)
+            }))
         })
     }
 }
@@ -101,14 +125,54 @@ fn peer_address<B>(request: &http::Request<B>) -> Option<IpAddr> {
         .map(|address| address.ip())
 }
 
-/// A response body holding its query slot until the stream ends or the caller goes: a query
-/// runs for as long as its response streams, not only until the handler returns.
-struct SlotBody {
-    body: Body,
-    _slot: QuerySlot,
+/// The `method` label of a path: bounded to the methods this server has, so that a client
+/// probing random paths cannot grow the metrics.
+fn method_label(path: &str) -> &'static str {
+    if let Some(method) = Method::from_path(path) {
+        return method.name();
+    }
+    if path.starts_with("/grpc.health.v1.Health/") {
+        "Health"
+    } else if path.starts_with("/grpc.reflection.") {
+        "Reflection"
+    } else {
+        "unknown"
+    }
 }
 
-impl HttpBody for SlotBody {
+/// The gRPC status a header map carries, if any.
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// A response body that records the call in the metrics when its status is known (in the
+/// trailers, for a call that got as far as a body), and that holds the call's query slot
+/// until the stream ends or the caller goes: a query runs for as long as its response
+/// streams, not only until the handler returns.
+struct MeteredBody {
+    body: Body,
+    metrics: Metrics,
+    method: &'static str,
+    started: Instant,
+    recorded: bool,
+    _slot: Option<QuerySlot>,
+}
+
+impl MeteredBody {
+    fn record(&mut self, code: tonic::Code) {
+        if !self.recorded {
+            self.recorded = true;
+            self.metrics
+                .rpc_finished(self.method, code, self.started.elapsed());
+        }
+    }
+}
+
+impl HttpBody for MeteredBody {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -116,7 +180,21 @@ impl HttpBody for SlotBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_in) {
+                    self.record(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                let code = status.code();
+                self.record(code);
+            }
+            Poll::Ready(None) => self.record(tonic::Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -125,5 +203,12 @@ impl HttpBody for SlotBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // Dropped before its status went out: the caller cancelled or disconnected.
+        self.record(tonic::Code::Cancelled);
     }
 }

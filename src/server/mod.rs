@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -25,11 +26,13 @@ use crate::cache::{
     Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, RedisCache,
     RedisCacheConfig, SqliteCache, SqliteCacheConfig,
 };
-use crate::config::{CacheBackend, CacheConfig, Config, RateLimitStore};
+use crate::config::{CacheBackend, CacheConfig, Config, RateLimitStore, TelemetryConfig};
 use crate::embed::HashingEmbedder;
-use crate::engine::{Engine, EngineParts};
+use crate::engine::{Engine, EngineParts, EngineTelemetry};
 use crate::llm::LlmError;
 use crate::store::{EmbeddedStore, EmbeddedStoreConfig, StoreError};
+use crate::telemetry::trace_log::{DEFAULT_QUEUE_LINES, TraceLogSettings};
+use crate::telemetry::{self, Metrics, TraceLog};
 
 /// Name under which health reports the DeepRecall service.
 pub const SERVICE_NAME: &str = "deeprecall.v1.DeepRecall";
@@ -76,7 +79,7 @@ pub enum ServerError {
 
 /// Builds the front door the configuration describes: keys loaded and checked, the rate
 /// limiter (connecting to Redis in the background if it is the store) and the query slots.
-pub fn build_front_door(config: &Config) -> Result<Arc<FrontDoor>, ServerError> {
+pub fn build_front_door(config: &Config, metrics: &Metrics) -> Result<Arc<FrontDoor>, ServerError> {
     let limits = &config.limits;
     let limiter = match limits.store {
         RateLimitStore::Memory => RateLimiter::in_memory(limits.max_tracked_callers),
@@ -104,7 +107,8 @@ pub fn build_front_door(config: &Config) -> Result<Arc<FrontDoor>, ServerError> 
         },
         limiter,
         slots,
-    )?;
+    )?
+    .with_metrics(metrics.clone());
     Ok(Arc::new(door))
 }
 
@@ -195,7 +199,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Builds the engine the configuration describes over the given models, opening the store.
-async fn build_engine(config: &Config, models: models::Models) -> Result<Engine, ServerError> {
+async fn build_engine(
+    config: &Config,
+    models: models::Models,
+    telemetry: EngineTelemetry,
+) -> Result<Engine, ServerError> {
     let embedder = Arc::new(HashingEmbedder::new(config.store.embedding_dimension));
     let store = EmbeddedStore::open(
         EmbeddedStoreConfig {
@@ -206,7 +214,7 @@ async fn build_engine(config: &Config, models: models::Models) -> Result<Engine,
     )
     .await?;
     let (results, searches) = cache_levels(&config.cache).await?;
-    Ok(Engine::new(
+    let engine = Engine::with_telemetry(
         EngineParts {
             store: Arc::new(store),
             model: models.model,
@@ -216,7 +224,20 @@ async fn build_engine(config: &Config, models: models::Models) -> Result<Engine,
             searches,
         },
         config.engine.clone(),
-    ))
+        telemetry.clone(),
+    );
+    // The documents gauge starts from what is on disk; writes keep it current.
+    match engine.stats().await {
+        Ok(stats) => {
+            for collection in stats.collections {
+                telemetry
+                    .metrics
+                    .set_documents(&collection.name, collection.document_count);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot count documents for the metrics"),
+    }
+    Ok(engine)
 }
 
 /// Builds the result and search cache levels of the configured backend.
@@ -279,9 +300,73 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let metrics = Metrics::new();
+    let trace_log = open_trace_log(&config.telemetry, &metrics)?;
+    let metrics_server = match config.telemetry.metrics_listen.trim() {
+        "" => None,
+        address => {
+            let metrics_listener = TcpListener::bind(address).await.map_err(|error| {
+                ServerError::Setting(format!(
+                    "telemetry.metrics_listen: cannot listen on {address}: {error}"
+                ))
+            })?;
+            tracing::info!(metrics_address = %metrics_listener.local_addr()?, "serving Prometheus metrics on /metrics");
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(telemetry::serve_metrics(
+                metrics_listener,
+                metrics.clone(),
+                stop.clone().cancelled_owned(),
+            ));
+            Some((stop, task))
+        }
+    };
+    let telemetry = EngineTelemetry {
+        metrics,
+        trace_log: trace_log.clone(),
+    };
+    let outcome = serve_calls(config, listener, shutdown, telemetry).await;
+    if let Some((stop, task)) = metrics_server {
+        stop.cancel();
+        let _ = task.await;
+    }
+    if let Some(trace_log) = trace_log
+        && let Err(error) = trace_log.flush().await
+    {
+        tracing::warn!(%error, "the trace log lost lines at shutdown");
+    }
+    outcome
+}
+
+/// Opens the trace log the configuration names, if any; a path that cannot be written fails
+/// start-up rather than losing every line later.
+fn open_trace_log(
+    config: &TelemetryConfig,
+    metrics: &Metrics,
+) -> Result<Option<TraceLog>, ServerError> {
+    let path = config.trace_log.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let settings = TraceLogSettings {
+        path: PathBuf::from(path),
+        max_bytes: config.trace_log_max_bytes.max(1),
+        keep_files: config.trace_log_keep_files,
+        queue_lines: DEFAULT_QUEUE_LINES,
+    };
+    TraceLog::open_with(settings, metrics.trace_log_dropped())
+        .map(Some)
+        .map_err(|error| ServerError::Setting(format!("telemetry.trace_log {path}: {error}")))
+}
+
+async fn serve_calls(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    telemetry: EngineTelemetry,
+) -> Result<(), ServerError> {
     // Models first: a missing key or model fails start-up at once, before anything listens.
     let models = models::build(&config.llm)?;
-    let door = build_front_door(&config)?;
+    let door = build_front_door(&config, &telemetry.metrics)?;
     let cors = if config.server.grpc_web {
         cors_layer(&config.server.cors_allow_origins)?
     } else {
@@ -344,7 +429,10 @@ pub async fn serve(
     let server = builder
         .layer(option_layer(cors))
         .layer(option_layer(grpc_web))
-        .layer(FrontDoorLayer::new(Arc::clone(&door)))
+        .layer(FrontDoorLayer::new(
+            Arc::clone(&door),
+            telemetry.metrics.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -355,7 +443,7 @@ pub async fn serve(
     let mut server = std::pin::pin!(server);
     tracing::info!(%address, grpc_web = config.server.grpc_web, "serving gRPC");
 
-    let opening = build_engine(&config, models);
+    let opening = build_engine(&config, models, telemetry);
     let mut opening = std::pin::pin!(opening);
     let mut shutdown = std::pin::pin!(shutdown);
     let engine = tokio::select! {

@@ -1,27 +1,37 @@
-//! Logging. Later additions (OpenTelemetry export, Prometheus metrics) hang off the same
-//! settings.
+//! Logs, traces, metrics and the trace log.
+//!
+//! - [`otel`]: the global `tracing` subscriber (text or JSON logs on standard error, plus an
+//!   optional OpenTelemetry layer exporting spans over OTLP) and W3C trace-context propagation.
+//! - [`spans`]: constructors for the spans of a query, so that every call site uses the same
+//!   names and fields.
+//! - [`metrics`]: the Prometheus registry and its HTTP endpoint.
+//! - [`trace_log`]: the optional JSONL file of every trace event.
+//! - [`otlp_receiver`]: an in-process OTLP collector for tests.
 
-use tracing_subscriber::EnvFilter;
+pub mod metrics;
+pub mod otel;
+pub mod otlp_receiver;
+pub mod spans;
+pub mod trace_log;
 
-use crate::config::{LogFormat, TelemetryConfig};
+pub use metrics::{InFlightGuard, Metrics, QueryOutcome, serve_metrics};
+pub use otel::{
+    LogSettings, OtelSettings, OtlpProtocol, TelemetryError, TelemetryGuard, extract_parent,
+    init_tracing, inject_current, set_parent, set_remote_parent,
+};
+pub use trace_log::TraceLog;
 
-/// Installs the global log subscriber. Logs go to standard error so that client commands can
-/// print their output on standard output. Calling it twice is harmless.
+use crate::config::TelemetryConfig;
+
+/// Installs the global log subscriber, without OpenTelemetry export. Logs go to standard error
+/// so that client commands can print their output on standard output. Calling it twice is
+/// harmless: the first subscriber stays.
 pub fn init(config: &TelemetryConfig) {
-    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|error| {
-        eprintln!(
-            "invalid log filter {:?} ({error}); using \"info\"",
-            config.log_filter
-        );
-        EnvFilter::new("info")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let settings = LogSettings {
+        filter: config.log_filter.clone(),
+        format: config.log_format,
     };
-    // A second call (tests, embedded use) keeps the first subscriber.
-    drop(installed);
+    // The only failure without an exporter is a subscriber already installed (tests, embedded
+    // use), which keeps the first one.
+    drop(init_tracing(&settings, None));
 }

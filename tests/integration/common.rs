@@ -247,11 +247,21 @@ impl Drop for RedisServer {
 /// Starts the real binary with extra `serve` flags and returns it with the address it listens
 /// on, read from its JSON log.
 pub fn spawn_binary(data_dir: &Path, extra_args: &[&str]) -> (std::process::Child, String) {
+    spawn_binary_with_env(data_dir, extra_args, &[])
+}
+
+/// Like [`spawn_binary`], with extra environment variables.
+pub fn spawn_binary_with_env(
+    data_dir: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra_args)
+        .envs(env.iter().copied())
         .env("DEEPRECALL_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

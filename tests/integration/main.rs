@@ -15,3 +15,4 @@ mod errors;
 mod lifecycle;
 mod models;
 mod query;
+mod telemetry;
