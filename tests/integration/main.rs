@@ -10,6 +10,7 @@ mod common;
 
 mod access;
 mod cache;
+mod clients;
 mod documents;
 mod errors;
 mod lifecycle;
