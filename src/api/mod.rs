@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::access::{AccessError, Caller, FrontDoor};
-use crate::engine::{Engine, EngineError, EventSink, PreparedQuery, UsageTotals};
+use crate::engine::{Engine, EngineError, EventSink, PreparedQuery};
 use crate::telemetry::{self, spans};
 use stream::{ResponseStream, spawn_stream};
 
@@ -248,17 +248,13 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
             .collections
             .retain(|collection| caller.may_see(&collection.name));
         if !caller.is_admin() {
-            stats.accounts.retain(|(name, _)| **name == *caller.name);
-            stats.usage = stats
-                .accounts
-                .first()
-                .map(|(_, usage)| usage.clone())
+            let own = std::mem::take(&mut stats.accounts)
+                .into_iter()
+                .find(|(name, _)| **name == *caller.name)
+                .map(|(_, usage)| usage)
                 .unwrap_or_default();
-            if stats.accounts.is_empty() {
-                stats
-                    .accounts
-                    .push((caller.name.to_string(), UsageTotals::default()));
-            }
+            stats.usage = own.clone();
+            stats.accounts = vec![(caller.name.to_string(), own)];
         }
         Ok(Response::new(convert::stats(stats, self.started.elapsed())))
     }
