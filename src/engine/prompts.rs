@@ -1,6 +1,8 @@
 //! Every text the engine shows a model, in one place. Changing any of it changes answers, so
 //! [`PROMPT_VERSION`] goes into result cache keys and must be bumped with it.
 
+use std::sync::{Arc, LazyLock};
+
 use serde_json::json;
 
 use crate::llm::ToolSpec;
@@ -88,8 +90,13 @@ pub fn sub_model_system_prompt() -> &'static str {
     "You are a careful reader. Answer from the text you are given only, briefly."
 }
 
-/// Returns the tools offered to the root model.
-pub fn tools() -> Vec<ToolSpec> {
+/// Returns the tools offered to the root model: one shared set, built once.
+pub fn tools() -> Arc<[ToolSpec]> {
+    static TOOLS: LazyLock<Arc<[ToolSpec]>> = LazyLock::new(|| Arc::from(tool_specs()));
+    Arc::clone(&TOOLS)
+}
+
+fn tool_specs() -> Vec<ToolSpec> {
     vec![
         ToolSpec {
             name: SEARCH_DB,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -127,7 +128,7 @@ impl<'a> Run<'a> {
 
     async fn reason(&self) -> Result<Outcome, EngineError> {
         let request = &self.prepared.request;
-        let mut messages = vec![
+        let mut messages = Arc::new(vec![
             Message::system(prompts::system_prompt(&request.root_prompt)),
             Message::user(prompts::user_message(
                 &request.query,
@@ -135,8 +136,9 @@ impl<'a> Run<'a> {
                 self.prepared.collection.document_count,
                 &request.context_prefix,
             )),
-        ];
+        ]);
         let tool_specs = prompts::tools();
+        let tool_tokens = estimate_tool_tokens(&tool_specs);
         let max_errors = self.inner.config.max_consecutive_tool_errors.max(1);
         let mut consecutive_errors = 0;
         let mut empty_replies = 0;
@@ -149,7 +151,7 @@ impl<'a> Run<'a> {
                 });
             }
             let model = &self.inner.model;
-            let prompt_tokens = estimate_prompt_tokens(&messages, &tool_specs);
+            let prompt_tokens = estimate_prompt_tokens(&messages) + tool_tokens;
             let price = self.inner.prices.per_token(model.name());
             let (step, max_tokens, deadline) = {
                 let mut budget = self.budget.lock();
@@ -169,8 +171,8 @@ impl<'a> Run<'a> {
             let step_started = Instant::now();
 
             let request = ChatRequest {
-                messages: messages.clone(),
-                tools: tool_specs.clone(),
+                messages: Arc::clone(&messages),
+                tools: Arc::clone(&tool_specs),
                 max_tokens: Some(max_tokens),
                 deadline,
             };
@@ -220,7 +222,8 @@ impl<'a> Run<'a> {
                             reason: "the model returned empty replies twice in a row".into(),
                         });
                     }
-                    messages.push(Message::user(
+                    // The request that shared the conversation is gone: this appends in place.
+                    Arc::make_mut(&mut messages).push(Message::user(
                         "Your reply was empty. Call a tool, or submit your answer.",
                     ));
                     continue;
@@ -234,7 +237,7 @@ impl<'a> Run<'a> {
             }
 
             empty_replies = 0;
-            messages.push(Message::assistant(
+            Arc::make_mut(&mut messages).push(Message::assistant(
                 response.content.clone(),
                 response.tool_calls.clone(),
             ));
@@ -254,7 +257,8 @@ impl<'a> Run<'a> {
             let all_failed = outcomes.iter().all(|outcome| outcome.failed);
             for (call, outcome) in response.tool_calls.iter().zip(outcomes) {
                 exhausted = exhausted.or(outcome.exhausted);
-                messages.push(Message::tool_result(call.id.clone(), outcome.content));
+                Arc::make_mut(&mut messages)
+                    .push(Message::tool_result(call.id.clone(), outcome.content));
             }
             let tools: Vec<String> = response
                 .tool_calls
@@ -478,11 +482,11 @@ impl<'a> Run<'a> {
         let calls = futures::stream::iter(prompts)
             .map(|prompt| {
                 model.chat(ChatRequest {
-                    messages: vec![
+                    messages: Arc::new(vec![
                         Message::system(prompts::sub_model_system_prompt()),
                         Message::user(prompt),
-                    ],
-                    tools: Vec::new(),
+                    ]),
+                    tools: Arc::from([]),
                     max_tokens: Some(max_tokens),
                     deadline,
                 })
@@ -744,7 +748,7 @@ impl<'a> Run<'a> {
             Message::system(prompts::synthesis_system_prompt()),
             Message::user(prompts::synthesis_user_message(question, &passages)),
         ];
-        let prompt_tokens = estimate_prompt_tokens(&messages, &[]);
+        let prompt_tokens = estimate_prompt_tokens(&messages);
         let price = self.inner.prices.per_token(model.name());
         let (max_tokens, deadline, step) = {
             let budget = self.budget.lock();
@@ -762,8 +766,8 @@ impl<'a> Run<'a> {
         };
         let started = Instant::now();
         let request = ChatRequest {
-            messages,
-            tools: Vec::new(),
+            messages: Arc::new(messages),
+            tools: Arc::from([]),
             max_tokens: Some(max_tokens),
             deadline,
         };
@@ -887,11 +891,11 @@ fn validate_citations(answer: &str, claimed: &[String], sources: &[Hit]) -> (Str
     )
 }
 
-/// Estimates the prompt tokens of a call: its messages, tool calls and tool definitions.
-fn estimate_prompt_tokens(messages: &[Message], tools: &[crate::llm::ToolSpec]) -> u64 {
+/// Estimates the prompt tokens of a call's messages and tool calls.
+fn estimate_prompt_tokens(messages: &[Message]) -> u64 {
     // Each message carries a few tokens of framing besides its text.
     const PER_MESSAGE: u64 = 4;
-    let messages: u64 = messages
+    messages
         .iter()
         .map(|message| {
             PER_MESSAGE
@@ -902,16 +906,19 @@ fn estimate_prompt_tokens(messages: &[Message], tools: &[crate::llm::ToolSpec]) 
                     .map(|call| estimate_tokens(&call.name) + estimate_tokens(&call.arguments))
                     .sum::<u64>()
         })
-        .sum();
-    let tools: u64 = tools
+        .sum()
+}
+
+/// Estimates the prompt tokens of tool definitions; the same for every call of a run.
+fn estimate_tool_tokens(tools: &[crate::llm::ToolSpec]) -> u64 {
+    tools
         .iter()
         .map(|tool| {
             estimate_tokens(tool.name)
                 + estimate_tokens(tool.description)
                 + estimate_tokens(&tool.parameters.to_string())
         })
-        .sum();
-    messages + tools
+        .sum()
 }
 
 /// Returns the texts between square brackets, in order.

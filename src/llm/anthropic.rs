@@ -240,7 +240,7 @@ struct WireMessage {
 fn build_body(model: &str, request: &ChatRequest, default_max_tokens: u32, stream: bool) -> Value {
     let mut system = Vec::new();
     let mut messages: Vec<WireMessage> = Vec::new();
-    for message in &request.messages {
+    for message in request.messages.iter() {
         match message.role {
             // The API takes instructions only as the top-level `system` field.
             Role::System => {
@@ -841,8 +841,8 @@ mod tests {
         max_tokens: Option<u32>,
     ) -> ChatRequest {
         ChatRequest {
-            messages,
-            tools,
+            messages: messages.into(),
+            tools: tools.into(),
             max_tokens,
             deadline: None,
         }

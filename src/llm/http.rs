@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
 use super::LlmError;
@@ -115,24 +115,28 @@ impl HttpClient {
 
     /// Posts `body` as JSON to `url` and returns the successful response. Retries 429, 5xx,
     /// connection failures and timeouts; fails fast on other statuses. Gives up rather than
-    /// wait past `deadline`.
+    /// wait past `deadline`. The body is serialised once; retries send the same bytes.
     pub async fn post_json(
         &self,
         url: &str,
-        body: &serde_json::Value,
+        body: &impl Serialize,
         deadline: Option<Instant>,
     ) -> Result<reqwest::Response, LlmError> {
+        let body = bytes::Bytes::from(serde_json::to_vec(body).map_err(|error| {
+            LlmError::Misconfigured(format!("the request cannot be written as JSON: {error}"))
+        })?);
         let mut attempt = 0;
         loop {
             attempt += 1;
             // The model call continues the caller's trace: its span is the current one.
-            let mut trace_headers = HeaderMap::new();
-            crate::telemetry::inject_current(&mut trace_headers);
+            let mut request_headers = HeaderMap::new();
+            request_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            crate::telemetry::inject_current(&mut request_headers);
             let sent = self
                 .client
                 .post(url)
-                .headers(trace_headers)
-                .json(body)
+                .headers(request_headers)
+                .body(body.clone())
                 .send()
                 .await;
             let outcome = match sent {

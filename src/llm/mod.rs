@@ -23,6 +23,8 @@ pub mod protocol {
     pub const QUESTION_MARKER: &str = "Question:";
 }
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -136,10 +138,12 @@ pub struct ToolSpec {
 /// One call to a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
-    /// The conversation so far.
-    pub messages: Vec<Message>,
-    /// Tools offered; empty for a plain completion (sub-model calls).
-    pub tools: Vec<ToolSpec>,
+    /// The conversation so far. Shared with the caller, who keeps adding to it: a request
+    /// costs no copy of a conversation that grows with every turn.
+    pub messages: Arc<Vec<Message>>,
+    /// Tools offered; empty for a plain completion (sub-model calls). The same set goes with
+    /// every call of a run, so it is shared rather than copied.
+    pub tools: Arc<[ToolSpec]>,
     /// Upper bound on completion tokens.
     pub max_tokens: Option<u32>,
     /// When the run's time budget ends: retries never wait past it.

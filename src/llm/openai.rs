@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
 
 use super::http::{HttpClient, RetryPolicy, Secret, headers};
-use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, TokenUsage, ToolCall};
+use super::{
+    ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, TokenUsage, ToolCall, ToolSpec,
+};
 
 /// Settings of an OpenAI-compatible backend.
 #[derive(Debug, Clone)]
@@ -110,39 +114,19 @@ impl OpenAiModel {
         Ok(OpenAiModel { config, url, http })
     }
 
-    fn body(&self, request: &ChatRequest, stream: bool) -> Value {
-        let mut body = json!({
-            "model": self.config.model,
-            "messages": request.messages.iter().map(message_json).collect::<Vec<_>>(),
-        });
-        if !request.tools.is_empty() {
-            body["tools"] = request
-                .tools
-                .iter()
-                .map(|tool| {
-                    json!({
-                        "type": "function",
-                        "function": {
-                            "name": tool.name,
-                            "description": tool.description,
-                            "parameters": tool.parameters,
-                        }
-                    })
-                })
-                .collect();
-            body["tool_choice"] = json!("auto");
+    /// The request body, serialised straight from the conversation: no intermediate JSON
+    /// tree, no copy of the messages.
+    fn body<'a>(&'a self, request: &'a ChatRequest, stream: bool) -> WireRequest<'a> {
+        WireRequest {
+            model: &self.config.model,
+            messages: &request.messages,
+            tools: &request.tools,
+            max_tokens: request
+                .max_tokens
+                .map(|max_tokens| (self.config.max_tokens_field.as_str(), max_tokens)),
+            stream,
+            request_cost: self.config.request_cost,
         }
-        if let Some(max_tokens) = request.max_tokens {
-            body[self.config.max_tokens_field.as_str()] = json!(max_tokens);
-        }
-        if stream {
-            body["stream"] = json!(true);
-            body["stream_options"] = json!({"include_usage": true});
-        }
-        if self.config.request_cost {
-            body["usage"] = json!({"include": true});
-        }
-        body
     }
 
     async fn call(
@@ -198,27 +182,204 @@ impl ChatModel for OpenAiModel {
     }
 }
 
-fn message_json(message: &Message) -> Value {
-    match message.role {
-        Role::System => json!({"role": "system", "content": message.content}),
-        Role::User => json!({"role": "user", "content": message.content}),
-        Role::Assistant if message.tool_calls.is_empty() => {
-            json!({"role": "assistant", "content": message.content})
+/// A chat completions request body.
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    tools: &'a [ToolSpec],
+    /// The completion cap under its configured field name.
+    max_tokens: Option<(&'a str, u32)>,
+    stream: bool,
+    request_cost: bool,
+}
+
+impl Serialize for WireRequest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut body = serializer.serialize_map(None)?;
+        body.serialize_entry("model", self.model)?;
+        body.serialize_entry("messages", &Wire(self.messages))?;
+        if !self.tools.is_empty() {
+            body.serialize_entry("tools", &Wire(self.tools))?;
+            body.serialize_entry("tool_choice", "auto")?;
         }
-        Role::Assistant => json!({
-            "role": "assistant",
-            "content": if message.content.is_empty() { Value::Null } else { json!(message.content) },
-            "tool_calls": message.tool_calls.iter().map(|call| json!({
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            })).collect::<Vec<_>>(),
-        }),
-        Role::Tool => json!({
-            "role": "tool",
-            "tool_call_id": message.tool_call_id,
-            "content": message.content,
-        }),
+        if let Some((field, max_tokens)) = self.max_tokens {
+            body.serialize_entry(field, &max_tokens)?;
+        }
+        if self.stream {
+            body.serialize_entry("stream", &true)?;
+            body.serialize_entry("stream_options", &Enabled("include_usage"))?;
+        }
+        if self.request_cost {
+            body.serialize_entry("usage", &Enabled("include"))?;
+        }
+        body.end()
+    }
+}
+
+/// Serialises a borrowed value in the chat completions wire format.
+struct Wire<'a, T: ?Sized>(&'a T);
+
+/// A one-key object `{"<key>": true}`: `stream_options.include_usage` asks a stream for its
+/// usage, OpenRouter's `usage.include` for the cost.
+struct Enabled(&'static str);
+
+impl Serialize for Enabled {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &true)?;
+        map.end()
+    }
+}
+
+impl<T> Serialize for Wire<'_, [T]>
+where
+    for<'b> Wire<'b, T>: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut items = serializer.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            items.serialize_element(&Wire(item))?;
+        }
+        items.end()
+    }
+}
+
+impl Serialize for Wire<'_, ToolSpec> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tool = self.0;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("type", "function")?;
+        map.serialize_entry(
+            "function",
+            &FunctionSpec {
+                name: tool.name,
+                description: tool.description,
+                parameters: &tool.parameters,
+            },
+        )?;
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct FunctionSpec<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+#[derive(Serialize)]
+struct FunctionCall<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+impl Serialize for Wire<'_, ToolCall> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let call = self.0;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("id", &call.id)?;
+        map.serialize_entry("type", "function")?;
+        map.serialize_entry(
+            "function",
+            &FunctionCall {
+                name: &call.name,
+                arguments: &call.arguments,
+            },
+        )?;
+        map.end()
+    }
+}
+
+impl Serialize for Wire<'_, Message> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let message = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        match message.role {
+            Role::System => map.serialize_entry("role", "system")?,
+            Role::User => map.serialize_entry("role", "user")?,
+            Role::Assistant => map.serialize_entry("role", "assistant")?,
+            Role::Tool => {
+                map.serialize_entry("role", "tool")?;
+                map.serialize_entry("tool_call_id", &message.tool_call_id)?;
+            }
+        }
+        if message.role == Role::Assistant && !message.tool_calls.is_empty() {
+            // Some servers refuse an empty string beside tool calls; null is what OpenAI sends.
+            let content = (!message.content.is_empty()).then_some(message.content.as_str());
+            map.serialize_entry("content", &content)?;
+            map.serialize_entry("tool_calls", &Wire(message.tool_calls.as_slice()))?;
+        } else {
+            map.serialize_entry("content", &message.content)?;
+        }
+        map.end()
+    }
+}
+
+/// A non-streamed completion, as far as it is read. Fields servers fill loosely (content,
+/// ids, arguments, usage) are taken as any JSON and read leniently.
+#[derive(Deserialize)]
+struct Completion {
+    #[serde(default)]
+    choices: Option<Vec<CompletionChoice>>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct CompletionChoice {
+    #[serde(default)]
+    message: Option<ReplyMessage>,
+}
+
+#[derive(Deserialize)]
+struct ReplyMessage {
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ReplyToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct ReplyToolCall {
+    #[serde(default)]
+    index: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    function: Option<ReplyFunction>,
+}
+
+#[derive(Deserialize)]
+struct ReplyFunction {
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+/// One chunk of a streamed completion.
+#[derive(Deserialize)]
+struct StreamChunk {
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    choices: Option<Vec<StreamChoice>>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice {
+    #[serde(default)]
+    delta: Option<ReplyMessage>,
+}
+
+/// Takes a string out of a loosely typed field; anything else counts as absent.
+fn text_of(value: Option<Value>) -> Option<String> {
+    match value {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
     }
 }
 
@@ -232,37 +393,43 @@ fn usage_of(value: &Value) -> (TokenUsage, Option<f64>) {
 
 /// Parses a non-streamed completion.
 fn parse_completion(bytes: &[u8]) -> Result<ChatResponse, LlmError> {
-    let value: Value = serde_json::from_slice(bytes)
+    let completion: Completion = serde_json::from_slice(bytes)
         .map_err(|error| LlmError::BadResponse(format!("the reply is not JSON: {error}")))?;
-    let message = value
-        .pointer("/choices/0/message")
+    let message = completion
+        .choices
+        .and_then(|choices| choices.into_iter().next())
+        .and_then(|choice| choice.message)
         .ok_or_else(|| LlmError::BadResponse("the reply has no choices[0].message".into()))?;
-    let tool_calls = message["tool_calls"]
-        .as_array()
-        .map(|calls| {
-            calls
-                .iter()
-                .map(|call| ToolCall {
-                    id: call["id"].as_str().unwrap_or_default().to_string(),
-                    name: call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    arguments: call
-                        .pointer("/function/arguments")
-                        .map(|arguments| match arguments {
-                            Value::String(text) => text.clone(),
-                            other => other.to_string(),
-                        })
-                        .unwrap_or_default(),
-                })
-                .collect()
+    let tool_calls = message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|call| {
+            let (name, arguments) = match call.function {
+                Some(function) => (
+                    text_of(function.name).unwrap_or_default(),
+                    // Some servers send the arguments as an object rather than as JSON text.
+                    match function.arguments {
+                        Some(Value::String(text)) => text,
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    },
+                ),
+                None => (String::new(), String::new()),
+            };
+            ToolCall {
+                id: text_of(call.id).unwrap_or_default(),
+                name,
+                arguments,
+            }
         })
-        .unwrap_or_default();
-    let (usage, cost_usd) = usage_of(&value["usage"]);
+        .collect();
+    let (usage, cost_usd) = completion
+        .usage
+        .as_ref()
+        .map_or((TokenUsage::default(), None), usage_of);
     Ok(ChatResponse {
-        content: message["content"].as_str().unwrap_or_default().to_string(),
+        content: text_of(message.content).unwrap_or_default(),
         tool_calls,
         usage,
         cost_usd,
@@ -281,50 +448,58 @@ struct StreamFold {
 
 impl StreamFold {
     /// Takes one `data:` payload; returns text to pass on, if any.
-    fn take(&mut self, data: &str) -> Result<Option<String>, LlmError> {
-        if data == "[DONE]" {
+    fn take(&mut self, data: &[u8]) -> Result<Option<String>, LlmError> {
+        if data == b"[DONE]" {
             self.done = true;
             return Ok(None);
         }
-        let chunk: Value = serde_json::from_str(data).map_err(|error| {
+        let chunk: StreamChunk = serde_json::from_slice(data).map_err(|error| {
             LlmError::BadResponse(format!("a stream chunk is not JSON: {error}"))
         })?;
-        if let Some(error) = chunk.get("error") {
+        if let Some(error) = chunk.error {
             return Err(LlmError::Unavailable(format!("the stream failed: {error}")));
         }
-        if chunk["usage"].is_object() {
-            (self.usage, self.cost_usd) = usage_of(&chunk["usage"]);
+        if let Some(usage) = chunk.usage.as_ref().filter(|usage| usage.is_object()) {
+            (self.usage, self.cost_usd) = usage_of(usage);
         }
-        let Some(delta) = chunk.pointer("/choices/0/delta") else {
+        let Some(delta) = chunk
+            .choices
+            .and_then(|choices| choices.into_iter().next())
+            .and_then(|choice| choice.delta)
+        else {
             return Ok(None);
         };
-        if let Some(calls) = delta["tool_calls"].as_array() {
-            for call in calls {
-                let index = call["index"].as_u64().unwrap_or(0) as usize;
-                while self.tool_calls.len() <= index {
-                    self.tool_calls.push(ToolCall {
-                        id: String::new(),
-                        name: String::new(),
-                        arguments: String::new(),
-                    });
+        for call in delta.tool_calls.unwrap_or_default() {
+            let index = call
+                .index
+                .as_ref()
+                .and_then(Value::as_u64)
+                .and_then(|index| usize::try_from(index).ok())
+                .unwrap_or(0);
+            while self.tool_calls.len() <= index {
+                self.tool_calls.push(ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+            }
+            let slot = &mut self.tool_calls[index];
+            if let Some(id) = text_of(call.id) {
+                slot.id = id;
+            }
+            if let Some(function) = call.function {
+                if let Some(name) = text_of(function.name) {
+                    slot.name.push_str(&name);
                 }
-                let slot = &mut self.tool_calls[index];
-                if let Some(id) = call["id"].as_str() {
-                    slot.id = id.to_string();
-                }
-                if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
-                    slot.name.push_str(name);
-                }
-                if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str)
-                {
-                    slot.arguments.push_str(arguments);
+                if let Some(arguments) = text_of(function.arguments) {
+                    slot.arguments.push_str(&arguments);
                 }
             }
         }
-        match delta["content"].as_str() {
+        match text_of(delta.content) {
             Some(text) if !text.is_empty() => {
-                self.content.push_str(text);
-                Ok(self.tool_calls.is_empty().then(|| text.to_string()))
+                self.content.push_str(&text);
+                Ok(self.tool_calls.is_empty().then_some(text))
             }
             _ => Ok(None),
         }
@@ -350,21 +525,25 @@ async fn read_stream(
     on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync + '_),
 ) -> Result<ChatResponse, LlmError> {
     let mut fold = StreamFold::default();
-    let mut pending = String::new();
+    // Bytes of a line not yet complete; lines are cut on bytes, so a character split across
+    // network chunks is whole again before it is read.
+    let mut pending: Vec<u8> = Vec::new();
     let mut body = response.bytes_stream();
     while let Some(bytes) = body.next().await {
         let bytes = bytes
             .map_err(|error| LlmError::BadResponse(format!("the stream broke off: {error}")))?;
-        pending.push_str(&String::from_utf8_lossy(&bytes));
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
-            let line = line.trim();
-            if let Some(data) = line.strip_prefix("data:")
-                && let Some(text) = fold.take(data.trim())?
+        pending.extend_from_slice(&bytes);
+        let mut consumed = 0;
+        while let Some(end) = pending[consumed..].iter().position(|&byte| byte == b'\n') {
+            let line = pending[consumed..consumed + end].trim_ascii();
+            consumed += end + 1;
+            if let Some(data) = line.strip_prefix(b"data:")
+                && let Some(text) = fold.take(data.trim_ascii())?
             {
                 on_delta(&text);
             }
         }
+        pending.drain(..consumed);
         if fold.done {
             break;
         }
@@ -374,8 +553,11 @@ async fn read_stream(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
     use super::*;
-    use crate::llm::ToolSpec;
 
     fn model() -> OpenAiModel {
         OpenAiModel::new(OpenAiConfig {
@@ -388,7 +570,7 @@ mod tests {
     #[test]
     fn requests_carry_tools_history_and_the_token_cap() {
         let request = ChatRequest {
-            messages: vec![
+            messages: Arc::new(vec![
                 Message::system("rules"),
                 Message::user("question"),
                 Message::assistant(
@@ -400,16 +582,17 @@ mod tests {
                     }],
                 ),
                 Message::tool_result("c1", "{\"hits\":[]}"),
-            ],
-            tools: vec![ToolSpec {
+            ]),
+            tools: Arc::from([ToolSpec {
                 name: "search_db",
                 description: "search",
                 parameters: json!({"type": "object"}),
-            }],
+            }]),
             max_tokens: Some(77),
             deadline: None,
         };
-        let body = model().body(&request, true);
+        let model = model();
+        let body = serde_json::to_value(model.body(&request, true)).unwrap();
         assert_eq!(body["model"], "gpt-test");
         assert_eq!(body["max_tokens"], 77);
         assert_eq!(body["stream"], true);
@@ -454,7 +637,7 @@ mod tests {
         ];
         let passed: Vec<String> = chunks
             .iter()
-            .filter_map(|chunk| fold.take(chunk).unwrap())
+            .filter_map(|chunk| fold.take(chunk.as_bytes()).unwrap())
             .collect();
         assert_eq!(passed, vec!["Let", " me"]);
         let response = fold.finish().unwrap();
@@ -465,7 +648,7 @@ mod tests {
     #[test]
     fn a_stream_without_done_is_garbled() {
         let mut fold = StreamFold::default();
-        fold.take(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#)
+        fold.take(br#"{"choices":[{"delta":{"content":"Hi"}}]}"#)
             .unwrap();
         assert!(matches!(fold.finish(), Err(LlmError::BadResponse(_))));
     }
