@@ -349,7 +349,9 @@ async fn engine_overhead(
     latency: Duration,
     concurrency: usize,
 ) -> Result<(), CliError> {
-    let queries = (args.samples / 4).max(concurrency * 4);
+    // At least 16 rounds of `concurrency` queries: the first round arrives all at once and the
+    // last one drains, and with only a few rounds those two would decide the throughput.
+    let queries = (args.samples / 4).max(concurrency * 16);
     let tool = |name: &str, arguments: serde_json::Value| {
         MockReply::tool_call(name, arguments.to_string())
     };

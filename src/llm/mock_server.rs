@@ -7,7 +7,8 @@
 //! gives up on a request before the answer is complete, which is how tests prove that cancelling
 //! a run aborts the in-flight HTTP request.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use futures::Stream;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::estimate_tokens;
 
@@ -230,6 +231,7 @@ impl MockLlmServer {
         let shared = Arc::new(Shared {
             latency: script.latency,
             chunk_pause: script.chunk_pause.unwrap_or(CHUNK_PAUSE),
+            alarms: AlarmClock::start()?,
             script: Mutex::new(ScriptCursor::new(script)),
             requests: Mutex::new(Vec::new()),
             abandoned,
@@ -331,6 +333,7 @@ impl Drop for MockLlmServer {
 struct Shared {
     latency: Duration,
     chunk_pause: Duration,
+    alarms: AlarmClock,
     script: Mutex<ScriptCursor>,
     requests: Mutex<Vec<RecordedRequest>>,
     /// How long after arrival each abandoned request was dropped, in order.
@@ -345,15 +348,15 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sleeps for `duration`, or forever when it is `None`, unless the server stops first.
-    async fn pause(&self, duration: Option<Duration>) -> Result<(), Stopping> {
-        if duration == Some(Duration::ZERO) {
+    /// Sleeps until `deadline`, or forever when it is `None`, unless the server stops first.
+    async fn pause_until(&self, deadline: Option<Instant>) -> Result<(), Stopping> {
+        if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
             return Ok(());
         }
         let mut shutdown = self.shutdown.subscribe();
         let sleep = async {
-            match duration {
-                Some(duration) => tokio::time::sleep(duration).await,
+            match deadline {
+                Some(deadline) => self.alarms.sleep_until(deadline).await,
                 None => std::future::pending().await,
             }
         };
@@ -367,12 +370,91 @@ impl Shared {
 /// The server is stopping.
 struct Stopping;
 
+/// Wakes sleepers at their deadlines from a thread of its own. Tokio's timer counts in 1 ms
+/// ticks and fires up to a tick late, plus the wake-up: a scripted 50 ms latency would take
+/// 51–52 ms, and benchmarks that subtract the configured latency would blame the difference on
+/// the client. A thread waiting on a channel with a timeout wakes within tens of microseconds.
+struct AlarmClock {
+    requests: std::sync::mpsc::Sender<Alarm>,
+}
+
+struct Alarm {
+    at: Instant,
+    wake: oneshot::Sender<()>,
+}
+
+impl AlarmClock {
+    /// Starts the clock's thread, which ends once the clock is dropped and no alarm is left.
+    fn start() -> std::io::Result<AlarmClock> {
+        let (requests, pending) = std::sync::mpsc::channel::<Alarm>();
+        std::thread::Builder::new()
+            .name("mock-llm-alarms".into())
+            .spawn(move || ring_alarms(&pending))?;
+        Ok(AlarmClock { requests })
+    }
+
+    async fn sleep_until(&self, at: Instant) {
+        let (wake, woken) = oneshot::channel();
+        if self.requests.send(Alarm { at, wake }).is_err() {
+            // The thread is gone (it cannot be while the clock exists); keep time anyway.
+            tokio::time::sleep_until(at.into()).await;
+            return;
+        }
+        // An error means the thread dropped the alarm, which it only does when it ends.
+        let _ = woken.await;
+    }
+}
+
+/// Runs the alarm thread: keeps the pending alarms ordered by deadline and sleeps until the
+/// earliest one, or until a new alarm arrives.
+fn ring_alarms(pending: &std::sync::mpsc::Receiver<Alarm>) {
+    let mut queue: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut wakers: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+    let mut next_id = 0u64;
+    loop {
+        let now = Instant::now();
+        while let Some(&Reverse((at, id))) = queue.peek() {
+            if at > now {
+                break;
+            }
+            queue.pop();
+            if let Some(wake) = wakers.remove(&id) {
+                // A gone sleeper was cancelled: nothing to wake.
+                let _ = wake.send(());
+            }
+        }
+        let received = match queue.peek() {
+            Some(&Reverse((at, _))) => pending.recv_timeout(at.saturating_duration_since(now)),
+            None => pending
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok(alarm) => {
+                queue.push(Reverse((alarm.at, next_id)));
+                wakers.insert(next_id, alarm.wake);
+                next_id += 1;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if queue.is_empty() => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(&Reverse((at, _))) = queue.peek() {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                }
+            }
+        }
+    }
+}
+
 /// Position in the script.
 struct ScriptCursor {
     /// (marker, replies, index of the next reply).
     conversations: Vec<(String, Vec<MockReply>, usize)>,
     defaults: Vec<MockReply>,
     next_default: usize,
+    /// The conversation each first user message was found to belong to: every turn of a
+    /// conversation repeats that message, and a script may hold thousands of markers.
+    matched: HashMap<String, Option<usize>>,
 }
 
 impl ScriptCursor {
@@ -385,15 +467,25 @@ impl ScriptCursor {
                 .collect(),
             defaults: script.default_replies,
             next_default: 0,
+            matched: HashMap::new(),
         }
     }
 
     /// Takes the reply for a request whose first user message is `first_user_text`.
     fn next_reply(&mut self, first_user_text: &str) -> MockReply {
-        let (replies, next) = match self
-            .conversations
-            .iter_mut()
-            .find(|(marker, _, _)| first_user_text.contains(marker.as_str()))
+        let conversation = match self.matched.get(first_user_text) {
+            Some(&conversation) => conversation,
+            None => {
+                let conversation = self
+                    .conversations
+                    .iter()
+                    .position(|(marker, _, _)| first_user_text.contains(marker.as_str()));
+                self.matched
+                    .insert(first_user_text.to_string(), conversation);
+                conversation
+            }
+        };
+        let (replies, next) = match conversation.and_then(|index| self.conversations.get_mut(index))
         {
             Some((_, replies, next)) => (&*replies, next),
             None => (&self.defaults, &mut self.next_default),
@@ -538,12 +630,25 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
         .unwrap_or(Value::Null);
     tracing::debug!(method = %parts.method, %path, "mock llm request");
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .or_else(|| azure_deployment(parts.uri.path()))
+        .unwrap_or(FALLBACK_MODEL)
+        .to_string();
+    let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let prompt_tokens = token_count(prompt_chars(&body));
+    let first_user_text = first_user_text(&body);
     let index = {
         let mut requests = shared.requests.lock();
         requests.push(RecordedRequest {
             path,
             headers,
-            body: body.clone(),
+            body,
             service_time: None,
         });
         requests.len() - 1
@@ -560,20 +665,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let guard = AbandonGuard::new(Arc::clone(&shared), index, arrived);
     let exchange = Exchange {
         api,
-        model: body
-            .get("model")
-            .and_then(Value::as_str)
-            .or_else(|| azure_deployment(parts.uri.path()))
-            .unwrap_or(FALLBACK_MODEL)
-            .to_string(),
-        stream: body.get("stream").and_then(Value::as_bool) == Some(true),
-        include_usage: body
-            .pointer("/stream_options/include_usage")
-            .and_then(Value::as_bool)
-            == Some(true),
-        prompt_tokens: token_count(prompt_chars(&body)),
+        model,
+        stream,
+        include_usage,
+        prompt_tokens,
     };
-    let reply = shared.script.lock().next_reply(&first_user_text(&body));
+    let reply = shared.script.lock().next_reply(&first_user_text);
     let plan = plan_reply(reply, &shared, api);
     respond(&shared, exchange, plan, guard).await
 }
@@ -668,8 +765,14 @@ async fn respond(
     plan: Plan,
     mut guard: AbandonGuard,
 ) -> Response {
+    // Latency counts from the request's arrival, as a real model's does: the mock's own
+    // parsing and bookkeeping happen within it, not on top of it.
     let wait = shared.latency.saturating_add(plan.delay);
-    if shared.pause(Some(wait)).await.is_err() {
+    if shared
+        .pause_until(Some(guard.arrived + wait))
+        .await
+        .is_err()
+    {
         return stopping(exchange.api, guard);
     }
     let id = match exchange.api {
@@ -714,7 +817,7 @@ async fn respond(
         }
         Action::Hang => {
             // Only the server stopping ends a hang; a client giving up drops this future.
-            let _ = shared.pause(None).await;
+            let _ = shared.pause_until(None).await;
             stopping(exchange.api, guard)
         }
         Action::MalformedJson => malformed(&exchange, &id, guard),
