@@ -402,8 +402,13 @@ async fn engine_overhead(
                 };
                 let began = Instant::now();
                 let mut stream = client.query(request).await?.into_inner();
-                while stream.message().await?.is_some() {}
-                Ok::<(usize, Duration), tonic::Status>((n, began.elapsed()))
+                let mut phases = Phases::default();
+                while let Some(event) = stream.message().await? {
+                    phases.observe(&event);
+                }
+                let elapsed = began.elapsed();
+                phases.outside_run = elapsed.saturating_sub(phases.run);
+                Ok::<(usize, Duration, Phases), tonic::Status>((n, elapsed, phases))
             }
         })
         .buffer_unordered(concurrency)
@@ -428,12 +433,14 @@ async fn engine_overhead(
     let mut overheads = Vec::with_capacity(latencies.len());
     let mut end_to_end = Vec::with_capacity(latencies.len());
     let mut mock_share = Vec::with_capacity(latencies.len());
+    let mut phases = Vec::with_capacity(latencies.len());
     for outcome in latencies {
-        let (n, elapsed) = outcome?;
+        let (n, elapsed, query_phases) = outcome?;
         let mock = mock_time.get(&n).copied().unwrap_or(latency * 3);
         overheads.push(elapsed.saturating_sub(mock));
         end_to_end.push(elapsed);
         mock_share.push(mock);
+        phases.push(query_phases);
     }
     let throughput = queries as f64 / wall.as_secs_f64();
     let bound = if latency.is_zero() {
@@ -457,7 +464,52 @@ async fn engine_overhead(
         median(&mut end_to_end),
         median(&mut mock_share),
     );
+    // Where the time goes is only readable without queueing.
+    if concurrency == 1 {
+        let phase = |pick: fn(&Phases) -> Duration| {
+            let mut times: Vec<Duration> = phases.iter().map(pick).collect();
+            times.sort();
+            let middle = times.get(times.len() / 2).copied().unwrap_or_default();
+            format!("{:.3} ms", middle.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "  where a query's time goes (p50 of each part): model calls {} (the mock's time included), searches {}, the rest of the run {}, gRPC and request handling around the run {}",
+            phase(|phases| phases.model_calls),
+            phase(|phases| phases.searches),
+            phase(|phases| phases
+                .run
+                .saturating_sub(phases.model_calls + phases.searches)),
+            phase(|phases| phases.outside_run),
+        );
+    }
     Ok(())
+}
+
+/// How one query's time divides, from the server's own timestamps on its trace events: a
+/// model call is the time from a step's start to the call's event, a search the time from
+/// the event before it (the call that asked for it) to its own.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    model_calls: Duration,
+    searches: Duration,
+    /// From the run's start to its last event.
+    run: Duration,
+    /// The rest of the round trip: the request reaching the run, and the last event the client.
+    outside_run: Duration,
+}
+
+impl Phases {
+    fn observe(&mut self, event: &pb::QueryEvent) {
+        use pb::query_event::Event;
+        let at = Duration::try_from_secs_f64(event.elapsed_seconds).unwrap_or_default();
+        let since_previous = at.saturating_sub(self.run);
+        match event.event {
+            Some(Event::LlmCall(_)) => self.model_calls += since_previous,
+            Some(Event::Search(_)) => self.searches += since_previous,
+            _ => {}
+        }
+        self.run = at;
+    }
 }
 
 fn median(latencies: &mut [Duration]) -> String {
