@@ -68,13 +68,19 @@ pub struct BenchArgs {
     /// Cached-query suite: also measures the redis backend on this server.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Engine suite: only this concurrency (default: 1, 16 and 64).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Engine suite: only this mock latency in milliseconds (default: 0 and 50).
+    #[arg(long)]
+    mock_latency_ms: Option<u64>,
 }
 
 /// Runs the benchmarks and prints one line per measurement.
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
-    if args.samples == 0 || args.batch_size == 0 {
+    if args.samples == 0 || args.batch_size == 0 || args.concurrency == Some(0) {
         return Err(CliError::Usage(
-            "--samples and --batch-size must be at least 1".into(),
+            "--samples, --batch-size and --concurrency must be at least 1".into(),
         ));
     }
     println!(
@@ -96,8 +102,10 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         cached_query(&args).await?;
     }
     if matches!(args.suite, Suite::Engine | Suite::All) {
-        for latency_ms in [0, 50] {
-            for concurrency in [1, 16, 64] {
+        let latencies = args.mock_latency_ms.map_or(vec![0, 50], |only| vec![only]);
+        let concurrencies = args.concurrency.map_or(vec![1, 16, 64], |only| vec![only]);
+        for &latency_ms in &latencies {
+            for &concurrency in &concurrencies {
                 engine_overhead(&args, Duration::from_millis(latency_ms), concurrency).await?;
             }
         }
