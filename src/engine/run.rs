@@ -55,33 +55,41 @@ enum Outcome {
 /// What one tool call produced.
 struct ToolOutcome {
     content: String,
+    /// The reasoning trace's short account of the result, made from what the tool had at
+    /// hand rather than parsed back out of `content`.
+    summary: String,
     failed: bool,
     exhausted: Option<BudgetResource>,
 }
 
 impl ToolOutcome {
-    fn ok(content: String) -> Self {
+    fn ok(content: String, summary: String) -> Self {
         ToolOutcome {
             content,
+            summary,
             failed: false,
             exhausted: None,
         }
     }
 
     fn failed(message: &str) -> Self {
+        let content = tools::error_result(message);
         ToolOutcome {
-            content: tools::error_result(message),
+            summary: content.clone(),
+            content,
             failed: true,
             exhausted: None,
         }
     }
 
     fn exhausted(resource: BudgetResource) -> Self {
+        let content = tools::error_result(&format!(
+            "budget exhausted: {} reached",
+            resource.limit_name()
+        ));
         ToolOutcome {
-            content: tools::error_result(&format!(
-                "budget exhausted: {} reached",
-                resource.limit_name()
-            )),
+            summary: content.clone(),
+            content,
             failed: true,
             exhausted: Some(resource),
         }
@@ -331,12 +339,7 @@ impl<'a> Run<'a> {
             // A parsable submit ended the turn before tools ran.
             Ok(ToolInvocation::Submit { .. }) => ToolOutcome::failed("submit was not accepted"),
         };
-        let summary = if outcome.failed {
-            outcome.content.clone()
-        } else {
-            summarize_output(&outcome.content)
-        };
-        self.trace_step(step, &call.name, &call.arguments, &summary);
+        self.trace_step(step, &call.name, &call.arguments, &outcome.summary);
         outcome
     }
 
@@ -441,7 +444,7 @@ impl<'a> Run<'a> {
             cache_hit,
         }))
         .await;
-        ToolOutcome::ok(tools::search_result(&hits))
+        ToolOutcome::ok(tools::search_result(&hits), tools::search_summary(&hits))
     }
 
     async fn sub_model(&self, step: u32, prompts: Vec<String>, batched: bool) -> ToolOutcome {
@@ -551,12 +554,21 @@ impl<'a> Run<'a> {
         }
         let all_failed = record.failed == record.prompts;
         self.emit(EventKind::SubLlmCall(record)).await;
-        let content = if batched {
-            tools::llm_query_batched_result(&texts)
+        let (content, summary) = if batched {
+            (
+                tools::llm_query_batched_result(&texts),
+                format!("{} response(s)", texts.len()),
+            )
         } else {
-            tools::llm_query_result(texts.first().map_or("", String::as_str))
+            let response = texts.first().map_or("", String::as_str);
+            (
+                tools::llm_query_result(response),
+                response.chars().take(200).collect(),
+            )
         };
         ToolOutcome {
+            // A failed call's trace shows what the model was told, as for other failures.
+            summary: if all_failed { content.clone() } else { summary },
             content,
             failed: all_failed,
             exhausted: None,
@@ -932,27 +944,6 @@ fn bracketed(text: &str) -> Vec<&str> {
         rest = &after[close + 1..];
     }
     found
-}
-
-/// Returns a short account of a tool's JSON output for the reasoning trace.
-fn summarize_output(content: &str) -> String {
-    let Ok(value) = serde_json::from_str::<Value>(content) else {
-        return content.chars().take(200).collect();
-    };
-    if let Some(hits) = value.get("hits").and_then(Value::as_array) {
-        let ids: Vec<&str> = hits
-            .iter()
-            .filter_map(|hit| hit.get("id").and_then(Value::as_str))
-            .collect();
-        return format!("{} hit(s): {}", hits.len(), ids.join(", "));
-    }
-    if let Some(responses) = value.get("responses").and_then(Value::as_array) {
-        return format!("{} response(s)", responses.len());
-    }
-    if let Some(response) = value.get("response").and_then(Value::as_str) {
-        return response.chars().take(200).collect();
-    }
-    content.chars().take(200).collect()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! Tool results are JSON objects so that any model, the extractive one included, reads them
 //! the same way.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::prompts::{LLM_QUERY, LLM_QUERY_BATCHED, SEARCH_DB, SUBMIT};
@@ -119,18 +119,39 @@ pub fn parse(call: &ToolCall) -> Result<ToolInvocation, String> {
 
 /// Formats search hits for the model.
 pub fn search_result(hits: &[Hit]) -> String {
-    let hits: Vec<Value> = hits
-        .iter()
-        .map(|hit| {
-            json!({
-                "id": hit.id,
-                "score": hit.score,
-                "content": hit.content,
-                "metadata": hit.metadata,
+    /// One hit as the model reads it, serialised from the hit itself rather than from a copy.
+    /// Fields in alphabetical order, as a JSON object with sorted keys would have them.
+    #[derive(Serialize)]
+    struct HitResult<'a> {
+        content: &'a str,
+        id: &'a str,
+        metadata: &'a Map<String, Value>,
+        score: f64,
+    }
+    #[derive(Serialize)]
+    struct SearchResult<'a> {
+        hits: Vec<HitResult<'a>>,
+    }
+    let result = SearchResult {
+        hits: hits
+            .iter()
+            .map(|hit| HitResult {
+                content: &hit.content,
+                id: &hit.id,
+                metadata: &hit.metadata,
+                score: hit.score,
             })
-        })
-        .collect();
-    json!({ "hits": hits }).to_string()
+            .collect(),
+    };
+    // Strings, JSON maps and numbers cannot fail to serialise; the fallback is for the type
+    // system only.
+    serde_json::to_string(&result).unwrap_or_else(|_| json!({ "hits": [] }).to_string())
+}
+
+/// The reasoning trace's account of a search: how many hits, and which.
+pub fn search_summary(hits: &[Hit]) -> String {
+    let ids: Vec<&str> = hits.iter().map(|hit| hit.id.as_str()).collect();
+    format!("{} hit(s): {}", hits.len(), ids.join(", "))
 }
 
 /// Formats a sub-model answer for the model.
@@ -151,6 +172,39 @@ pub fn error_result(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_results_carry_each_hit_whole_and_the_summary_names_them() {
+        let mut metadata = Map::new();
+        metadata.insert("team".into(), json!("a"));
+        let hits = vec![
+            Hit {
+                id: "doc-1".into(),
+                content: "The \"kestrel\" project.".into(),
+                metadata,
+                score: 0.5,
+            },
+            Hit {
+                id: "doc-2".into(),
+                content: String::new(),
+                metadata: Map::new(),
+                score: 0.25,
+            },
+        ];
+        let result = search_result(&hits);
+        assert_eq!(
+            serde_json::from_str::<Value>(&result).unwrap(),
+            json!({"hits": [
+                {"id": "doc-1", "score": 0.5, "content": "The \"kestrel\" project.", "metadata": {"team": "a"}},
+                {"id": "doc-2", "score": 0.25, "content": "", "metadata": {}},
+            ]})
+        );
+        // Keys in the order a sorted JSON object has them, as before the direct serialiser.
+        assert!(result.starts_with(r#"{"hits":[{"content":"#), "{result}");
+        assert_eq!(search_summary(&hits), "2 hit(s): doc-1, doc-2");
+        assert_eq!(search_result(&[]), r#"{"hits":[]}"#);
+        assert_eq!(search_summary(&[]), "0 hit(s): ");
+    }
 
     fn call(name: &str, arguments: &str) -> ToolCall {
         ToolCall {
