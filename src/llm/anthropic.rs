@@ -66,7 +66,7 @@ impl Default for AnthropicConfig {
 #[derive(Debug)]
 pub struct AnthropicModel {
     http: HttpClient,
-    url: String,
+    url: reqwest::Url,
     model: String,
     stream: bool,
     default_max_tokens: u32,
@@ -120,7 +120,7 @@ impl AnthropicModel {
         )?;
         Ok(AnthropicModel {
             http,
-            url: format!("{base}/messages"),
+            url: super::http::endpoint(&format!("{base}/messages"))?,
             model: model.to_string(),
             stream: config.stream,
             default_max_tokens: config.default_max_tokens,
@@ -1329,7 +1329,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(model.name(), "claude-test");
-        assert_eq!(model.url, "https://proxy.example/v1/messages");
+        assert_eq!(model.url.as_str(), "https://proxy.example/v1/messages");
         assert!(!format!("{model:?}").contains("sk-ant-test"));
     }
 }

@@ -77,6 +77,13 @@ impl RetryPolicy {
     }
 }
 
+/// Parses a backend's endpoint once, at startup: a URL given as a string would be parsed
+/// again on every call.
+pub fn endpoint(url: &str) -> Result<reqwest::Url, LlmError> {
+    reqwest::Url::parse(url)
+        .map_err(|error| LlmError::Misconfigured(format!("endpoint {url:?} is not a URL: {error}")))
+}
+
 /// An HTTP client for one backend.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
@@ -118,7 +125,7 @@ impl HttpClient {
     /// wait past `deadline`. The body is serialised once; retries send the same bytes.
     pub async fn post_json(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         body: &impl Serialize,
         deadline: Option<Instant>,
     ) -> Result<reqwest::Response, LlmError> {
@@ -134,7 +141,7 @@ impl HttpClient {
             crate::telemetry::inject_current(&mut request_headers);
             let sent = self
                 .client
-                .post(url)
+                .post(url.clone())
                 .headers(request_headers)
                 .body(body.clone())
                 .send()

@@ -65,7 +65,7 @@ impl Default for OpenAiConfig {
 #[derive(Debug)]
 pub struct OpenAiModel {
     config: OpenAiConfig,
-    url: String,
+    url: reqwest::Url,
     http: HttpClient,
 }
 
@@ -111,7 +111,11 @@ impl OpenAiModel {
             headers(&pairs)?,
             config.retry,
         )?;
-        Ok(OpenAiModel { config, url, http })
+        Ok(OpenAiModel {
+            url: super::http::endpoint(&url)?,
+            config,
+            http,
+        })
     }
 
     /// The request body, serialised straight from the conversation: no intermediate JSON
@@ -664,7 +668,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            azure.url,
+            azure.url.as_str(),
             "https://acme.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-06-01"
         );
         let missing_key = OpenAiModel::new(OpenAiConfig {
@@ -673,5 +677,18 @@ mod tests {
             ..OpenAiConfig::default()
         });
         assert!(matches!(missing_key, Err(LlmError::Misconfigured(_))));
+    }
+
+    #[test]
+    fn a_base_url_that_is_not_a_url_is_a_misconfiguration() {
+        let broken = OpenAiModel::new(OpenAiConfig {
+            base_url: "http://exa mple.com/v1".into(),
+            model: "m".into(),
+            ..OpenAiConfig::default()
+        });
+        assert!(
+            matches!(&broken, Err(LlmError::Misconfigured(message)) if message.contains("not a URL")),
+            "{broken:?}"
+        );
     }
 }
