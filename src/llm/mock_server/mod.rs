@@ -16,10 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use axum::serve::ListenerExt;
 use futures::Stream;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
@@ -27,6 +26,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use super::estimate_tokens;
+use socket::{Peer, TimedListener};
+
+mod socket;
 
 /// Largest request body the server reads; larger ones are recorded with a `null` body and
 /// refused with 413, like a real provider would.
@@ -57,8 +59,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Body parsed as JSON, or `null` when it is not JSON.
     pub body: Value,
-    /// Time from the request's arrival until the mock had sent its whole answer, latency
-    /// included; `None` while it is pending, or if the client went away first.
+    /// The mock's own time for the request, latency included: from the first byte of it read
+    /// off the socket to the last byte of the answer written so far (the whole answer, once
+    /// it is complete); `None` until the mock starts writing an answer.
     pub service_time: Option<Duration>,
 }
 
@@ -218,13 +221,6 @@ impl MockLlmServer {
     pub async fn start(script: MockScript) -> std::io::Result<MockLlmServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold small SSE events back for
-        // up to 40 ms, and a client could not observe the stream chunk by chunk.
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "mock llm server could not set TCP_NODELAY");
-            }
-        });
 
         let (shutdown, _) = watch::channel(false);
         let (abandoned, _) = watch::channel(Vec::new());
@@ -239,9 +235,14 @@ impl MockLlmServer {
             next_id: AtomicU64::new(1),
         });
 
+        let listener = TimedListener {
+            listener,
+            shared: Arc::clone(&shared),
+        };
         let app = Router::new()
             .fallback(handle)
-            .with_state(Arc::clone(&shared));
+            .with_state(Arc::clone(&shared))
+            .into_make_service_with_connect_info::<Peer>();
         let mut stop = shared.shutdown.subscribe();
         let signal = async move {
             // An error means the sender is gone, which also means the server should stop.
@@ -500,30 +501,21 @@ impl ScriptCursor {
 /// or hyper the response body, when the client goes away before the answer is complete.
 struct AbandonGuard {
     shared: Arc<Shared>,
-    /// Position of the request in the record.
-    index: usize,
     arrived: Instant,
     armed: bool,
 }
 
 impl AbandonGuard {
-    fn new(shared: Arc<Shared>, index: usize, arrived: Instant) -> Self {
+    fn new(shared: Arc<Shared>, arrived: Instant) -> Self {
         AbandonGuard {
             shared,
-            index,
             arrived,
             armed: true,
         }
     }
 
-    /// Marks the answer as complete and records how long it took.
+    /// Marks the answer as complete: the socket records how long it took as it writes it.
     fn disarm(&mut self) {
-        if self.armed {
-            let service_time = self.arrived.elapsed();
-            if let Some(request) = self.shared.requests.lock().get_mut(self.index) {
-                request.service_time = Some(service_time);
-            }
-        }
         self.armed = false;
     }
 }
@@ -605,8 +597,11 @@ enum StreamEnd {
 
 /// Records the request before anything else, so hung requests are recorded too, then answers it
 /// from the script.
-async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let arrived = Instant::now();
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or_else(
         || parts.uri.path().to_string(),
@@ -653,6 +648,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         });
         requests.len() - 1
     };
+    let arrived = peer.clock.serve(index);
 
     let Some(api) = api else {
         let message = format!("no route for {} {}", parts.method, parts.uri.path());
@@ -662,7 +658,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         return error_response(api, StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
 
-    let guard = AbandonGuard::new(Arc::clone(&shared), index, arrived);
+    let guard = AbandonGuard::new(Arc::clone(&shared), arrived);
     let exchange = Exchange {
         api,
         model,
@@ -765,7 +761,7 @@ async fn respond(
     plan: Plan,
     mut guard: AbandonGuard,
 ) -> Response {
-    // Latency counts from the request's arrival, as a real model's does: the mock's own
+    // Latency counts from the request's first byte, as a real model's does: the mock's own
     // parsing and bookkeeping happen within it, not on top of it.
     let wait = shared.latency.saturating_add(plan.delay);
     if shared
@@ -2036,5 +2032,39 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(outcome.is_err() || outcome.is_ok_and(|status| status == 503));
+    }
+
+    #[tokio::test]
+    async fn each_request_on_a_kept_alive_connection_is_timed_from_its_own_first_byte() {
+        let latency = Duration::from_millis(20);
+        let server = MockLlmServer::start(MockScript::default().with_latency(latency))
+            .await
+            .unwrap();
+        // One client, so both requests share one connection; the pause between them would be
+        // counted in the second request's time if its clock started at the first.
+        let client = client();
+        let mut round_trips = Vec::new();
+        for _ in 0..2 {
+            let started = Instant::now();
+            let response = client
+                .post(format!("{}/chat/completions", server.base_url()))
+                .json(&openai_body("q", false))
+                .send()
+                .await
+                .unwrap();
+            response.bytes().await.unwrap();
+            round_trips.push(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let requests = server.requests();
+        assert_eq!(requests.len(), 2);
+        for (request, round_trip) in requests.iter().zip(round_trips) {
+            let service_time = request.service_time.unwrap();
+            assert!(service_time >= latency, "{service_time:?}");
+            assert!(
+                service_time <= round_trip,
+                "{service_time:?} > {round_trip:?}"
+            );
+        }
     }
 }
