@@ -399,30 +399,37 @@ async fn engine_overhead(
         })
         .await?;
 
-    let started = Instant::now();
-    let latencies = futures::stream::iter(0..queries)
-        .map(|n| {
-            let mut client = client.clone();
-            async move {
-                let request = pb::QueryRequest {
-                    query: format!("{QUESTION_PREFIX}{n}?"),
-                    ..pb::QueryRequest::default()
-                };
-                let began = Instant::now();
-                let mut stream = client.query(request).await?.into_inner();
-                let mut phases = Phases::default();
-                while let Some(event) = stream.message().await? {
-                    phases.observe(&event);
+    // The queries run on the runtime's workers, as the server's tasks do: from the thread that
+    // blocks on the benchmark, every event would be a hand-off to one more thread.
+    let measured = tokio::spawn(async move {
+        let started = Instant::now();
+        let latencies = futures::stream::iter(0..queries)
+            .map(|n| {
+                let mut client = client.clone();
+                async move {
+                    let request = pb::QueryRequest {
+                        query: format!("{QUESTION_PREFIX}{n}?"),
+                        ..pb::QueryRequest::default()
+                    };
+                    let began = Instant::now();
+                    let mut stream = client.query(request).await?.into_inner();
+                    let mut phases = Phases::default();
+                    while let Some(event) = stream.message().await? {
+                        phases.observe(&event);
+                    }
+                    let elapsed = began.elapsed();
+                    phases.outside_run = elapsed.saturating_sub(phases.run);
+                    Ok::<(usize, Duration, Phases), tonic::Status>((n, elapsed, phases))
                 }
-                let elapsed = began.elapsed();
-                phases.outside_run = elapsed.saturating_sub(phases.run);
-                Ok::<(usize, Duration, Phases), tonic::Status>((n, elapsed, phases))
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect::<Vec<_>>()
-        .await;
-    let wall = started.elapsed();
+            })
+            .buffer_unordered(concurrency)
+            .collect::<Vec<_>>()
+            .await;
+        (latencies, started.elapsed())
+    });
+    let (latencies, wall) = measured
+        .await
+        .map_err(|error| CliError::Io(format!("the measurement task failed: {error}")))?;
 
     // The mock's own latency is what it measured itself, per request, from arrival to the
     // last byte of its answer: the configured latency plus its parsing and replying.
