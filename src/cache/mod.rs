@@ -67,6 +67,12 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     /// Names the backend in stats, e.g. `memory`.
     fn backend(&self) -> &'static str;
 
+    /// Returns false for a backend that keeps nothing, so that callers need not encode a
+    /// value only for it to be thrown away.
+    fn keeps_entries(&self) -> bool {
+        true
+    }
+
     /// Returns the live value under `key`, if any.
     async fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError>;
 
@@ -91,6 +97,10 @@ pub struct NoCache;
 impl Cache for NoCache {
     fn backend(&self) -> &'static str {
         "none"
+    }
+
+    fn keeps_entries(&self) -> bool {
+        false
     }
 
     async fn get(&self, _key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
@@ -145,6 +155,11 @@ pub struct CacheLevel {
 }
 
 impl CacheLevel {
+    /// Returns false when the backend keeps nothing: storing is then a no-op.
+    pub fn keeps_entries(&self) -> bool {
+        self.cache.keeps_entries()
+    }
+
     /// Returns the value under `key`, if there is a live, decodable one. An entry that does not
     /// decode is deleted.
     pub async fn lookup<T: DeserializeOwned>(&self, key: &CacheKey) -> Option<T> {
@@ -169,6 +184,9 @@ impl CacheLevel {
 
     /// Stores `value` under `key`.
     pub async fn store<T: Serialize>(&self, key: &CacheKey, value: &T) {
+        if !self.keeps_entries() {
+            return;
+        }
         let bytes = match serde_json::to_vec(value) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -185,6 +203,33 @@ impl CacheLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails the test if anything tries to encode it: a level that keeps nothing must not.
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("encoded for a cache that keeps nothing")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_level_without_a_cache_stores_without_encoding() {
+        let level = CacheLevel {
+            name: "search",
+            cache: Arc::new(NoCache),
+            ttl: Duration::from_secs(60),
+        };
+        assert!(!level.keeps_entries());
+        let key = CacheKey::digest_of("c", &serde_json::json!({"q": 1}));
+        level.store(&key, &Unencodable).await;
+        assert_eq!(level.lookup::<Vec<String>>(&key).await, None);
+        let memory = CacheLevel {
+            cache: Arc::new(MemoryCache::new(MemoryCacheConfig::default())),
+            ..level
+        };
+        assert!(memory.keeps_entries());
+    }
 
     #[tokio::test]
     async fn an_undecodable_entry_is_a_miss_and_is_deleted() {

@@ -540,14 +540,23 @@ impl Engine {
                         run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone())
                             .execute()
                             .await;
+                    let mut cacheable = None;
                     if let Ok(result) = &outcome {
                         engine.inner.accounting.record(&prepared.account, result);
-                        if !result.partial && result.error.is_none() {
-                            engine.inner.results.store(&key, result).await;
+                        if !result.partial
+                            && result.error.is_none()
+                            && engine.inner.results.keeps_entries()
+                        {
+                            cacheable = Some(result.clone());
                         }
                     }
-                    engine.inner.flights.lock().remove(&key);
+                    // Callers get the result before it is encoded for the cache. Until the
+                    // flight is gone, an identical query joins it and gets the result too.
                     flight.outcome.send_replace(Some(outcome.map_err(Arc::new)));
+                    if let Some(result) = cacheable {
+                        engine.inner.results.store(&key, &result).await;
+                    }
+                    engine.inner.flights.lock().remove(&key);
                 }
                 .instrument(tracing::Span::current()),
             );
