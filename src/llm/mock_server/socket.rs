@@ -96,30 +96,20 @@ impl Listener for TimedListener {
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold small SSE
-                    // events back for up to 40 ms, and a client could not observe the stream
-                    // chunk by chunk.
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "mock llm server could not set TCP_NODELAY");
-                    }
-                    let clock = SocketClock::default();
-                    let timed = TimedStream {
-                        stream,
-                        clock: clock.clone(),
-                        shared: Arc::clone(&self.shared),
-                    };
-                    return (timed, Peer { clock });
-                }
-                // Out of file descriptors and the like: wait rather than spin, as axum does.
-                Err(error) => {
-                    tracing::debug!(%error, "mock llm server could not accept a connection");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
+        // axum's own TCP accept, which waits out errors such as running out of descriptors.
+        let (stream, _) = Listener::accept(&mut self.listener).await;
+        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold small SSE events back
+        // for up to 40 ms, and a client could not observe the stream chunk by chunk.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "mock llm server could not set TCP_NODELAY");
         }
+        let clock = SocketClock::default();
+        let timed = TimedStream {
+            stream,
+            clock: clock.clone(),
+            shared: Arc::clone(&self.shared),
+        };
+        (timed, Peer { clock })
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
