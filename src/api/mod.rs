@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::access::{AccessError, Caller, FrontDoor};
 use crate::engine::{Engine, EngineError, EventSink, PreparedQuery};
 use crate::telemetry::{self, spans};
-use stream::{ResponseStream, spawn_stream};
+use stream::{ResponseStream, drive_stream, spawn_stream};
 
 /// Generated protobuf types and service stubs.
 pub mod pb {
@@ -115,21 +115,20 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         let cancel = CancellationToken::new();
         let run_cancel = cancel.clone();
         let buffer = engine.config().event_buffer;
-        let stream = spawn_stream(buffer, cancel, move |sender| async move {
-            let (sink, mut events) = EventSink::channel(buffer, prepared.started);
-            let forward = async {
-                while let Some(event) = events.recv().await {
-                    if sender.send(Ok(convert::event(event))).await.is_err() {
-                        break;
-                    }
-                }
-            };
-            let (outcome, ()) = tokio::join!(engine.run(prepared, sink, run_cancel), forward);
-            if let Err(error) = outcome {
-                let _ = sender.send(Err(error.into())).await;
-            }
-        });
-        Ok(Response::new(stream))
+        let (sink, events) = EventSink::channel(buffer, prepared.started);
+        let run = async move {
+            engine
+                .run(prepared, sink, run_cancel)
+                .await
+                .map(drop)
+                .map_err(Status::from)
+        };
+        Ok(Response::new(drive_stream(
+            Box::pin(run),
+            events,
+            convert::event,
+            cancel,
+        )))
     }
 
     async fn query_batch(

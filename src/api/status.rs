@@ -30,6 +30,10 @@ fn status_of(error: &EngineError) -> Status {
         EngineError::ShuttingDown => Status::unavailable("the server is shutting down"),
         EngineError::Cancelled => Status::cancelled("the query was cancelled"),
         EngineError::Shared(error) => status_of(error),
+        EngineError::RunFailed(reason) => {
+            tracing::error!(%reason, "a query's run failed");
+            Status::internal("the query's run failed")
+        }
     }
 }
 
@@ -135,6 +139,7 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (EngineError::ShuttingDown, Code::Unavailable),
+            (EngineError::RunFailed("panicked".into()), Code::Internal),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);

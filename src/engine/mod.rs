@@ -11,16 +11,21 @@ mod run;
 pub mod tools;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt, ready};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::telemetry::spans::{self, QuerySummary};
@@ -67,6 +72,9 @@ pub enum EngineError {
     /// The error of a run whose result several identical queries shared.
     #[error(transparent)]
     Shared(Arc<EngineError>),
+    /// The work behind a query broke off (its task panicked): a fault of the server.
+    #[error("the query's run failed: {0}")]
+    RunFailed(String),
 }
 
 impl EngineError {
@@ -287,6 +295,36 @@ impl Flight {
             outcome: watch::channel(None).0,
             callers: AtomicUsize::new(1),
             stop: CancellationToken::new(),
+        }
+    }
+}
+
+/// A flight's run, driven by its leader's task while the leader waits for it. A leader that
+/// leaves before the end (it cancelled, or its caller went away) hands what is left of the run
+/// to a task of its own: followers may still wait for it, and a run stopped because every
+/// caller left still ends the way a cancelled run does, its usage accounted.
+struct FlightRun(Option<BoxFuture<'static, ()>>);
+
+impl Future for FlightRun {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(run) = self.0.as_mut() else {
+            return Poll::Ready(());
+        };
+        ready!(run.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(())
+    }
+}
+
+impl Drop for FlightRun {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            // Outside a runtime (it is shutting down) there is nothing to finish the run on.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(run);
+            }
         }
     }
 }
@@ -530,43 +568,21 @@ impl Engine {
         let mut outcome = flight.outcome.subscribe();
         let started = prepared.started;
         let account = Arc::clone(&prepared.account);
-        let follower_sink = if leads {
-            let engine = self.clone();
-            let key = prepared.cache_key.clone();
-            let flight = Arc::clone(&flight);
-            tokio::spawn(
-                async move {
-                    let outcome =
-                        run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone())
-                            .execute()
-                            .await;
-                    let mut cacheable = None;
-                    if let Ok(result) = &outcome {
-                        engine.inner.accounting.record(&prepared.account, result);
-                        if !result.partial
-                            && result.error.is_none()
-                            && engine.inner.results.keeps_entries()
-                        {
-                            cacheable = Some(result.clone());
-                        }
-                    }
-                    // Callers get the result before it is encoded for the cache. Until the
-                    // flight is gone, an identical query joins it and gets the result too.
-                    flight.outcome.send_replace(Some(outcome.map_err(Arc::new)));
-                    if let Some(result) = cacheable {
-                        engine.inner.results.store(&key, &result).await;
-                    }
-                    engine.inner.flights.lock().remove(&key);
-                }
-                .instrument(tracing::Span::current()),
-            );
-            None
+        let (shared, follower_sink) = if leads {
+            // The leader drives the run in its own task, so its events reach its caller with
+            // no hand-off between tasks; should it leave first, the run carries on without it.
+            let mut run = FlightRun(Some(self.fly(prepared, sink, flight)));
+            let shared = tokio::select! {
+                () = &mut run => outcome.borrow().clone(),
+                () = cancel.cancelled() => None,
+            };
+            (shared, None)
         } else {
-            Some(sink)
-        };
-        let shared = tokio::select! {
-            done = outcome.wait_for(Option::is_some) => done.ok().and_then(|done| done.clone()),
-            () = cancel.cancelled() => None,
+            let shared = tokio::select! {
+                done = outcome.wait_for(Option::is_some) => done.ok().and_then(|done| done.clone()),
+                () = cancel.cancelled() => None,
+            };
+            (shared, Some(sink))
         };
         drop(caller);
         match (shared, follower_sink) {
@@ -585,6 +601,49 @@ impl Engine {
                 Ok(result)
             }
         }
+    }
+
+    /// The run of a flight: it publishes the outcome to the flight's callers, then caches a
+    /// result worth keeping and lets the flight go.
+    fn fly(
+        &self,
+        prepared: PreparedQuery,
+        sink: EventSink,
+        flight: Arc<Flight>,
+    ) -> BoxFuture<'static, ()> {
+        let engine = self.clone();
+        async move {
+            let outcome = run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone())
+                .execute()
+                .await;
+            let mut cacheable = None;
+            if let Ok(result) = &outcome {
+                engine.inner.accounting.record(&prepared.account, result);
+                if !result.partial && result.error.is_none() && engine.inner.results.keeps_entries()
+                {
+                    cacheable = Some(result.clone());
+                }
+            }
+            // Callers get the result before it is encoded for the cache. Until the flight is
+            // gone, an identical query joins it and gets the result too.
+            flight.outcome.send_replace(Some(outcome.map_err(Arc::new)));
+            let key = prepared.cache_key;
+            let mut settle = async move {
+                if let Some(result) = cacheable {
+                    engine.inner.results.store(&key, &result).await;
+                }
+                engine.inner.flights.lock().remove(&key);
+            }
+            .instrument(tracing::Span::current())
+            .boxed();
+            // A cache in memory is written at once; the leader's caller does not wait for
+            // one over the network, which is written on the side.
+            if futures::poll!(&mut settle).is_pending() {
+                tokio::spawn(settle);
+            }
+        }
+        .instrument(tracing::Span::current())
+        .boxed()
     }
 
     /// Joins the run in flight for `key`, or starts one; returns it and whether the caller
@@ -648,7 +707,7 @@ impl Engine {
                 let cancel = cancel.child_token();
                 let account = Arc::clone(&account);
                 let span_of = Arc::clone(&span_of);
-                async move {
+                let item = async move {
                     let prefix = format!("queries[{index}]");
                     let outcome = match item {
                         Err(error) => Err(error.within(&prefix)),
@@ -663,6 +722,14 @@ impl Engine {
                         },
                     };
                     (index, outcome)
+                };
+                // Each item is a task, so that the items' work spreads over every core; the
+                // task is aborted when the batch is dropped.
+                let task = AbortOnDropHandle::new(tokio::spawn(item));
+                async move {
+                    task.await.unwrap_or_else(|error| {
+                        (index, Err(EngineError::RunFailed(error.to_string())))
+                    })
                 }
             })
             .buffer_unordered(concurrency.max(1))

@@ -853,6 +853,55 @@ async fn a_shared_run_outlives_its_leader_but_not_all_its_callers() {
     );
 }
 
+#[tokio::test]
+async fn a_leader_dropped_mid_run_hands_the_run_on() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let model = Arc::new(GaugeModel::default());
+    let engine = engine_with(corpus(), model.clone());
+
+    // Dropped, not cancelled: its task is aborted, as a response stream is dropped.
+    let leader = start_keyed(&engine, "Zephyr?", CancellationToken::new());
+    while model.started.load(SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let follower = start_keyed(&engine, "Zephyr?", CancellationToken::new());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    leader.abort();
+    let shared = tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .expect("the follower got the run's outcome")
+        .unwrap()
+        .unwrap();
+    assert!(shared.coalesced);
+    assert_eq!(shared.answer, "answer");
+    assert_eq!(
+        model.started.load(SeqCst),
+        1,
+        "the run was not started again"
+    );
+
+    // Alone, the dropped leader's run stops at once and is still accounted for.
+    let before = engine.stats().await.unwrap().usage.queries;
+    let prepared = engine.prepare(question("Klaxon?"), None).await.unwrap();
+    let key = prepared.cache_key.clone();
+    let leader = start_keyed(&engine, "Klaxon?", CancellationToken::new());
+    while model.in_flight.load(SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    leader.abort();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        model.in_flight.load(SeqCst),
+        0,
+        "the model call was dropped"
+    );
+    assert!(
+        !engine.inner.flights.lock().contains_key(&key),
+        "the flight ended"
+    );
+    assert_eq!(engine.stats().await.unwrap().usage.queries, before + 1);
+}
+
 fn start_keyed(
     engine: &Engine,
     text: &str,
