@@ -432,7 +432,8 @@ async fn engine_overhead(
         .map_err(|error| CliError::Io(format!("the measurement task failed: {error}")))?;
 
     // The mock's own latency is what its socket measured, per request, from the first byte
-    // read to the last byte of its answer written: the configured latency plus its HTTP work.
+    // read to the start of the write of its answer's last bytes: the configured latency plus
+    // its HTTP work.
     let mut mock_time: HashMap<usize, Duration> = HashMap::new();
     for request in mock.requests() {
         let question = request.body.to_string();

@@ -60,8 +60,8 @@ pub struct RecordedRequest {
     /// Body parsed as JSON, or `null` when it is not JSON.
     pub body: Value,
     /// The mock's own time for the request, latency included: from the first byte of it read
-    /// off the socket to the last byte of the answer written so far (the whole answer, once
-    /// it is complete); `None` until the mock starts writing an answer.
+    /// off the socket to the start of the latest write of its answer (of the last bytes, once
+    /// the answer is complete); `None` until the mock starts writing an answer.
     pub service_time: Option<Duration>,
 }
 

@@ -60,13 +60,14 @@ impl SocketClock {
         }
     }
 
-    /// Returns the record being answered and how long it has taken so far.
-    fn wrote(&self) -> Option<(usize, Duration)> {
+    /// Returns the record being answered and how long it had taken when a write of it began
+    /// at `writing`.
+    fn wrote(&self, writing: Instant) -> Option<(usize, Duration)> {
         let mut phase = self.phase.lock();
         match *phase {
             Phase::Serving { index, began } | Phase::Answering { index, began } => {
                 *phase = Phase::Answering { index, began };
-                Some((index, began.elapsed()))
+                Some((index, writing.saturating_duration_since(began)))
             }
             Phase::Idle | Phase::Arrived(_) => None,
         }
@@ -128,11 +129,15 @@ pub(super) struct TimedStream {
 }
 
 impl TimedStream {
-    fn wrote(&self, bytes: usize) {
+    /// Records that `bytes` of an answer went out in a write that began at `writing`. The time
+    /// is taken before the write: the write wakes the client, which may then run on this very
+    /// core before the writing thread gets it back, and that time is the client's, not the
+    /// mock's.
+    fn wrote(&self, writing: Instant, bytes: usize) {
         if bytes == 0 {
             return;
         }
-        if let Some((index, elapsed)) = self.clock.wrote()
+        if let Some((index, elapsed)) = self.clock.wrote(writing)
             && let Some(request) = self.shared.requests.lock().get_mut(index)
         {
             request.service_time = Some(elapsed);
@@ -163,9 +168,10 @@ impl AsyncWrite for TimedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let writing = Instant::now();
         let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = polled {
-            self.wrote(written);
+            self.wrote(writing, written);
         }
         polled
     }
@@ -175,9 +181,10 @@ impl AsyncWrite for TimedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let writing = Instant::now();
         let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(written)) = polled {
-            self.wrote(written);
+            self.wrote(writing, written);
         }
         polled
     }
