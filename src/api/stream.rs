@@ -109,7 +109,14 @@ impl<E, T> Stream for Driven<E, T> {
                     // delivered, and the stream ends then rather than wait for that copy.
                     this.events.close();
                 }
-                Poll::Pending => return Poll::Pending,
+                // What the work sent before it paused goes out now, not after the task has
+                // been scheduled again behind the work it woke.
+                Poll::Pending => {
+                    return match this.events.poll_recv(cx) {
+                        Poll::Ready(Some(event)) => Poll::Ready(Some(Ok((this.convert)(event)))),
+                        Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                    };
+                }
             }
         }
     }
@@ -146,6 +153,19 @@ mod tests {
             items,
             ["event 0", "event 1", "event 2", "Unavailable: model down"]
         );
+    }
+
+    #[tokio::test]
+    async fn an_event_goes_out_in_the_poll_in_which_the_work_sent_it() {
+        let (sender, events) = mpsc::channel(4);
+        let work = async move {
+            sender.send(7).await.map_err(|_| Status::internal("gone"))?;
+            std::future::pending::<Result<(), Status>>().await
+        };
+        let mut stream = drive_stream(work.boxed(), events, |n: i32| n, CancellationToken::new());
+        let first = stream.next().now_or_never();
+        assert!(matches!(first, Some(Some(Ok(7)))), "{first:?}");
+        assert!(stream.next().now_or_never().is_none());
     }
 
     #[tokio::test]
