@@ -380,6 +380,11 @@ pub struct LimitsConfig {
     pub requests_per_minute: u32,
     /// Requests admitted at once from an idle start.
     pub burst: u32,
+    /// Calls refused for a missing, malformed or unknown key (while keys are on) per client
+    /// address per minute; beyond them such calls get RESOURCE_EXHAUSTED. 0 for no limit.
+    pub refused_per_minute: u32,
+    /// Such refusals allowed at once from an idle start.
+    pub refused_burst: u32,
     /// Where buckets live.
     pub store: RateLimitStore,
     /// Redis of the `redis` store.
@@ -403,6 +408,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             requests_per_minute: 0,
             burst: 20,
+            refused_per_minute: 60,
+            refused_burst: 20,
             store: RateLimitStore::Memory,
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_prefix: "deeprecall:ratelimit".to_string(),
@@ -752,6 +759,12 @@ exempt_services = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection
 requests_per_minute = 0
 # Requests admitted at once after a quiet spell (flag --rate-limit-burst).
 burst = 20
+# While keys are on: calls refused for a missing, malformed or unknown key, per client address
+# per minute, and at once after a quiet spell; beyond them such calls get RESOURCE_EXHAUSTED
+# with retry-after instead of UNAUTHENTICATED. Valid keys from the address are not held back.
+# 0 turns this off.
+refused_per_minute = 60
+refused_burst = 20
 # "memory" (each replica alone) or "redis" (one limit shared by every replica; flag
 # --rate-limit-store). While Redis cannot answer, each replica limits alone.
 store = "memory"

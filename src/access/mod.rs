@@ -69,6 +69,12 @@ pub enum AccessError {
         /// Wait before the request would be admitted.
         retry_after: Duration,
     },
+    /// The client's address sent more calls without a valid key than it may.
+    #[error("too many calls with a missing, malformed or unknown API key from this address; retry in {}", seconds_text(*retry_after))]
+    TooManyRefusals {
+        /// Wait before such a call would be answered again.
+        retry_after: Duration,
+    },
     /// A batch costs more than the caller's burst, so it can never be admitted whole.
     #[error("a batch of {cost} queries exceeds the rate-limit burst of {burst}: split it")]
     BatchOverBurst {
@@ -103,7 +109,8 @@ impl AccessError {
     /// Time after which the refused call may succeed, for a `retry-after` hint.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            AccessError::RateLimited { retry_after, .. } => Some(*retry_after),
+            AccessError::RateLimited { retry_after, .. }
+            | AccessError::TooManyRefusals { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -326,6 +333,9 @@ pub struct FrontDoorSettings {
     pub exempt_services: Vec<String>,
     /// Rate of callers whose key sets none; `None` for unlimited.
     pub default_rate: Option<Rate>,
+    /// Calls refused for their key that a client address may make (while keys are on) before
+    /// the next is told to back off; `None` for unlimited.
+    pub refused_rate: Option<Rate>,
 }
 
 /// Whether and how a call may go in.
@@ -430,7 +440,10 @@ impl FrontDoor {
         if self.is_exempt(path) {
             return Ok(Admission::Exempt);
         }
-        let caller = self.identify(credentials, peer)?;
+        let caller = match self.identify(credentials, peer) {
+            Ok(caller) => caller,
+            Err(error) => return Err(self.count_refusal(error, peer).await),
+        };
         let method = Method::from_path(path);
         if let Some(method) = method {
             caller.check_method(method)?;
@@ -446,6 +459,33 @@ impl FrontDoor {
             _ => None,
         };
         Ok(Admission::Caller { caller, slot })
+    }
+
+    /// Counts a call refused for its key against its address's allowance of such refusals;
+    /// beyond it the call is told to back off instead. A client stuck on a bad key, or one
+    /// guessing, then costs a bounded amount of work and log; a valid key from the same
+    /// address is not held back (keys are too long to guess, and a shared address such as a
+    /// NAT must not lock its other clients out).
+    async fn count_refusal(&self, error: AccessError, peer: Option<IpAddr>) -> AccessError {
+        let refused_for_key = matches!(
+            error,
+            AccessError::MissingKey | AccessError::MalformedKey(_) | AccessError::UnknownKey
+        );
+        let (true, Some(rate), Some(address)) = (refused_for_key, self.settings.refused_rate, peer)
+        else {
+            return error;
+        };
+        match self
+            .limiter
+            .check(&format!("refused:{address}"), rate, 1)
+            .await
+        {
+            Decision::Limited { retry_after } => {
+                self.metrics.rate_limited("refused_key");
+                AccessError::TooManyRefusals { retry_after }
+            }
+            Decision::Allowed | Decision::OverBurst => error,
+        }
     }
 
     /// Charges a batch of `queries` the requests beyond the one its call already paid. A batch
@@ -568,6 +608,10 @@ mod tests {
     }
 
     fn door(exempt: &[&str], rate: Option<Rate>) -> FrontDoor {
+        door_refusing(exempt, rate, None)
+    }
+
+    fn door_refusing(exempt: &[&str], rate: Option<Rate>, refused: Option<Rate>) -> FrontDoor {
         FrontDoor::new(
             FrontDoorSettings {
                 keys: vec![KeyEntry {
@@ -582,6 +626,7 @@ mod tests {
                 keys_file: None,
                 exempt_services: exempt.iter().map(|name| name.to_string()).collect(),
                 default_rate: rate,
+                refused_rate: refused,
             },
             RateLimiter::in_memory(1_000),
             QuerySlots::new(SlotSettings {
@@ -640,6 +685,61 @@ mod tests {
             assert!(matches!(outcome, Err(AccessError::UnknownKey)));
         }
         assert_eq!(door.limiter().tracked_locally(), 0);
+    }
+
+    #[tokio::test]
+    async fn refusals_for_a_key_are_limited_per_address_and_valid_keys_still_pass() {
+        let refused = Rate {
+            per_minute: 60,
+            burst: 3,
+        };
+        let door = door_refusing(&[], None, Some(refused));
+        let stats = "/deeprecall.v1.DeepRecall/GetStats";
+        let guess = Credentials {
+            api_key: Some(b"guess-0000000000000000"),
+            ..Credentials::default()
+        };
+        let here: Option<IpAddr> = "192.0.2.7".parse().ok();
+        for _ in 0..3 {
+            let outcome = door.admit(stats, guess, here).await;
+            assert!(
+                matches!(outcome, Err(AccessError::UnknownKey)),
+                "{outcome:?}"
+            );
+        }
+        match door.admit(stats, guess, here).await {
+            Err(AccessError::TooManyRefusals { retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            }
+            other => panic!("expected to be told to back off, got {other:?}"),
+        }
+        // A missing key is refused for its key too, and counts against the same allowance.
+        let outcome = door.admit(stats, Credentials::default(), here).await;
+        assert!(
+            matches!(outcome, Err(AccessError::TooManyRefusals { .. })),
+            "{outcome:?}"
+        );
+
+        let valid = Credentials {
+            api_key: Some(b"reader-key-0123456789"),
+            ..Credentials::default()
+        };
+        let query = "/deeprecall.v1.DeepRecall/Query";
+        assert!(matches!(
+            door.admit(query, valid, here).await,
+            Ok(Admission::Caller { .. })
+        ));
+        // A refusal for something other than the key is not counted.
+        assert!(matches!(
+            door.admit("/deeprecall.v1.DeepRecall/ClearCache", valid, here)
+                .await,
+            Err(AccessError::MissingScope { .. })
+        ));
+        let elsewhere: Option<IpAddr> = "192.0.2.8".parse().ok();
+        assert!(matches!(
+            door.admit(stats, guess, elsewhere).await,
+            Err(AccessError::UnknownKey)
+        ));
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub fn access_status(error: &AccessError) -> Status {
         AccessError::MissingScope { .. }
         | AccessError::CollectionDenied { .. }
         | AccessError::ClearAllDenied { .. } => Status::permission_denied(message),
-        AccessError::RateLimited { retry_after, .. } => {
+        AccessError::RateLimited { retry_after, .. }
+        | AccessError::TooManyRefusals { retry_after } => {
             let mut metadata = MetadataMap::new();
             metadata.insert(
                 "retry-after",
@@ -152,6 +153,26 @@ mod tests {
             "row 7 of /var/data".into(),
         )));
         assert_eq!(status.message(), "storage failure");
+    }
+
+    #[test]
+    fn being_told_to_back_off_carries_retry_after() {
+        let status = access_status(&AccessError::TooManyRefusals {
+            retry_after: std::time::Duration::from_millis(1_500),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok()),
+            Some("2")
+        );
+        assert!(
+            status.message().contains("unknown API key"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

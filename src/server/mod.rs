@@ -104,6 +104,7 @@ pub fn build_front_door(config: &Config, metrics: &Metrics) -> Result<Arc<FrontD
             keys_file: config.auth.keys_file.clone(),
             exempt_services: config.auth.exempt_services.clone(),
             default_rate: Rate::from_settings(limits.requests_per_minute, limits.burst),
+            refused_rate: Rate::from_settings(limits.refused_per_minute, limits.refused_burst),
         },
         limiter,
         slots,

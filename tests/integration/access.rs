@@ -308,6 +308,40 @@ async fn rate_limits_count_exactly_and_say_when_to_retry() {
 }
 
 #[tokio::test]
+async fn calls_refused_for_their_key_are_limited_per_address() {
+    let mut server = TestServer::start_with(|config| {
+        with_keys(config);
+        config.limits.refused_per_minute = 1;
+        config.limits.refused_burst = 3;
+    })
+    .await;
+    let client = &mut server.client;
+    let wrong = "reader-key-0000000009";
+    for _ in 0..2 {
+        let refused = stats(client, bearer(pb::GetStatsRequest {}, wrong))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
+    let missing = stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+
+    let told = stats(client, bearer(pb::GetStatsRequest {}, wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(told.code(), Code::ResourceExhausted, "{told:?}");
+    assert!(told.message().contains("unknown API key"), "{told:?}");
+    assert!((59..=60).contains(&retry_after(&told)), "{told:?}");
+
+    // The address's valid keys are not held back.
+    stats(client, bearer(pb::GetStatsRequest {}, READER))
+        .await
+        .expect("a valid key is admitted");
+}
+
+#[tokio::test]
 async fn without_keys_the_limit_is_per_client_address() {
     let mut server = TestServer::start_with(|config| {
         config.limits.requests_per_minute = 1;
