@@ -462,10 +462,10 @@ impl FrontDoor {
     }
 
     /// Counts a call refused for its key against its address's allowance of such refusals;
-    /// beyond it the call is told to back off instead. A client stuck on a bad key, or one
-    /// guessing, then costs a bounded amount of work and log; a valid key from the same
-    /// address is not held back (keys are too long to guess, and a shared address such as a
-    /// NAT must not lock its other clients out).
+    /// beyond it the call is told to back off, with a `retry-after` that retry policies honour,
+    /// instead of being told again that its key is wrong. A valid key from the same address is
+    /// not held back: keys are too long to guess, and a shared address such as a NAT must not
+    /// lock its other clients out.
     async fn count_refusal(&self, error: AccessError, peer: Option<IpAddr>) -> AccessError {
         let refused_for_key = matches!(
             error,
