@@ -841,16 +841,7 @@ async fn a_shared_run_outlives_its_leader_but_not_all_its_callers() {
     first_cancel.cancel();
     second_cancel.cancel();
     assert!(first.await.unwrap().is_err() && second.await.unwrap().is_err());
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(
-        model.in_flight.load(SeqCst),
-        0,
-        "the model call was dropped"
-    );
-    assert!(
-        !engine.inner.flights.lock().contains_key(&key),
-        "the flight ended"
-    );
+    assert_run_stopped(&engine, &model, &key).await;
 }
 
 #[tokio::test]
@@ -889,17 +880,23 @@ async fn a_leader_dropped_mid_run_hands_the_run_on() {
         tokio::task::yield_now().await;
     }
     leader.abort();
+    assert_run_stopped(&engine, &model, &key).await;
+    assert_eq!(engine.stats().await.unwrap().usage.queries, before + 1);
+}
+
+/// Checks, shortly after every caller of the run under `key` left, that its model call was
+/// dropped and its flight is gone.
+async fn assert_run_stopped(engine: &Engine, model: &GaugeModel, key: &CacheKey) {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(
-        model.in_flight.load(SeqCst),
+        model.in_flight.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "the model call was dropped"
     );
     assert!(
-        !engine.inner.flights.lock().contains_key(&key),
+        !engine.inner.flights.lock().contains_key(key),
         "the flight ended"
     );
-    assert_eq!(engine.stats().await.unwrap().usage.queries, before + 1);
 }
 
 fn start_keyed(
