@@ -16,7 +16,7 @@ use super::{CliError, READY_TIMEOUT, connect, wait_until_serving};
 use crate::api::pb;
 use crate::config::{Backend, CacheBackend, Config};
 use crate::embed::HashingEmbedder;
-use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript};
+use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript, Recording};
 use crate::server;
 use crate::store::{
     DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, SearchRequest,
@@ -365,7 +365,8 @@ async fn engine_overhead(
     };
     let mut script = MockScript::default()
         .with_latency(latency)
-        .with_chunk_pause(Duration::ZERO);
+        .with_chunk_pause(Duration::ZERO)
+        .with_recording(Recording::Light);
     for n in 0..queries {
         script = script.with_conversation(
             format!("{QUESTION_PREFIX}{n}?"),
@@ -436,8 +437,8 @@ async fn engine_overhead(
     // its HTTP work.
     let mut mock_time: HashMap<usize, Duration> = HashMap::new();
     for request in mock.requests() {
-        let question = request.body.to_string();
-        let number = question
+        let number = request
+            .first_user_text
             .split(QUESTION_PREFIX)
             .nth(1)
             .and_then(|rest| rest.split('?').next())

@@ -55,10 +55,13 @@ const FALLBACK_MODEL: &str = "mock-model";
 pub struct RecordedRequest {
     /// Path including the query string, e.g. `/v1/chat/completions`.
     pub path: String,
-    /// Headers in the order received, names lowercased.
+    /// Headers in the order received, names lowercased; empty with [`Recording::Light`].
     pub headers: Vec<(String, String)>,
-    /// Body parsed as JSON, or `null` when it is not JSON.
+    /// Body parsed as JSON, or `null` when it is not JSON or the script records
+    /// [`Recording::Light`].
     pub body: Value,
+    /// The text of the request's first user message, which picks its conversation.
+    pub first_user_text: String,
     /// The mock's own time for the request, latency included: from the first byte of it read
     /// off the socket to the start of the latest write of its answer (of the last bytes, once
     /// the answer is complete); `None` until the mock starts writing an answer.
@@ -90,6 +93,20 @@ pub struct MockScript {
     /// Pause between the events of a streamed reply; `None` is 2 ms, enough for a client to
     /// see the text arrive piece by piece. Benchmarks set zero.
     pub chunk_pause: Option<Duration>,
+    /// How much of each request the server keeps.
+    pub recording: Recording,
+}
+
+/// How much of each request the mock keeps for [`MockLlmServer::requests`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Recording {
+    /// Everything: path, headers, the parsed body.
+    #[default]
+    Full,
+    /// Path, first user message and timing only. A benchmark sends thousands of requests:
+    /// keeping every parsed body would grow the heap through the whole run, and the process,
+    /// engine included, would keep paying for fresh memory the server it measures never needs.
+    Light,
 }
 
 impl MockScript {
@@ -110,6 +127,12 @@ impl MockScript {
     /// Returns the script with this pause between the events of streamed replies.
     pub fn with_chunk_pause(mut self, pause: Duration) -> Self {
         self.chunk_pause = Some(pause);
+        self
+    }
+
+    /// Returns the script recording requests as `recording` says.
+    pub fn with_recording(mut self, recording: Recording) -> Self {
+        self.recording = recording;
         self
     }
 
@@ -227,6 +250,7 @@ impl MockLlmServer {
         let shared = Arc::new(Shared {
             latency: script.latency,
             chunk_pause: script.chunk_pause.unwrap_or(CHUNK_PAUSE),
+            recording: script.recording,
             alarms: AlarmClock::start()?,
             script: Mutex::new(ScriptCursor::new(script)),
             requests: Mutex::new(Vec::new()),
@@ -336,6 +360,7 @@ struct Shared {
     chunk_pause: Duration,
     alarms: AlarmClock,
     script: Mutex<ScriptCursor>,
+    recording: Recording,
     requests: Mutex<Vec<RecordedRequest>>,
     /// How long after arrival each abandoned request was dropped, in order.
     abandoned: watch::Sender<Vec<Duration>>,
@@ -638,12 +663,17 @@ async fn handle(
         == Some(true);
     let prompt_tokens = token_count(prompt_chars(&body));
     let first_user_text = first_user_text(&body);
+    let (headers, body) = match shared.recording {
+        Recording::Full => (headers, body),
+        Recording::Light => (Vec::new(), Value::Null),
+    };
     let index = {
         let mut requests = shared.requests.lock();
         requests.push(RecordedRequest {
             path,
             headers,
             body,
+            first_user_text: first_user_text.clone(),
             service_time: None,
         });
         requests.len() - 1
@@ -1511,7 +1541,36 @@ mod tests {
         assert_eq!(requests[0].path, "/v1/chat/completions");
         assert_eq!(requests[0].body["model"], "gpt-test");
         assert_eq!(requests[0].header("Content-Type"), Some("application/json"));
+        assert_eq!(requests[0].first_user_text, "Capital?");
         assert_eq!(server.abandoned_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn light_recording_keeps_the_conversation_and_timing_but_not_the_body() {
+        let script = MockScript::replies(vec![MockReply::text("ok")])
+            .with_latency(Duration::from_millis(20))
+            .with_recording(Recording::Light);
+        let server = MockLlmServer::start(script).await.unwrap();
+
+        let reply = post_json(
+            &server,
+            "/v1/chat/completions",
+            &openai_body("Capital?", false),
+        )
+        .await;
+
+        assert_eq!(reply["choices"][0]["message"]["content"], "ok");
+        let requests = server.requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].path, "/v1/chat/completions");
+        assert_eq!(requests[0].first_user_text, "Capital?");
+        assert_eq!(requests[0].body, Value::Null);
+        assert!(requests[0].headers.is_empty());
+        let service_time = requests[0].service_time.unwrap();
+        assert!(
+            service_time >= Duration::from_millis(20),
+            "{service_time:?}"
+        );
     }
 
     #[tokio::test]
