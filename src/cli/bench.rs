@@ -498,8 +498,53 @@ async fn engine_overhead(
                 .saturating_sub(phases.model_calls + phases.searches)),
             phase(|phases| phases.outside_run),
         );
+        if !latency.is_zero() {
+            println!("  {}", cold_cache_probe(latency).await);
+        }
     }
     Ok(())
+}
+
+/// The bytes [`cold_cache_probe`] walks: past the two cores' L2 caches, well inside a
+/// shared L3.
+const PROBE_BYTES: usize = 8 << 20;
+
+/// Measures how much slower this machine runs memory-bound work after idling for `idle`, as
+/// a query does after each model call: the same walk over [`PROBE_BYTES`] back to back, then
+/// each time after sleeping. On a virtual machine whose neighbours use the shared cache while
+/// it idles, the second is markedly slower, and so is every step of a query at concurrency 1
+/// with a slow model, however little work the step does.
+async fn cold_cache_probe(idle: Duration) -> String {
+    const WALKS: usize = 16;
+    let mut memory = vec![1u8; PROBE_BYTES];
+    let mut walk = || {
+        let began = Instant::now();
+        // One byte per cache line, written back so that the walk cannot be skipped.
+        for line in memory.chunks_mut(64) {
+            line[0] = std::hint::black_box(line[0].wrapping_add(1));
+        }
+        began.elapsed()
+    };
+    walk();
+    let mut warm: Vec<Duration> = (0..WALKS).map(|_| walk()).collect();
+    let mut cold = Vec::with_capacity(WALKS);
+    for _ in 0..WALKS {
+        tokio::time::sleep(idle).await;
+        cold.push(walk());
+    }
+    let middle = |times: &mut Vec<Duration>| {
+        times.sort();
+        times.get(times.len() / 2).copied().unwrap_or_default()
+    };
+    let (warm, cold) = (middle(&mut warm), middle(&mut cold));
+    format!(
+        "this machine after {} ms idle: a walk over {} MiB takes {:.0} µs against {:.0} µs back to back ({:.1}x)",
+        idle.as_millis(),
+        PROBE_BYTES >> 20,
+        cold.as_secs_f64() * 1e6,
+        warm.as_secs_f64() * 1e6,
+        cold.as_secs_f64() / warm.as_secs_f64().max(f64::MIN_POSITIVE),
+    )
 }
 
 /// How one query's time divides, from the server's own timestamps on its trace events: a
