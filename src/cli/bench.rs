@@ -16,7 +16,7 @@ use super::{CliError, READY_TIMEOUT, connect, wait_until_serving};
 use crate::api::pb;
 use crate::config::{Backend, CacheBackend, Config};
 use crate::embed::HashingEmbedder;
-use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript, Recording};
+use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript, RecordedRequest, Recording};
 use crate::server;
 use crate::store::{
     DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, SearchRequest,
@@ -435,25 +435,19 @@ async fn engine_overhead(
     // The mock's own latency is what its socket measured, per request, from the first byte
     // read to the start of the write of its answer's last bytes: the configured latency plus
     // its HTTP work.
-    let mut mock_time: HashMap<usize, Duration> = HashMap::new();
-    for request in mock.requests() {
-        let number = request
-            .first_user_text
-            .split(QUESTION_PREFIX)
-            .nth(1)
-            .and_then(|rest| rest.split('?').next())
-            .and_then(|digits| digits.parse::<usize>().ok());
-        if let (Some(n), Some(service_time)) = (number, request.service_time) {
-            *mock_time.entry(n).or_default() += service_time;
-        }
-    }
+    let mock_time = mock_time_by_query(&mock.requests());
     let mut overheads = Vec::with_capacity(latencies.len());
     let mut end_to_end = Vec::with_capacity(latencies.len());
     let mut mock_share = Vec::with_capacity(latencies.len());
     let mut phases = Vec::with_capacity(latencies.len());
     for outcome in latencies {
         let (n, elapsed, query_phases) = outcome?;
-        let mock = mock_time.get(&n).copied().unwrap_or(latency * 3);
+        // Without the mock's own time the overhead would be a guess; better no number.
+        let mock = mock_time.get(&n).copied().ok_or_else(|| {
+            CliError::Io(format!(
+                "the mock has no timing for bench query {n}: its requests no longer carry the question"
+            ))
+        })?;
         overheads.push(elapsed.saturating_sub(mock));
         end_to_end.push(elapsed);
         mock_share.push(mock);
@@ -503,6 +497,31 @@ async fn engine_overhead(
         }
     }
     Ok(())
+}
+
+/// Sums the mock's own time per bench query, recognised by its question in each request's
+/// first user message.
+fn mock_time_by_query(requests: &[RecordedRequest]) -> HashMap<usize, Duration> {
+    let mut mock_time: HashMap<usize, Duration> = HashMap::new();
+    for request in requests {
+        if let (Some(n), Some(service_time)) = (
+            bench_query_number(&request.first_user_text),
+            request.service_time,
+        ) {
+            *mock_time.entry(n).or_default() += service_time;
+        }
+    }
+    mock_time
+}
+
+/// Returns `n` from the bench question `"{QUESTION_PREFIX}{n}?"` somewhere in `text`.
+fn bench_query_number(text: &str) -> Option<usize> {
+    text.split(QUESTION_PREFIX)
+        .nth(1)?
+        .split('?')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The bytes [`cold_cache_probe`] walks: past the two cores' L2 caches, well inside a
@@ -685,5 +704,51 @@ impl Corpus {
 
     fn query(&mut self) -> String {
         (0..5).map(|_| self.word()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::prompts;
+
+    fn recorded(first_user_text: String, service_time: Option<Duration>) -> RecordedRequest {
+        RecordedRequest {
+            path: "/v1/chat/completions".into(),
+            headers: Vec::new(),
+            body: serde_json::Value::Null,
+            first_user_text,
+            service_time,
+        }
+    }
+
+    #[test]
+    fn the_mock_time_of_each_query_is_found_in_the_prompt_the_engine_sends() {
+        let prompt =
+            |n: usize| prompts::user_message(&format!("{QUESTION_PREFIX}{n}?"), "default", 200, "");
+        let requests = [
+            recorded(prompt(7), Some(Duration::from_millis(50))),
+            recorded(prompt(12), Some(Duration::from_millis(40))),
+            recorded(prompt(7), Some(Duration::from_millis(51))),
+            // Not answered yet: no time to count.
+            recorded(prompt(12), None),
+            recorded(
+                "a question of no bench query".into(),
+                Some(Duration::from_secs(1)),
+            ),
+        ];
+
+        let mock_time = mock_time_by_query(&requests);
+
+        assert_eq!(mock_time.len(), 2);
+        assert_eq!(mock_time[&7], Duration::from_millis(101));
+        assert_eq!(mock_time[&12], Duration::from_millis(40));
+    }
+
+    #[test]
+    fn bench_query_numbers_need_the_whole_question() {
+        assert_eq!(bench_query_number(&format!("{QUESTION_PREFIX}3?")), Some(3));
+        assert_eq!(bench_query_number(&format!("{QUESTION_PREFIX}x?")), None);
+        assert_eq!(bench_query_number("bench 3?"), None);
     }
 }
