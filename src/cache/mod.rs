@@ -133,10 +133,16 @@ impl CacheKey {
     /// Builds a key for `collection` from a digest of `material`, which must hold everything
     /// that changes the cached value.
     pub fn digest_of(collection: &str, material: &serde_json::Value) -> Self {
+        const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(material.to_string().as_bytes());
+        let mut hex = String::with_capacity(digest.len() * 2);
+        for byte in digest {
+            hex.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+        }
         CacheKey {
             collection: collection.to_string(),
-            digest: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+            digest: hex,
         }
     }
 }
@@ -267,6 +273,15 @@ mod tests {
         assert_ne!(
             a,
             CacheKey::digest_of("a", &serde_json::json!({"query": "q", "top_k": 6}))
+        );
+    }
+
+    #[test]
+    fn a_key_is_the_lowercase_hex_sha256_of_its_material_so_stored_entries_stay_found() {
+        let key = CacheKey::digest_of("c", &serde_json::json!({"q": 1}));
+        assert_eq!(
+            key.digest,
+            "6ae0f660046dadcf5fe8462c0e00a062db4c8d67be82f4098c5ea4208d19b076"
         );
     }
 }

@@ -375,24 +375,28 @@ impl<'a> Run<'a> {
             &collection.name,
             u32::try_from(top_k).unwrap_or(u32::MAX),
         );
-        // Everything that changes the hits; the content version makes a write invalidate.
-        let cache_key = CacheKey::digest_of(
-            &collection.name,
-            &serde_json::json!({
-                "collection_version": collection.version,
-                "query": query,
-                "filters": filter.to_json(),
-                "top_k": top_k,
-            }),
-        );
-        let cached = if self.prepared.request.skip_cache {
-            None
-        } else {
-            self.inner
-                .searches
-                .lookup::<Vec<Hit>>(&cache_key)
-                .instrument(span.clone())
-                .await
+        // Everything that changes the hits; the content version makes a write invalidate. A
+        // search cache that keeps nothing needs no key: every search is a miss.
+        let cache_key = self.inner.searches.keeps_entries().then(|| {
+            CacheKey::digest_of(
+                &collection.name,
+                &serde_json::json!({
+                    "collection_version": collection.version,
+                    "query": query,
+                    "filters": filter.to_json(),
+                    "top_k": top_k,
+                }),
+            )
+        });
+        let cached = match &cache_key {
+            Some(cache_key) if !self.prepared.request.skip_cache => {
+                self.inner
+                    .searches
+                    .lookup::<Vec<Hit>>(cache_key)
+                    .instrument(span.clone())
+                    .await
+            }
+            _ => None,
         };
         let cache_hit = cached.is_some();
         if !self.prepared.request.skip_cache {
@@ -408,7 +412,9 @@ impl<'a> Run<'a> {
                 .await
             {
                 Guarded::Done(Ok(hits)) => {
-                    self.inner.searches.store(&cache_key, &hits).await;
+                    if let Some(cache_key) = &cache_key {
+                        self.inner.searches.store(cache_key, &hits).await;
+                    }
                     hits
                 }
                 Guarded::Done(Err(error)) => {

@@ -766,6 +766,52 @@ async fn a_repeated_search_is_served_from_the_search_cache_until_skipped() {
 }
 
 #[tokio::test]
+async fn without_a_search_cache_every_search_reaches_the_store() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedModel::text("done"),
+        ],
+    ));
+    let store = corpus();
+    let engine = Engine::new(
+        EngineParts {
+            store: store.clone(),
+            sub_model: model.clone(),
+            model,
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: crate::cache::CacheLevel {
+                name: "search",
+                cache: Arc::new(crate::cache::NoCache),
+                ttl: Duration::from_secs(60),
+            },
+        },
+        EngineConfig::default(),
+    );
+
+    let (result, events) = run_collecting(&engine, question("Who makes the Zephyr?")).await;
+
+    let hits: Vec<bool> = events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Search(search) => Some(search.cache_hit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hits, [false, false]);
+    assert_eq!(
+        store.searches.lock().len(),
+        2,
+        "both searches reached the store"
+    );
+    assert_eq!(result.sources[0].id, "zephyr");
+}
+
+#[tokio::test]
 async fn identical_concurrent_queries_share_one_run() {
     let model = Arc::new(ScriptedModel::new(
         "scripted",
