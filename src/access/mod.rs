@@ -538,7 +538,7 @@ impl FrontDoor {
         &self.limiter
     }
 
-    /// The query slots, for their counters.
+    /// The query slots: their counters, and the free ones a batch widens into.
     pub fn slots(&self) -> &QuerySlots {
         &self.slots
     }

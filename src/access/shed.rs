@@ -96,6 +96,25 @@ impl QuerySlots {
         }
     }
 
+    /// Takes up to `wanted` slots that are free now, without waiting or joining the line:
+    /// the slots a batch runs its items on beyond its call's own. A batch so widens into spare
+    /// capacity only, and never past the bound or ahead of a query already waiting.
+    pub fn take_free(&self, wanted: usize) -> Vec<QuerySlot> {
+        if self.settings.max_running == 0 {
+            return (0..wanted).map(|_| QuerySlot { _permit: None }).collect();
+        }
+        let mut taken = Vec::with_capacity(wanted);
+        while taken.len() < wanted {
+            let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() else {
+                break;
+            };
+            taken.push(QuerySlot {
+                _permit: Some(permit),
+            });
+        }
+        taken
+    }
+
     /// Queries running now.
     pub fn running(&self) -> usize {
         self.settings
@@ -183,6 +202,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn free_slots_are_taken_without_waiting_and_never_ahead_of_a_waiting_query() {
+        let slots = Arc::new(QuerySlots::new(SlotSettings {
+            max_running: 4,
+            max_waiting: 1,
+            max_wait: Duration::from_secs(5),
+        }));
+        let call = slots.acquire().await.unwrap();
+
+        let extra = slots.take_free(8);
+        assert_eq!(extra.len(), 3, "only the free slots");
+        assert_eq!(slots.running(), 4);
+        assert!(slots.take_free(1).is_empty());
+
+        let waiter = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire().await.map(|_| ()) }
+        });
+        while slots.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(call);
+        assert!(
+            slots.take_free(1).is_empty(),
+            "the freed slot is the waiter's"
+        );
+        waiter.await.unwrap().unwrap();
+
+        drop(extra);
+        assert_eq!(slots.running(), 0);
+        assert_eq!(slots.take_free(2).len(), 2);
+    }
+
+    #[tokio::test]
     async fn no_bound_means_no_refusal() {
         let slots = QuerySlots::new(SlotSettings {
             max_running: 0,
@@ -195,5 +247,6 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(held.len(), 100);
+        assert_eq!(slots.take_free(64).len(), 64);
     }
 }

@@ -151,6 +151,14 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         }
         let concurrency = engine.validate_batch(queries.len(), max_concurrency as usize)?;
         self.door.charge_batch(&caller, queries.len()).await?;
+        // The call holds one query slot; items beyond it run on slots free right now, held
+        // until the batch ends. A batch so counts against `max_concurrent_queries` like the
+        // queries it runs, and on a busy server runs narrower instead of waiting.
+        let extra_slots = self
+            .door
+            .slots()
+            .take_free(concurrency.min(queries.len()).saturating_sub(1));
+        let concurrency = 1 + extra_slots.len();
         let items = queries.into_iter().map(convert::query_request).collect();
 
         let cancel = CancellationToken::new();
@@ -169,6 +177,8 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
             cancel.clone(),
         );
         let stream = spawn_stream(concurrency, cancel, move |sender| async move {
+            // Given back after the remaining runs, declared later, are dropped.
+            let _extra_slots = extra_slots;
             let mut results = std::pin::pin!(results);
             while let Some((index, outcome)) = results.next().await {
                 let outcome = match outcome {

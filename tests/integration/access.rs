@@ -489,6 +489,82 @@ async fn overload_is_refused_at_once_not_queued() {
 }
 
 #[tokio::test]
+async fn a_batch_runs_its_items_on_free_query_slots_only() {
+    const RUNNING: usize = 3;
+    let mock = MockLlmServer::start(
+        MockScript::replies(vec![MockReply::text("Kestrel is in Tampere.")])
+            .with_latency(Duration::from_millis(600)),
+    )
+    .await
+    .expect("mock starts");
+    let server = TestServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        config.limits.max_concurrent_queries = RUNNING;
+        config.limits.max_queued_queries = 0;
+    })
+    .await;
+    let mut writer = server.client.clone();
+    add(
+        &mut writer,
+        "",
+        vec![document("k", "Kestrel is in Tampere.", json!({}))],
+    )
+    .await;
+
+    let mut batch_client = server.client.clone();
+    let batch = tokio::spawn(async move {
+        let queries = (0..5)
+            .map(|n| question(&format!("Where is Kestrel, take {n}?")))
+            .collect();
+        let mut stream = batch_client
+            .query_batch(pb::QueryBatchRequest {
+                queries,
+                max_concurrency: 5,
+            })
+            .await?
+            .into_inner();
+        let mut items = Vec::new();
+        while let Some(item) = stream.message().await? {
+            items.push(item);
+        }
+        Ok::<_, tonic::Status>(items)
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.request_count() < RUNNING {
+        assert!(
+            Instant::now() < deadline,
+            "the batch's items never reached the model"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The call's slot and the two free ones: the batch takes no more than the server allows.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(mock.request_count(), RUNNING);
+    let mut client = server.client.clone();
+    let refused = run_query(&mut client, tonic::Request::new(question("Kestrel?")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("overloaded"), "{refused:?}");
+
+    let items = batch.await.expect("batch task").expect("batch succeeds");
+    assert_eq!(items.len(), 5);
+    assert!(
+        items
+            .iter()
+            .all(|item| matches!(item.outcome, Some(pb::query_batch_item::Outcome::Result(_))))
+    );
+    // Every slot came back with the batch's end.
+    run_query(&mut client, tonic::Request::new(question("Kestrel again?")))
+        .await
+        .expect("a slot is free again");
+}
+
+#[tokio::test]
 async fn the_key_file_is_reloaded_on_sighup() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     let keys_file = data_dir.path().join("keys.toml");
