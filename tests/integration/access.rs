@@ -79,6 +79,36 @@ fn add_request(collection: &str, id: &str) -> pb::AddDocumentsRequest {
     }
 }
 
+/// A server whose model answers after `latency`, with one document in the default collection
+/// and its limits set by `limits`.
+async fn slow_model_server(
+    latency: Duration,
+    limits: impl FnOnce(&mut deeprecall::config::LimitsConfig),
+) -> (MockLlmServer, TestServer) {
+    let mock = MockLlmServer::start(
+        MockScript::replies(vec![MockReply::text("Kestrel is in Tampere.")]).with_latency(latency),
+    )
+    .await
+    .expect("mock starts");
+    let server = TestServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        limits(&mut config.limits);
+    })
+    .await;
+    let mut writer = server.client.clone();
+    add(
+        &mut writer,
+        "",
+        vec![document("k", "Kestrel is in Tampere.", json!({}))],
+    )
+    .await;
+    (mock, server)
+}
+
 /// Runs a query to its end, returning the status of the call or of the stream.
 async fn run_query(
     client: &mut DeepRecallClient<Channel>,
@@ -426,29 +456,11 @@ async fn overload_is_refused_at_once_not_queued() {
     const RUNNING: usize = 10;
     const WAITING: usize = 5;
     let model_latency = Duration::from_secs(3);
-    let mock = MockLlmServer::start(
-        MockScript::replies(vec![MockReply::text("Kestrel is in Tampere.")])
-            .with_latency(model_latency),
-    )
-    .await
-    .expect("mock starts");
-    let server = TestServer::start_with(|config| {
-        config.llm.backend = Backend::Openai;
-        config.llm.model = "mock-model".into();
-        config.llm.base_url = mock.base_url();
-        config.llm.api_key = Secret::new("test-key");
-        config.cache.backend = CacheBackend::None;
-        config.limits.max_concurrent_queries = RUNNING;
-        config.limits.max_queued_queries = WAITING;
-        config.limits.max_queue_wait_ms = 30_000;
+    let (_mock, server) = slow_model_server(model_latency, |limits| {
+        limits.max_concurrent_queries = RUNNING;
+        limits.max_queued_queries = WAITING;
+        limits.max_queue_wait_ms = 30_000;
     })
-    .await;
-    let mut writer = server.client.clone();
-    add(
-        &mut writer,
-        "",
-        vec![document("k", "Kestrel is in Tampere.", json!({}))],
-    )
     .await;
 
     let started = Instant::now();
@@ -491,28 +503,10 @@ async fn overload_is_refused_at_once_not_queued() {
 #[tokio::test]
 async fn a_batch_runs_its_items_on_free_query_slots_only() {
     const RUNNING: usize = 3;
-    let mock = MockLlmServer::start(
-        MockScript::replies(vec![MockReply::text("Kestrel is in Tampere.")])
-            .with_latency(Duration::from_millis(600)),
-    )
-    .await
-    .expect("mock starts");
-    let server = TestServer::start_with(|config| {
-        config.llm.backend = Backend::Openai;
-        config.llm.model = "mock-model".into();
-        config.llm.base_url = mock.base_url();
-        config.llm.api_key = Secret::new("test-key");
-        config.cache.backend = CacheBackend::None;
-        config.limits.max_concurrent_queries = RUNNING;
-        config.limits.max_queued_queries = 0;
+    let (mock, server) = slow_model_server(Duration::from_millis(600), |limits| {
+        limits.max_concurrent_queries = RUNNING;
+        limits.max_queued_queries = 0;
     })
-    .await;
-    let mut writer = server.client.clone();
-    add(
-        &mut writer,
-        "",
-        vec![document("k", "Kestrel is in Tampere.", json!({}))],
-    )
     .await;
 
     let mut batch_client = server.client.clone();
