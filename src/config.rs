@@ -42,6 +42,10 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ),
     ("DEEPRECALL_RATE_LIMIT_BURST", "limits.burst"),
     (
+        "DEEPRECALL_RATE_LIMIT_FALLBACK_REPLICAS",
+        "limits.fallback_replicas",
+    ),
+    (
         "DEEPRECALL_MAX_CONCURRENT_QUERIES",
         "limits.max_concurrent_queries",
     ),
@@ -393,6 +397,10 @@ pub struct LimitsConfig {
     pub redis_prefix: String,
     /// Milliseconds a Redis check may take before the replica decides alone.
     pub redis_timeout_ms: u64,
+    /// Replicas sharing the `redis` store's limits: while Redis cannot answer, each replica
+    /// admits this share of every rate (1: each admits the whole rate, so the fleet up to N
+    /// times it).
+    pub fallback_replicas: u32,
     /// Callers whose buckets are kept in memory at most.
     pub max_tracked_callers: usize,
     /// Queries (Query and QueryBatch calls) running at once; 0 for no bound.
@@ -414,6 +422,7 @@ impl Default for LimitsConfig {
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_prefix: "deeprecall:ratelimit".to_string(),
             redis_timeout_ms: 250,
+            fallback_replicas: 1,
             max_tracked_callers: 100_000,
             max_concurrent_queries: 256,
             max_queued_queries: 64,
@@ -773,6 +782,10 @@ store = "memory"
 redis_url = "redis://127.0.0.1:6379"
 redis_prefix = "deeprecall:ratelimit"
 redis_timeout_ms = 250
+# While Redis cannot answer, each replica limits alone, to 1/N of every rate with N here: set
+# it to the replica count to keep the fleet near the shared limit during an outage; 1 lets
+# each replica admit the whole rate (env DEEPRECALL_RATE_LIMIT_FALLBACK_REPLICAS).
+fallback_replicas = 1
 # Callers tracked in memory at most; idle ones are forgotten first.
 max_tracked_callers = 100000
 # Queries running at once, 0 for no bound (flag --max-concurrent-queries); how many may wait

@@ -13,6 +13,7 @@ use ::redis::Script;
 use parking_lot::Mutex;
 
 use crate::redis_link::{RedisLink, WarnGate};
+use crate::telemetry::Metrics;
 
 /// A steady rate with a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,16 @@ impl Rate {
             .or(server.map(|rate| rate.burst))
             .unwrap_or(per_minute);
         Rate::from_settings(per_minute, burst)
+    }
+
+    /// One replica's share of this rate when `replicas` enforce it apart: both numbers divided,
+    /// rounded up and at least 1, so that together they admit no less than the rate.
+    pub fn shared_by(self, replicas: u32) -> Rate {
+        let replicas = replicas.max(1);
+        Rate {
+            per_minute: self.per_minute.div_ceil(replicas).max(1),
+            burst: self.burst.div_ceil(replicas).max(1),
+        }
     }
 
     /// Time one request adds to the caller's TAT, in nanoseconds.
@@ -240,31 +251,42 @@ enum Store {
 pub struct RateLimiter {
     store: Store,
     local: MemoryLimiter,
+    /// Replicas that share the Redis limit: while Redis cannot answer, each admits this share
+    /// of every rate, so that the fleet stays near the shared limit instead of N times it.
+    fallback_replicas: u32,
     warnings: WarnGate,
     rejected: AtomicU64,
     fallbacks: AtomicU64,
+    metrics: Metrics,
 }
 
 impl RateLimiter {
     /// A limiter keeping buckets in this process.
     pub fn in_memory(max_tracked: usize) -> Self {
-        Self::with_store(Store::Memory, max_tracked)
+        Self::with_store(Store::Memory, max_tracked, 1)
     }
 
     /// A limiter keeping buckets in Redis; while Redis cannot answer, each replica limits on
-    /// its own.
-    pub fn in_redis(redis: RedisLimiter, max_tracked: usize) -> Self {
-        Self::with_store(Store::Redis(redis), max_tracked)
+    /// its own, to its share of each rate among `fallback_replicas`.
+    pub fn in_redis(redis: RedisLimiter, max_tracked: usize, fallback_replicas: u32) -> Self {
+        Self::with_store(Store::Redis(redis), max_tracked, fallback_replicas)
     }
 
-    fn with_store(store: Store, max_tracked: usize) -> Self {
+    fn with_store(store: Store, max_tracked: usize, fallback_replicas: u32) -> Self {
         RateLimiter {
             store,
             local: MemoryLimiter::new(max_tracked),
+            fallback_replicas: fallback_replicas.max(1),
             warnings: WarnGate::new(Duration::from_secs(30)),
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Reports the checks decided without Redis to `metrics`.
+    pub fn report_to(&mut self, metrics: Metrics) {
+        self.metrics = metrics;
     }
 
     /// Checks and charges `cost` requests for `key` at `rate`.
@@ -275,6 +297,7 @@ impl RateLimiter {
                 Ok(decision) => decision,
                 Err(failure) => {
                     self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.rate_limit_fallback();
                     if let Some(held_back) = self.warnings.admit(Instant::now()) {
                         tracing::warn!(
                             error = %failure,
@@ -282,7 +305,7 @@ impl RateLimiter {
                             "redis rate limiter failing; limiting in this replica alone"
                         );
                     }
-                    self.local.check(key, rate, cost)
+                    self.check_alone(key, rate, cost)
                 }
             },
         };
@@ -290,6 +313,17 @@ impl RateLimiter {
             self.rejected.fetch_add(1, Ordering::Relaxed);
         }
         decision
+    }
+
+    /// Decides for this replica alone while Redis cannot answer: against its share of `rate`.
+    /// A cost the whole burst allows but the share does not is charged as the whole share, so
+    /// that what the shared limit would admit is not refused outright during an outage.
+    fn check_alone(&self, key: &str, rate: Rate, cost: u32) -> Decision {
+        if cost > rate.burst {
+            return Decision::OverBurst;
+        }
+        let share = rate.shared_by(self.fallback_replicas);
+        self.local.check(key, share, cost.min(share.burst))
     }
 
     /// Waits at most `limit` for a Redis store to connect, so that a replica starts with the
@@ -382,6 +416,81 @@ mod tests {
             limiter.check_at(&format!("new:{caller}"), RATE, 1, idle);
         }
         assert!(limiter.tracked() <= 10_000);
+    }
+
+    #[test]
+    fn a_share_of_a_rate_rounds_up_and_never_reaches_zero() {
+        let rate = Rate {
+            per_minute: 120,
+            burst: 20,
+        };
+        assert_eq!(rate.shared_by(1), rate);
+        assert_eq!(rate.shared_by(0), rate);
+        assert_eq!(
+            rate.shared_by(3),
+            Rate {
+                per_minute: 40,
+                burst: 7
+            }
+        );
+        assert_eq!(
+            rate.shared_by(1_000),
+            Rate {
+                per_minute: 1,
+                burst: 1
+            }
+        );
+    }
+
+    /// A limiter on a Redis nobody listens on, so that every check falls back.
+    fn limiter_without_redis(fallback_replicas: u32) -> RateLimiter {
+        let redis =
+            RedisLimiter::open("redis://127.0.0.1:1", "test", Duration::from_millis(50)).unwrap();
+        RateLimiter::in_redis(redis, 100, fallback_replicas)
+    }
+
+    #[tokio::test]
+    async fn without_redis_each_replica_admits_its_share_of_the_burst() {
+        let rate = Rate {
+            per_minute: 60,
+            burst: 6,
+        };
+        let alone = limiter_without_redis(1);
+        let one_of_three = limiter_without_redis(3);
+        for _ in 0..6 {
+            assert_eq!(alone.check("a", rate, 1).await, Decision::Allowed);
+        }
+        for _ in 0..2 {
+            assert_eq!(one_of_three.check("a", rate, 1).await, Decision::Allowed);
+        }
+        assert!(matches!(
+            alone.check("a", rate, 1).await,
+            Decision::Limited { .. }
+        ));
+        // The share refills at a third of the rate: one request every three seconds.
+        let Decision::Limited { retry_after } = one_of_three.check("a", rate, 1).await else {
+            panic!("the third request is over the share");
+        };
+        assert!(
+            retry_after > Duration::from_millis(2_900) && retry_after <= Duration::from_secs(3),
+            "{retry_after:?}"
+        );
+        assert_eq!(one_of_three.fallbacks(), 3);
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_cost_within_the_whole_burst_takes_the_whole_share() {
+        let rate = Rate {
+            per_minute: 60,
+            burst: 6,
+        };
+        let one_of_three = limiter_without_redis(3);
+        assert_eq!(one_of_three.check("a", rate, 7).await, Decision::OverBurst);
+        assert_eq!(one_of_three.check("a", rate, 5).await, Decision::Allowed);
+        assert!(matches!(
+            one_of_three.check("a", rate, 1).await,
+            Decision::Limited { .. }
+        ));
     }
 
     #[test]

@@ -404,6 +404,7 @@ impl FrontDoor {
 
     /// The front door reporting refusals to `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> FrontDoor {
+        self.limiter.report_to(metrics.clone());
         self.metrics = metrics;
         self
     }

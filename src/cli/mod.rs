@@ -107,6 +107,10 @@ struct ServeArgs {
     /// Where rate-limit buckets live: memory or redis (shared by every replica).
     #[arg(long)]
     rate_limit_store: Option<String>,
+    /// Replicas sharing the redis store's limits: while Redis cannot answer, each admits this
+    /// share of every rate; env DEEPRECALL_RATE_LIMIT_FALLBACK_REPLICAS.
+    #[arg(long)]
+    rate_limit_fallback_replicas: Option<u32>,
     /// Queries running at once before new ones wait or are refused, 0 for no bound; env
     /// DEEPRECALL_MAX_CONCURRENT_QUERIES.
     #[arg(long)]
@@ -371,6 +375,11 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         args.rate_limit_burst.map(|burst| burst.to_string()),
     );
     flag("limits.store", args.rate_limit_store);
+    flag(
+        "limits.fallback_replicas",
+        args.rate_limit_fallback_replicas
+            .map(|replicas| replicas.to_string()),
+    );
     flag(
         "limits.max_concurrent_queries",
         args.max_concurrent_queries.map(|bound| bound.to_string()),

@@ -81,6 +81,12 @@ pub enum ServerError {
 /// limiter (connecting to Redis in the background if it is the store) and the query slots.
 pub fn build_front_door(config: &Config, metrics: &Metrics) -> Result<Arc<FrontDoor>, ServerError> {
     let limits = &config.limits;
+    if limits.fallback_replicas == 0 {
+        return Err(ServerError::Setting(
+            "limits.fallback_replicas must be at least 1 (the replicas sharing the redis limit)"
+                .into(),
+        ));
+    }
     let limiter = match limits.store {
         RateLimitStore::Memory => RateLimiter::in_memory(limits.max_tracked_callers),
         RateLimitStore::Redis => RateLimiter::in_redis(
@@ -91,6 +97,7 @@ pub fn build_front_door(config: &Config, metrics: &Metrics) -> Result<Arc<FrontD
             )
             .map_err(|reason| ServerError::Setting(format!("limits.redis_url: {reason}")))?,
             limits.max_tracked_callers,
+            limits.fallback_replicas,
         ),
     };
     let slots = QuerySlots::new(SlotSettings {
@@ -519,5 +526,25 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_replica_sharing_the_redis_limit_is_refused_with_the_setting_named() {
+        let mut config = Config::default();
+        config.limits.fallback_replicas = 0;
+        let Err(error) = build_front_door(&config, &Metrics::new()) else {
+            panic!("zero replicas accepted");
+        };
+        assert!(
+            error.to_string().contains("limits.fallback_replicas"),
+            "{error}"
+        );
+        config.limits.fallback_replicas = 3;
+        assert!(build_front_door(&config, &Metrics::new()).is_ok());
     }
 }

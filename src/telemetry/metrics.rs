@@ -143,6 +143,7 @@ struct Inner {
     model_cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     cache_lookups: Family<CacheLabels, Counter>,
     rate_limited: Family<ReasonLabels, Counter>,
+    rate_limit_fallbacks: Counter,
     shed: Counter,
     documents: Family<CollectionLabels, Gauge>,
     trace_log_dropped: Counter,
@@ -172,6 +173,7 @@ impl Metrics {
             model_cost: Family::default(),
             cache_lookups: Family::default(),
             rate_limited: Family::default(),
+            rate_limit_fallbacks: Counter::default(),
             shed: Counter::default(),
             documents: Family::default(),
             trace_log_dropped: Counter::default(),
@@ -241,6 +243,11 @@ impl Metrics {
             "deeprecall_rate_limited_requests",
             "Calls refused by a rate limit, by reason",
             inner.rate_limited.clone(),
+        );
+        registry.register(
+            "deeprecall_rate_limit_fallbacks",
+            "Rate checks this replica decided alone because the shared (Redis) store could not answer",
+            inner.rate_limit_fallbacks.clone(),
         );
         registry.register(
             "deeprecall_shed_requests",
@@ -376,6 +383,11 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// Records a rate check decided without the shared store.
+    pub fn rate_limit_fallback(&self) {
+        self.inner.rate_limit_fallbacks.inc();
     }
 
     /// Records a call refused by load shedding.
@@ -516,6 +528,8 @@ mod tests {
         metrics.cache_lookup("search", false);
         metrics.cache_lookup("search", false);
         metrics.rate_limited("key");
+        metrics.rate_limit_fallback();
+        metrics.rate_limit_fallback();
         metrics.shed();
         metrics.set_documents("handbook", 42);
         metrics.trace_log_dropped().inc_by(3);
@@ -544,6 +558,7 @@ mod tests {
             r#"deeprecall_cache_lookups_total{level="result",result="hit"} 1"#,
             r#"deeprecall_cache_lookups_total{level="search",result="miss"} 2"#,
             r#"deeprecall_rate_limited_requests_total{reason="key"} 1"#,
+            "deeprecall_rate_limit_fallbacks_total 2",
             "deeprecall_shed_requests_total 1",
             r#"deeprecall_documents{collection="handbook"} 42"#,
             "deeprecall_trace_log_dropped_lines_total 3",

@@ -451,6 +451,53 @@ async fn a_dead_redis_leaves_each_replica_limiting_alone() {
 }
 
 #[tokio::test]
+async fn a_dead_redis_leaves_each_replica_its_share_of_the_limit() {
+    let mut redis = RedisServer::start();
+    let limited_in_halves = |config: &mut Config| {
+        limited_through(&redis)(config);
+        config.limits.requests_per_minute = 2;
+        config.limits.fallback_replicas = 2;
+    };
+    let metrics_port = free_port();
+    let mut first = TestServer::start_with(|config| {
+        limited_in_halves(config);
+        config.telemetry.metrics_listen = format!("127.0.0.1:{metrics_port}");
+    })
+    .await;
+    let mut second = TestServer::start_with(limited_in_halves).await;
+    // While Redis answers, the two share the whole burst of four.
+    stats(
+        &mut first.client,
+        tonic::Request::new(pb::GetStatsRequest {}),
+    )
+    .await
+    .expect("within the shared burst");
+    redis.kill();
+
+    // Without it, each admits its half of the burst, two, from fresh local buckets: the fleet
+    // stays at the shared limit's four instead of eight.
+    for client in [&mut first.client, &mut second.client] {
+        for _ in 0..2 {
+            stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+                .await
+                .expect("within the replica's share");
+        }
+        let limited = stats(client, tonic::Request::new(pb::GetStatsRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+        // Half the rate: one request a minute, where the whole rate would allow one in 30 s.
+        assert!((59..=60).contains(&retry_after(&limited)), "{limited:?}");
+    }
+    let text = scrape_metrics(metrics_port).await;
+    assert_eq!(
+        sample(&text, "deeprecall_rate_limit_fallbacks_total"),
+        Some(3.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn overload_is_refused_at_once_not_queued() {
     const STREAMS: usize = 200;
     const RUNNING: usize = 10;

@@ -16,13 +16,6 @@ use crate::common::*;
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
     spans.iter().filter(|span| span.name == name).collect()
 }
@@ -147,12 +140,6 @@ async fn a_query_is_traced_from_the_callers_traceparent_down_to_each_model_call_
 }
 
 /// Returns the value of the one series of `text` named `series` (with its labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn the_metrics_endpoint_counts_calls_queries_caches_and_refusals() {
     let port = free_port();
@@ -191,12 +178,7 @@ async fn the_metrics_endpoint_counts_calls_queries_caches_and_refusals() {
         .expect_err("over the burst");
     assert_eq!(limited.code(), Code::ResourceExhausted);
 
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = scrape_metrics(port).await;
     let expect = |series: &str, value: f64| {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
     };
