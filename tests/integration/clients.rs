@@ -87,3 +87,189 @@ async fn go_example_runs_against_the_server() {
     let server = TestServer::start_with(with_client_key).await;
     run_client_tests("go", &server).await;
 }
+
+/// What `buf curl` printed: the messages on stdout, a failed call's status on stderr.
+struct Curled {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Curled {
+    /// The messages, each printed as one JSON value.
+    fn messages(&self) -> Vec<serde_json::Value> {
+        serde_json::Deserializer::from_str(&self.stdout)
+            .into_iter::<serde_json::Value>()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|error| panic!("not JSON messages ({error}):\n{}", self.stdout))
+    }
+
+    /// The last message's result, for a Query.
+    fn query_result(&self) -> serde_json::Value {
+        assert!(self.success, "{}", self.stderr);
+        let messages = self.messages();
+        messages
+            .last()
+            .map(|last| last["result"].clone())
+            .unwrap_or_default()
+    }
+
+    /// The failed call's status code, as buf names it (`invalid_argument`, …).
+    fn error_code(&self) -> Option<String> {
+        assert!(!self.success, "the call succeeded: {}", self.stdout);
+        serde_json::from_str::<serde_json::Value>(self.stderr.trim())
+            .ok()?
+            .get("code")?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+/// Runs `buf curl` (from the TypeScript package's pinned node_modules) with `args`, off the
+/// runtime the server runs on.
+async fn buf_curl(args: Vec<String>) -> Curled {
+    let buf =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/typescript/node_modules/.bin/buf");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["--kill-after=5", "120"])
+            .arg(&buf)
+            .arg("curl")
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("the runner does not panic")
+    .expect("buf runs");
+    Curled {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The README's `buf curl` commands against the real server: discovery through reflection,
+/// health without a key, the key as a header, a server stream as JSON messages, a refused
+/// call's status, and gRPC-Web over HTTP/1.1.
+#[tokio::test]
+async fn buf_curl_finds_and_calls_the_api_through_reflection() {
+    let server = TestServer::start_with(|config| {
+        with_client_key(config);
+        config.server.grpc_web = true;
+    })
+    .await;
+    let tools = tokio::task::spawn_blocking(|| {
+        Command::new("bash")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/tools.sh"))
+            .arg("node")
+            .output()
+    })
+    .await
+    .expect("the runner does not panic")
+    .expect("bash runs");
+    assert!(
+        tools.status.success(),
+        "clients/tools.sh node failed:\n{}",
+        String::from_utf8_lossy(&tools.stderr)
+    );
+
+    let endpoint = server.endpoint.as_str();
+    let auth = format!("authorization: Bearer {CLIENT_KEY}");
+    let method = |name: &str| format!("{endpoint}/{name}");
+    let grpc = |extra: &[&str]| -> Vec<String> {
+        ["--protocol", "grpc", "--http2-prior-knowledge"]
+            .iter()
+            .chain(extra)
+            .map(|arg| arg.to_string())
+            .collect()
+    };
+    let services = buf_curl(grpc(&["--list-services", endpoint])).await;
+    assert!(services.success, "{}", services.stderr);
+    for service in ["deeprecall.v1.DeepRecall", "grpc.health.v1.Health"] {
+        assert!(
+            services.stdout.lines().any(|line| line == service),
+            "{}",
+            services.stdout
+        );
+    }
+
+    let health_check = method("grpc.health.v1.Health/Check");
+    let health = buf_curl(grpc(&[
+        "-d",
+        r#"{"service": "deeprecall.v1.DeepRecall"}"#,
+        &health_check,
+    ]))
+    .await;
+    assert!(health.success, "{}", health.stderr);
+    assert_eq!(
+        health.messages(),
+        vec![serde_json::json!({"status": "SERVING"})]
+    );
+
+    let add_documents = method("deeprecall.v1.DeepRecall/AddDocuments");
+    let documents = r#"{"collection": "default", "documents": [{"id": "kestrel", "content": "Kestrel Fabrication is headquartered in Tampere.", "metadata": {"kind": "supplier"}}]}"#;
+    let keyless = buf_curl(grpc(&["-d", documents, &add_documents])).await;
+    assert_eq!(
+        keyless.error_code().as_deref(),
+        Some("unauthenticated"),
+        "{}",
+        keyless.stderr
+    );
+    let added = buf_curl(grpc(&["-H", &auth, "-d", documents, &add_documents])).await;
+    assert!(added.success, "{}", added.stderr);
+    assert_eq!(
+        added.messages()[0]["documentCount"],
+        "1",
+        "{}",
+        added.stdout
+    );
+
+    let query = method("deeprecall.v1.DeepRecall/Query");
+    let question = r#"{"query": "Where is Kestrel Fabrication headquartered?", "filters": {"kind": "supplier"}, "budget": {"maxSearchCalls": 4}}"#;
+    let streamed = buf_curl(grpc(&["-H", &auth, "-d", question, &query])).await;
+    let result = streamed.query_result();
+    assert!(
+        streamed.messages().len() > 1,
+        "trace events come first: {}",
+        streamed.stdout
+    );
+    assert!(
+        result["answer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Tampere"),
+        "{result}"
+    );
+    assert_eq!(result["citations"], serde_json::json!(["kestrel"]));
+
+    let empty = buf_curl(grpc(&["-H", &auth, "-d", r#"{"query": ""}"#, &query])).await;
+    assert_eq!(
+        empty.error_code().as_deref(),
+        Some("invalid_argument"),
+        "{}",
+        empty.stderr
+    );
+
+    let over_web = buf_curl(
+        [
+            "--protocol",
+            "grpcweb",
+            "-H",
+            &auth,
+            "-d",
+            r#"{"query": "Where is Kestrel?"}"#,
+            &query,
+        ]
+        .map(str::to_string)
+        .to_vec(),
+    )
+    .await;
+    let result = over_web.query_result();
+    assert!(
+        result["answer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Tampere"),
+        "{result}"
+    );
+}
