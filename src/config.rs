@@ -455,6 +455,8 @@ pub struct TelemetryConfig {
     /// `grpc` or `http/protobuf`; empty infers it from the endpoint (port 4318 or a
     /// `/v1/traces` path mean HTTP).
     pub otlp_protocol: String,
+    /// Headers (gRPC metadata) sent with every export, e.g. a vendor's API key; secret values.
+    pub otlp_headers: BTreeMap<String, Secret>,
     /// `service.name` of the exported spans.
     pub service_name: String,
     /// Further resource attributes of the exported spans.
@@ -479,6 +481,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Text,
             otlp_endpoint: String::new(),
             otlp_protocol: String::new(),
+            otlp_headers: BTreeMap::new(),
             service_name: "deeprecall".to_string(),
             resource_attributes: BTreeMap::new(),
             sampling_ratio: 1.0,
@@ -818,6 +821,12 @@ trace_log_keep_files = 5
 
 [telemetry.resource_attributes]
 # "deployment.environment" = "prod"
+
+[telemetry.otlp_headers]
+# Sent with every export (gRPC metadata or HTTP headers) besides OTEL_EXPORTER_OTLP_HEADERS,
+# whose value wins for a header named in both; values are secrets and never logged. For a
+# vendor that wants an API key:
+# "x-api-key" = "<key>"
 "#;
 
 #[cfg(test)]
@@ -899,6 +908,29 @@ mod tests {
             Config::load(&sources).unwrap().store.data_dir,
             PathBuf::from("/srv/recall")
         );
+    }
+
+    #[test]
+    fn otlp_headers_come_from_the_file_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[telemetry.otlp_headers]\n\"x-api-key\" = \"vendor-key-123\"\n",
+        )
+        .unwrap();
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[("DEEPRECALL_RATE_LIMIT_FALLBACK_REPLICAS", "3")]),
+            ..ConfigSources::default()
+        };
+        let config = Config::load(&sources).unwrap();
+        assert_eq!(
+            config.telemetry.otlp_headers["x-api-key"].expose(),
+            "vendor-key-123"
+        );
+        assert!(!format!("{config:?}").contains("vendor-key-123"));
+        assert_eq!(config.limits.fallback_replicas, 3);
     }
 
     #[test]

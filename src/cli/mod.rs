@@ -440,6 +440,7 @@ fn init_telemetry(
             };
             settings.service_name = config.service_name.clone();
             settings.resource_attributes = config.resource_attributes.clone();
+            settings.headers = config.otlp_headers.clone();
             settings.sampling_ratio = config.sampling_ratio;
             Some(settings)
         }

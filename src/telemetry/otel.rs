@@ -10,7 +10,7 @@
 //! [`extract_parent`] reads it from incoming gRPC metadata, [`inject_current`] writes it into
 //! outgoing HTTP requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
 use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
 use opentelemetry_otlp::{
     Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
@@ -36,6 +37,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
+use crate::llm::http::Secret;
 
 /// Service name reported when none is set.
 pub const DEFAULT_SERVICE_NAME: &str = "deeprecall";
@@ -138,6 +140,10 @@ pub struct OtelSettings {
     pub span_filter: String,
     /// Time one export may take.
     pub export_timeout: Duration,
+    /// Headers (gRPC metadata) sent with every export, e.g. a vendor's API key; the values
+    /// are secrets and never shown. The exporter adds `OTEL_EXPORTER_OTLP_HEADERS` after them,
+    /// so the environment's value wins for a header named in both.
+    pub headers: BTreeMap<String, Secret>,
 }
 
 impl OtelSettings {
@@ -151,6 +157,7 @@ impl OtelSettings {
             sampling_ratio: 1.0,
             span_filter: DEFAULT_SPAN_FILTER.to_string(),
             export_timeout: DEFAULT_EXPORT_TIMEOUT,
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -179,6 +186,14 @@ pub enum TelemetryError {
         filter: String,
         /// The parser's complaint.
         message: String,
+    },
+    /// An export header whose name or value HTTP does not allow; the value is never shown.
+    #[error("invalid otlp header {name:?}: {message}")]
+    InvalidHeader {
+        /// The header's name.
+        name: String,
+        /// What is wrong with it.
+        message: &'static str,
     },
     /// A resource attribute not of the form `key=value`.
     #[error("invalid resource attribute {0:?}: expected key=value")]
@@ -349,6 +364,7 @@ pub fn tracer_provider(settings: &OtelSettings) -> Result<SdkTracerProvider, Tel
             settings.sampling_ratio,
         ));
     }
+    let headers = export_headers(&settings.headers)?;
     let runtime = Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
     let endpoint = parse_endpoint(&settings.endpoint)?;
     let protocol = settings
@@ -359,7 +375,8 @@ pub fn tracer_provider(settings: &OtelSettings) -> Result<SdkTracerProvider, Tel
             let builder = SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(settings.endpoint.clone())
-                .with_timeout(settings.export_timeout);
+                .with_timeout(settings.export_timeout)
+                .with_metadata(MetadataMap::from_headers(headers));
             // Left alone, the exporter would use an empty trust store for https.
             let builder = if endpoint.scheme() == Some(&http::uri::Scheme::HTTPS) {
                 builder.with_tls_config(ClientTlsConfig::new().with_enabled_roots())
@@ -378,6 +395,7 @@ pub fn tracer_provider(settings: &OtelSettings) -> Result<SdkTracerProvider, Tel
                 .with_protocol(Protocol::HttpBinary)
                 .with_endpoint(traces_url(&endpoint))
                 .with_timeout(settings.export_timeout)
+                .with_headers(percent_escaped(&headers))
                 .with_http_client(ReqwestExportClient { client, runtime })
                 .build()?
         }
@@ -459,6 +477,40 @@ fn parse_endpoint(endpoint: &str) -> Result<http::Uri, TelemetryError> {
         return Err(invalid("expected an absolute http:// or https:// url"));
     }
     Ok(uri)
+}
+
+/// Checks the configured export headers and returns them as HTTP headers.
+fn export_headers(headers: &BTreeMap<String, Secret>) -> Result<http::HeaderMap, TelemetryError> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let invalid = |message| TelemetryError::InvalidHeader {
+            name: name.clone(),
+            message,
+        };
+        let header_name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| invalid("not a valid header name"))?;
+        // Binary metadata would have to be base64; no collector asks for it.
+        if header_name.as_str().ends_with("-bin") {
+            return Err(invalid("binary (-bin) metadata is not supported"));
+        }
+        let header_value = http::HeaderValue::from_str(value.expose())
+            .map_err(|_| invalid("the value has characters a header cannot carry"))?;
+        map.insert(header_name, header_value);
+    }
+    Ok(map)
+}
+
+/// The headers as the OTLP/HTTP exporter takes them. It percent-decodes every value, as it
+/// must for `OTEL_EXPORTER_OTLP_HEADERS`; configured values are literal, so their `%` signs
+/// are escaped first and arrive as written, as they do over gRPC.
+fn percent_escaped(headers: &http::HeaderMap) -> HashMap<String, String> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = value.to_str().ok()?;
+            Some((name.as_str().to_string(), value.replace('%', "%25")))
+        })
+        .collect()
 }
 
 /// Returns the OTLP/HTTP traces URL: the endpoint itself when it has a path, or the endpoint
@@ -615,6 +667,7 @@ mod tests {
         settings.service_name = "deeprecall-test".to_string();
         settings.resource_attributes =
             parse_resource_attributes("deployment.environment=test, team=search").unwrap();
+        settings.headers = BTreeMap::from([("x-api-key".to_string(), Secret::new("k%20ey-1"))]);
         let provider = tracer_provider(&settings).unwrap();
 
         let traceparent = query_with_child(&provider, &incoming_headers(true)).await;
@@ -648,6 +701,7 @@ mod tests {
         assert_eq!(query.resource["deployment.environment"], "test");
         assert_eq!(query.resource["team"], "search");
         assert_eq!(query.scope, "deeprecall");
+        assert_eq!(receiver.latest_headers()["x-api-key"], "k%20ey-1");
 
         provider.shutdown().unwrap();
     }
@@ -658,6 +712,8 @@ mod tests {
         // No path and no protocol: the port says nothing, so the protocol is named.
         let mut settings = OtelSettings::new(receiver.http_base_url());
         settings.protocol = Some(OtlpProtocol::HttpProtobuf);
+        // Written literally, as over gRPC: the exporter's percent-decoding does not touch it.
+        settings.headers = BTreeMap::from([("x-api-key".to_string(), Secret::new("k%20ey-1"))]);
         let provider = tracer_provider(&settings).unwrap();
 
         query_with_child(&provider, &incoming_headers(true)).await;
@@ -673,6 +729,7 @@ mod tests {
         assert_eq!(query.trace_id, REMOTE_TRACE_ID);
         assert_eq!(query.resource["service.name"], DEFAULT_SERVICE_NAME);
         assert_eq!(receiver.http_requests(), 1);
+        assert_eq!(receiver.latest_headers()["x-api-key"], "k%20ey-1");
         let provider = provider.clone();
         tokio::task::spawn_blocking(move || provider.shutdown())
             .await
@@ -780,6 +837,20 @@ mod tests {
             tracer_provider(&settings),
             Err(TelemetryError::NoRuntime)
         ));
+        for (name, value) in [
+            ("bad name", "secret-value"),
+            ("x-api-key", "secret\nvalue"),
+            ("x-trace-bin", "secret-value"),
+        ] {
+            settings.headers = BTreeMap::from([(name.to_string(), Secret::new(value))]);
+            let error = tracer_provider(&settings).unwrap_err();
+            assert!(
+                matches!(&error, TelemetryError::InvalidHeader { name: named, .. } if named == name),
+                "{error:?}"
+            );
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+        settings.headers.clear();
         assert!(matches!(
             parse_resource_attributes("a=1,broken"),
             Err(TelemetryError::InvalidResourceAttribute(_))

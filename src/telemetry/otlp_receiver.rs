@@ -114,6 +114,8 @@ struct Received {
     count: watch::Sender<usize>,
     grpc_requests: AtomicU64,
     http_requests: AtomicU64,
+    /// Headers (gRPC metadata) of the latest export call.
+    latest_headers: Mutex<http::HeaderMap>,
 }
 
 impl Received {
@@ -140,6 +142,7 @@ impl OtlpReceiver {
             count: watch::channel(0).0,
             grpc_requests: AtomicU64::new(0),
             http_requests: AtomicU64::new(0),
+            latest_headers: Mutex::new(http::HeaderMap::new()),
         });
         let stop = CancellationToken::new();
 
@@ -204,6 +207,11 @@ impl OtlpReceiver {
         self.state.http_requests.load(Ordering::Relaxed)
     }
 
+    /// Returns the headers (gRPC metadata) of the latest export call.
+    pub fn latest_headers(&self) -> http::HeaderMap {
+        self.state.latest_headers.lock().clone()
+    }
+
     /// Waits until at least `count` spans have arrived, at most `timeout`, and returns all
     /// received by then.
     pub async fn wait_for_spans(
@@ -234,6 +242,7 @@ impl TraceService for GrpcTraces {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.grpc_requests.fetch_add(1, Ordering::Relaxed);
+        *self.0.latest_headers.lock() = request.metadata().clone().into_headers();
         self.0.record(request.get_ref());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -241,12 +250,17 @@ impl TraceService for GrpcTraces {
     }
 }
 
-async fn export_http(State(state): State<Arc<Received>>, body: Bytes) -> Response {
+async fn export_http(
+    State(state): State<Arc<Received>>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let request = match ExportTraceServiceRequest::decode(body) {
         Ok(request) => request,
         Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     };
     state.http_requests.fetch_add(1, Ordering::Relaxed);
+    *state.latest_headers.lock() = headers;
     state.record(&request);
     let response = ExportTraceServiceResponse {
         partial_success: None,
