@@ -442,6 +442,12 @@ mod tests {
         );
     }
 
+    /// The shared rate of the fallback tests: a third of it is 20 a minute, a burst of 2.
+    const SHARED: Rate = Rate {
+        per_minute: 60,
+        burst: 6,
+    };
+
     /// A limiter on a Redis nobody listens on, so that every check falls back.
     fn limiter_without_redis(fallback_replicas: u32) -> RateLimiter {
         let redis =
@@ -451,10 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_redis_each_replica_admits_its_share_of_the_burst() {
-        let rate = Rate {
-            per_minute: 60,
-            burst: 6,
-        };
+        let rate = SHARED;
         let alone = limiter_without_redis(1);
         let one_of_three = limiter_without_redis(3);
         for _ in 0..6 {
@@ -480,10 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_redis_a_cost_within_the_whole_burst_takes_the_whole_share() {
-        let rate = Rate {
-            per_minute: 60,
-            burst: 6,
-        };
+        let rate = SHARED;
         let one_of_three = limiter_without_redis(3);
         assert_eq!(one_of_three.check("a", rate, 7).await, Decision::OverBurst);
         assert_eq!(one_of_three.check("a", rate, 5).await, Decision::Allowed);

@@ -32,26 +32,37 @@ fn with_client_key(config: &mut Config) {
     }];
 }
 
+/// Also serves gRPC-Web, for the clients that speak it.
+fn with_client_key_and_grpc_web(config: &mut Config) {
+    with_client_key(config);
+    config.server.grpc_web = true;
+}
+
+/// A path inside the repository.
+fn in_repo(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Runs `command` to its end. The server runs on the test's runtime, so the wait happens off
+/// that runtime.
+async fn output_of(mut command: Command) -> Output {
+    let program = format!("{command:?}");
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the runner does not panic")
+        .unwrap_or_else(|error| panic!("{program} cannot start: {error}"))
+}
+
 /// Runs `clients/<language>/run-tests.sh <endpoint>` and fails with its output unless it passes.
 async fn run_client_tests(language: &'static str, server: &TestServer) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("clients")
-        .join(language)
-        .join("run-tests.sh");
-    let endpoint = server.endpoint.clone();
     let started = Instant::now();
-    // The server runs on this test's runtime: wait for the script off that runtime.
-    let output: Output = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["--kill-after=10", SCRIPT_TIMEOUT_SECONDS, "bash"])
-            .arg(&script)
-            .arg(&endpoint)
-            .env("DEEPRECALL_API_KEY", CLIENT_KEY)
-            .output()
-    })
-    .await
-    .expect("the script's runner does not panic")
-    .expect("bash and timeout (coreutils) run");
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=10", SCRIPT_TIMEOUT_SECONDS, "bash"])
+        .arg(in_repo(&format!("clients/{language}/run-tests.sh")))
+        .arg(&server.endpoint)
+        .env("DEEPRECALL_API_KEY", CLIENT_KEY);
+    let output = output_of(command).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -74,11 +85,7 @@ async fn python_client_adds_queries_batches_and_raises_status_codes() {
 
 #[tokio::test]
 async fn typescript_client_works_over_grpc_and_grpc_web() {
-    let server = TestServer::start_with(|config| {
-        with_client_key(config);
-        config.server.grpc_web = true;
-    })
-    .await;
+    let server = TestServer::start_with(with_client_key_and_grpc_web).await;
     run_client_tests("typescript", &server).await;
 }
 
@@ -128,19 +135,13 @@ impl Curled {
 /// Runs `buf curl` (from the TypeScript package's pinned node_modules) with `args`, off the
 /// runtime the server runs on.
 async fn buf_curl(args: Vec<String>) -> Curled {
-    let buf =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/typescript/node_modules/.bin/buf");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(&buf)
-            .arg("curl")
-            .args(&args)
-            .output()
-    })
-    .await
-    .expect("the runner does not panic")
-    .expect("buf runs");
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=5", "120"])
+        .arg(in_repo("clients/typescript/node_modules/.bin/buf"))
+        .arg("curl")
+        .args(&args);
+    let output = output_of(command).await;
     Curled {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -153,20 +154,10 @@ async fn buf_curl(args: Vec<String>) -> Curled {
 /// call's status, and gRPC-Web over HTTP/1.1.
 #[tokio::test]
 async fn buf_curl_finds_and_calls_the_api_through_reflection() {
-    let server = TestServer::start_with(|config| {
-        with_client_key(config);
-        config.server.grpc_web = true;
-    })
-    .await;
-    let tools = tokio::task::spawn_blocking(|| {
-        Command::new("bash")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/tools.sh"))
-            .arg("node")
-            .output()
-    })
-    .await
-    .expect("the runner does not panic")
-    .expect("bash runs");
+    let server = TestServer::start_with(with_client_key_and_grpc_web).await;
+    let mut install = Command::new("bash");
+    install.arg(in_repo("clients/tools.sh")).arg("node");
+    let tools = output_of(install).await;
     assert!(
         tools.status.success(),
         "clients/tools.sh node failed:\n{}",
