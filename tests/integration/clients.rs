@@ -132,6 +132,11 @@ impl Curled {
     }
 }
 
+/// The answer of a Query's result as buf prints it; empty when there is none.
+fn answer_of(result: &serde_json::Value) -> &str {
+    result["answer"].as_str().unwrap_or_default()
+}
+
 /// Runs `buf curl` (from the TypeScript package's pinned node_modules) with `args`, off the
 /// runtime the server runs on.
 async fn buf_curl(args: Vec<String>) -> Curled {
@@ -224,13 +229,7 @@ async fn buf_curl_finds_and_calls_the_api_through_reflection() {
         "trace events come first: {}",
         streamed.stdout
     );
-    assert!(
-        result["answer"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("Tampere"),
-        "{result}"
-    );
+    assert!(answer_of(&result).contains("Tampere"), "{result}");
     assert_eq!(result["citations"], serde_json::json!(["kestrel"]));
 
     let empty = buf_curl(grpc(&["-H", &auth, "-d", r#"{"query": ""}"#, &query])).await;
@@ -256,11 +255,5 @@ async fn buf_curl_finds_and_calls_the_api_through_reflection() {
     )
     .await;
     let result = over_web.query_result();
-    assert!(
-        result["answer"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("Tampere"),
-        "{result}"
-    );
+    assert!(answer_of(&result).contains("Tampere"), "{result}");
 }
