@@ -695,6 +695,9 @@ max_sources = 20
 event_buffer = 64
 # Completion tokens asked for per model call, at most.
 max_completion_tokens = 4096
+# Milliseconds kept before a caller's gRPC deadline for the result's trip back: a run with a
+# deadline finishes this much earlier (the time a summing-up call needs is measured per run).
+deadline_reserve_ms = 100
 
 [llm]
 # Root model backend: "extractive" (offline, no model needed), "openai" (any OpenAI-compatible

@@ -29,6 +29,7 @@ fn status_of(error: &EngineError) -> Status {
         }
         EngineError::ShuttingDown => Status::unavailable("the server is shutting down"),
         EngineError::Cancelled => Status::cancelled("the query was cancelled"),
+        EngineError::DeadlineExceeded(reason) => Status::deadline_exceeded(*reason),
         EngineError::Shared(error) => status_of(error),
         EngineError::RunFailed(reason) => {
             tracing::error!(%reason, "a query's run failed");

@@ -110,6 +110,9 @@ pub struct BudgetTracker {
     started: Instant,
     used: BudgetUsage,
     warned: Vec<BudgetResource>,
+    /// The slowest root model call so far: the run's own measure of how long its next call,
+    /// and a summing-up call, will take. `None` before the first call has answered.
+    slowest_call: Option<Duration>,
 }
 
 impl BudgetTracker {
@@ -120,6 +123,7 @@ impl BudgetTracker {
             started,
             used: BudgetUsage::default(),
             warned: Vec::new(),
+            slowest_call: None,
         }
     }
 
@@ -224,6 +228,41 @@ impl BudgetTracker {
         }
         self.used.search_calls += 1;
         Ok(())
+    }
+
+    /// Records how long a root model call took, the run's measure of the calls to come.
+    pub fn record_call_latency(&mut self, latency: Duration) {
+        self.slowest_call = Some(
+            self.slowest_call
+                .map_or(latency, |slowest| slowest.max(latency)),
+        );
+    }
+
+    /// Returns the time left before the time limit, if there is one.
+    fn time_left(&self) -> Option<Duration> {
+        self.limits
+            .max_time
+            .map(|max| max.saturating_sub(self.started.elapsed()))
+    }
+
+    /// Whether `calls` model calls in a row, each as slow as the slowest so far, end before the
+    /// time limit. Before any call has answered there is nothing to measure: they fit, and the
+    /// time limit still cuts a call that overruns.
+    pub fn calls_fit(&self, calls: u32) -> bool {
+        match (self.time_left(), self.slowest_call) {
+            (Some(left), Some(slowest)) => slowest.saturating_mul(calls) <= left,
+            _ => true,
+        }
+    }
+
+    /// Whether a summing-up call, as slow as the slowest call so far, ends before the time
+    /// limit. Without a measure it fits only when there is no time limit at all.
+    pub fn summary_fits(&self) -> bool {
+        match (self.time_left(), self.slowest_call) {
+            (None, _) => true,
+            (Some(left), Some(slowest)) => slowest <= left,
+            (Some(_), None) => false,
+        }
     }
 
     /// Records the tokens and cost of a model call.
@@ -383,6 +422,39 @@ mod tests {
         assert_eq!(tightened.max_time, Some(Duration::from_secs(5)));
         let unchanged = limits().within_deadline(Some(now + Duration::from_secs(500)), now);
         assert_eq!(unchanged.max_time, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn the_slowest_call_so_far_decides_whether_more_calls_fit() {
+        let limits = BudgetLimits {
+            max_time: Some(Duration::from_secs(10)),
+            ..limits()
+        };
+        // Four seconds gone: six left.
+        let mut budget = BudgetTracker::new(limits, Instant::now() - Duration::from_secs(4));
+        assert!(
+            budget.calls_fit(2),
+            "nothing measured yet: the next call may try"
+        );
+        assert!(!budget.summary_fits(), "a summing-up call needs a measure");
+        budget.record_call_latency(Duration::from_millis(2500));
+        budget.record_call_latency(Duration::from_millis(1000));
+        assert!(budget.calls_fit(2), "two calls of 2.5 s fit in 6 s");
+        assert!(!budget.calls_fit(3), "three do not");
+        assert!(budget.summary_fits());
+        budget.record_call_latency(Duration::from_secs(7));
+        assert!(!budget.calls_fit(1));
+        assert!(!budget.summary_fits());
+
+        let mut unlimited = BudgetTracker::new(
+            BudgetLimits {
+                max_time: None,
+                ..limits
+            },
+            Instant::now(),
+        );
+        unlimited.record_call_latency(Duration::from_secs(3600));
+        assert!(unlimited.calls_fit(2) && unlimited.summary_fits());
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub enum EngineError {
     /// The caller went away before the result was ready.
     #[error("the query was cancelled")]
     Cancelled,
+    /// The caller's deadline leaves no time to answer, or passed before the run found
+    /// anything to answer from.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(&'static str),
     /// The error of a run whose result several identical queries shared.
     #[error(transparent)]
     Shared(Arc<EngineError>),
@@ -142,6 +146,10 @@ pub struct EngineConfig {
     pub event_buffer: usize,
     /// Completion tokens asked for per model call, at most.
     pub max_completion_tokens: u32,
+    /// Milliseconds kept before a caller's deadline for the result's trip back: the run
+    /// finishes this much earlier. The server cannot see the network, so this part is set,
+    /// not measured; the time for a summing-up call is measured by each run.
+    pub deadline_reserve_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -167,6 +175,7 @@ impl Default for EngineConfig {
             max_sources: 20,
             event_buffer: 64,
             max_completion_tokens: 4096,
+            deadline_reserve_ms: 100,
         }
     }
 }
@@ -220,6 +229,10 @@ pub struct PreparedQuery {
     pub top_k: usize,
     /// Limits in force, tightened by the deadline.
     pub limits: BudgetLimits,
+    /// Whether the time limit is the caller's deadline (less the reserve for the trip back)
+    /// rather than the time budget: a run it stops before finding anything fails with
+    /// [`EngineError::DeadlineExceeded`] instead of answering with nothing.
+    pub deadline_bound: bool,
     /// Result cache key.
     pub cache_key: CacheKey,
     /// When the query arrived.
@@ -449,9 +462,30 @@ impl Engine {
 
         let limits = request.budget.or(config.default_budget());
         let cache_key = self.cache_key(&request, &filter, top_k, &collection, &limits);
+        // The result must be on its way back before the caller's deadline passes.
+        let finish_by = match deadline {
+            None => None,
+            Some(deadline) => {
+                let reserve = Duration::from_millis(config.deadline_reserve_ms);
+                match deadline.checked_sub(reserve) {
+                    Some(finish_by) if finish_by > Instant::now() => Some(finish_by),
+                    _ => {
+                        return Err(EngineError::DeadlineExceeded(
+                            "the deadline leaves no time to answer",
+                        ));
+                    }
+                }
+            }
+        };
+        let deadline_bound = finish_by.is_some_and(|finish_by| {
+            limits
+                .max_time
+                .is_none_or(|max_time| started + max_time >= finish_by)
+        });
         Ok(PreparedQuery {
             query_id: uuid::Uuid::new_v4().to_string(),
-            limits: limits.within_deadline(deadline, started),
+            limits: limits.within_deadline(finish_by, started),
+            deadline_bound,
             request,
             collection,
             filter,

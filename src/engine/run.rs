@@ -131,6 +131,22 @@ impl<'a> Run<'a> {
     /// event. Fails only when the model fails before the run found anything.
     pub(super) async fn execute(self) -> Result<QueryResult, EngineError> {
         let outcome = self.reason().await?;
+        // An answer made of nothing is no answer: a caller whose deadline stopped the run
+        // before it found anything hears that the deadline passed, as from any server.
+        if self.prepared.deadline_bound
+            && matches!(
+                outcome,
+                Outcome::Stopped {
+                    exhausted: Some(BudgetResource::Time),
+                    ..
+                }
+            )
+            && self.sources.lock().is_empty()
+        {
+            return Err(EngineError::DeadlineExceeded(
+                "the deadline passed before the query found anything to answer from",
+            ));
+        }
         Ok(self.finish(outcome).await)
     }
 
@@ -163,6 +179,12 @@ impl<'a> Run<'a> {
             let price = self.inner.prices.per_token(model.name());
             let (step, max_tokens, deadline) = {
                 let mut budget = self.budget.lock();
+                // A call expected to end too late to sum up after it is not started: the run
+                // stops now and sums up in the time it has (see `sum_up`).
+                let calls = 1 + u32::from(model.writes_summaries());
+                if !budget.calls_fit(calls) {
+                    return Ok(self.no_time_for_calls(&budget));
+                }
                 let planned = budget.start_iteration(
                     prompt_tokens,
                     price,
@@ -590,6 +612,7 @@ impl<'a> Run<'a> {
     ) {
         let model = &self.inner.model;
         let latency = started.elapsed();
+        self.budget.lock().record_call_latency(latency);
         let cost_usd = self.record_model_usage(ModelRole::Root, model.as_ref(), response, latency);
         spans::record_model_call(
             span,
@@ -668,6 +691,21 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The outcome of a run whose next model call would end too late to sum up after it.
+    fn no_time_for_calls(&self, budget: &BudgetTracker) -> Outcome {
+        let limit = budget
+            .limits()
+            .max_time
+            .map_or(0.0, |limit| limit.as_secs_f64());
+        Outcome::Stopped {
+            exhausted: Some(BudgetResource::Time),
+            reason: format!(
+                "budget exhausted: {} ({limit:.3}) leaves no time for another model call",
+                BudgetResource::Time.limit_name()
+            ),
+        }
+    }
+
     fn cancel_reason(&self) -> Option<String> {
         if self.inner.shutdown.is_cancelled() {
             Some("the server is shutting down".into())
@@ -742,14 +780,12 @@ impl<'a> Run<'a> {
     /// Asks the model, once and within what is left of the budget, to answer from the sources
     /// of a run that stopped early. Returns `None` when that call cannot or should not be made,
     /// or fails; the caller then stitches an answer together itself.
-    async fn sum_up(
-        &self,
-        question: &str,
-        sources: &[Hit],
-        exhausted: Option<BudgetResource>,
-    ) -> Option<(String, Vec<String>, f64)> {
+    async fn sum_up(&self, question: &str, sources: &[Hit]) -> Option<(String, Vec<String>, f64)> {
         let model = &self.inner.model;
-        let out_of_time = exhausted == Some(BudgetResource::Time);
+        // Measured by the run: the summing-up call must end, as slow as the slowest call so
+        // far, within the time limit (for a caller's deadline, before the reserve for the trip
+        // back); otherwise the answer is stitched together at once.
+        let out_of_time = !self.budget.lock().summary_fits();
         if sources.is_empty()
             || out_of_time
             || !model.writes_summaries()
@@ -831,7 +867,7 @@ impl<'a> Run<'a> {
                 (answer, citations, confidence, false, None, None)
             }
             Outcome::Stopped { exhausted, reason } => {
-                let summary = match self.sum_up(question, &sources, exhausted).await {
+                let summary = match self.sum_up(question, &sources).await {
                     Some(summary) => summary,
                     None => {
                         let partial = partial::synthesize(question, &sources, &reason);

@@ -11,6 +11,7 @@ mod common;
 mod access;
 mod cache;
 mod clients;
+mod deadlines;
 mod documents;
 mod errors;
 mod lifecycle;
