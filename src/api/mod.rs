@@ -5,11 +5,12 @@ mod deadline;
 pub mod status;
 pub mod stream;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -32,11 +33,33 @@ pub use pb::deep_recall_server::DeepRecallServer;
 
 /// Whether the service takes calls: not before the engine is ready (the store is still
 /// opening), and not once the server is draining for shutdown. Shared with the server's
-/// start-up and shutdown sequences.
+/// start-up and shutdown sequences, which also learn from it when the calls it admitted have
+/// all ended.
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
     engine: Arc<OnceLock<Engine>>,
     draining: Arc<AtomicBool>,
+    calls: Arc<OpenCalls>,
+}
+
+/// Calls admitted and not yet ended.
+#[derive(Debug, Default)]
+struct OpenCalls {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+/// One admitted call, counted until it is dropped: with the handler for a unary call, with the
+/// response stream's work for a streaming one.
+#[derive(Debug)]
+struct OpenCall(Arc<OpenCalls>);
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
 }
 
 impl Admission {
@@ -52,13 +75,33 @@ impl Admission {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    fn admit(&self) -> Result<Engine, Status> {
+    /// Resolves once no admitted call is open: every unary call has answered and every stream
+    /// has ended or lost its caller.
+    pub async fn calls_ended(&self) {
+        loop {
+            let notified = self.calls.none_left.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the count is read, so an end in between is not missed.
+            notified.as_mut().enable();
+            if self.calls.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn admit(&self) -> Result<(Engine, OpenCall), Status> {
+        // Counted before the check: shutdown sets `draining` and then waits for the count, so
+        // a call that passed the check is always waited for.
+        self.calls.count.fetch_add(1, Ordering::SeqCst);
+        let call = OpenCall(Arc::clone(&self.calls));
         if self.draining.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown.into());
         }
-        self.engine.get().cloned().ok_or_else(|| {
+        let engine = self.engine.get().cloned().ok_or_else(|| {
             Status::unavailable("the server is starting: the store is still opening")
-        })
+        })?;
+        Ok((engine, call))
     }
 }
 
@@ -101,7 +144,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, open_call) = self.admission.admit()?;
         let caller = caller_of(&request)?;
         caller.check_collection(&request.get_ref().collection)?;
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
@@ -117,6 +160,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         let buffer = engine.config().event_buffer;
         let (sink, events) = EventSink::channel(buffer, prepared.started);
         let run = async move {
+            let _open_call = open_call;
             engine
                 .run(prepared, sink, run_cancel)
                 .await
@@ -135,7 +179,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::QueryBatchRequest>,
     ) -> Result<Response<Self::QueryBatchStream>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, open_call) = self.admission.admit()?;
         let caller = caller_of(&request)?;
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
         let parent = telemetry::extract_parent(request.metadata().as_ref());
@@ -178,6 +222,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         );
         let stream = spawn_stream(concurrency, cancel, move |sender| async move {
             // Given back after the remaining runs, declared later, are dropped.
+            let _open_call = open_call;
             let _extra_slots = extra_slots;
             let mut results = std::pin::pin!(results);
             while let Some((index, outcome)) = results.next().await {
@@ -210,7 +255,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::AddDocumentsRequest>,
     ) -> Result<Response<pb::AddDocumentsResponse>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, _open_call) = self.admission.admit()?;
         caller_of(&request)?.check_collection(&request.get_ref().collection)?;
         let pb::AddDocumentsRequest {
             collection,
@@ -227,7 +272,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::DeleteDocumentsRequest>,
     ) -> Result<Response<pb::DeleteDocumentsResponse>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, _open_call) = self.admission.admit()?;
         caller_of(&request)?.check_collection(&request.get_ref().collection)?;
         let pb::DeleteDocumentsRequest { collection, ids } = request.into_inner();
         let outcome = engine.delete_documents(non_empty(&collection), ids).await?;
@@ -238,7 +283,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::ClearCacheRequest>,
     ) -> Result<Response<pb::ClearCacheResponse>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, _open_call) = self.admission.admit()?;
         caller_of(&request)?.check_clear(&request.get_ref().collection)?;
         let pb::ClearCacheRequest { collection } = request.into_inner();
         let entries_removed = engine.clear_cache(non_empty(&collection)).await?;
@@ -249,7 +294,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, _open_call) = self.admission.admit()?;
         let caller = caller_of(&request)?;
         let pb::GetStatsRequest {} = request.into_inner();
         let mut stats = engine.stats().await?;

@@ -300,8 +300,9 @@ async fn cache_levels(config: &CacheConfig) -> Result<(CacheLevel, CacheLevel), 
 }
 
 /// Serves until `shutdown` resolves, then shuts down gracefully: health turns NOT_SERVING, new
-/// calls are refused, in-flight calls get `shutdown_grace_seconds` to finish, and queries still
-/// running after that end with a partial result. Health answers from the start; the DeepRecall
+/// calls are refused with UNAVAILABLE while the listener stays open, in-flight calls get
+/// `shutdown_grace_seconds` to finish, queries still running after that end with a partial
+/// result, and the listener closes once the calls have ended. Health answers from the start; the DeepRecall
 /// service reports SERVING once the store is open.
 pub async fn serve(
     config: Config,
@@ -474,23 +475,38 @@ async fn serve_calls(
         }
     }
 
+    // The drain: the listener stays open, so that probes and clients see health NOT_SERVING
+    // and new calls refused with UNAVAILABLE, as documented, instead of a refused connection;
+    // it closes only once the calls in flight have ended.
     tracing::info!("shutting down: refusing new calls, letting in-flight calls finish");
     admission.start_draining();
     set_health(&health, ServingStatus::NotServing).await;
-    let _ = drain.send(());
     let grace =
         Duration::try_from_secs_f64(config.server.shutdown_grace_seconds).unwrap_or(Duration::ZERO);
-    if let Ok(outcome) = tokio::time::timeout(grace, &mut server).await {
-        return Ok(outcome?);
+    let ended_in_grace = tokio::select! {
+        outcome = &mut server => return Ok(outcome?),
+        ended = tokio::time::timeout(grace, admission.calls_ended()) => ended.is_ok(),
+    };
+    if !ended_in_grace {
+        tracing::warn!(?grace, "grace period over: stopping running queries");
+        if let Some(engine) = &engine {
+            engine.abort_runs();
+        }
+        let ended = tokio::select! {
+            outcome = &mut server => return Ok(outcome?),
+            ended = tokio::time::timeout(ABORT_GRACE, admission.calls_ended()) => ended.is_ok(),
+        };
+        if !ended {
+            tracing::warn!("calls still open after stopping; closing them");
+        }
     }
-    tracing::warn!(?grace, "grace period over: stopping running queries");
-    if let Some(engine) = &engine {
-        engine.abort_runs();
-    }
+    // Closes the listener and tells open connections to go (GOAWAY); what is still on its way
+    // to a caller gets there.
+    let _ = drain.send(());
     match tokio::time::timeout(ABORT_GRACE, &mut server).await {
         Ok(outcome) => Ok(outcome?),
         Err(_) => {
-            tracing::warn!("calls still open after stopping; closing them");
+            tracing::warn!("connections still open at the end of the drain; closing them");
             Ok(())
         }
     }

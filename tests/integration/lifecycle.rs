@@ -1,6 +1,13 @@
 //! Health, reflection and shutdown.
 
-use deeprecall::api::pb;
+use std::time::Duration;
+
+use deeprecall::api::pb::query_event::Event;
+use deeprecall::api::{DeepRecallClient, pb};
+use deeprecall::config::{Backend, CacheBackend};
+use deeprecall::llm::http::Secret;
+use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
+use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -80,27 +87,163 @@ async fn reflection_lists_the_service_and_describes_it() {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
-#[tokio::test]
-async fn shutdown_refuses_new_calls_and_returns_cleanly() {
-    let mut server = TestServer::start().await;
-    let mut client = server.client.clone();
-    let endpoint = server.endpoint.clone();
-    server
-        .client
-        .get_stats(pb::GetStatsRequest {})
+/// A server whose model, behind the scripted mock, answers `replies` in turn, with one
+/// document about Kestrel and `grace_seconds` of shutdown grace.
+async fn server_over(replies: Vec<MockReply>, grace_seconds: f64) -> (MockLlmServer, TestServer) {
+    let mock = MockLlmServer::start(MockScript::replies(replies))
         .await
-        .expect("serving");
-    server.stop().await.expect("clean shutdown");
+        .expect("mock starts");
+    let mut server = TestServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        config.server.shutdown_grace_seconds = grace_seconds;
+    })
+    .await;
+    add(
+        &mut server.client,
+        "",
+        vec![document(
+            "kestrel",
+            "Kestrel Fabrication is headquartered in Tampere.",
+            serde_json::json!({}),
+        )],
+    )
+    .await;
+    (mock, server)
+}
 
-    let refused = client.get_stats(pb::GetStatsRequest {}).await;
-    assert!(refused.is_err(), "a call after shutdown is refused");
+/// Waits, as long as a hang would take, for the next event of a stream.
+async fn next_event(stream: &mut tonic::Streaming<pb::QueryEvent>) -> Option<pb::QueryEvent> {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("the stream moves on")
+        .expect("the stream ends cleanly")
+}
+
+#[tokio::test]
+async fn during_the_drain_health_is_not_serving_and_new_calls_are_unavailable_until_the_listener_closes()
+ {
+    // The model never answers: the query stays in flight, and so does the drain.
+    let (_mock, server) = server_over(vec![MockReply::Hang], 600.0).await;
+    let endpoint = server.endpoint.clone();
+    let mut client = server.client.clone();
+    let mut in_flight = client
+        .query(question("Where is Kestrel Fabrication?"))
+        .await
+        .expect("accepted")
+        .into_inner();
+    let first = next_event(&mut in_flight).await.expect("an event");
+    assert!(
+        matches!(first.event, Some(Event::StepStarted(_))),
+        "the run has started: {first:?}"
+    );
+
+    let stopping = tokio::spawn(server.stop());
+
+    // A new connection is still accepted; health on it turns NOT_SERVING.
+    let channel = Channel::from_shared(endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("the listener accepts connections during the drain");
+    let mut health = HealthClient::new(channel.clone());
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: "deeprecall.v1.DeepRecall".into(),
+        })
+        .await
+        .expect("health answers during the drain")
+        .into_inner();
+    loop {
+        let update = tokio::time::timeout(Duration::from_secs(30), updates.message())
+            .await
+            .expect("health changes")
+            .expect("a clean health stream")
+            .expect("the health stream stays open");
+        if update.status == ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
+    drop(updates);
+    let overall = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers during the drain")
+        .into_inner();
+    assert_eq!(overall.status, ServingStatus::NotServing as i32);
+
+    // New calls, on the new connection and on the one already open, are UNAVAILABLE.
+    for mut caller in [DeepRecallClient::new(channel), client.clone()] {
+        let refused = caller
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .expect_err("refused during the drain");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("shutting down"), "{refused:?}");
+    }
+    assert!(
+        !stopping.is_finished(),
+        "the query in flight holds the drain open"
+    );
+
+    // The last call in flight ends (its caller leaves): the drain is over and the listener
+    // closes.
+    drop(in_flight);
+    drop(health);
+    stopping.await.expect("joined").expect("clean shutdown");
     assert!(
         Channel::from_shared(endpoint)
-            .unwrap()
+            .expect("endpoint")
             .connect()
             .await
-            .is_err()
+            .is_err(),
+        "the listener is closed once the drain is over"
     );
+}
+
+#[tokio::test]
+async fn a_query_running_past_the_grace_gets_a_partial_result_saying_the_server_is_shutting_down() {
+    let search = MockReply::tool_call(
+        "search_db",
+        serde_json::json!({"query": "Kestrel Fabrication"}).to_string(),
+    );
+    let (_mock, server) = server_over(vec![search, MockReply::Hang], 0.2).await;
+    let mut client = server.client.clone();
+    let mut stream = client
+        .query(question("Where is Kestrel Fabrication?"))
+        .await
+        .expect("accepted")
+        .into_inner();
+    // Once the first search is back, the second model call hangs past any grace.
+    loop {
+        let event = next_event(&mut stream)
+            .await
+            .expect("events until the search");
+        if matches!(event.event, Some(Event::Search(_))) {
+            break;
+        }
+    }
+    let stopping = tokio::spawn(server.stop());
+    let mut result = None;
+    while let Some(event) = next_event(&mut stream).await {
+        if let Some(Event::Result(done)) = event.event {
+            result = Some(done);
+        }
+    }
+    let result = result.expect("the stream ends with a result");
+    assert!(result.partial, "{result:?}");
+    assert!(result.error.contains("shutting down"), "{}", result.error);
+    assert_eq!(
+        result.citations,
+        vec!["kestrel"],
+        "built from what was found"
+    );
+    stopping.await.expect("joined").expect("clean shutdown");
 }
 
 #[tokio::test]
