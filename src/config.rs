@@ -534,12 +534,26 @@ pub fn process_env() -> HashMap<String, String> {
         .collect()
 }
 
-/// Returns the server address for the client commands: the flag, else `DEEPRECALL_SERVER`,
-/// else the default.
+/// Returns the server the client commands talk to, as a URL: the flag, else
+/// `DEEPRECALL_SERVER`, else the default, read by [`endpoint_url`].
 pub fn server_endpoint(flag: Option<&str>, env: &HashMap<String, String>) -> String {
-    flag.map(str::to_string)
+    let address = flag
+        .map(str::to_string)
         .or_else(|| env.get(SERVER_ENV).cloned())
-        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    endpoint_url(&address)
+}
+
+/// Returns a server address as a URL: `http://host:port` and `https://host:port` stay as they
+/// are, and a bare `host:port` means plaintext, `http://host:port`, as gRPC clients (grpcurl,
+/// the Python client) read it.
+pub fn endpoint_url(address: &str) -> String {
+    let address = address.trim();
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
 }
 
 fn to_table(config: &Config) -> Result<toml::Table, ConfigError> {
@@ -934,6 +948,26 @@ mod tests {
         );
         assert!(!format!("{config:?}").contains("vendor-key-123"));
         assert_eq!(config.limits.fallback_replicas, 3);
+    }
+
+    #[test]
+    fn a_server_address_without_a_scheme_is_plaintext() {
+        let none = HashMap::new();
+        assert_eq!(
+            server_endpoint(Some("127.0.0.1:50051"), &none),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            server_endpoint(Some(" localhost:50051 "), &none),
+            "http://localhost:50051"
+        );
+        assert_eq!(
+            server_endpoint(Some("https://recall.example:443"), &none),
+            "https://recall.example:443"
+        );
+        let from_env = env(&[(SERVER_ENV, "[::1]:9000")]);
+        assert_eq!(server_endpoint(None, &from_env), "http://[::1]:9000");
+        assert_eq!(server_endpoint(None, &none), DEFAULT_SERVER);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::api::{DeepRecallClient, pb};
 use crate::config::{self, Config, ConfigSources};
@@ -147,7 +147,8 @@ struct ServeArgs {
 /// Flags shared by the client commands.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Server to talk to (default http://127.0.0.1:50051); env DEEPRECALL_SERVER.
+    /// Server to talk to: a URL (http://, https:// for TLS) or host:port (plaintext); default
+    /// http://127.0.0.1:50051; env DEEPRECALL_SERVER.
     #[arg(long)]
     server: Option<String>,
     /// File holding the API key to send; else env DEEPRECALL_CLIENT_KEY.
@@ -290,13 +291,28 @@ pub enum CliError {
     },
     /// A call failed.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
-    Call(#[from] tonic::Status),
+    Call(tonic::Status),
+    /// A call failed below gRPC: the connection broke or the server does not speak gRPC.
+    #[error("the call failed: {0}")]
+    Transport(String),
     /// A file operation failed.
     #[error("{0}")]
     Io(String),
     /// A flag's value is wrong.
     #[error("{0}")]
     Usage(String),
+}
+
+impl From<tonic::Status> for CliError {
+    /// A status the transport made up for a broken connection carries its cause; that cause,
+    /// in plain words, is the error. A status the server sent is reported as it is.
+    fn from(status: tonic::Status) -> Self {
+        use std::error::Error as _;
+        match status.source() {
+            Some(cause) => CliError::Transport(transport_failure(cause)),
+            _ => CliError::Call(status),
+        }
+    }
 }
 
 fn code_name(code: tonic::Code) -> String {
@@ -463,11 +479,7 @@ pub async fn wait_until_serving(endpoint: &str, timeout: Duration) -> Result<(),
         message,
     };
     let watch = async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map_err(|error| not_ready(error.to_string()))?
-            .connect()
-            .await
-            .map_err(|error| not_ready(error.to_string()))?;
+        let channel = connect_channel(endpoint).await?;
         let mut updates = HealthClient::new(channel)
             .watch(HealthCheckRequest {
                 service: server::SERVICE_NAME.to_string(),
@@ -490,21 +502,91 @@ pub async fn wait_until_serving(endpoint: &str, timeout: Duration) -> Result<(),
 }
 
 /// Connects a client sending `api_key` with every call, failing fast when nothing listens.
+/// `endpoint` is a URL or a bare `host:port` (plaintext), as [`config::endpoint_url`] reads it.
 pub async fn connect(endpoint: &str, api_key: Option<&str>) -> Result<ServerClient, CliError> {
     let key = CallerKey::new(api_key)?;
-    let connect_error = |message: String| CliError::Connect {
-        endpoint: endpoint.to_string(),
-        message,
-    };
-    let channel = Channel::from_shared(endpoint.to_string())
-        .map_err(|error| connect_error(error.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|error| connect_error(error.to_string()))?;
+    let channel = connect_channel(endpoint).await?;
     Ok(DeepRecallClient::with_interceptor(channel, key)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))
+}
+
+/// Opens a channel to `endpoint` (a URL, or `host:port` for plaintext), over TLS for an
+/// `https://` URL; a failure says what went wrong: nothing listening, a TLS mismatch, or a
+/// server that does not speak gRPC.
+pub async fn connect_channel(endpoint: &str) -> Result<Channel, CliError> {
+    let url = config::endpoint_url(endpoint);
+    let connect_error = |message: String| CliError::Connect {
+        endpoint: url.clone(),
+        message,
+    };
+    let mut builder = Endpoint::from_shared(url.clone())
+        .map_err(|error| connect_error(format!("not a server address: {error}")))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    if url.starts_with("https://") {
+        builder = builder
+            .tls_config(ClientTlsConfig::new().with_enabled_roots())
+            .map_err(|error| connect_error(transport_failure(&error)))?;
+    }
+    builder
+        .connect()
+        .await
+        .map_err(|error| connect_error(transport_failure(&error)))
+}
+
+/// How long a client command waits for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Says in plain words why a connection or a call failed below gRPC, from the chain of
+/// causes: the transport's own message ("transport error") names none of them.
+fn transport_failure(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut causes = Vec::new();
+    let mut refused = false;
+    let mut timed_out = false;
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        let text = cause.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    let chain = causes.join(": ");
+    let lowered = chain.to_lowercase();
+    if refused {
+        "connection refused: nothing listens there (is `deeprecall serve` running, on this \
+         address and port?)"
+            .to_string()
+    } else if lowered.contains("invalidcontenttype")
+        || lowered.contains("corrupt message")
+        || lowered.contains("tls")
+        || lowered.contains("certificate")
+        || lowered.contains("handshake")
+    {
+        format!(
+            "TLS handshake failed ({chain}): the server may not speak TLS on this port (use \
+             http:// or host:port for a plaintext server), or its certificate is not trusted"
+        )
+    } else if timed_out || lowered.contains("timed out") {
+        format!("timed out connecting ({chain})")
+    } else if lowered.contains("frame")
+        || lowered.contains("http2")
+        || lowered.contains("h2 protocol")
+        || lowered.contains("protocol error")
+        || lowered.contains("connection closed before message completed")
+        || lowered.contains("invalid http version")
+    {
+        format!(
+            "the server did not answer as a gRPC server over HTTP/2 ({chain}): wrong port, or a \
+             server that expects TLS (use https://)"
+        )
+    } else {
+        chain
+    }
 }
 
 async fn query(args: QueryArgs) -> Result<(), CliError> {

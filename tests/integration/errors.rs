@@ -158,3 +158,71 @@ async fn bad_batches_are_invalid_arguments() {
         assert_invalid(&status, field);
     }
 }
+
+/// What a client command reports when it cannot talk to `endpoint`: the error of connecting,
+/// or else of its first call.
+async fn client_failure(endpoint: &str) -> String {
+    match deeprecall::cli::connect(endpoint, None).await {
+        Err(error) => error.to_string(),
+        Ok(mut client) => match client.get_stats(pb::GetStatsRequest {}).await {
+            Err(status) => deeprecall::cli::CliError::from(status).to_string(),
+            Ok(_) => panic!("{endpoint} answered"),
+        },
+    }
+}
+
+/// A TCP server on 127.0.0.1 that answers every connection with `reply`.
+async fn answering_with(reply: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(reply).await;
+                // Open until the client hangs up, so that it reads the reply before anything.
+                while matches!(socket.read(&mut request).await, Ok(read) if read > 0) {}
+            });
+        }
+    });
+    address.to_string()
+}
+
+#[tokio::test]
+async fn client_commands_take_host_and_port_and_say_why_a_connection_fails() {
+    let server = TestServer::start().await;
+    let host_port = server.endpoint.trim_start_matches("http://").to_string();
+    let mut client = deeprecall::cli::connect(&host_port, None)
+        .await
+        .expect("host:port is a plaintext server");
+    client
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .expect("a call through host:port");
+
+    // Nothing listens on a port that was just given back.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a port");
+    let message = client_failure(&free.to_string()).await;
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(message.contains("deeprecall serve"), "{message}");
+
+    // TLS asked of a plaintext server.
+    let message = client_failure(&format!("https://{host_port}")).await;
+    assert!(message.contains("TLS"), "{message}");
+    assert!(message.contains("http://"), "{message}");
+
+    // An HTTP/1.1 server, and a TLS server asked for plaintext (its alert is not HTTP/2).
+    for reply in [
+        &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"[..],
+        &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46][..],
+    ] {
+        let message = client_failure(&answering_with(reply).await).await;
+        assert!(message.contains("gRPC server over HTTP/2"), "{message}");
+    }
+}
