@@ -55,6 +55,14 @@ fn budget_limits(budget: pb::Budget) -> Result<BudgetLimits, EngineError> {
             "must be at least 1",
         ));
     }
+    // No search, no answer: every answer comes from what searches find, so a query that may
+    // not search at all is refused like the other zero limits rather than run to nothing.
+    if max_search_calls == Some(0) {
+        return Err(EngineError::invalid(
+            "budget.max_search_calls",
+            "must be at least 1",
+        ));
+    }
     if max_tokens == Some(0) {
         return Err(EngineError::invalid(
             "budget.max_tokens",
@@ -593,6 +601,11 @@ mod tests {
     fn zero_budgets_are_refused() {
         let budget = pb::Budget {
             max_iterations: Some(0),
+            ..Default::default()
+        };
+        assert!(budget_limits(budget).is_err());
+        let budget = pb::Budget {
+            max_search_calls: Some(0),
             ..Default::default()
         };
         assert!(budget_limits(budget).is_err());

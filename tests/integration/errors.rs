@@ -226,3 +226,64 @@ async fn client_commands_take_host_and_port_and_say_why_a_connection_fails() {
         assert!(message.contains("gRPC server over HTTP/2"), "{message}");
     }
 }
+
+#[tokio::test]
+async fn every_budget_limit_at_zero_is_an_invalid_argument_naming_it() {
+    let mut server = TestServer::start().await;
+    add(
+        &mut server.client,
+        "",
+        vec![document("a", "Something.", json!({}))],
+    )
+    .await;
+    let zero = pb::Budget::default;
+    for (budget, field) in [
+        (
+            pb::Budget {
+                max_iterations: Some(0),
+                ..zero()
+            },
+            "budget.max_iterations",
+        ),
+        (
+            pb::Budget {
+                max_search_calls: Some(0),
+                ..zero()
+            },
+            "budget.max_search_calls",
+        ),
+        (
+            pb::Budget {
+                max_tokens: Some(0),
+                ..zero()
+            },
+            "budget.max_tokens",
+        ),
+        (
+            pb::Budget {
+                max_time_seconds: Some(0.0),
+                ..zero()
+            },
+            "budget.max_time_seconds",
+        ),
+        (
+            pb::Budget {
+                max_cost_usd: Some(0.0),
+                ..zero()
+            },
+            "budget.max_cost_usd",
+        ),
+    ] {
+        let mut request = question("ok?");
+        request.budget = Some(budget);
+        assert_invalid(&query_status(&mut server, request).await, field);
+    }
+    // The smallest values that are not zero run.
+    let mut request = question("Something?");
+    request.budget = Some(pb::Budget {
+        max_iterations: Some(1),
+        max_search_calls: Some(1),
+        ..zero()
+    });
+    query_result(&mut server.client, request).await;
+}
