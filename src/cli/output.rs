@@ -1,9 +1,11 @@
 //! How the client commands print: a readable live trace for people, JSON for machines. JSON
-//! output uses the proto's JSON field names (lowerCamelCase).
+//! output is the proto3 JSON mapping of the contract's messages, as `buf curl` prints them.
 
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{Value, json};
 
-use crate::api::convert::struct_to_json;
 use crate::api::pb;
 use crate::api::pb::query_event::Event;
 
@@ -13,20 +15,18 @@ pub struct TracePrinter {
 }
 
 impl TracePrinter {
-    /// Creates a printer; `json` prints only the final result, as one JSON object.
+    /// Creates a printer; `json` prints every event, the result last, as one JSON line each.
     pub fn new(json: bool) -> Self {
         TracePrinter { json }
     }
 
     /// Prints one event.
     pub fn print(&mut self, event: &pb::QueryEvent) {
-        let Some(kind) = &event.event else { return };
         if self.json {
-            if let Event::Result(result) = kind {
-                println!("{}", result_json(result));
-            }
+            println!("{}", event_json(event));
             return;
         }
+        let Some(kind) = &event.event else { return };
         match kind {
             Event::StepStarted(step) => println!("step {}", step.step),
             Event::LlmCall(call) => {
@@ -132,124 +132,38 @@ fn print_result(result: &pb::QueryResult) {
     }
 }
 
-/// Returns a result as JSON, with the proto's JSON field names.
-pub fn result_json(result: &pb::QueryResult) -> Value {
-    let sources: Vec<Value> = result
-        .sources
-        .iter()
-        .map(|source| {
-            json!({
-                "id": source.id,
-                "content": source.content,
-                "metadata": struct_to_json(source.metadata.clone(), "metadata").unwrap_or_default(),
-                "score": source.score,
-            })
+/// The contract's descriptors, read once from the descriptor set built into the binary.
+fn descriptors() -> Option<&'static DescriptorPool> {
+    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).ok())
+        .as_ref()
+}
+
+/// Returns a message of the contract as JSON in the proto3 JSON mapping, exactly as `buf curl`
+/// and grpcurl print it: lowerCamelCase names, enums by name, 64-bit integers as strings,
+/// fields at their default left out. `name` is the message's full name.
+pub fn message_json(message: &impl prost::Message, name: &str) -> Value {
+    let converted = descriptors()
+        .and_then(|pool| pool.get_message_by_name(name))
+        .ok_or_else(|| format!("{name} is not in the contract's descriptors"))
+        .and_then(|descriptor| {
+            DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+                .map_err(|error| error.to_string())
         })
-        .collect();
-    let trace: Vec<Value> = result
-        .reasoning_trace
-        .iter()
-        .map(|step| {
-            json!({"step": step.step, "action": step.action, "input": step.input, "output": step.output})
-        })
-        .collect();
-    json!({
-        "queryId": result.query_id,
-        "answer": result.answer,
-        "citations": result.citations,
-        "sources": sources,
-        "reasoningTrace": trace,
-        "usage": result.usage.as_ref().map(usage_json),
-        "executionTimeSeconds": result.execution_time_seconds,
-        "budgetStatus": result.budget_status.as_ref().map(|status| json!({
-            "used": status.used.as_ref().map(|used| json!({
-                "iterations": used.iterations,
-                "searchCalls": used.search_calls,
-                "tokens": used.tokens,
-                "costUsd": used.cost_usd,
-                "elapsedSeconds": used.elapsed_seconds,
-            })),
-            "exhausted": pb::BudgetResource::try_from(status.exhausted)
-                .map(|resource| resource.as_str_name())
-                .unwrap_or("BUDGET_RESOURCE_UNSPECIFIED"),
-        })),
-        "confidence": result.confidence,
-        "partial": result.partial,
-        "error": result.error,
-        "cached": result.cached,
-    })
+        .and_then(|dynamic| serde_json::to_value(&dynamic).map_err(|error| error.to_string()));
+    // The descriptors are built from the same contract as the types: this cannot fail, but a
+    // printer reports rather than panics.
+    converted.unwrap_or_else(|error| json!({ "error": error }))
 }
 
-fn usage_json(usage: &pb::Usage) -> Value {
-    json!({
-        "inputTokens": usage.input_tokens,
-        "outputTokens": usage.output_tokens,
-        "totalTokens": usage.total_tokens,
-        "llmCalls": usage.llm_calls,
-        "searchCalls": usage.search_calls,
-        "costUsd": usage.cost_usd,
-        "models": usage.models.iter().map(model_json).collect::<Vec<_>>(),
-    })
+/// Returns a Query event as JSON, in the proto3 JSON mapping.
+pub fn event_json(event: &pb::QueryEvent) -> Value {
+    message_json(event, "deeprecall.v1.QueryEvent")
 }
 
-fn model_json(model: &pb::ModelUsage) -> Value {
-    json!({
-        "model": model.model,
-        "calls": model.calls,
-        "inputTokens": model.input_tokens,
-        "outputTokens": model.output_tokens,
-        "costUsd": model.cost_usd,
-    })
-}
-
-/// Returns statistics as JSON, with the proto's JSON field names.
+/// Returns statistics as JSON, in the proto3 JSON mapping.
 pub fn stats_json(stats: &pb::GetStatsResponse) -> Value {
-    json!({
-        "collections": stats.collections.iter().map(|collection| json!({
-            "name": collection.name,
-            "documentCount": collection.document_count,
-            "version": collection.version,
-        })).collect::<Vec<_>>(),
-        "cache": stats.cache.as_ref().map(cache_json),
-        "searchCache": stats.search_cache.as_ref().map(cache_json),
-        "usage": stats.usage.as_ref().map(usage_totals_json),
-        "keyUsage": stats.key_usage.iter().map(|key| json!({
-            "keyName": key.key_name,
-            "usage": key.usage.as_ref().map(usage_totals_json),
-        })).collect::<Vec<_>>(),
-        "serverVersion": stats.server_version,
-        "model": stats.model,
-        "uptimeSeconds": stats.uptime_seconds,
-    })
-}
-
-fn usage_totals_json(usage: &pb::UsageTotals) -> Value {
-    json!({
-        "queries": usage.queries,
-        "cachedQueries": usage.cached_queries,
-        "coalescedQueries": usage.coalesced_queries,
-        "inputTokens": usage.input_tokens,
-        "outputTokens": usage.output_tokens,
-        "searchCalls": usage.search_calls,
-        "llmCalls": usage.llm_calls,
-        "costUsd": usage.cost_usd,
-        "models": usage.models.iter().map(model_json).collect::<Vec<_>>(),
-    })
-}
-
-fn cache_json(cache: &pb::CacheStats) -> Value {
-    json!({
-        "hits": cache.hits,
-        "misses": cache.misses,
-        "entries": cache.entries,
-        "evictions": cache.evictions,
-        "backend": cache.backend,
-        "health": cache.health.as_ref().map(|health| json!({
-            "reachable": health.reachable,
-            "probeLatencySeconds": health.probe_latency_seconds,
-            "failures": health.failures,
-        })),
-    })
+    message_json(stats, "deeprecall.v1.GetStatsResponse")
 }
 
 /// Prints statistics for people.
@@ -309,4 +223,46 @@ fn usage_line(usage: &pb::UsageTotals) -> String {
         usage.output_tokens,
         usage.cost_usd
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_follow_the_proto3_json_mapping() {
+        let event = pb::QueryEvent {
+            sequence: 7,
+            event: Some(Event::Result(pb::QueryResult {
+                answer: "Tampere [k]".into(),
+                coalesced: true,
+                budget_status: Some(pb::BudgetStatus {
+                    limits: Some(pb::Budget {
+                        max_search_calls: Some(4),
+                        max_tokens: Some(1000),
+                        ..pb::Budget::default()
+                    }),
+                    used: None,
+                    exhausted: pb::BudgetResource::Time as i32,
+                }),
+                ..pb::QueryResult::default()
+            })),
+            ..pb::QueryEvent::default()
+        };
+        let value = event_json(&event);
+        let result = &value["result"];
+        assert_eq!(result["answer"], "Tampere [k]");
+        assert_eq!(result["coalesced"], true);
+        assert_eq!(result["budgetStatus"]["limits"]["maxSearchCalls"], 4);
+        assert_eq!(
+            result["budgetStatus"]["limits"]["maxTokens"], "1000",
+            "64-bit as a string"
+        );
+        assert_eq!(result["budgetStatus"]["exhausted"], "BUDGET_RESOURCE_TIME");
+        assert_eq!(value["sequence"], 7);
+        assert!(
+            result.get("partial").is_none(),
+            "defaults are left out, as buf curl does"
+        );
+    }
 }
