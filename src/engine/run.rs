@@ -780,7 +780,7 @@ impl<'a> Run<'a> {
     /// Asks the model, once and within what is left of the budget, to answer from the sources
     /// of a run that stopped early. Returns `None` when that call cannot or should not be made,
     /// or fails; the caller then stitches an answer together itself.
-    async fn sum_up(&self, question: &str, sources: &[Hit]) -> Option<(String, Vec<String>, f64)> {
+    async fn sum_up(&self, question: &str, sources: &[Hit]) -> Option<String> {
         let model = &self.inner.model;
         // Measured by the run: the summing-up call must end, as slow as the slowest call so
         // far, within the time limit (for a caller's deadline, before the reserve for the trip
@@ -842,10 +842,7 @@ impl<'a> Run<'a> {
         if response.content.trim().is_empty() {
             return None;
         }
-        let (text, citations) = validate_citations(&response.content, &[], sources);
-        // A summary of unfinished research is never more than half sure.
-        let confidence = if citations.is_empty() { 0.2 } else { 0.5 };
-        Some((text, citations, confidence))
+        Some(response.content)
     }
 
     async fn finish(self, outcome: Outcome) -> QueryResult {
@@ -853,32 +850,37 @@ impl<'a> Run<'a> {
         sources.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
 
         let question = &self.prepared.request.query;
-        let (answer, citations, confidence, partial, error, exhausted) = match outcome {
+        let (draft, claimed, sureness, partial, error, exhausted) = match outcome {
             Outcome::Answer {
                 text,
                 claimed_citations,
                 certainty,
-            } => {
-                let (answer, citations) = validate_citations(&text, &claimed_citations, &sources);
-                let confidence = certainty
-                    .filter(|value| value.is_finite())
-                    .map(|value| value.clamp(0.0, 1.0))
-                    .unwrap_or(if citations.is_empty() { 0.3 } else { 0.6 });
-                (answer, citations, confidence, false, None, None)
-            }
+            } => (
+                text,
+                claimed_citations,
+                Sureness::Stated(certainty),
+                false,
+                None,
+                None,
+            ),
             Outcome::Stopped { exhausted, reason } => {
-                let summary = match self.sum_up(question, &sources).await {
-                    Some(summary) => summary,
+                let (text, claimed, sureness) = match self.sum_up(question, &sources).await {
+                    Some(text) => (text, Vec::new(), Sureness::Summary),
                     None => {
                         let partial = partial::synthesize(question, &sources, &reason);
-                        // A stitched-together answer is never more than half sure.
-                        (partial.text, partial.citations, partial.coverage * 0.5)
+                        (
+                            partial.text,
+                            partial.citations,
+                            Sureness::Coverage(partial.coverage),
+                        )
                     }
                 };
-                let (text, citations, confidence) = summary;
-                (text, citations, confidence, true, Some(reason), exhausted)
+                (text, claimed, sureness, true, Some(reason), exhausted)
             }
         };
+        // However the run ended, its answer's citations are checked the same way.
+        let (answer, citations) = validate_citations(&draft, &claimed, &sources);
+        let confidence = sureness.confidence(!citations.is_empty());
 
         // Cited sources first, in citation order; the rest by score.
         sources.sort_by_key(|hit| {
@@ -919,30 +921,83 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Keeps the citations that name a source some search returned, and takes the others out of
-/// the answer text too: an id no search returned is never passed on.
+/// How sure an answer is, before its citations are checked.
+enum Sureness {
+    /// What the model said when it submitted, if it said anything usable.
+    Stated(Option<f64>),
+    /// A model's summing-up of a run that stopped early.
+    Summary,
+    /// Sentences stitched from the sources: the share of the question's terms they cover.
+    Coverage(f64),
+}
+
+impl Sureness {
+    fn confidence(self, cites_a_source: bool) -> f64 {
+        match self {
+            Sureness::Stated(certainty) => certainty
+                .filter(|value| value.is_finite())
+                .map(|value| value.clamp(0.0, 1.0))
+                .unwrap_or(if cites_a_source { 0.6 } else { 0.3 }),
+            // A summary of unfinished research is never more than half sure.
+            Sureness::Summary => {
+                if cites_a_source {
+                    0.5
+                } else {
+                    0.2
+                }
+            }
+            // A stitched-together answer is never more than half sure.
+            Sureness::Coverage(coverage) => coverage * 0.5,
+        }
+    }
+}
+
+/// Keeps the citations that name a source some search returned, and takes every other `[id]`
+/// out of the answer text: an id no search returned is never passed on, whether the model
+/// listed it or only wrote it. Bracketed text followed by `(` is a Markdown link, not a
+/// citation, and stays.
 fn validate_citations(answer: &str, claimed: &[String], sources: &[Hit]) -> (String, Vec<String>) {
     let known = |id: &str| sources.iter().any(|hit| hit.id == id);
     let mut citations: Vec<String> = Vec::new();
-    let mut cleaned = answer.to_string();
+    let mut cite = |id: &str| {
+        if known(id) && !citations.iter().any(|cited| cited == id) {
+            citations.push(id.to_string());
+        }
+    };
     for id in claimed {
-        if known(id) {
-            if !citations.contains(id) {
-                citations.push(id.clone());
-            }
+        cite(id);
+    }
+    let mut cleaned = String::with_capacity(answer.len());
+    let mut rest = answer;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else { break };
+        let marker = &after[..close];
+        // In `[a [b]`, only `[b]` can be a marker: move on to the last opening bracket.
+        if let Some(inner) = marker.rfind('[') {
+            cleaned.push_str(&rest[..open + 1 + inner]);
+            rest = &rest[open + 1 + inner..];
+            continue;
+        }
+        let tail = &after[close + 1..];
+        if known(marker) || tail.starts_with('(') {
+            cite(marker);
+            cleaned.push_str(&rest[..open + close + 2]);
+            rest = tail;
+            continue;
+        }
+        // The marker goes with the spaces that set it off, so no double space is left.
+        cleaned.push_str(&rest[..open]);
+        cleaned.truncate(cleaned.trim_end_matches([' ', '\t']).len());
+        let starts_a_line = cleaned.is_empty() || cleaned.ends_with('\n');
+        rest = if starts_a_line {
+            tail.trim_start_matches([' ', '\t'])
         } else {
-            cleaned = cleaned.replace(&format!("[{id}]"), "");
-        }
+            tail
+        };
     }
-    for marker in bracketed(answer) {
-        if known(marker) && !citations.iter().any(|id| id == marker) {
-            citations.push(marker.to_string());
-        }
-    }
-    (
-        cleaned.split_whitespace().collect::<Vec<_>>().join(" "),
-        citations,
-    )
+    cleaned.push_str(rest);
+    (cleaned.trim().to_string(), citations)
 }
 
 /// Estimates the prompt tokens of a call's messages and tool calls.
@@ -975,19 +1030,6 @@ fn estimate_tool_tokens(tools: &[crate::llm::ToolSpec]) -> u64 {
         .sum()
 }
 
-/// Returns the texts between square brackets, in order.
-fn bracketed(text: &str) -> Vec<&str> {
-    let mut found = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('[') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find(']') else { break };
-        found.push(&after[..close]);
-        rest = &after[close + 1..];
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,5 +1052,30 @@ mod tests {
         );
         assert_eq!(citations, vec!["b", "a"]);
         assert_eq!(answer, "Porto [b] per and [a].");
+    }
+
+    #[test]
+    fn an_unknown_id_written_but_not_listed_leaves_the_text_too() {
+        let (answer, citations) = validate_citations(
+            "Klaxon makes it [zephyr] [invented].\n[ghost] Porto [klaxon][x].",
+            &[],
+            &[hit("zephyr"), hit("klaxon")],
+        );
+        assert_eq!(citations, vec!["zephyr", "klaxon"]);
+        assert_eq!(answer, "Klaxon makes it [zephyr].\nPorto [klaxon].");
+    }
+
+    #[test]
+    fn markdown_links_and_stray_brackets_are_not_citations() {
+        let (answer, citations) = validate_citations(
+            "See [the guide](https://example.com) and [a [zephyr] or [",
+            &[],
+            &[hit("zephyr")],
+        );
+        assert_eq!(citations, vec!["zephyr"]);
+        assert_eq!(
+            answer,
+            "See [the guide](https://example.com) and [a [zephyr] or ["
+        );
     }
 }

@@ -193,6 +193,78 @@ async fn a_submitted_answer_keeps_only_citations_that_searches_returned() {
 }
 
 #[tokio::test]
+async fn a_plain_text_answer_loses_ids_no_search_returned() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr blender"})),
+            ScriptedModel::text("Klaxon makes it [zephyr] [invented]."),
+        ],
+    ));
+    let engine = engine_with(corpus(), model);
+    let (result, _) = run_collecting(&engine, question("Who makes the Zephyr?")).await;
+    assert!(!result.partial);
+    assert_eq!(result.answer, "Klaxon makes it [zephyr].");
+    assert_eq!(result.citations, vec!["zephyr"]);
+}
+
+#[tokio::test]
+async fn the_summary_of_a_stopped_run_loses_ids_no_search_returned() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr blender"})),
+            ScriptedModel::text("Klaxon makes it [zephyr] [invented]."),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Who makes the Zephyr?");
+    request.budget.max_iterations = Some(1);
+    let (result, _) = run_collecting(&engine, request).await;
+    assert!(result.partial);
+    assert!(
+        model.requests()[1].tools.is_empty(),
+        "the answer is the summing-up call's"
+    );
+    assert_eq!(result.answer, "Klaxon makes it [zephyr].");
+    assert_eq!(result.citations, vec!["zephyr"]);
+    assert_eq!(result.confidence, 0.5);
+}
+
+#[tokio::test]
+async fn a_partial_result_is_never_served_from_the_cache() {
+    let replies = || {
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr blender"})),
+            ScriptedModel::tool("search_db", json!({"query": "klaxon"})),
+        ]
+    };
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        replies().into_iter().chain(replies()).collect(),
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let stopped_early = || {
+        let mut request = question("Who manufactures the Zephyr blender?");
+        request.budget.max_search_calls = Some(1);
+        request
+    };
+    let (first, _) = run_collecting(&engine, stopped_early()).await;
+    assert!(first.partial);
+    let calls = model.requests().len();
+    let (second, events) = run_collecting(&engine, stopped_early()).await;
+    assert!(second.partial);
+    assert!(!second.cached, "a partial result was served from the cache");
+    assert!(model.requests().len() > calls, "the query ran again");
+    assert!(events.len() > 1, "the second run streamed its own trace");
+    let stats = engine.stats().await.unwrap();
+    assert_eq!(stats.result_cache.hits, 0);
+}
+
+#[tokio::test]
 async fn tool_calls_of_one_turn_run_and_answer_in_order() {
     let model = Arc::new(ScriptedModel::new(
         "scripted",
@@ -431,9 +503,10 @@ async fn the_time_budget_aborts_a_hanging_model_call() {
     let engine = engine_with(corpus(), model);
     let mut request = question("Zephyr blender maker?");
     request.budget.max_time = Some(Duration::from_millis(200));
-    let started = std::time::Instant::now();
-    let (result, _) = run_collecting(&engine, request).await;
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The model never answers: only the time budget can end the run.
+    let (result, _) = tokio::time::timeout(HANG, run_collecting(&engine, request))
+        .await
+        .expect("the time budget ended the run");
     assert!(result.partial);
     assert_eq!(result.budget.exhausted, Some(BudgetResource::Time));
     assert_eq!(result.citations, vec!["zephyr"]);
@@ -622,12 +695,54 @@ async fn bad_requests_name_the_field() {
     ));
 }
 
-/// A model that answers in plain text after a pause, counting how many calls overlap.
+/// Longest a test waits for something that should happen at once: it only bounds a hang.
+const HANG: Duration = Duration::from_secs(10);
+
+/// Waits until `condition` holds; fails the test when it still does not after `HANG`.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + HANG;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A model that answers in plain text, counting how many calls overlap. Its calls either
+/// pause briefly, or, when gated, wait until the test lets them through one by one.
 #[derive(Debug, Default)]
 struct GaugeModel {
     in_flight: std::sync::atomic::AtomicUsize,
     most_in_flight: std::sync::atomic::AtomicUsize,
     started: std::sync::atomic::AtomicUsize,
+    gate: Option<tokio::sync::Semaphore>,
+}
+
+impl GaugeModel {
+    /// A model whose calls answer only as `release` lets them.
+    fn gated() -> Self {
+        GaugeModel {
+            gate: Some(tokio::sync::Semaphore::new(0)),
+            ..GaugeModel::default()
+        }
+    }
+
+    /// Lets `calls` waiting or future calls answer.
+    fn release(&self, calls: usize) {
+        if let Some(gate) = &self.gate {
+            gate.add_permits(calls);
+        }
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
@@ -644,7 +759,7 @@ impl ChatModel for GaugeModel {
         self.started.fetch_add(1, SeqCst);
         let now = self.in_flight.fetch_add(1, SeqCst) + 1;
         self.most_in_flight.fetch_max(now, SeqCst);
-        // Decrements even when the call is dropped mid-sleep.
+        // Decrements even when the call is dropped while it waits.
         struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
@@ -652,7 +767,14 @@ impl ChatModel for GaugeModel {
             }
         }
         let _leave = Leave(&self.in_flight);
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        match &self.gate {
+            Some(gate) => gate
+                .acquire()
+                .await
+                .map_err(|_| LlmError::Unavailable("gate closed".into()))?
+                .forget(),
+            None => tokio::time::sleep(Duration::from_millis(30)).await,
+        }
         Ok(crate::llm::ChatResponse {
             content: "answer".into(),
             tool_calls: Vec::new(),
@@ -699,8 +821,7 @@ async fn a_batch_never_runs_more_than_its_concurrency() {
 #[tokio::test]
 async fn dropping_a_batch_stream_stops_the_remaining_work() {
     use futures::StreamExt;
-    use std::sync::atomic::Ordering::SeqCst;
-    let model = Arc::new(GaugeModel::default());
+    let model = Arc::new(GaugeModel::gated());
     let engine = engine_with(corpus(), model.clone());
     let mut stream = Box::pin(engine.query_batch(
         batch_of(50),
@@ -710,17 +831,18 @@ async fn dropping_a_batch_stream_stops_the_remaining_work() {
         None,
         CancellationToken::new(),
     ));
+    model.release(1);
     assert!(stream.next().await.is_some());
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        model.in_flight.load(SeqCst),
-        0,
-        "in-flight calls were aborted"
-    );
+    // No call answers any more: the calls in flight end only by being dropped.
+    eventually("the in-flight calls were dropped", || {
+        model.in_flight() == 0
+    })
+    .await;
     assert!(
-        model.started.load(SeqCst) <= 8,
-        "no new work started after the drop"
+        model.started() <= 5,
+        "only the one call that replaced the finished query started: {}",
+        model.started()
     );
 }
 
@@ -848,101 +970,105 @@ async fn identical_concurrent_queries_share_one_run() {
 
 #[tokio::test]
 async fn a_shared_run_outlives_its_leader_but_not_all_its_callers() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let model = Arc::new(GaugeModel::default());
+    let model = Arc::new(GaugeModel::gated());
     let engine = engine_with(corpus(), model.clone());
-    let start = |cancel: CancellationToken| {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let prepared = engine.prepare(question("Zephyr?"), None).await.unwrap();
-            let sink = EventSink::discard(prepared.started);
-            engine.run(prepared, sink, cancel).await
-        })
-    };
+    let zephyr = cache_key_of(&engine, "Zephyr?").await;
     let leader_cancel = CancellationToken::new();
-    let leader = start(leader_cancel.clone());
-    while model.started.load(SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
-    let follower = start(CancellationToken::new());
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    let leader = start_keyed(&engine, "Zephyr?", leader_cancel.clone());
+    eventually("the leader's model call started", || model.started() == 1).await;
+    let follower = start_keyed(&engine, "Zephyr?", CancellationToken::new());
+    eventually("the follower joined", || callers_of(&engine, &zephyr) == 2).await;
     leader_cancel.cancel();
     assert!(matches!(leader.await.unwrap(), Err(EngineError::Cancelled)));
-    let shared = follower.await.unwrap().unwrap();
-    assert!(shared.coalesced);
-    assert_eq!(shared.answer, "answer");
-    assert_eq!(model.started.load(SeqCst), 1);
-
-    // When every caller leaves, the run stops and its model call is dropped.
-    let first_cancel = CancellationToken::new();
-    let second_cancel = CancellationToken::new();
-    let prepared = engine.prepare(question("Klaxon?"), None).await.unwrap();
-    let key = prepared.cache_key.clone();
-    let first = start_keyed(&engine, "Klaxon?", first_cancel.clone());
-    while model.in_flight.load(SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
-    let second = start_keyed(&engine, "Klaxon?", second_cancel.clone());
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    first_cancel.cancel();
-    second_cancel.cancel();
-    assert!(first.await.unwrap().is_err() && second.await.unwrap().is_err());
-    assert_run_stopped(&engine, &model, &key).await;
-}
-
-#[tokio::test]
-async fn a_leader_dropped_mid_run_hands_the_run_on() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let model = Arc::new(GaugeModel::default());
-    let engine = engine_with(corpus(), model.clone());
-
-    // Dropped, not cancelled: its task is aborted, as a response stream is dropped.
-    let leader = start_keyed(&engine, "Zephyr?", CancellationToken::new());
-    while model.started.load(SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
-    let follower = start_keyed(&engine, "Zephyr?", CancellationToken::new());
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    leader.abort();
-    let shared = tokio::time::timeout(Duration::from_secs(5), follower)
+    model.release(1);
+    let shared = tokio::time::timeout(HANG, follower)
         .await
         .expect("the follower got the run's outcome")
         .unwrap()
         .unwrap();
     assert!(shared.coalesced);
     assert_eq!(shared.answer, "answer");
-    assert_eq!(
-        model.started.load(SeqCst),
-        1,
-        "the run was not started again"
-    );
+    assert_eq!(model.started(), 1);
+
+    // When every caller leaves, the run stops and its model call is dropped.
+    let first_cancel = CancellationToken::new();
+    let second_cancel = CancellationToken::new();
+    let key = cache_key_of(&engine, "Klaxon?").await;
+    let first = start_keyed(&engine, "Klaxon?", first_cancel.clone());
+    eventually("the run's model call started", || model.in_flight() == 1).await;
+    let second = start_keyed(&engine, "Klaxon?", second_cancel.clone());
+    eventually("the second caller joined", || {
+        callers_of(&engine, &key) == 2
+    })
+    .await;
+    first_cancel.cancel();
+    second_cancel.cancel();
+    assert!(matches!(first.await.unwrap(), Err(EngineError::Cancelled)));
+    assert!(matches!(second.await.unwrap(), Err(EngineError::Cancelled)));
+    assert_run_stopped(&engine, &model, &key).await;
+}
+
+#[tokio::test]
+async fn a_leader_dropped_mid_run_hands_the_run_on() {
+    let model = Arc::new(GaugeModel::gated());
+    let engine = engine_with(corpus(), model.clone());
+    let zephyr = cache_key_of(&engine, "Zephyr?").await;
+
+    // Dropped, not cancelled: its task is aborted, as a response stream is dropped.
+    let leader = start_keyed(&engine, "Zephyr?", CancellationToken::new());
+    eventually("the leader's model call started", || model.started() == 1).await;
+    let follower = start_keyed(&engine, "Zephyr?", CancellationToken::new());
+    eventually("the follower joined", || callers_of(&engine, &zephyr) == 2).await;
+    leader.abort();
+    assert!(leader.await.is_err_and(|error| error.is_cancelled()));
+    model.release(1);
+    let shared = tokio::time::timeout(HANG, follower)
+        .await
+        .expect("the follower got the run's outcome")
+        .unwrap()
+        .unwrap();
+    assert!(shared.coalesced);
+    assert_eq!(shared.answer, "answer");
+    assert_eq!(model.started(), 1, "the run was not started again");
 
     // Alone, the dropped leader's run stops at once and is still accounted for.
     let before = engine.stats().await.unwrap().usage.queries;
-    let prepared = engine.prepare(question("Klaxon?"), None).await.unwrap();
-    let key = prepared.cache_key.clone();
+    let key = cache_key_of(&engine, "Klaxon?").await;
     let leader = start_keyed(&engine, "Klaxon?", CancellationToken::new());
-    while model.in_flight.load(SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    eventually("the run's model call started", || model.in_flight() == 1).await;
     leader.abort();
     assert_run_stopped(&engine, &model, &key).await;
     assert_eq!(engine.stats().await.unwrap().usage.queries, before + 1);
 }
 
-/// Checks, shortly after every caller of the run under `key` left, that its model call was
-/// dropped and its flight is gone.
+/// The cache key, and so the flight, of a question.
+async fn cache_key_of(engine: &Engine, text: &str) -> CacheKey {
+    engine
+        .prepare(question(text), None)
+        .await
+        .unwrap()
+        .cache_key
+}
+
+/// Callers waiting for the run under `key`; 0 when there is none.
+fn callers_of(engine: &Engine, key: &CacheKey) -> usize {
+    engine
+        .inner
+        .flights
+        .lock()
+        .get(key)
+        .map_or(0, |flight| flight.callers.load(Ordering::SeqCst))
+}
+
+/// Waits until every caller of the run under `key` has left and checks that its model call
+/// was dropped and its flight is gone. The gated model never answers on its own, so its call
+/// ends only by being dropped.
 async fn assert_run_stopped(engine: &Engine, model: &GaugeModel, key: &CacheKey) {
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(
-        model.in_flight.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the model call was dropped"
-    );
-    assert!(
-        !engine.inner.flights.lock().contains_key(key),
-        "the flight ended"
-    );
+    eventually("the model call was dropped", || model.in_flight() == 0).await;
+    eventually("the flight ended", || {
+        !engine.inner.flights.lock().contains_key(key)
+    })
+    .await;
 }
 
 fn start_keyed(

@@ -1,11 +1,14 @@
 //! Query and QueryBatch over gRPC.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use deeprecall::api::pb;
 use deeprecall::api::pb::query_event::Event;
+use deeprecall::config::{Backend, CacheBackend, Config};
+use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::*;
 
@@ -95,13 +98,161 @@ async fn the_multi_hop_question_is_answered_with_both_hops_cited() {
     }
     assert!(!result.partial);
     assert!(result.confidence > 0.0 && result.confidence <= 1.0);
-    let cited: Vec<&str> = result
+    let first: Vec<&str> = result
         .sources
         .iter()
-        .take(2)
+        .take(result.citations.len())
         .map(|s| s.id.as_str())
         .collect();
-    assert_eq!(cited.len(), 2, "cited sources come first");
+    assert_eq!(first, result.citations, "cited sources come first");
+}
+
+/// Longest a test waits for what should happen at once: it only bounds a hang.
+const HANG: Duration = Duration::from_secs(20);
+
+/// A server whose model is the scripted mock, without a result cache.
+async fn server_with_mock(mock: &MockLlmServer, configure: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::start_with(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = deeprecall::llm::http::Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        configure(config);
+    })
+    .await
+}
+
+fn tool_call(name: &str, arguments: Value) -> MockReply {
+    MockReply::tool_call(name, arguments.to_string())
+}
+
+/// The Falcon project's three release notes, by team and year.
+fn falcon_notes() -> Vec<pb::Document> {
+    vec![
+        document(
+            "a",
+            "The Falcon project ships in March.",
+            json!({"team": "red", "year": 2021}),
+        ),
+        document(
+            "b",
+            "The Falcon project ships in April.",
+            json!({"team": "blue", "year": 2023}),
+        ),
+        document(
+            "c",
+            "The Falcon project ships in May.",
+            json!({"team": "blue", "year": 2019}),
+        ),
+    ]
+}
+
+/// The hit ids of every search event, in order.
+fn searched_ids(events: &[pb::QueryEvent]) -> Vec<Vec<String>> {
+    events
+        .iter()
+        .filter_map(|event| match &event.event {
+            Some(Event::Search(search)) => {
+                Some(search.hits.iter().map(|hit| hit.id.clone()).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cited_sources_come_first_in_citation_order_then_the_rest_by_score() {
+    let mock = MockLlmServer::start(MockScript::replies(vec![
+        tool_call("search_db", json!({"query": "Falcon project ships March"})),
+        tool_call(
+            "submit",
+            json!({"answer": "May [c], or April [b].", "citations": ["c", "b"]}),
+        ),
+    ]))
+    .await
+    .unwrap();
+    let mut server = server_with_mock(&mock, |_| {}).await;
+    add(&mut server.client, "", falcon_notes()).await;
+    let result = query_result(&mut server.client, question("When does Falcon ship?")).await;
+
+    let ids: Vec<&str> = result.sources.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["c", "b", "a"]);
+    // The search ranked "a" (it names March) above the two cited ones.
+    assert!(result.sources[2].score > result.sources[0].score);
+    assert!(result.sources[2].score > result.sources[1].score);
+}
+
+#[tokio::test]
+async fn the_models_filters_narrow_the_callers_but_never_widen_them() {
+    let mock = MockLlmServer::start(MockScript::replies(vec![
+        tool_call(
+            "search_db",
+            json!({"query": "Falcon project ships", "filters": {"year": {"$gte": 2020}}}),
+        ),
+        tool_call(
+            "search_db",
+            json!({"query": "Falcon project ships", "filters": {"team": "red"}}),
+        ),
+        tool_call("search_db", json!({"query": "Falcon project ships"})),
+        MockReply::text("April [b]."),
+    ]))
+    .await
+    .unwrap();
+    let mut server = server_with_mock(&mock, |_| {}).await;
+    add(&mut server.client, "", falcon_notes()).await;
+    let mut request = question("When does Falcon ship?");
+    request.filters = Some(structure(json!({"team": "blue"})));
+    let events = query_events(&mut server.client, request).await;
+
+    let searches = searched_ids(&events);
+    assert_eq!(
+        searches,
+        [
+            vec!["b".to_string()],
+            // Red and blue at once: nothing, never the red team's note.
+            vec![],
+            vec!["b".to_string(), "c".to_string()],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_batch_whose_caller_leaves_stops_its_remaining_queries() {
+    // Every model call hangs: a query ends only when it is stopped.
+    let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::Hang]))
+        .await
+        .unwrap();
+    let mut server = server_with_mock(&mock, |_| {}).await;
+    add(&mut server.client, "", falcon_notes()).await;
+    let queries = (0..6)
+        .map(|n| question(&format!("When does Falcon ship, take {n}?")))
+        .collect();
+    let stream = server
+        .client
+        .query_batch(pb::QueryBatchRequest {
+            queries,
+            max_concurrency: 2,
+        })
+        .await
+        .expect("batch accepted")
+        .into_inner();
+    tokio::time::timeout(HANG, async {
+        while mock.request_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("two queries reached the model");
+    drop(stream);
+
+    for _ in 0..2 {
+        assert!(
+            mock.wait_for_abandoned_request(HANG).await.is_some(),
+            "a running query was stopped"
+        );
+    }
+    assert_eq!(mock.request_count(), 2, "no further query started");
 }
 
 #[tokio::test]

@@ -1428,6 +1428,9 @@ mod tests {
 
     use super::*;
 
+    /// Longest a test waits for what should happen at once: it only bounds a hang.
+    const HANG: Duration = Duration::from_secs(10);
+
     fn client() -> reqwest::Client {
         reqwest::Client::new()
     }
@@ -1808,38 +1811,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn hung_request_is_recorded_and_seen_abandoned_soon_after_the_client_gives_up() {
+    async fn a_hung_request_is_recorded_and_seen_abandoned_when_the_client_gives_up() {
         let server = MockLlmServer::start(MockScript::replies(vec![MockReply::Hang]))
             .await
             .unwrap();
 
-        let result = client()
-            .post(format!("{}/chat/completions", server.base_url()))
-            .timeout(Duration::from_millis(200))
-            .json(&openai_body("q", false))
-            .send()
-            .await;
-        let gave_up = Instant::now();
-        assert!(result.unwrap_err().is_timeout());
+        let url = format!("{}/chat/completions", server.base_url());
+        let waiting = tokio::spawn(async move {
+            client()
+                .post(url)
+                .json(&openai_body("q", false))
+                .send()
+                .await
+        });
+        tokio::time::timeout(HANG, async {
+            while server.request_count() < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the request arrived");
+        assert_eq!(
+            server.abandoned_requests(),
+            0,
+            "it hangs while the client waits"
+        );
+        waiting.abort();
 
-        let abandoned_after = server
-            .wait_for_abandoned_request(Duration::from_secs(2))
+        server
+            .wait_for_abandoned_request(HANG)
             .await
-            .unwrap();
-        assert!(
-            gave_up.elapsed() < Duration::from_millis(100),
-            "seen {:?} after the client gave up",
-            gave_up.elapsed()
-        );
-        assert!(
-            abandoned_after >= Duration::from_millis(150),
-            "{abandoned_after:?}"
-        );
-        // Generous: the check above already covers promptness, and loaded CI machines are slow.
-        assert!(
-            abandoned_after < Duration::from_millis(500),
-            "{abandoned_after:?}"
-        );
+            .expect("the mock saw the client give up");
         assert_eq!(server.abandoned_requests(), 1);
         assert_eq!(server.request_count(), 1);
         assert_eq!(server.requests()[0].body["model"], "gpt-test");
@@ -1853,19 +1855,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_dropped_during_latency_is_seen_by_a_spawned_waiter() {
-        let script = MockScript::replies(vec![MockReply::delayed(
-            Duration::from_secs(3),
-            MockReply::text("slow"),
-        )])
-        .with_latency(Duration::from_secs(2));
+        // Far longer than the test may take: the request can only be dropped during it.
+        let latency = Duration::from_secs(600);
+        let script =
+            MockScript::replies(vec![MockReply::delayed(latency, MockReply::text("slow"))])
+                .with_latency(latency);
         let server = Arc::new(MockLlmServer::start(script).await.unwrap());
         let waiter = tokio::spawn({
             let server = Arc::clone(&server);
-            async move {
-                server
-                    .wait_for_abandoned_request(Duration::from_secs(2))
-                    .await
-            }
+            async move { server.wait_for_abandoned_request(HANG).await }
         });
 
         let result = client()
@@ -1876,16 +1874,14 @@ mod tests {
             .await;
 
         assert!(result.unwrap_err().is_timeout());
-        let abandoned_after = waiter.await.unwrap().unwrap();
-        assert!(
-            abandoned_after < Duration::from_secs(1),
-            "{abandoned_after:?}"
-        );
+        let abandoned_after = waiter.await.unwrap().expect("the drop was seen");
+        assert!(abandoned_after < latency, "{abandoned_after:?}");
     }
 
     #[tokio::test]
     async fn dropping_a_stream_midway_counts_as_abandoned() {
-        let long = "word ".repeat(200);
+        // Streamed at one word per chunk pause: seconds of answer left when the client drops it.
+        let long = "word ".repeat(5000);
         let server = MockLlmServer::start(MockScript::replies(vec![MockReply::text(long)]))
             .await
             .unwrap();
@@ -1895,9 +1891,7 @@ mod tests {
         body.next().await.unwrap().unwrap();
         drop(body);
 
-        let abandoned_after = server
-            .wait_for_abandoned_request(Duration::from_secs(2))
-            .await;
+        let abandoned_after = server.wait_for_abandoned_request(HANG).await;
         assert!(abandoned_after.is_some());
     }
 
@@ -2081,16 +2075,20 @@ mod tests {
                 .await
                 .map(|response| response.status())
         });
-        while server.request_count() < 2 {
-            tokio::task::yield_now().await;
-        }
+        let arrived = tokio::time::timeout(HANG, async {
+            while server.request_count() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        arrived.await.expect("the hanging request arrived");
         drop(server);
 
-        let outcome = tokio::time::timeout(Duration::from_secs(2), hanging)
+        // The bound only catches a request that keeps hanging.
+        let outcome = tokio::time::timeout(HANG, hanging)
             .await
-            .unwrap()
+            .expect("the hanging request ended")
             .unwrap();
-        assert!(outcome.is_err() || outcome.is_ok_and(|status| status == 503));
+        assert_eq!(outcome.ok(), Some(StatusCode::SERVICE_UNAVAILABLE));
     }
 
     #[tokio::test]

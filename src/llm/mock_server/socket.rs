@@ -1,8 +1,9 @@
 //! The mock's own time for a request, measured where a real provider's would begin and end:
 //! at its socket. A request's time runs from the first byte of it read off the connection to
-//! the last byte of its answer written back, so that parsing the request, writing the answer
-//! and waiting for the mock's task to be scheduled count as the model's latency, not as the
-//! client's overhead.
+//! the start of the write of its answer's last bytes, so that parsing the request, writing the
+//! answer's earlier parts and waiting for the mock's task to be scheduled count as the model's
+//! latency, not as the client's overhead. It is recorded before those last bytes go out, so a
+//! client that has its whole answer always finds the time in the mock's records.
 
 use std::io;
 use std::net::SocketAddr;
@@ -62,14 +63,21 @@ impl SocketClock {
 
     /// Returns the record being answered and how long it had taken when a write of it began
     /// at `writing`.
-    fn wrote(&self, writing: Instant) -> Option<(usize, Duration)> {
-        let mut phase = self.phase.lock();
-        match *phase {
+    fn answer_time(&self, writing: Instant) -> Option<(usize, Duration)> {
+        match *self.phase.lock() {
             Phase::Serving { index, began } | Phase::Answering { index, began } => {
-                *phase = Phase::Answering { index, began };
                 Some((index, writing.saturating_duration_since(began)))
             }
             Phase::Idle | Phase::Arrived(_) => None,
+        }
+    }
+
+    /// Notes that bytes of the current request's answer went out: a read from now on starts
+    /// the next request.
+    fn answered(&self) {
+        let mut phase = self.phase.lock();
+        if let Phase::Serving { index, began } = *phase {
+            *phase = Phase::Answering { index, began };
         }
     }
 }
@@ -129,18 +137,27 @@ pub(super) struct TimedStream {
 }
 
 impl TimedStream {
-    /// Records that `bytes` of an answer went out in a write that began at `writing`. The time
-    /// is taken before the write: the write wakes the client, which may then run on this very
-    /// core before the writing thread gets it back, and that time is the client's, not the
-    /// mock's.
-    fn wrote(&self, writing: Instant, bytes: usize) {
+    /// Records the answer's time as of a write that begins at `writing`, before the write: the
+    /// bytes it sends may complete the answer and wake the client, which may then read the
+    /// record at once, on another core, or on this one before the writing thread gets it back
+    /// (that time is the client's, not the mock's). Each write of an answer moves its time on,
+    /// so the record holds the start of the last one by the time the client has every byte.
+    fn will_write(&self, writing: Instant, bytes: usize) {
         if bytes == 0 {
             return;
         }
-        if let Some((index, elapsed)) = self.clock.wrote(writing)
+        if let Some((index, elapsed)) = self.clock.answer_time(writing)
             && let Some(request) = self.shared.requests.lock().get_mut(index)
         {
             request.service_time = Some(elapsed);
+        }
+    }
+
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(written)) = polled
+            && *written > 0
+        {
+            self.clock.answered();
         }
     }
 }
@@ -168,11 +185,9 @@ impl AsyncWrite for TimedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let writing = Instant::now();
+        self.will_write(Instant::now(), buf.len());
         let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = polled {
-            self.wrote(writing, written);
-        }
+        self.wrote(&polled);
         polled
     }
 
@@ -181,11 +196,10 @@ impl AsyncWrite for TimedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let writing = Instant::now();
+        let bytes = bufs.iter().map(|buf| buf.len()).sum();
+        self.will_write(Instant::now(), bytes);
         let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(written)) = polled {
-            self.wrote(writing, written);
-        }
+        self.wrote(&polled);
         polled
     }
 
