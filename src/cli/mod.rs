@@ -57,12 +57,33 @@ struct ConfigArgs {
     /// Directory of the database; env DEEPRECALL_DATA_DIR.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Document store: embedded or postgres; env DEEPRECALL_STORE.
+    #[arg(long)]
+    store: Option<String>,
+    /// PostgreSQL of the postgres store (postgres://user@host/db); env DEEPRECALL_DATABASE_URL.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// File holding the database password; env DEEPRECALL_DATABASE_PASSWORD_FILE.
+    #[arg(long)]
+    database_password_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
     fn load(&self, mut flags: Vec<(String, String)>) -> Result<Config, config::ConfigError> {
         if let Some(dir) = &self.data_dir {
             flags.push(("store.data_dir".into(), dir.display().to_string()));
+        }
+        if let Some(store) = &self.store {
+            flags.push(("store.backend".into(), store.clone()));
+        }
+        if let Some(url) = &self.database_url {
+            flags.push(("store.database_url".into(), url.clone()));
+        }
+        if let Some(file) = &self.database_password_file {
+            flags.push((
+                "store.database_password_file".into(),
+                file.display().to_string(),
+            ));
         }
         Config::load(&ConfigSources {
             file: self.config.clone(),
