@@ -46,6 +46,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measures ingest, search and cached-query speed.
     Bench(bench::BenchArgs),
+    /// Brings the postgres store's schema to this build's version, ahead of a rollout.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Flags shared by the commands that read the configuration.
@@ -356,6 +364,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(args) => init(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Migrate(args) => migrate(args).await,
     }
 }
 
@@ -588,6 +597,30 @@ async fn delete(args: DeleteArgs) -> Result<(), CliError> {
         "deleted {} document(s); the collection now holds {} (version {})",
         response.deleted, response.document_count, response.collection_version
     );
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> Result<(), CliError> {
+    let config = args.config.load(Vec::new())?;
+    if config.store.backend != config::StoreBackend::Postgres {
+        return Err(CliError::Usage(
+            "migrate is for the postgres store (--store postgres); the embedded store \
+             migrates its file when it opens"
+                .to_string(),
+        ));
+    }
+    let embedder = crate::embed::HashingEmbedder::new(config.store.embedding_dimension);
+    let report = crate::store::PostgresStore::migrate(&config.store, &embedder)
+        .await
+        .map_err(server::ServerError::from)?;
+    if report.applied.is_empty() {
+        println!("schema already at version {}", report.version);
+    } else {
+        println!(
+            "applied migration(s) {:?}; schema at version {}",
+            report.applied, report.version
+        );
+    }
     Ok(())
 }
 

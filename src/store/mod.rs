@@ -5,6 +5,7 @@ mod conformance;
 pub mod embedded;
 pub mod filter;
 mod index;
+pub mod postgres;
 mod prepare;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use serde_json::{Map, Value};
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use filter::{Filter, FilterError};
+pub use postgres::PostgresStore;
 
 use crate::embed::EmbedError;
 
