@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::KeyEntry;
 use crate::engine::EngineConfig;
-use crate::llm::http::Secret;
+use crate::secret::Secret;
 
 /// Prefix of every environment variable read.
 pub const ENV_PREFIX: &str = "DEEPRECALL_";
@@ -22,6 +22,12 @@ pub const ENV_PREFIX: &str = "DEEPRECALL_";
 pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("DEEPRECALL_LISTEN", "server.listen"),
     ("DEEPRECALL_DATA_DIR", "store.data_dir"),
+    ("DEEPRECALL_STORE", "store.backend"),
+    ("DEEPRECALL_DATABASE_URL", "store.database_url"),
+    (
+        "DEEPRECALL_DATABASE_PASSWORD_FILE",
+        "store.database_password_file",
+    ),
     (
         "DEEPRECALL_SHUTDOWN_GRACE_SECONDS",
         "server.shutdown_grace_seconds",
@@ -157,27 +163,102 @@ impl Default for ServerConfig {
     }
 }
 
-/// Settings of the embedded store.
+/// Where documents are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// SQLite under `data_dir`, owned by this process: one replica.
+    #[default]
+    Embedded,
+    /// PostgreSQL with pgvector at `database_url`, shared by every replica.
+    Postgres,
+}
+
+/// How the PostgreSQL connection uses TLS, as libpq's `sslmode` means it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, plain TCP otherwise; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS, the certificate not checked (libpq's meaning, without a CA file).
+    Require,
+    /// TLS with a certificate signed by the CA file (or the system roots), any host name.
+    VerifyCa,
+    /// TLS with a certificate signed by the CA file (or the system roots) for the host.
+    VerifyFull,
+}
+
+/// Settings of the document store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Directory of the SQLite database.
+    /// Which store: `embedded` or `postgres`.
+    pub backend: StoreBackend,
+    /// Directory of the SQLite database (embedded store).
     pub data_dir: PathBuf,
-    /// SQLite connections for reads.
+    /// SQLite connections for reads (embedded store).
     pub read_connections: usize,
     /// Dimensions of the feature-hashing embedder.
     pub embedding_dimension: usize,
+    /// `postgres://user@host:port/database?…` of the postgres store. A password in it is
+    /// accepted, but `database_password_file` or `PGPASSWORD` keep it out of the URL.
+    pub database_url: Secret,
+    /// File holding the database password (a mounted Kubernetes Secret); trailing newlines are
+    /// ignored.
+    pub database_password_file: Option<PathBuf>,
+    /// Connections in the pool of each replica.
+    pub pool_size: usize,
+    /// Seconds to open one connection, and to wait for a free one from the pool.
+    pub connect_timeout_seconds: f64,
+    /// Seconds one SQL statement may run before PostgreSQL cancels it.
+    pub statement_timeout_seconds: f64,
+    /// Longest wait, in seconds, between attempts to reach the database at start.
+    pub connect_retry_max_seconds: f64,
+    /// TLS: disable, prefer, require, verify-ca or verify-full.
+    pub sslmode: SslMode,
+    /// PEM file of the CA certificates that verify-ca and verify-full trust; the system roots
+    /// when unset.
+    pub ssl_ca_file: Option<PathBuf>,
+    /// The standard `PG*` variables of the environment (`PGHOST`, `PGPASSWORD`, …), which fill
+    /// in what the URL leaves out. Filled by [`Config::load`], never from a file.
+    #[serde(skip)]
+    pub libpq_env: BTreeMap<String, Secret>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: StoreBackend::Embedded,
             data_dir: PathBuf::from("./deeprecall-data"),
             read_connections: 4,
             embedding_dimension: crate::embed::hashing::DEFAULT_DIMENSION,
+            database_url: Secret::default(),
+            database_password_file: None,
+            pool_size: 16,
+            connect_timeout_seconds: 5.0,
+            statement_timeout_seconds: 30.0,
+            connect_retry_max_seconds: 30.0,
+            sslmode: SslMode::Prefer,
+            ssl_ca_file: None,
+            libpq_env: BTreeMap::new(),
         }
     }
 }
+
+/// The libpq variables read from the environment for the postgres store.
+pub const LIBPQ_ENV: &[&str] = &[
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGAPPNAME",
+];
 
 /// Model backends available.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -521,16 +602,24 @@ impl Config {
         for (path, value) in &sources.flags {
             set(&mut table, path, value)?;
         }
-        toml::Value::Table(table)
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
-            .map_err(|error: toml::de::Error| ConfigError::Invalid(error.message().to_string()))
+            .map_err(|error: toml::de::Error| ConfigError::Invalid(error.message().to_string()))?;
+        config.store.libpq_env = LIBPQ_ENV
+            .iter()
+            .filter_map(|name| {
+                let value = sources.env.get(*name)?;
+                Some(((*name).to_string(), Secret::new(value.clone())))
+            })
+            .collect();
+        Ok(config)
     }
 }
 
 /// Returns the process environment. The only place that reads it.
 pub fn process_env() -> HashMap<String, String> {
     std::env::vars()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) || LIBPQ_ENV.contains(&name.as_str()))
         .collect()
 }
 
@@ -671,12 +760,33 @@ grpc_web = false
 cors_allow_origins = []
 
 [store]
+# Where documents live: "embedded" (SQLite in data_dir, one replica) or "postgres" (PostgreSQL
+# with pgvector, shared by every replica) (env DEEPRECALL_STORE, flag --store).
+backend = "embedded"
 # Where the SQLite database lives (env DEEPRECALL_DATA_DIR, flag --data-dir).
 data_dir = "./deeprecall-data"
 # SQLite connections used for reads.
 read_connections = 4
-# Dimensions of the feature-hashing embedder. Changing it re-embeds every document at start.
+# Dimensions of the feature-hashing embedder. Changing it re-embeds every document at start
+# (embedded store); the postgres store refuses to start instead.
 embedding_dimension = 4096
+# PostgreSQL of the postgres store: postgres://user@host:5432/database (env
+# DEEPRECALL_DATABASE_URL, flag --database-url). Never logged. The standard PG* variables
+# (PGHOST, PGPASSWORD, ...) fill in what the URL leaves out.
+database_url = ""
+# File holding the password (env DEEPRECALL_DATABASE_PASSWORD_FILE, flag
+# --database-password-file); it wins over PGPASSWORD, a password in the URL wins over both.
+# database_password_file = "/run/secrets/deeprecall/password"
+# Connections per replica; seconds to connect (and to wait for a pooled connection); seconds
+# a statement may run; longest wait between attempts to reach the database at start.
+pool_size = 16
+connect_timeout_seconds = 5.0
+statement_timeout_seconds = 30.0
+connect_retry_max_seconds = 30.0
+# TLS: disable, prefer, require, verify-ca or verify-full; CA certificates (PEM) for the
+# verify modes, the system roots when unset.
+sslmode = "prefer"
+# ssl_ca_file = "/etc/ssl/postgres-ca.pem"
 
 [engine]
 # Passages per search when a request says 0, and the most a request may ask for.
@@ -886,6 +996,74 @@ mod tests {
         assert_eq!(config.engine.max_top_k, 9);
         assert_eq!(config.engine.default_top_k, 3);
         assert_eq!(config.engine.max_cost_usd, Some(0.25));
+    }
+
+    #[test]
+    fn the_postgres_store_is_chosen_by_file_env_or_flags_and_its_secrets_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deeprecall.toml");
+        std::fs::write(
+            &file,
+            "[store]\nbackend = \"postgres\"\nsslmode = \"verify-full\"\npool_size = 4\n",
+        )
+        .unwrap();
+        let sources = ConfigSources {
+            file: Some(file.clone()),
+            env: env(&[
+                (
+                    "DEEPRECALL_DATABASE_URL",
+                    "postgres://app:hunter2@db:5432/recall",
+                ),
+                ("DEEPRECALL_DATABASE_PASSWORD_FILE", "/run/secrets/pw"),
+                ("DEEPRECALL_STORE__STATEMENT_TIMEOUT_SECONDS", "2.5"),
+                ("PGPASSWORD", "from-libpq-env"),
+                ("PGHOST", "db.internal"),
+            ]),
+            flags: Vec::new(),
+        };
+        let config = Config::load(&sources).unwrap();
+        let store = &config.store;
+        assert_eq!(store.backend, StoreBackend::Postgres);
+        assert_eq!(store.sslmode, SslMode::VerifyFull);
+        assert_eq!(store.pool_size, 4);
+        assert_eq!(store.statement_timeout_seconds, 2.5);
+        assert_eq!(
+            store.database_url.expose(),
+            "postgres://app:hunter2@db:5432/recall"
+        );
+        assert_eq!(
+            store.database_password_file.as_deref(),
+            Some(Path::new("/run/secrets/pw"))
+        );
+        assert_eq!(store.libpq_env["PGHOST"].expose(), "db.internal");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("from-libpq-env"), "{printed}");
+
+        let flagged = ConfigSources {
+            file: Some(file),
+            env: env(&[("DEEPRECALL_STORE", "embedded")]),
+            flags: vec![
+                ("store.backend".into(), "postgres".into()),
+                ("store.database_url".into(), "postgres://flag@h/d".into()),
+            ],
+        };
+        let config = Config::load(&flagged).unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Postgres);
+        assert_eq!(config.store.database_url.expose(), "postgres://flag@h/d");
+        let only_env = ConfigSources {
+            env: env(&[("DEEPRECALL_STORE", "postgres")]),
+            ..ConfigSources::default()
+        };
+        assert_eq!(
+            Config::load(&only_env).unwrap().store.backend,
+            StoreBackend::Postgres
+        );
+        let wrong = ConfigSources {
+            env: env(&[("DEEPRECALL_STORE", "mysql")]),
+            ..ConfigSources::default()
+        };
+        assert!(Config::load(&wrong).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod embed;
 pub mod engine;
 pub mod llm;
 pub mod redis_link;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -51,7 +51,14 @@ fn store_status(error: &StoreError) -> Status {
             tracing::warn!(%reason, "embedding backend failed");
             Status::unavailable("the embedding backend is unavailable")
         }
-        StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Task(_) => {
+        StoreError::Unavailable(reason) => {
+            tracing::warn!(%reason, "document store unavailable");
+            Status::unavailable("the document store is unavailable")
+        }
+        StoreError::Database(_)
+        | StoreError::SchemaTooNew { .. }
+        | StoreError::Corrupt(_)
+        | StoreError::Task(_) => {
             // Internals stay in the log, not in the caller's message.
             tracing::error!(%error, "storage failure");
             Status::internal("storage failure")

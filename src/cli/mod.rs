@@ -46,6 +46,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measures ingest, search and cached-query speed.
     Bench(bench::BenchArgs),
+    /// Brings the postgres store's schema to this build's version, ahead of a rollout.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Flags shared by the commands that read the configuration.
@@ -57,12 +65,33 @@ struct ConfigArgs {
     /// Directory of the database; env DEEPRECALL_DATA_DIR.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Document store: embedded or postgres; env DEEPRECALL_STORE.
+    #[arg(long)]
+    store: Option<String>,
+    /// PostgreSQL of the postgres store (postgres://user@host/db); env DEEPRECALL_DATABASE_URL.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// File holding the database password; env DEEPRECALL_DATABASE_PASSWORD_FILE.
+    #[arg(long)]
+    database_password_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
     fn load(&self, mut flags: Vec<(String, String)>) -> Result<Config, config::ConfigError> {
         if let Some(dir) = &self.data_dir {
             flags.push(("store.data_dir".into(), dir.display().to_string()));
+        }
+        if let Some(store) = &self.store {
+            flags.push(("store.backend".into(), store.clone()));
+        }
+        if let Some(url) = &self.database_url {
+            flags.push(("store.database_url".into(), url.clone()));
+        }
+        if let Some(file) = &self.database_password_file {
+            flags.push((
+                "store.database_password_file".into(),
+                file.display().to_string(),
+            ));
         }
         Config::load(&ConfigSources {
             file: self.config.clone(),
@@ -351,6 +380,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(args) => init(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Migrate(args) => migrate(args).await,
     }
 }
 
@@ -649,6 +679,30 @@ async fn delete(args: DeleteArgs) -> Result<(), CliError> {
         "deleted {} document(s); the collection now holds {} (version {})",
         response.deleted, response.document_count, response.collection_version
     );
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> Result<(), CliError> {
+    let config = args.config.load(Vec::new())?;
+    if config.store.backend != config::StoreBackend::Postgres {
+        return Err(CliError::Usage(
+            "migrate is for the postgres store (--store postgres); the embedded store \
+             migrates its file when it opens"
+                .to_string(),
+        ));
+    }
+    let embedder = crate::embed::HashingEmbedder::new(config.store.embedding_dimension);
+    let report = crate::store::PostgresStore::migrate(&config.store, &embedder)
+        .await
+        .map_err(server::ServerError::from)?;
+    if report.applied.is_empty() {
+        println!("schema already at version {}", report.version);
+    } else {
+        println!(
+            "applied migration(s) {:?}; schema at version {}",
+            report.applied, report.version
+        );
+    }
     Ok(())
 }
 

@@ -2,46 +2,14 @@
 //! retries per call with exponential backoff and full jitter, honouring `Retry-After`, never
 //! waiting past the caller's deadline.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::LlmError;
-
-/// A secret (an API key) that never shows in logs or `Debug` output.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// Returns the secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Returns true when no secret is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.trim().is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_empty() {
-            f.write_str("<unset>")
-        } else {
-            f.write_str("<redacted>")
-        }
-    }
-}
+pub use crate::secret::Secret;
 
 /// How a backend retries one call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -265,12 +233,6 @@ pub fn headers(pairs: &[(String, String)]) -> Result<HeaderMap, LlmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_never_print() {
-        assert_eq!(format!("{:?}", Secret::new("sk-live")), "<redacted>");
-        assert_eq!(format!("{:?}", Secret::default()), "<unset>");
-    }
 
     #[test]
     fn backoff_is_jittered_below_a_doubling_ceiling() {

@@ -26,11 +26,13 @@ use crate::cache::{
     Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, RedisCache,
     RedisCacheConfig, SqliteCache, SqliteCacheConfig,
 };
-use crate::config::{CacheBackend, CacheConfig, Config, RateLimitStore, TelemetryConfig};
+use crate::config::{
+    CacheBackend, CacheConfig, Config, RateLimitStore, StoreBackend, TelemetryConfig,
+};
 use crate::embed::HashingEmbedder;
 use crate::engine::{Engine, EngineParts, EngineTelemetry};
 use crate::llm::LlmError;
-use crate::store::{EmbeddedStore, EmbeddedStoreConfig, StoreError};
+use crate::store::{DocumentStore, EmbeddedStore, EmbeddedStoreConfig, PostgresStore, StoreError};
 use crate::telemetry::trace_log::{DEFAULT_QUEUE_LINES, TraceLogSettings};
 use crate::telemetry::{self, Metrics, TraceLog};
 
@@ -213,18 +215,24 @@ async fn build_engine(
     telemetry: EngineTelemetry,
 ) -> Result<Engine, ServerError> {
     let embedder = Arc::new(HashingEmbedder::new(config.store.embedding_dimension));
-    let store = EmbeddedStore::open(
-        EmbeddedStoreConfig {
-            data_dir: config.store.data_dir.clone(),
-            read_connections: config.store.read_connections,
-        },
-        embedder,
-    )
-    .await?;
+    let store: Arc<dyn DocumentStore> = match config.store.backend {
+        StoreBackend::Embedded => Arc::new(
+            EmbeddedStore::open(
+                EmbeddedStoreConfig {
+                    data_dir: config.store.data_dir.clone(),
+                    read_connections: config.store.read_connections,
+                },
+                embedder,
+            )
+            .await?,
+        ),
+        // Retries while the database cannot be reached; health stays NOT_SERVING meanwhile.
+        StoreBackend::Postgres => Arc::new(PostgresStore::connect(&config.store, embedder).await?),
+    };
     let (results, searches) = cache_levels(&config.cache).await?;
     let engine = Engine::with_telemetry(
         EngineParts {
-            store: Arc::new(store),
+            store,
             model: models.model,
             sub_model: models.sub_model,
             prices: models.prices,

@@ -1,8 +1,12 @@
 //! Document storage and retrieval.
 
+#[cfg(test)]
+mod conformance;
 pub mod embedded;
 pub mod filter;
 mod index;
+pub mod postgres;
+mod prepare;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -10,6 +14,7 @@ use serde_json::{Map, Value};
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use filter::{Filter, FilterError};
+pub use postgres::PostgresStore;
 
 use crate::embed::EmbedError;
 
@@ -34,9 +39,25 @@ pub enum StoreError {
     /// The embedder failed.
     #[error(transparent)]
     Embed(#[from] EmbedError),
-    /// SQLite failed.
+    /// The database failed a statement or could not be opened. Each store turns its driver's
+    /// errors into this or [`StoreError::Unavailable`] itself, so this enum names no driver.
     #[error("database failure: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
+    /// The database cannot be reached, lost the connection, or did not answer in time: the
+    /// call may succeed when retried.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database was migrated by a newer build; this one refuses to touch it.
+    #[error(
+        "database schema version {found} is newer than this build supports ({known}): \
+         run a newer deeprecall"
+    )]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -1,0 +1,488 @@
+//! The embedded store: SQLite is the source of truth, vectors live in an in-memory index rebuilt
+//! at start, FTS5 gives BM25, and the two rankings are fused by reciprocal rank.
+//!
+//! Concurrency: one writer connection behind a mutex serialises every write, and a small pool
+//! of read-only connections serves searches. A writer takes the collection's state lock for
+//! writing just before `COMMIT` and releases it after updating the in-memory index, while a
+//! search holds it for reading from its first to its last SQL statement; so a search always
+//! sees SQLite and the in-memory index at the same version.
+
+//!
+//! Files: `schema.rs` opens, migrates and loads the database; `rows.rs` holds the SQL of writes
+//! and lookups and the stored vector format; `keyword.rs` the FTS5 side of a search;
+//! `readers.rs` the read connections and the blocking pool.
+
+mod keyword;
+mod readers;
+mod rows;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use rusqlite::{Connection, TransactionBehavior};
+
+use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
+use self::readers::{ReaderPool, blocking, with_connection};
+use self::rows::{bump_version, delete_by_id, fetch_hits, upsert_documents};
+use self::schema::{
+    configure_writer, ensure_current_embeddings, load_collections, migrate, open_failure,
+    open_reader,
+};
+use super::index::VectorIndex;
+use super::prepare::{PreparedDocument, RRF_K, candidates_for, embed_query, prepare_documents};
+use super::{
+    CollectionInfo, DocumentStore, Filter, Hit, NewDocument, SearchRequest, StoreError,
+    WriteOutcome, validate_collection_name,
+};
+use crate::embed::{Embedder, Embedding};
+
+/// Name of the database file inside the data directory.
+pub const DATABASE_FILE: &str = "deeprecall.db";
+
+/// Largest database, in documents, searched on the calling async worker rather than the
+/// blocking pool: a search of 1,000 documents measured about 0.1 ms at p50, the usual bound on
+/// the time between two awaits, and the cost grows with the database.
+const MAX_DOCUMENTS_TO_SEARCH_WITHOUT_WAITING: usize = 1_000;
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStoreConfig {
+    /// Directory holding `deeprecall.db` and its WAL files; created if missing.
+    pub data_dir: PathBuf,
+    /// Number of read-only connections serving searches.
+    pub read_connections: usize,
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            read_connections: 4,
+        }
+    }
+}
+
+/// A [`DocumentStore`] in one SQLite file, with an in-memory vector index.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    embedder: Arc<dyn Embedder>,
+    writer: Arc<Mutex<Connection>>,
+    readers: ReaderPool,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Documents in all collections; only steers how keyword searches are restricted.
+    documents: AtomicUsize,
+}
+
+struct Collection {
+    id: i64,
+    name: String,
+    state: RwLock<CollectionState>,
+}
+
+#[derive(Default)]
+struct CollectionState {
+    version: u64,
+    index: VectorIndex,
+}
+
+impl Collection {
+    fn new(id: i64, name: String, state: CollectionState) -> Self {
+        Self {
+            id,
+            name,
+            state: RwLock::new(state),
+        }
+    }
+
+    fn info(&self) -> CollectionInfo {
+        let state = self.state.read();
+        Self::info_of(&self.name, &state)
+    }
+
+    fn info_of(name: &str, state: &CollectionState) -> CollectionInfo {
+        CollectionInfo {
+            name: name.to_string(),
+            document_count: state.index.len() as u64,
+            version: state.version,
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `config.data_dir`, migrates the schema, re-embeds every
+    /// document if the embedder changed since the last run, and loads the vector indexes.
+    pub async fn open(
+        config: EmbeddedStoreConfig,
+        embedder: Arc<dyn Embedder>,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let data_dir = config.data_dir;
+        let path = data_dir.join(DATABASE_FILE);
+        let writer = blocking({
+            let path = path.clone();
+            move || {
+                std::fs::create_dir_all(&data_dir).map_err(|err| {
+                    open_failure(format!(
+                        "cannot create data directory {}: {err}",
+                        data_dir.display()
+                    ))
+                })?;
+                let mut connection = Connection::open(&path)?;
+                configure_writer(&connection)?;
+                migrate(&mut connection)?;
+                Ok(connection)
+            }
+        })
+        .await?;
+        let writer = Arc::new(Mutex::new(writer));
+
+        ensure_current_embeddings(&writer, embedder.as_ref()).await?;
+
+        let collections =
+            with_connection(&writer, |connection| load_collections(connection)).await?;
+        let readers = blocking({
+            let path = path.clone();
+            let count = config.read_connections.max(1);
+            move || {
+                (0..count)
+                    .map(|_| open_reader(&path))
+                    .collect::<Result<Vec<_>, _>>()
+            }
+        })
+        .await?;
+
+        let documents: usize = collections
+            .values()
+            .map(|collection| collection.state.read().index.len())
+            .sum();
+        tracing::info!(
+            path = %path.display(),
+            collections = collections.len(),
+            documents,
+            embedder = %embedder.id(),
+            "document store open"
+        );
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                path,
+                embedder,
+                writer,
+                readers: ReaderPool::new(readers),
+                collections: RwLock::new(collections),
+                documents: AtomicUsize::new(documents),
+            }),
+        })
+    }
+
+    /// Returns the path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn collection_handle(&self, name: &str) -> Result<Arc<Collection>, StoreError> {
+        validate_collection_name(name)?;
+        self.inner
+            .collections
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::CollectionNotFound(name.to_string()))
+    }
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .field("embedder", &self.inner.embedder)
+            .field("collections", &self.inner.collections.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl DocumentStore for EmbeddedStore {
+    async fn add_documents(
+        &self,
+        collection: &str,
+        documents: Vec<NewDocument>,
+    ) -> Result<WriteOutcome, StoreError> {
+        validate_collection_name(collection)?;
+        let (ids, prepared) = prepare_documents(self.inner.embedder.as_ref(), documents).await?;
+        let inner = Arc::clone(&self.inner);
+        let name = collection.to_string();
+        let collection = blocking(move || inner.write_documents(&name, prepared)).await?;
+        Ok(WriteOutcome { ids, collection })
+    }
+
+    async fn delete_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let handle = self.collection_handle(collection)?;
+        if ids.is_empty() {
+            return Ok(WriteOutcome {
+                ids,
+                collection: handle.info(),
+            });
+        }
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.delete_documents(&handle, ids)).await
+    }
+
+    async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
+        let SearchRequest {
+            collection,
+            query,
+            top_k,
+            filter,
+        } = request;
+        let handle = self.collection_handle(&collection)?;
+        if top_k == 0 {
+            return Ok(Vec::new());
+        }
+        // Restricting matches to the collection inside FTS5 walks a doclist as long as the
+        // collection, which only pays off when other collections hold most of the documents;
+        // otherwise the in-memory rowid map rejects other collections' rows for free. A writer
+        // holds the state through its commit's fsync: rather than block an async worker on
+        // it, a collection being written is searched unscoped, which finds the same hits.
+        let in_collection = handle
+            .state
+            .try_read()
+            .map_or(usize::MAX, |state| state.index.len());
+        let scoped = in_collection.saturating_mul(2) < self.inner.documents.load(Ordering::Relaxed);
+        let keyword = keyword_query(handle.id, &query, scoped);
+        let query_embedding = embed_query(self.inner.embedder.as_ref(), query).await?;
+        let search = PreparedSearch {
+            query_embedding,
+            keyword,
+            top_k,
+            filter,
+        };
+        if let Some(hits) = self.inner.try_search_without_waiting(&handle, &search) {
+            return hits;
+        }
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.search(&handle, &search)).await
+    }
+
+    async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError> {
+        Ok(self
+            .inner
+            .collections
+            .read()
+            .get(name)
+            .map(|collection| collection.info()))
+    }
+
+    async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
+        Ok(self
+            .inner
+            .collections
+            .read()
+            .values()
+            .map(|collection| collection.info())
+            .collect())
+    }
+}
+
+impl Inner {
+    fn write_documents(
+        &self,
+        name: &str,
+        documents: Vec<PreparedDocument>,
+    ) -> Result<CollectionInfo, StoreError> {
+        let mut connection = self.writer.lock();
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read under the writer lock: only writers add collections, so this cannot go stale.
+        let existing = self.collections.read().get(name).cloned();
+        let collection_id = match &existing {
+            Some(collection) => collection.id,
+            None => transaction.query_row(
+                "INSERT INTO collections (name, version, created_at) \
+                 VALUES (?1, 0, unixepoch()) RETURNING id",
+                [name],
+                |row| row.get(0),
+            )?,
+        };
+
+        let rowids = upsert_documents(&transaction, collection_id, &documents)?;
+        let version = bump_version(&transaction, collection_id)?;
+
+        let collection = existing.unwrap_or_else(|| {
+            Arc::new(Collection::new(
+                collection_id,
+                name.to_string(),
+                CollectionState::default(),
+            ))
+        });
+        let info = {
+            let mut state = collection.state.write();
+            transaction.commit()?;
+            let before = state.index.len();
+            for (document, rowid) in documents.into_iter().zip(rowids) {
+                state.index.insert(
+                    rowid,
+                    document.doc_id,
+                    document.metadata,
+                    &document.embedding,
+                );
+            }
+            state.version = version;
+            self.documents
+                .fetch_add(state.index.len().saturating_sub(before), Ordering::Relaxed);
+            Collection::info_of(name, &state)
+        };
+        self.collections
+            .write()
+            .entry(name.to_string())
+            .or_insert(collection);
+        Ok(info)
+    }
+
+    /// Deletes by id. The version changes only if a document was deleted: the version stands for
+    /// the collection's content, and a delete of unknown ids leaves it, and every answer cached
+    /// against it, valid.
+    fn delete_documents(
+        &self,
+        collection: &Collection,
+        ids: Vec<String>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut connection = self.writer.lock();
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let deleted = delete_by_id(&transaction, collection.id, ids)?;
+        if deleted.is_empty() {
+            return Ok(WriteOutcome {
+                ids: Vec::new(),
+                collection: collection.info(),
+            });
+        }
+        let version = bump_version(&transaction, collection.id)?;
+
+        let mut state = collection.state.write();
+        transaction.commit()?;
+        let removed = deleted
+            .iter()
+            .filter(|(_, rowid)| state.index.remove(*rowid))
+            .count();
+        self.documents.fetch_sub(removed, Ordering::Relaxed);
+        state.version = version;
+        Ok(WriteOutcome {
+            ids: deleted.into_iter().map(|(id, _)| id).collect(),
+            collection: Collection::info_of(&collection.name, &state),
+        })
+    }
+
+    /// Searches on the calling thread, which may be an async worker, when that is sure to be
+    /// quick and to wait for nothing; returns `None` when it is not, leaving the search to the
+    /// blocking pool. Handing a search to the pool and back costs two thread wake-ups, as
+    /// much as a whole search of a small collection.
+    fn try_search_without_waiting(
+        &self,
+        collection: &Collection,
+        search: &PreparedSearch,
+    ) -> Option<Result<Vec<Hit>, StoreError>> {
+        // The keyword side walks posting lists of the whole database, not only the collection.
+        if self.documents.load(Ordering::Relaxed) > MAX_DOCUMENTS_TO_SEARCH_WITHOUT_WAITING {
+            return None;
+        }
+        // A writer holds the lock across its commit's fsync.
+        let state = collection.state.try_read()?;
+        self.readers
+            .try_with(|connection| self.search_in(connection, &state, search))
+    }
+
+    /// Searches on the blocking pool, waiting for a reader connection and the collection.
+    fn search(
+        &self,
+        collection: &Collection,
+        search: &PreparedSearch,
+    ) -> Result<Vec<Hit>, StoreError> {
+        self.readers.with(|connection| {
+            let state = collection.state.read();
+            self.search_in(connection, &state, search)
+        })
+    }
+
+    /// Runs a search in one read transaction, while the caller holds the collection's state.
+    fn search_in(
+        &self,
+        connection: &Connection,
+        state: &CollectionState,
+        search: &PreparedSearch,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let PreparedSearch {
+            query_embedding,
+            keyword,
+            top_k,
+            filter,
+        } = search;
+        let candidates = candidates_for(*top_k);
+        // Outside a transaction every statement takes and releases SQLite's file locks (fcntl
+        // calls) on its own; in one, they are taken once. Dropped on an error, it rolls back,
+        // which ends a read as well as a commit does.
+        let transaction = connection.unchecked_transaction()?;
+        let by_vector: Vec<i64> = state
+            .index
+            .search(query_embedding, candidates, filter)
+            .into_iter()
+            .map(|(rowid, _)| rowid)
+            .collect();
+        let by_keyword = match keyword {
+            Some(keyword) => {
+                let indexed = self.documents.load(Ordering::Relaxed);
+                keyword_candidates(
+                    &transaction,
+                    keyword,
+                    candidates,
+                    &state.index,
+                    filter,
+                    indexed,
+                )?
+            }
+            None => Vec::new(),
+        };
+
+        let mut fused: HashMap<i64, f64> =
+            HashMap::with_capacity(by_vector.len() + by_keyword.len());
+        for ranking in [&by_vector, &by_keyword] {
+            for (rank, rowid) in ranking.iter().enumerate() {
+                *fused.entry(*rowid).or_insert(0.0) += 1.0 / (RRF_K + rank as f64 + 1.0);
+            }
+        }
+        let mut ranked: Vec<(i64, f64, &str)> = fused
+            .into_iter()
+            .filter_map(|(rowid, score)| {
+                let entry = state.index.get(rowid)?;
+                Some((rowid, score, entry.doc_id.as_str()))
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.2.cmp(b.2)));
+        ranked.truncate(*top_k);
+
+        let hits = fetch_hits(&transaction, &ranked)?;
+        transaction.commit()?;
+        Ok(hits)
+    }
+}
+
+/// A search with its query embedded and its keyword query built: everything but the I/O.
+struct PreparedSearch {
+    query_embedding: Embedding,
+    keyword: Option<KeywordQuery>,
+    top_k: usize,
+    filter: Filter,
+}

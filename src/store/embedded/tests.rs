@@ -1,0 +1,509 @@
+//! Tests of what only the embedded store has: its files, its full-text index, its in-memory
+//! index and its reader pool. What every store does is in [`crate::store::conformance`], run
+//! here through [`fresh`].
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::keyword::{keyword_candidates, keyword_query, rankable_terms};
+use super::rows::{ROWS_PER_WRITE_STATEMENT, decode_embedding, encode_embedding};
+use super::schema::open_reader;
+use super::*;
+use crate::embed::HashingEmbedder;
+use crate::store::conformance::{
+    ScriptedEmbedder, Subject, axis, corpus, doc, doc_with, metadata, request, search_ids,
+};
+
+mod conformance {
+    crate::store::conformance::conformance_suite!(super::fresh);
+}
+
+async fn fresh(embedder: Arc<dyn Embedder>) -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(config(&dir), embedder).await.unwrap();
+    Subject {
+        store: Arc::new(store),
+        _keep: Box::new(dir),
+    }
+}
+
+fn config(dir: &TempDir) -> EmbeddedStoreConfig {
+    EmbeddedStoreConfig {
+        data_dir: dir.path().join("data"),
+        read_connections: 2,
+    }
+}
+
+async fn open_with(dir: &TempDir, embedder: Arc<dyn Embedder>) -> EmbeddedStore {
+    EmbeddedStore::open(config(dir), embedder).await.unwrap()
+}
+
+async fn open(dir: &TempDir) -> EmbeddedStore {
+    open_with(dir, Arc::new(HashingEmbedder::default())).await
+}
+
+/// Checks the full-text index against the documents table.
+fn assert_fts_consistent(store: &EmbeddedStore) {
+    let connection = Connection::open(store.path()).unwrap();
+    connection
+        .execute(
+            "INSERT INTO documents_fts (documents_fts, rank) VALUES ('integrity-check', 1)",
+            [],
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reopening_keeps_documents_and_rebuilds_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir).await;
+        store.add_documents("docs", corpus()).await.unwrap();
+        store
+            .delete_documents("docs", vec!["toulouse".into()])
+            .await
+            .unwrap();
+    }
+    let store = open(&dir).await;
+    assert_eq!(
+        store.collection("docs").await.unwrap(),
+        Some(CollectionInfo {
+            name: "docs".into(),
+            document_count: 2,
+            version: 2
+        })
+    );
+    // Misspelt: only the rebuilt vector index can find it.
+    let hits = store
+        .search(request("docs", "Northwnd Aerospce", 1))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, "northwind");
+    assert_eq!(hits[0].metadata, metadata(json!({"kind": "company"})));
+    let outcome = store
+        .add_documents("docs", vec![doc("new", "fresh document")])
+        .await
+        .unwrap();
+    assert_eq!(outcome.collection.version, 3);
+    assert_eq!(outcome.collection.document_count, 3);
+}
+
+#[tokio::test]
+async fn changing_the_embedder_re_embeds_every_document() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir).await;
+        store.add_documents("docs", corpus()).await.unwrap();
+    }
+    let store = open_with(&dir, Arc::new(HashingEmbedder::new(64))).await;
+    let connection = Connection::open(store.path()).unwrap();
+    let stored_id: String = connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'embedder_id'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored_id, "hashing-v1:64");
+    let mut statement = connection
+        .prepare("SELECT embedding FROM documents")
+        .unwrap();
+    let blobs: Vec<Vec<u8>> = statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(blobs.len(), 3);
+    for blob in blobs {
+        let embedding = decode_embedding(&blob).unwrap();
+        assert!(!embedding.indices.is_empty());
+        assert!(embedding.indices.iter().all(|index| *index < 64));
+    }
+    let hits = store
+        .search(request("docs", "Northwnd Aerospce", 1))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, "northwind");
+}
+
+#[test]
+fn embeddings_round_trip_through_the_stored_format() {
+    let embedding = Embedding {
+        indices: vec![0, 7, u32::MAX],
+        values: vec![0.5, -0.25, 1e-7],
+    };
+    let bytes = encode_embedding(&embedding);
+    assert_eq!(bytes.len(), 4 + 3 * 8);
+    assert_eq!(&bytes[..4], &3u32.to_le_bytes());
+    assert_eq!(decode_embedding(&bytes).unwrap(), embedding);
+    assert_eq!(
+        decode_embedding(&encode_embedding(&Embedding::default())).unwrap(),
+        Embedding::default()
+    );
+    assert!(decode_embedding(&bytes[..10]).is_err());
+    assert!(decode_embedding(&[1, 0]).is_err());
+}
+
+#[tokio::test]
+async fn terms_in_most_documents_are_not_ranked_by_when_rarer_ones_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let documents = (0..2_500)
+        .map(|n| {
+            let extra = if n % 500 == 0 { " saffron" } else { "" };
+            doc(&format!("d{n}"), &format!("widget number {n}{extra}"))
+        })
+        .collect();
+    store.add_documents("c", documents).await.unwrap();
+    let connection = Connection::open(store.path()).unwrap();
+    let query = |text: &str| keyword_query(1, text, false).unwrap();
+
+    let pruned = rankable_terms(&connection, &query("widget saffron"), 2_500).unwrap();
+    assert_eq!(pruned, vec!["saffron"]);
+    let all_common = rankable_terms(&connection, &query("widget number"), 2_500).unwrap();
+    assert_eq!(all_common.len(), 1);
+    let small = rankable_terms(&connection, &query("widget saffron"), 100).unwrap();
+    assert_eq!(
+        small,
+        vec!["widget", "saffron"],
+        "small collections rank by every term"
+    );
+}
+
+#[test]
+fn keyword_queries_quote_every_term() {
+    let expression = |scoped| {
+        keyword_query(7, "What is the Zephyr X?", scoped)
+            .map(|query| query.expression(&query.terms))
+    };
+    assert_eq!(
+        expression(true).as_deref(),
+        Some("scope : \"c7\" AND content : (\"zephyr\" OR \"x\")")
+    );
+    assert_eq!(
+        expression(false).as_deref(),
+        Some("content : (\"zephyr\" OR \"x\")")
+    );
+    assert!(keyword_query(7, "the of", true).is_none());
+}
+
+#[tokio::test]
+async fn keyword_search_stays_in_a_small_collection_and_a_large_one() {
+    // One collection small enough for a scoped FTS5 query, one large enough for an
+    // unscoped one; the same word appears in both.
+    let dir = tempfile::tempdir().unwrap();
+    let mut vectors = HashMap::new();
+    vectors.insert("nothing".to_string(), axis(1));
+    let store = open_with(&dir, Arc::new(ScriptedEmbedder(vectors))).await;
+    let large: Vec<NewDocument> = (0..40)
+        .map(|n| doc(&format!("large-{n:02}"), &format!("gadget {n}")))
+        .collect();
+    store.add_documents("large", large).await.unwrap();
+    store
+        .add_documents("small", vec![doc("small-0", "gadget manual")])
+        .await
+        .unwrap();
+    assert_eq!(
+        search_ids(&store as &dyn DocumentStore, request("small", "gadget", 5)).await,
+        vec!["small-0"]
+    );
+    let hits = search_ids(&store as &dyn DocumentStore, request("large", "gadget", 50)).await;
+    assert_eq!(hits.len(), 40);
+    assert!(hits.iter().all(|id| id.starts_with("large-")));
+    let mut filtered = request("large", "gadget", 5);
+    filtered.filter = Filter::from_json(&metadata(json!({"none": {"$ne": 1}}))).unwrap();
+    assert_eq!(
+        search_ids(&store as &dyn DocumentStore, filtered)
+            .await
+            .len(),
+        5
+    );
+}
+
+/// Number of segments in the full-text index: every segment has at least one row in the
+/// `_idx` table, keyed by its id.
+fn full_text_segments(store: &EmbeddedStore) -> i64 {
+    let connection = Connection::open(store.path()).unwrap();
+    connection
+        .query_row(
+            "SELECT count(DISTINCT segid) FROM documents_fts_idx",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_write_adds_one_full_text_segment_however_many_documents_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let documents = (0..200)
+        .map(|n| doc(&format!("d{n}"), &format!("report number {n}")))
+        .collect();
+    store.add_documents("c", documents).await.unwrap();
+    assert_eq!(full_text_segments(&store), 1);
+    let ids = (0..50).map(|n| format!("d{n}")).collect();
+    store.delete_documents("c", ids).await.unwrap();
+    assert_eq!(full_text_segments(&store), 2);
+    assert_fts_consistent(&store);
+}
+
+#[tokio::test]
+async fn writes_of_several_statements_keep_ids_and_rowids_paired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let count = ROWS_PER_WRITE_STATEMENT + 10;
+    let documents = (0..count)
+        .map(|n| doc(&format!("d{n}"), &format!("item{n}")))
+        .collect();
+    store.add_documents("c", documents).await.unwrap();
+    // Replacements on both sides of the first statement's end, and a new document.
+    let boundary = ROWS_PER_WRITE_STATEMENT;
+    let replacements = vec![
+        doc(&format!("d{}", boundary - 1), "replaced before"),
+        doc("fresh", "fresh document"),
+        doc(&format!("d{boundary}"), "replaced after"),
+    ];
+    let outcome = store.add_documents("c", replacements).await.unwrap();
+    assert_eq!(outcome.collection.document_count, count as u64 + 1);
+    // Both hold the only keyword match and the nearest vectors.
+    let mut replaced = search_ids(&store as &dyn DocumentStore, request("c", "replaced", 2)).await;
+    replaced.sort();
+    assert_eq!(
+        replaced,
+        vec![format!("d{}", boundary - 1), format!("d{boundary}")]
+    );
+
+    {
+        let handle = store.collection_handle("c").unwrap();
+        let state = handle.state.read();
+        let connection = Connection::open(store.path()).unwrap();
+        let mut statement = connection
+            .prepare("SELECT rowid, doc_id FROM documents")
+            .unwrap();
+        let stored: Vec<(i64, String)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored.len(), count + 1);
+        for (rowid, doc_id) in stored {
+            assert_eq!(state.index.get(rowid).unwrap().doc_id, doc_id);
+        }
+    }
+
+    // Deletes spanning statements, with an unknown and a repeated id, report each id that
+    // existed once, in the order asked.
+    let existing: Vec<String> = (0..count).rev().map(|n| format!("d{n}")).collect();
+    let mut ids = existing.clone();
+    ids.insert(1, "missing".into());
+    ids.push(format!("d{}", count - 1));
+    let outcome = store.delete_documents("c", ids).await.unwrap();
+    assert_eq!(outcome.ids, existing);
+    assert_eq!(outcome.collection.document_count, 1);
+    assert_fts_consistent(&store);
+}
+
+#[tokio::test]
+async fn keyword_candidates_keep_the_order_of_fts5_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    // Three words from five, so BM25 ties abound; FTS5 breaks them by rowid.
+    let words = ["amber", "birch", "cedar", "delta", "ember"];
+    let documents = (0..120)
+        .map(|n| {
+            let content = format!(
+                "{} {} {}",
+                words[n % 5],
+                words[(n / 5) % 5],
+                words[(n / 25) % 5]
+            );
+            doc_with(&format!("d{n:03}"), &content, json!({"even": n % 2 == 0}))
+        })
+        .collect();
+    store.add_documents("c", documents).await.unwrap();
+    store
+        .add_documents("other", vec![doc("o", "amber birch cedar")])
+        .await
+        .unwrap();
+
+    let handle = store.collection_handle("c").unwrap();
+    let state = handle.state.read();
+    let connection = open_reader(store.path()).unwrap();
+    let indexed = store.inner.documents.load(Ordering::Relaxed);
+    let even = Filter::from_json(&metadata(json!({"even": true}))).unwrap();
+    let mut by_rank = connection
+        .prepare("SELECT rowid FROM documents_fts WHERE documents_fts MATCH ?1 ORDER BY rank")
+        .unwrap();
+    for text in ["amber", "amber birch", "cedar delta ember", "birch unknown"] {
+        for scoped in [false, true] {
+            let keyword = keyword_query(handle.id, text, scoped).unwrap();
+            let ranked: Vec<i64> = by_rank
+                .query_map([keyword.expression(&keyword.terms)], |row| row.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for filter in [&Filter::default(), &even] {
+                for limit in [1, 7, 30, 500] {
+                    let expected: Vec<i64> = ranked
+                        .iter()
+                        .copied()
+                        .filter(|rowid| state.index.matches(*rowid, filter))
+                        .take(limit)
+                        .collect();
+                    let actual = keyword_candidates(
+                        &connection,
+                        &keyword,
+                        limit,
+                        &state.index,
+                        filter,
+                        indexed,
+                    )
+                    .unwrap();
+                    assert!(!actual.is_empty());
+                    assert_eq!(actual, expected, "{text:?}, scoped {scoped}, limit {limit}");
+                }
+            }
+        }
+    }
+}
+
+/// What `EmbeddedStore::search` hands to the store for a hashing embedder and a small
+/// collection (an unscoped keyword query).
+fn prepared(collection_id: i64, text: &str, filter: Filter) -> PreparedSearch {
+    PreparedSearch {
+        query_embedding: HashingEmbedder::default().embed_text(text),
+        keyword: keyword_query(collection_id, text, false),
+        top_k: 3,
+        filter,
+    }
+}
+
+#[tokio::test]
+async fn searching_without_waiting_and_on_the_blocking_pool_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.add_documents("docs", corpus()).await.unwrap();
+    let handle = store.collection_handle("docs").unwrap();
+    let cities = Filter::from_json(&metadata(json!({"kind": "city"}))).unwrap();
+    for (text, filter) in [
+        ("Where is Northwind headquartered?", Filter::default()),
+        ("Toulouse", Filter::default()),
+        ("Toulouse", cities),
+        ("onoin suop", Filter::default()),
+    ] {
+        let search = prepared(handle.id, text, filter);
+        let now = store
+            .inner
+            .try_search_without_waiting(&handle, &search)
+            .expect("an idle connection and an unlocked collection")
+            .unwrap();
+        let pooled = store.inner.search(&handle, &search).unwrap();
+        assert!(!now.is_empty(), "{text:?}");
+        assert_eq!(now, pooled, "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn searches_that_would_wait_go_to_the_blocking_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.add_documents("docs", corpus()).await.unwrap();
+    let expected = store.search(request("docs", "Toulouse", 2)).await.unwrap();
+    let handle = store.collection_handle("docs").unwrap();
+    let search = prepared(handle.id, "Toulouse", Filter::default());
+
+    {
+        let _writing = handle.state.write();
+        assert!(
+            store
+                .inner
+                .try_search_without_waiting(&handle, &search)
+                .is_none()
+        );
+    }
+
+    let documents = store.inner.documents.load(Ordering::Relaxed);
+    store.inner.documents.store(
+        MAX_DOCUMENTS_TO_SEARCH_WITHOUT_WAITING + 1,
+        Ordering::Relaxed,
+    );
+    assert!(
+        store
+            .inner
+            .try_search_without_waiting(&handle, &search)
+            .is_none()
+    );
+    store.inner.documents.store(documents, Ordering::Relaxed);
+
+    // With every reader busy, a search waits for one on the blocking pool.
+    let busy = std::mem::take(&mut *store.inner.readers.idle.lock());
+    assert!(
+        store
+            .inner
+            .try_search_without_waiting(&handle, &search)
+            .is_none()
+    );
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move { store.search(request("docs", "Toulouse", 2)).await }
+    });
+    // The search is blocked once it waits for a reader; the bound only ends a hang.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while store.inner.readers.waiting() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the search waits for a reader connection");
+    assert!(!waiting.is_finished());
+    for connection in busy {
+        store.inner.readers.idle.lock().push(connection);
+        store.inner.readers.returned.notify_one();
+    }
+    assert_eq!(waiting.await.unwrap().unwrap(), expected);
+}
+
+/// `synchronous=FULL` is what makes an acknowledged write survive a power cut. Losing it
+/// shows in no test that kills the process (the OS still holds an unsynced WAL and writes it
+/// out), and cutting the machine's power is beyond a test, so the setting itself is checked on
+/// every connection the store holds.
+#[tokio::test]
+async fn every_connection_syncs_fully() {
+    const FULL: i64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let synchronous = |connection: &Connection| -> i64 {
+        connection
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap()
+    };
+    assert_eq!(synchronous(&store.inner.writer.lock()), FULL, "writer");
+    let readers = store.inner.readers.idle.lock();
+    assert_eq!(readers.len(), 2);
+    for reader in readers.iter() {
+        assert_eq!(synchronous(reader), FULL, "reader");
+    }
+}
+
+#[tokio::test]
+async fn replacing_and_deleting_keep_the_full_text_index_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.add_documents("docs", corpus()).await.unwrap();
+    store
+        .add_documents("docs", vec![doc("soup", "Gazpacho is served cold.")])
+        .await
+        .unwrap();
+    assert_fts_consistent(&store);
+    store
+        .delete_documents("docs", vec!["soup".into(), "toulouse".into()])
+        .await
+        .unwrap();
+    assert_fts_consistent(&store);
+}

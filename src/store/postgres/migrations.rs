@@ -1,0 +1,251 @@
+//! Versioned, forward-only schema migrations, applied under an advisory lock so that replicas
+//! starting together migrate once; and the per-dimension vector index, built under the same
+//! lock.
+//!
+//! Each migration is numbered and checksummed (SHA-256 of its SQL) in
+//! `deeprecall_schema_migrations`. A database migrated by a newer build (a version this build
+//! does not know) is refused rather than used; a migration whose SQL changed after it was
+//! applied is refused too, since the schema no longer says what the code assumes.
+
+use deadpool_postgres::Pool;
+use sha2::{Digest, Sha256};
+
+use super::super::StoreError;
+use super::{HNSW_EF_CONSTRUCTION, HNSW_M};
+
+/// `pg_advisory_lock` key of the migrations: "deepreca" in ASCII.
+const MIGRATION_LOCK: i64 = 0x6465_6570_7265_6361;
+
+/// The migrations, in order; entry `n` is version `n + 1`. Never edit one that has shipped:
+/// add another.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "collections and documents",
+    r#"
+CREATE EXTENSION IF NOT EXISTS vector;
+
+CREATE TABLE deeprecall_collections (
+    id             bigserial PRIMARY KEY,
+    name           text NOT NULL UNIQUE,
+    -- Changes with every write: caches on every replica key on it.
+    version        bigint NOT NULL DEFAULT 0,
+    document_count bigint NOT NULL DEFAULT 0,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE deeprecall_documents (
+    id            bigserial PRIMARY KEY,
+    collection_id bigint NOT NULL REFERENCES deeprecall_collections (id) ON DELETE CASCADE,
+    doc_id        text NOT NULL,
+    content       text NOT NULL,
+    metadata      jsonb NOT NULL DEFAULT '{}',
+    -- Sparse: the hashing embedder fills few of its dimensions. The HNSW index is on an
+    -- expression with the embedder's dimension, created at start.
+    embedding     sparsevec NOT NULL,
+    keywords      tsvector GENERATED ALWAYS AS (to_tsvector('english', content)) STORED,
+    UNIQUE (collection_id, doc_id)
+);
+
+CREATE INDEX deeprecall_documents_keywords ON deeprecall_documents USING gin (keywords);
+
+CREATE TABLE deeprecall_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+"#,
+)];
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this call, in order; empty when the schema was current.
+    pub applied: Vec<i64>,
+    /// The schema version after the call.
+    pub version: i64,
+}
+
+/// Returns the newest schema version this build knows.
+pub fn known_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+fn checksum(sql: &str) -> String {
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Brings the schema to the newest version, creates the vector index for `dimension`, and
+/// checks the embedder, all under one session advisory lock: the first replica to take it
+/// does the work, and the others find it done.
+pub(super) async fn migrate(
+    pool: &Pool,
+    dimension: usize,
+    embedder_id: &str,
+) -> Result<MigrationReport, StoreError> {
+    let mut client = pool.get().await?;
+    // DDL on a large table, and waiting for another replica's, may outlast the statement
+    // timeout meant for searches.
+    client.batch_execute("SET statement_timeout = 0").await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let outcome = migrate_locked(&mut client, dimension, embedder_id).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let reset = client.batch_execute("RESET statement_timeout").await;
+    if unlocked.is_err() || reset.is_err() {
+        // The lock is the session's: closing the connection releases it.
+        let _ = deadpool_postgres::Object::take(client);
+    }
+    outcome
+}
+
+async fn migrate_locked(
+    client: &mut deadpool_postgres::Object,
+    dimension: usize,
+    embedder_id: &str,
+) -> Result<MigrationReport, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS deeprecall_schema_migrations (
+                 version    bigint PRIMARY KEY,
+                 name       text NOT NULL,
+                 checksum   text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let rows = client
+        .query(
+            "SELECT version, checksum FROM deeprecall_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?;
+    let known = known_version();
+    let mut current = 0;
+    for row in rows {
+        let version: i64 = row.get(0);
+        let stored: String = row.get(1);
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
+        let Some((_, sql)) = MIGRATIONS.get((version - 1).max(0) as usize) else {
+            return Err(StoreError::Corrupt(format!(
+                "unknown migration version {version}"
+            )));
+        };
+        if checksum(sql) != stored {
+            return Err(StoreError::Corrupt(format!(
+                "migration {version} differs from the one applied to this database"
+            )));
+        }
+        current = current.max(version);
+    }
+    let mut applied = Vec::new();
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        let transaction = client.transaction().await?;
+        transaction.batch_execute(sql).await?;
+        transaction
+            .execute(
+                "INSERT INTO deeprecall_schema_migrations (version, name, checksum) \
+                 VALUES ($1, $2, $3)",
+                &[&version, name, &checksum(sql)],
+            )
+            .await?;
+        transaction.commit().await?;
+        tracing::info!(version, name, "database schema migrated");
+        applied.push(version);
+    }
+    check_embedder(client, embedder_id).await?;
+    ensure_vector_index(client, dimension).await?;
+    Ok(MigrationReport {
+        applied,
+        version: known,
+    })
+}
+
+/// Creates the HNSW index for vectors of `dimension` if missing. The dimension is the
+/// embedder's, a number from the configuration, never request data.
+async fn ensure_vector_index(
+    client: &deadpool_postgres::Object,
+    dimension: usize,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "CREATE INDEX IF NOT EXISTS deeprecall_documents_embedding_{dimension} \
+         ON deeprecall_documents USING hnsw ((embedding::sparsevec({dimension})) sparsevec_ip_ops) \
+         WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+    );
+    client.batch_execute(&sql).await?;
+    // An index for another dimension is left from an embedder used before this one on an
+    // empty database (`check_embedder` refuses a change over documents); it would reject
+    // every vector of this one.
+    let current = format!("deeprecall_documents_embedding_{dimension}");
+    let stale = client
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'deeprecall_documents' \
+             AND indexname LIKE 'deeprecall\\_documents\\_embedding\\_%' AND indexname <> $1",
+            &[&current],
+        )
+        .await?;
+    for row in stale {
+        let name: String = row.get(0);
+        // The name comes from the catalogue and matched the pattern above.
+        client
+            .batch_execute(&format!(
+                "DROP INDEX IF EXISTS \"{}\"",
+                name.replace('"', "")
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Records the embedder on first use; refuses another one while documents exist, because
+/// their vectors would not be comparable with the queries'. Re-embedding a shared database
+/// is an operation to run on purpose, not something each replica should start by itself.
+async fn check_embedder(
+    client: &deadpool_postgres::Object,
+    embedder_id: &str,
+) -> Result<(), StoreError> {
+    let stored: Option<String> = client
+        .query_opt(
+            "SELECT value FROM deeprecall_meta WHERE key = 'embedder_id'",
+            &[],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if stored.as_deref() == Some(embedder_id) {
+        return Ok(());
+    }
+    let has_documents: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM deeprecall_documents)", &[])
+        .await?
+        .get(0);
+    if let Some(stored) = stored
+        && has_documents
+    {
+        return Err(StoreError::Database(format!(
+            "the documents in this database were embedded by {stored}, and this server is \
+             configured with {embedder_id}: configure the same embedder"
+        )));
+    }
+    client
+        .execute(
+            "INSERT INTO deeprecall_meta (key, value) VALUES ('embedder_id', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&embedder_id],
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(super) fn lock_key() -> i64 {
+    MIGRATION_LOCK
+}

@@ -1,0 +1,374 @@
+//! The PostgreSQL store: documents, collections and their content versions in PostgreSQL,
+//! shared by every replica; keyword ranking from a `tsvector` column with a GIN index, vector
+//! ranking from pgvector's HNSW index over `sparsevec`, fused by reciprocal rank in one SQL
+//! statement.
+//!
+//! Driver: `tokio-postgres` with a `deadpool-postgres` pool. sqlx would add its own runtime
+//! layer, compile-time query checking that needs a database at build time, and a heavier
+//! dependency tree, for statements that here are few and mostly built at run time (filters);
+//! tokio-postgres is the driver sqlx's Postgres side and most of the ecosystem measure
+//! against, and deadpool's pool is a thin, well-understood layer over it.
+//!
+//! Files: `connect.rs` settings, TLS, the pool and error mapping; `migrations.rs` the schema;
+//! `sql.rs` filters, the hybrid statement and vector text.
+
+mod connect;
+mod migrations;
+mod sql;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use tokio_postgres::types::ToSql;
+
+pub use self::migrations::{MigrationReport, known_version};
+use self::sql::{any_term_query, compile_filter, search_statement, sparsevec_text};
+use super::prepare::{RRF_K, candidates_for, embed_query, prepare_documents};
+use super::{
+    CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, WriteOutcome,
+    validate_collection_name,
+};
+use crate::config::StoreConfig;
+use crate::embed::Embedder;
+use crate::text;
+
+/// HNSW graph degree. pgvector's default: 16 links per node keeps recall high for the few
+/// hundred non-zero dimensions of hashed text at a modest index size; more mostly costs memory.
+pub(crate) const HNSW_M: usize = 16;
+/// Candidates kept while building the graph: pgvector's default, 64, is four times `m`, which
+/// its authors' and ann-benchmarks' measurements show is where recall stops paying for the
+/// longer build.
+pub(crate) const HNSW_EF_CONSTRUCTION: usize = 64;
+/// Candidates kept while searching (`hnsw.ef_search`, default 40). A search asks for up to
+/// 300 candidates (three per hit, 100 hits at most), and with pgvector 0.8's iterative scans
+/// (`hnsw.iterative_scan = relaxed_order`) the scan continues past `ef_search` until enough
+/// rows pass the collection and metadata filters, so 100 buys recall for the common case
+/// without making every search visit a large share of the graph. Without iterative scans
+/// (pgvector 0.7) a selective filter may leave fewer than `top_k` vector candidates; the
+/// keyword ranking is unaffected.
+pub(crate) const HNSW_EF_SEARCH: usize = 100;
+/// Rows per insert statement of a write: bounds one statement's parameters and memory.
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// A [`DocumentStore`] in PostgreSQL with pgvector, shared by any number of replicas.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    embedder: Arc<dyn Embedder>,
+    dimension: usize,
+    /// The search statement for a filter shape is the same text whatever the values, so it is
+    /// built once per shape and prepared once per connection.
+    statements: Arc<parking_lot::Mutex<HashMap<String, Arc<str>>>>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("embedder", &self.embedder)
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema and checks the embedder. While the database cannot be
+    /// reached, retries with exponential backoff and jitter up to
+    /// `connect_retry_max_seconds` between attempts, for as long as the caller waits: a
+    /// replica started before its database waits for it instead of crashing in a loop. Other
+    /// failures (a schema newer than this build, bad settings) return at once.
+    pub async fn connect(
+        config: &StoreConfig,
+        embedder: Arc<dyn Embedder>,
+    ) -> Result<PostgresStore, StoreError> {
+        let pool = connect::pool(config)?;
+        let dimension = embedder.dimension();
+        let embedder_id = embedder.id();
+        let max_wait = Duration::try_from_secs_f64(config.connect_retry_max_seconds.max(0.1))
+            .unwrap_or(Duration::from_secs(30));
+        let mut wait = Duration::from_millis(200).min(max_wait);
+        loop {
+            match migrations::migrate(&pool, dimension, &embedder_id).await {
+                Ok(report) => {
+                    tracing::info!(
+                        schema_version = report.version,
+                        migrated = report.applied.len(),
+                        embedder = %embedder_id,
+                        pool_size = config.pool_size,
+                        "postgres store open"
+                    );
+                    break;
+                }
+                Err(StoreError::Unavailable(reason)) => {
+                    let pause = wait.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    tracing::warn!(
+                        %reason,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "cannot reach the database; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    wait = wait.saturating_mul(2).min(max_wait);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(PostgresStore {
+            pool,
+            embedder,
+            dimension,
+            statements: Arc::default(),
+        })
+    }
+
+    /// Brings the database's schema to this build's version once, without serving: what
+    /// `deeprecall migrate` runs ahead of a rollout.
+    pub async fn migrate(
+        config: &StoreConfig,
+        embedder: &dyn Embedder,
+    ) -> Result<MigrationReport, StoreError> {
+        let pool = connect::pool(config)?;
+        migrations::migrate(&pool, embedder.dimension(), &embedder.id()).await
+    }
+
+    fn statement_for(&self, filter_sql: &str) -> Arc<str> {
+        let mut statements = self.statements.lock();
+        if let Some(statement) = statements.get(filter_sql) {
+            return Arc::clone(statement);
+        }
+        // Filter shapes are bounded by what callers send; past a bound, start over rather than
+        // grow without limit.
+        if statements.len() >= 1_024 {
+            statements.clear();
+        }
+        let statement: Arc<str> = search_statement(self.dimension, filter_sql).into();
+        statements.insert(filter_sql.to_string(), Arc::clone(&statement));
+        statement
+    }
+}
+
+fn info(name: &str, version: i64, document_count: i64) -> CollectionInfo {
+    CollectionInfo {
+        name: name.to_string(),
+        document_count: u64::try_from(document_count).unwrap_or(0),
+        version: u64::try_from(version).unwrap_or(0),
+    }
+}
+
+#[async_trait]
+impl DocumentStore for PostgresStore {
+    async fn add_documents(
+        &self,
+        collection: &str,
+        documents: Vec<NewDocument>,
+    ) -> Result<WriteOutcome, StoreError> {
+        validate_collection_name(collection)?;
+        let (ids, prepared) = prepare_documents(self.embedder.as_ref(), documents).await?;
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        // The upsert locks the collection's row: writers to one collection take turns, and
+        // each write moves the version exactly once.
+        let row = transaction
+            .query_one(
+                "INSERT INTO deeprecall_collections (name, version) VALUES ($1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET version = deeprecall_collections.version + 1 \
+                 RETURNING id, version",
+                &[&collection],
+            )
+            .await?;
+        let collection_id: i64 = row.get(0);
+        let version: i64 = row.get(1);
+        let insert = transaction
+            .prepare_cached(
+                "INSERT INTO deeprecall_documents (collection_id, doc_id, content, metadata, embedding) \
+                 SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec \
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) \
+                     AS incoming (doc_id, content, metadata, embedding) \
+                 ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content, \
+                     metadata = excluded.metadata, embedding = excluded.embedding \
+                 RETURNING (xmax = 0) AS inserted",
+            )
+            .await?;
+        let mut inserted: i64 = 0;
+        for chunk in prepared.chunks(ROWS_PER_INSERT) {
+            let doc_ids: Vec<&str> = chunk.iter().map(|d| d.doc_id.as_str()).collect();
+            let contents: Vec<&str> = chunk.iter().map(|d| d.content.as_str()).collect();
+            let metadata: Vec<&str> = chunk.iter().map(|d| d.metadata_json.as_str()).collect();
+            let embeddings: Vec<String> = chunk
+                .iter()
+                .map(|d| sparsevec_text(&d.embedding, self.dimension))
+                .collect();
+            let rows = transaction
+                .query(
+                    &insert,
+                    &[&collection_id, &doc_ids, &contents, &metadata, &embeddings],
+                )
+                .await?;
+            inserted += rows.iter().filter(|row| row.get::<_, bool>(0)).count() as i64;
+        }
+        let document_count: i64 = transaction
+            .query_one(
+                "UPDATE deeprecall_collections SET document_count = document_count + $2 \
+                 WHERE id = $1 RETURNING document_count",
+                &[&collection_id, &inserted],
+            )
+            .await?
+            .get(0);
+        // Acknowledged only once committed (and, with PostgreSQL's default
+        // synchronous_commit, flushed to its WAL).
+        transaction.commit().await?;
+        Ok(WriteOutcome {
+            ids,
+            collection: info(collection, version, document_count),
+        })
+    }
+
+    async fn delete_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<WriteOutcome, StoreError> {
+        validate_collection_name(collection)?;
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        let Some(row) = transaction
+            .query_opt(
+                "SELECT id, version, document_count FROM deeprecall_collections \
+                 WHERE name = $1 FOR UPDATE",
+                &[&collection],
+            )
+            .await?
+        else {
+            return Err(StoreError::CollectionNotFound(collection.to_string()));
+        };
+        let collection_id: i64 = row.get(0);
+        let unchanged = info(collection, row.get(1), row.get(2));
+        if ids.is_empty() {
+            return Ok(WriteOutcome {
+                ids,
+                collection: unchanged,
+            });
+        }
+        let deleted: Vec<String> = transaction
+            .query(
+                "DELETE FROM deeprecall_documents WHERE collection_id = $1 AND doc_id = ANY($2) \
+                 RETURNING doc_id",
+                &[&collection_id, &ids],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if deleted.is_empty() {
+            // Nothing changed, so the version, and every answer cached against it, stays.
+            return Ok(WriteOutcome {
+                ids: Vec::new(),
+                collection: unchanged,
+            });
+        }
+        let row = transaction
+            .query_one(
+                "UPDATE deeprecall_collections SET version = version + 1, \
+                 document_count = document_count - $2 WHERE id = $1 \
+                 RETURNING version, document_count",
+                &[&collection_id, &(deleted.len() as i64)],
+            )
+            .await?;
+        transaction.commit().await?;
+        // The ids that existed, in the order asked, each once.
+        let mut existed: std::collections::HashSet<String> = deleted.into_iter().collect();
+        let ids = ids.into_iter().filter(|id| existed.remove(id)).collect();
+        Ok(WriteOutcome {
+            ids,
+            collection: info(collection, row.get(0), row.get(1)),
+        })
+    }
+
+    async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
+        let SearchRequest {
+            collection,
+            query,
+            top_k,
+            filter,
+        } = request;
+        validate_collection_name(&collection)?;
+        let mut terms = text::content_terms(&query);
+        terms.truncate(64);
+        let keywords = any_term_query(&terms);
+        let query_embedding = embed_query(self.embedder.as_ref(), query).await?;
+        let by_vector = !query_embedding.indices.is_empty();
+        let vector = sparsevec_text(&query_embedding, self.dimension);
+        let candidates = candidates_for(top_k) as i64;
+        let limit = top_k as i64;
+        let compiled = compile_filter(&filter, 8);
+        let statement = self.statement_for(&compiled.sql);
+
+        let client = self.pool.get().await?;
+        let prepared = client.prepare_cached(&statement).await?;
+        let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![
+            &collection,
+            &vector,
+            &by_vector,
+            &candidates,
+            &keywords,
+            &RRF_K,
+            &limit,
+        ];
+        parameters.extend(compiled.parameters.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let rows = client.query(&prepared, &parameters).await?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.get::<_, Option<i64>>(0).is_none() {
+                return Err(StoreError::CollectionNotFound(collection));
+            }
+            let Some(id) = row.get::<_, Option<String>>(1) else {
+                continue;
+            };
+            let metadata = match row.get::<_, Option<serde_json::Value>>(3) {
+                Some(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
+            hits.push(Hit {
+                id,
+                content: row.get::<_, Option<String>>(2).unwrap_or_default(),
+                metadata,
+                score: row.get::<_, Option<f64>>(4).unwrap_or_default(),
+            });
+        }
+        Ok(hits)
+    }
+
+    async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT version, document_count FROM deeprecall_collections WHERE name = $1",
+            )
+            .await?;
+        Ok(client
+            .query_opt(&statement, &[&name])
+            .await?
+            .map(|row| info(name, row.get(0), row.get(1))))
+    }
+
+    async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT name, version, document_count FROM deeprecall_collections \
+                 ORDER BY name COLLATE \"C\"",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| info(row.get::<_, &str>(0), row.get(1), row.get(2)))
+            .collect())
+    }
+}

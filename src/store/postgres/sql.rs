@@ -1,0 +1,269 @@
+//! The SQL of a search: metadata filters compiled to parameterised conditions, the hybrid
+//! statement, and the text forms of vectors and keyword queries.
+//!
+//! Nothing from a request is spliced into SQL text: keys and values of filters, the query's
+//! words and its vector all travel as parameters. The only numbers formatted into the text are
+//! the embedder's dimension and parameter positions.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::super::Filter;
+use super::super::filter::{Condition, Operator};
+use crate::embed::Embedding;
+
+/// pgvector indexes a `sparsevec` in HNSW only up to this many non-zero elements.
+pub(super) const MAX_INDEXED_NONZERO: usize = 1_000;
+
+/// A compiled filter: a boolean SQL expression over `d.metadata`, and its parameters, all
+/// text, numbered from the `first` position given to [`compile_filter`].
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct CompiledFilter {
+    pub(super) sql: String,
+    pub(super) parameters: Vec<String>,
+}
+
+/// Compiles a filter to SQL with the semantics of [`Filter::matches`]: a missing key fails
+/// every operator but `$ne`; an array value matches when any element does (and fails `$ne`
+/// when any is equal); numbers compare as numbers (jsonb equality is numeric: `1 = 1.0`);
+/// strings order by code point (`COLLATE "C"` on UTF-8 is byte order, which is code point
+/// order); an ordering between a number and a string is false.
+pub(super) fn compile_filter(filter: &Filter, first: usize) -> CompiledFilter {
+    let mut compiled = CompiledFilter::default();
+    let mut parts = Vec::new();
+    for condition in filter.conditions() {
+        parts.push(compile_condition(
+            condition,
+            first,
+            &mut compiled.parameters,
+        ));
+    }
+    compiled.sql = if parts.is_empty() {
+        "TRUE".to_string()
+    } else {
+        parts.join(" AND ")
+    };
+    compiled
+}
+
+fn compile_condition(condition: &Condition, first: usize, parameters: &mut Vec<String>) -> String {
+    let mut parameter = |value: String| {
+        parameters.push(value);
+        format!("${}", first + parameters.len() - 1)
+    };
+    let key = parameter(condition.key.clone());
+    let present = format!("(d.metadata ? {key}::text)");
+    // The value itself, or each element of an array value.
+    let elements = format!(
+        "jsonb_array_elements(CASE jsonb_typeof(d.metadata -> {key}::text) \
+         WHEN 'array' THEN d.metadata -> {key}::text \
+         ELSE jsonb_build_array(d.metadata -> {key}::text) END) AS element(value)"
+    );
+    let any = |test: String| format!("EXISTS (SELECT 1 FROM {elements} WHERE {test})");
+    match condition.operator {
+        Operator::Eq => {
+            let value = parameter(condition.value.to_string());
+            format!(
+                "({present} AND {})",
+                any(format!("element.value = {value}::text::jsonb"))
+            )
+        }
+        Operator::Ne => {
+            let value = parameter(condition.value.to_string());
+            format!(
+                "(NOT ({present} AND {}))",
+                any(format!("element.value = {value}::text::jsonb"))
+            )
+        }
+        Operator::In => {
+            let values = parameter(condition.value.to_string());
+            format!(
+                "({present} AND {})",
+                any(format!(
+                    "element.value IN (SELECT jsonb_array_elements({values}::text::jsonb))"
+                ))
+            )
+        }
+        Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte => {
+            let symbol = match condition.operator {
+                Operator::Gt => ">",
+                Operator::Gte => ">=",
+                Operator::Lt => "<",
+                _ => "<=",
+            };
+            let test = match &condition.value {
+                Value::Number(number) => {
+                    let value = parameter(number.to_string());
+                    // CASE, not AND: SQL does not promise to test the type before the cast.
+                    format!(
+                        "CASE WHEN jsonb_typeof(element.value) = 'number' \
+                         THEN (element.value)::numeric {symbol} {value}::text::numeric \
+                         ELSE FALSE END"
+                    )
+                }
+                Value::String(text) => {
+                    let value = parameter(text.clone());
+                    format!(
+                        "CASE WHEN jsonb_typeof(element.value) = 'string' \
+                         THEN (element.value #>> '{{}}') COLLATE \"C\" {symbol} {value}::text \
+                         ELSE FALSE END"
+                    )
+                }
+                // The parser admits only numbers and strings here.
+                _ => "FALSE".to_string(),
+            };
+            format!("({present} AND {})", any(test))
+        }
+    }
+}
+
+/// Writes a vector in pgvector's `sparsevec` text form, `{index:value,…}/dimension`, with
+/// 1-based indices. Beyond [`MAX_INDEXED_NONZERO`] non-zero values only the largest are kept
+/// (and the vector normalised again), since HNSW cannot index more: the hashing embedder
+/// reaches that only for long documents, whose strongest features carry their similarity.
+pub(super) fn sparsevec_text(embedding: &Embedding, dimension: usize) -> String {
+    let mut pairs: Vec<(u32, f32)> = embedding
+        .indices
+        .iter()
+        .copied()
+        .zip(embedding.values.iter().copied())
+        .filter(|(index, _)| (*index as usize) < dimension)
+        .collect();
+    if pairs.len() > MAX_INDEXED_NONZERO {
+        pairs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        pairs.truncate(MAX_INDEXED_NONZERO);
+        pairs.sort_by_key(|(index, _)| *index);
+        let norm = pairs
+            .iter()
+            .map(|(_, value)| value * value)
+            .sum::<f32>()
+            .sqrt();
+        if norm > 0.0 && norm.is_finite() {
+            for (_, value) in &mut pairs {
+                *value /= norm;
+            }
+        }
+    }
+    let mut text = String::with_capacity(pairs.len() * 14 + 8);
+    text.push('{');
+    for (position, (index, value)) in pairs.iter().enumerate() {
+        if position > 0 {
+            text.push(',');
+        }
+        let _ = write!(text, "{}:{}", index + 1, value);
+    }
+    let _ = write!(text, "}}/{dimension}");
+    text
+}
+
+/// Builds a `to_tsquery` input matching any of the terms, each quoted so that nothing in
+/// them is read as tsquery syntax. Empty when there are no terms.
+pub(super) fn any_term_query(terms: &[String]) -> String {
+    let quoted: Vec<String> = terms
+        .iter()
+        .map(|term| format!("'{}'", term.replace('\\', "\\\\").replace('\'', "''")))
+        .collect();
+    quoted.join(" | ")
+}
+
+/// The hybrid search: both rankings with the filter inside them, each cut to `$4`
+/// candidates, fused by reciprocal rank (`$6` is the constant) and cut to `$7` hits, in one
+/// statement. Parameters: `$1` collection name, `$2` query vector, `$3` whether to rank by
+/// vector, `$5` the tsquery text (empty skips the keyword ranking), then the filter's from
+/// `$8`. The first column is the collection's id, NULL when it does not exist; a collection
+/// without hits yields one row whose other columns are NULL.
+pub(super) fn search_statement(dimension: usize, filter_sql: &str) -> String {
+    let vector =
+        format!("d.embedding::sparsevec({dimension}) <#> $2::text::sparsevec({dimension})");
+    format!(
+        "WITH collection AS (SELECT id FROM deeprecall_collections WHERE name = $1::text),
+by_vector AS (
+    SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM (
+        SELECT d.id, {vector} AS distance
+        FROM deeprecall_documents d
+        WHERE $3::bool AND d.collection_id = (SELECT id FROM collection) AND {filter_sql}
+        ORDER BY {vector}
+        LIMIT $4::bigint
+    ) nearest
+    WHERE distance < 0
+),
+by_keyword AS (
+    SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM (
+        SELECT d.id, ts_rank(d.keywords, search.query) AS score
+        FROM deeprecall_documents d,
+             (SELECT CASE WHEN $5::text = '' THEN NULL
+                          ELSE to_tsquery('english', $5::text) END AS query) search
+        WHERE d.collection_id = (SELECT id FROM collection)
+          AND d.keywords @@ search.query AND {filter_sql}
+        ORDER BY score DESC, d.id
+        LIMIT $4::bigint
+    ) matched
+),
+fused AS (
+    SELECT id, sum(1.0 / ($6::float8 + rank)) AS score
+    FROM (SELECT id, rank FROM by_vector UNION ALL SELECT id, rank FROM by_keyword) ranked
+    GROUP BY id
+)
+SELECT (SELECT id FROM collection), hit.doc_id, hit.content, hit.metadata, hit.score
+FROM (SELECT 1) AS always
+LEFT JOIN LATERAL (
+    SELECT d.doc_id, d.content, d.metadata, fused.score::float8 AS score
+    FROM fused JOIN deeprecall_documents d ON d.id = fused.id
+    ORDER BY fused.score DESC, d.doc_id
+    LIMIT $7::bigint
+) hit ON TRUE"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn filter(value: Value) -> Filter {
+        match value {
+            Value::Object(map) => Filter::from_json(&map).unwrap(),
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn filters_compile_to_placeholders_and_keep_values_out_of_the_text() {
+        let hostile = "'); DROP TABLE deeprecall_documents; --";
+        let compiled = compile_filter(
+            &filter(json!({"team": hostile, "year": {"$gte": 2020}, "tag": {"$in": [hostile]}})),
+            8,
+        );
+        assert!(!compiled.sql.contains("DROP"), "{}", compiled.sql);
+        assert_eq!(compiled.parameters.len(), 6);
+        assert!(compiled.sql.contains("$8") && compiled.sql.contains("$13"));
+        assert!(!compiled.sql.contains("$14"));
+        assert_eq!(compile_filter(&Filter::default(), 8).sql, "TRUE");
+    }
+
+    #[test]
+    fn sparse_vectors_are_one_based_and_cut_to_what_hnsw_indexes() {
+        let small = Embedding {
+            indices: vec![0, 7],
+            values: vec![0.6, -0.8],
+        };
+        assert_eq!(sparsevec_text(&small, 16), "{1:0.6,8:-0.8}/16");
+        assert_eq!(sparsevec_text(&Embedding::default(), 16), "{}/16");
+        let large = Embedding {
+            indices: (0..1_500).collect(),
+            values: (0..1_500).map(|n| 1.0 + n as f32).collect(),
+        };
+        let text = sparsevec_text(&large, 4096);
+        assert_eq!(text.matches(':').count(), MAX_INDEXED_NONZERO);
+        assert!(text.starts_with("{501:"), "the weakest are dropped");
+    }
+
+    #[test]
+    fn keyword_queries_quote_every_term() {
+        let terms = vec!["it's".to_string(), "a|b".to_string(), "c\\".to_string()];
+        assert_eq!(any_term_query(&terms), "'it''s' | 'a|b' | 'c\\\\'");
+        assert_eq!(any_term_query(&[]), "");
+    }
+}

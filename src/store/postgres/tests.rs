@@ -1,0 +1,213 @@
+//! Tests of the PostgreSQL store against a real PostgreSQL with pgvector ([`testing`]); what
+//! every store does is in [`crate::store::conformance`], run here through [`fresh`].
+
+use std::sync::Arc;
+
+use super::testing::{self, PASSWORD};
+use super::*;
+use crate::config::{SslMode, StoreBackend};
+use crate::embed::HashingEmbedder;
+use crate::store::conformance::{Subject, corpus, hashing, request, search_ids};
+
+mod conformance {
+    crate::store::conformance::conformance_suite!(super::fresh);
+}
+
+/// Settings for a database of the shared test server.
+pub(crate) fn settings(url: String) -> StoreConfig {
+    StoreConfig {
+        backend: StoreBackend::Postgres,
+        database_url: crate::secret::Secret::new(url),
+        pool_size: 4,
+        sslmode: SslMode::Disable,
+        connect_timeout_seconds: 10.0,
+        ..StoreConfig::default()
+    }
+}
+
+async fn fresh(embedder: Arc<dyn Embedder>) -> Subject {
+    let server = testing::shared();
+    let database = server.create_database().await;
+    let store = PostgresStore::connect(&settings(server.url(&database)), embedder)
+        .await
+        .unwrap();
+    Subject {
+        store: Arc::new(store),
+        _keep: Box::new(()),
+    }
+}
+
+async fn fresh_database() -> String {
+    let server = testing::shared();
+    server.url(&server.create_database().await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_migrate_exactly_once() {
+    let url = fresh_database().await;
+    let starts = (0..5).map(|_| {
+        let config = settings(url.clone());
+        tokio::spawn(async move {
+            PostgresStore::migrate(&config, &HashingEmbedder::default())
+                .await
+                .unwrap()
+        })
+    });
+    let reports = futures::future::join_all(starts).await;
+    let applied: usize = reports
+        .into_iter()
+        .map(|report| report.unwrap().applied.len())
+        .sum();
+    assert_eq!(applied, known_version() as usize);
+
+    let store = PostgresStore::connect(&settings(url), hashing())
+        .await
+        .unwrap();
+    let client = store.pool.get().await.unwrap();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM deeprecall_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, known_version());
+    // The lock is free again: nobody holds it past the migration.
+    let free: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[&migrations::lock_key()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(free);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_this_build_is_refused() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    let newer = known_version() + 1;
+    store
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO deeprecall_schema_migrations (version, name, checksum) \
+             VALUES ($1, 'from the future', '')",
+            &[&newer],
+        )
+        .await
+        .unwrap();
+    let refused = PostgresStore::connect(&settings(url), hashing()).await;
+    match refused {
+        Err(error @ StoreError::SchemaTooNew { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&newer.to_string()), "{message}");
+            assert!(message.contains("newer"), "{message}");
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_embedder_over_existing_documents_is_refused() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    store.add_documents("docs", corpus()).await.unwrap();
+    let other = Arc::new(HashingEmbedder::new(512));
+    let error = PostgresStore::connect(&settings(url), other)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("embedded by"), "{error}");
+
+    // Over an empty database, the new embedder takes over, vector index included.
+    let url = fresh_database().await;
+    PostgresStore::connect(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    let other = PostgresStore::connect(&settings(url), Arc::new(HashingEmbedder::new(512)))
+        .await
+        .unwrap();
+    other.add_documents("docs", corpus()).await.unwrap();
+    assert_eq!(
+        search_ids(&other, request("docs", "garonne river", 1)).await,
+        vec!["toulouse"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_comes_from_the_password_file_or_pgpassword() {
+    let server = testing::shared();
+    let database = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    let mut config = settings(server.url_without_password(&database));
+    config.database_password_file = Some(file);
+    let store = PostgresStore::connect(&config, hashing()).await.unwrap();
+    assert!(store.collections().await.unwrap().is_empty());
+
+    let mut config = settings(server.url_without_password(&database));
+    config.libpq_env.insert(
+        "PGPASSWORD".to_string(),
+        crate::secret::Secret::new(PASSWORD),
+    );
+    let store = PostgresStore::connect(&config, hashing()).await.unwrap();
+    assert!(store.collections().await.unwrap().is_empty());
+
+    // A wrong password is not a database that is down: it fails at once.
+    let mut config = settings(server.url_without_password(&database));
+    config.libpq_env.insert(
+        "PGPASSWORD".to_string(),
+        crate::secret::Secret::new("wrong"),
+    );
+    let error = PostgresStore::connect(&config, hashing())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+    assert!(!error.to_string().contains("wrong"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_timeout_is_unavailable_not_a_failure() {
+    let url = fresh_database().await;
+    let mut config = settings(url);
+    config.statement_timeout_seconds = 0.05;
+    let store = PostgresStore::connect(&config, hashing()).await.unwrap();
+    let client = store.pool.get().await.unwrap();
+    let error: StoreError = client
+        .query("SELECT pg_sleep(5)", &[])
+        .await
+        .unwrap_err()
+        .into();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_documents_are_indexed_by_their_strongest_dimensions() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect(&settings(url), hashing())
+        .await
+        .unwrap();
+    // Thousands of distinct words: far more hashed features than HNSW indexes.
+    let long: String = (0..3_000).map(|n| format!("w{n}x{} ", n * 7)).collect();
+    store
+        .add_documents(
+            "docs",
+            vec![
+                crate::store::conformance::doc("long", &format!("{long} zeppelin")),
+                crate::store::conformance::doc("short", "a short note"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        search_ids(&store, request("docs", "zeppelin", 1)).await,
+        vec!["long"]
+    );
+}

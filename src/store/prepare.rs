@@ -1,0 +1,173 @@
+//! What every store does to documents and queries before its own I/O: ids resolved, duplicates
+//! dropped, texts embedded and embeddings put in canonical form; and the constants of the
+//! fused ranking, so that both stores rank alike.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{NewDocument, StoreError};
+use crate::embed::{EmbedError, Embedder, Embedding};
+
+/// Texts per embedder call, which bounds the size of a request to a remote embedder.
+const EMBED_BATCH: usize = 256;
+/// The usual constant of reciprocal rank fusion (Cormack et al., 2009).
+pub(crate) const RRF_K: f64 = 60.0;
+const MIN_CANDIDATES: usize = 30;
+const CANDIDATES_PER_HIT: usize = 3;
+
+/// Returns how many candidates each ranking contributes to the fusion for `top_k` hits.
+pub(crate) fn candidates_for(top_k: usize) -> usize {
+    top_k.saturating_mul(CANDIDATES_PER_HIT).max(MIN_CANDIDATES)
+}
+
+/// A document ready to be written: id resolved, embedded, metadata serialised.
+pub(crate) struct PreparedDocument {
+    pub(crate) doc_id: String,
+    pub(crate) content: String,
+    pub(crate) metadata: Map<String, Value>,
+    pub(crate) metadata_json: String,
+    pub(crate) embedding: Embedding,
+}
+
+/// Resolves ids (an empty or missing id gets a UUID), keeps the last document of each id, and
+/// embeds the survivors. Returns the ids in input order, with repeats, and the documents to
+/// write.
+pub(crate) async fn prepare_documents(
+    embedder: &dyn Embedder,
+    documents: Vec<NewDocument>,
+) -> Result<(Vec<String>, Vec<PreparedDocument>), StoreError> {
+    // An empty id is what proto3 sends for "no id"; treating it as one would store a
+    // document nobody can address.
+    let ids: Vec<String> = documents
+        .iter()
+        .map(|document| match &document.id {
+            Some(id) if !id.is_empty() => id.clone(),
+            _ => Uuid::new_v4().to_string(),
+        })
+        .collect();
+    // Within one call the last document with an id wins, so only the winners are written.
+    let mut winner: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+    for (position, id) in ids.iter().enumerate() {
+        winner.insert(id, position);
+    }
+    let mut prepared = Vec::with_capacity(winner.len());
+    for (position, document) in documents.into_iter().enumerate() {
+        let id = &ids[position];
+        if winner.get(id.as_str()) != Some(&position) {
+            continue;
+        }
+        let metadata_json = serde_json::to_string(&document.metadata)
+            .map_err(|err| StoreError::Corrupt(format!("unserialisable metadata: {err}")))?;
+        prepared.push(PreparedDocument {
+            doc_id: id.clone(),
+            content: document.content,
+            metadata: document.metadata,
+            metadata_json,
+            embedding: Embedding::default(),
+        });
+    }
+    drop(winner);
+
+    let contents: Vec<String> = prepared
+        .iter()
+        .map(|document| document.content.clone())
+        .collect();
+    let embeddings = embed_all(embedder, &contents).await?;
+    drop(contents);
+    for (document, embedding) in prepared.iter_mut().zip(embeddings) {
+        document.embedding = embedding;
+    }
+    Ok((ids, prepared))
+}
+
+/// Embeds one search text.
+pub(crate) async fn embed_query(
+    embedder: &dyn Embedder,
+    query: String,
+) -> Result<Embedding, StoreError> {
+    Ok(embed_all(embedder, &[query])
+        .await?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// Embeds texts in batches, checking that the embedder kept its contract.
+pub(crate) async fn embed_all(
+    embedder: &dyn Embedder,
+    texts: &[String],
+) -> Result<Vec<Embedding>, StoreError> {
+    let mut embeddings = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(EMBED_BATCH) {
+        let batch_embeddings = embedder.embed(batch).await?;
+        if batch_embeddings.len() != batch.len() {
+            return Err(EmbedError::BadResponse(format!(
+                "{} embeddings for {} texts",
+                batch_embeddings.len(),
+                batch.len()
+            ))
+            .into());
+        }
+        embeddings.extend(batch_embeddings.into_iter().map(sanitize));
+    }
+    Ok(embeddings)
+}
+
+/// Puts an embedding in the form the index and the stored format expect: matching lengths,
+/// ascending unique indices, finite non-zero values. A non-finite value would turn every
+/// score it touches into NaN and hide the document from every search.
+pub(crate) fn sanitize(embedding: Embedding) -> Embedding {
+    let Embedding { indices, values } = embedding;
+    let well_formed = indices.len() == values.len()
+        && indices.windows(2).all(|pair| pair[0] < pair[1])
+        && values
+            .iter()
+            .all(|value| value.is_finite() && *value != 0.0);
+    if well_formed {
+        return Embedding { indices, values };
+    }
+    let mut pairs: Vec<(u32, f32)> = indices
+        .into_iter()
+        .zip(values)
+        .filter(|(_, value)| value.is_finite())
+        .collect();
+    pairs.sort_by_key(|(index, _)| *index);
+    let mut clean = Embedding::default();
+    for (index, value) in pairs {
+        match (clean.indices.last(), clean.values.last_mut()) {
+            (Some(last), Some(sum)) if *last == index => *sum += value,
+            _ => {
+                clean.indices.push(index);
+                clean.values.push(value);
+            }
+        }
+    }
+    let (indices, values) = clean
+        .indices
+        .into_iter()
+        .zip(clean.values)
+        .filter(|(_, value)| *value != 0.0)
+        .unzip();
+    Embedding { indices, values }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_sorts_merges_and_drops_bad_values() {
+        let messy = Embedding {
+            indices: vec![5, 1, 5, 3, 9],
+            values: vec![0.5, 0.25, 0.5, f32::NAN, 0.0],
+        };
+        assert_eq!(
+            sanitize(messy),
+            Embedding {
+                indices: vec![1, 5],
+                values: vec![0.25, 1.0]
+            }
+        );
+    }
+}
