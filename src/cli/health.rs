@@ -40,6 +40,12 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
             ))
         })?;
     let service = args.service.clone();
+    let no_answer = || {
+        CliError::Io(format!(
+            "no health answer within {} s",
+            timeout.as_secs_f64()
+        ))
+    };
     let check = async {
         let (channel, key) = args.client.connect_channel().await?;
         let mut health = HealthClient::with_interceptor(channel, key);
@@ -54,15 +60,21 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
             Err(status) if status.code() == tonic::Code::NotFound => Ok(HealthCheckResponse {
                 status: ServingStatus::ServiceUnknown as i32,
             }),
+            // The call's own deadline, when it fires before the timer below.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                Err(no_answer())
+            }
             Err(status) => Err(CliError::Call(status)),
         }
     };
-    let response = tokio::time::timeout(timeout, check).await.map_err(|_| {
-        CliError::Io(format!(
-            "no health answer within {} s",
-            timeout.as_secs_f64()
-        ))
-    })??;
+    let response = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| no_answer())??;
     let shown = if service.is_empty() {
         "server"
     } else {
@@ -113,8 +125,14 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
     println!("metrics_listen: {metrics}");
     println!("shutdown_grace_seconds: {grace}");
     println!("data_dir: {}", config.store.data_dir.display());
-    println!("cache: {}", format!("{:?}", config.cache.backend).to_lowercase());
-    println!("llm: {}", format!("{:?}", config.llm.backend).to_lowercase());
+    println!(
+        "cache: {}",
+        format!("{:?}", config.cache.backend).to_lowercase()
+    );
+    println!(
+        "llm: {}",
+        format!("{:?}", config.llm.backend).to_lowercase()
+    );
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod common;
 mod access;
 mod cache;
 mod clients;
+mod deploy_checks;
 mod documents;
 mod errors;
 mod lifecycle;
