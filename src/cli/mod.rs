@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod health;
 pub mod ingest;
 mod output;
 
@@ -38,6 +39,9 @@ enum Command {
     Query(QueryArgs),
     /// Prints collections, cache counters and usage.
     Stats(StatsArgs),
+    /// Exits 0 only when the server reports SERVING (for scripts, images and hosts without
+    /// Kubernetes' own gRPC probe).
+    Health(health::HealthArgs),
     /// Deletes documents by id.
     Delete(DeleteArgs),
     /// Writes a commented configuration file with every default.
@@ -105,6 +109,10 @@ impl ConfigArgs {
 struct ServeArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Loads and checks the configuration, prints the settings a deployment must match, and
+    /// exits without listening or opening the store.
+    #[arg(long)]
+    check_config: bool,
     /// Address to listen on (default 127.0.0.1:50051); env DEEPRECALL_LISTEN.
     #[arg(long)]
     listen: Option<String>,
@@ -187,6 +195,11 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     async fn connect(&self) -> Result<ServerClient, CliError> {
+        let (endpoint, key) = self.endpoint_and_key()?;
+        connect(&endpoint, key.as_deref()).await
+    }
+
+    fn endpoint_and_key(&self) -> Result<(String, Option<String>), CliError> {
         let env = config::process_env();
         let endpoint = config::server_endpoint(self.server.as_deref(), &env);
         let key = match &self.key_file {
@@ -195,7 +208,7 @@ impl ClientArgs {
             })?),
             None => env.get(config::CLIENT_KEY_ENV).cloned(),
         };
-        connect(&endpoint, key.as_deref()).await
+        Ok((endpoint, key))
     }
 }
 
@@ -324,6 +337,9 @@ pub enum CliError {
     /// A call failed below gRPC: the connection broke or the server does not speak gRPC.
     #[error("the call failed: {0}")]
     Transport(String),
+    /// The server answered health checks with a status other than SERVING.
+    #[error("{0}")]
+    NotServing(String),
     /// A file operation failed.
     #[error("{0}")]
     Io(String),
@@ -376,6 +392,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ingest(args) => ingest::run(args).await,
         Command::Query(args) => query(args).await,
         Command::Stats(args) => stats(args).await,
+        Command::Health(args) => health::run(args).await,
         Command::Delete(args) => delete(args).await,
         Command::Init(args) => init(args),
         Command::Demo(args) => demo::run(args).await,
@@ -448,6 +465,9 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         args.api_key_file.map(|path| path.display().to_string()),
     );
     let config = args.config.load(flags)?;
+    if args.check_config {
+        return health::check_config(&config);
+    }
     let tracing = init_telemetry(&config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

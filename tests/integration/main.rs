@@ -12,6 +12,7 @@ mod access;
 mod cache;
 mod clients;
 mod deadlines;
+mod deploy_checks;
 mod documents;
 mod errors;
 mod lifecycle;
