@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+pub mod eval;
 pub mod ingest;
 mod output;
 
@@ -46,6 +47,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measures ingest, search and cached-query speed.
     Bench(bench::BenchArgs),
+    /// Scores answers, citations, cost and latency on a question set, loop against single pass.
+    Eval(Box<eval::EvalArgs>),
 }
 
 /// Flags shared by the commands that read the configuration.
@@ -335,6 +338,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(args) => init(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Eval(args) => eval::run(*args).await,
     }
 }
 
@@ -533,6 +537,7 @@ async fn query(args: QueryArgs) -> Result<(), CliError> {
             ..pb::Budget::default()
         }),
         skip_cache: args.skip_cache,
+        ..pb::QueryRequest::default()
     };
     let mut client = args.client.connect().await?;
     let mut stream = client.query(request).await?.into_inner();
