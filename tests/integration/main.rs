@@ -13,6 +13,7 @@ mod cache;
 mod clients;
 mod documents;
 mod errors;
+mod eval;
 mod lifecycle;
 mod models;
 mod query;

@@ -170,14 +170,32 @@ fn distinct(ids: &[String]) -> Vec<&str> {
     seen
 }
 
-/// Removes citation markers `[id]` naming one of `ids`, which are not part of the answer's
-/// words.
+/// Removes citation markers: `[id]` for every id in `ids` (cited or retrieved), and any other
+/// bracketed word without spaces, such as an id a model made up, which the server leaves in a
+/// plain-text answer. They are not part of the answer's words.
 pub fn strip_citations<'a>(answer: &str, ids: impl Iterator<Item = &'a String>) -> String {
     let mut text = answer.to_string();
     for id in ids {
         text = text.replace(&format!("[{id}]"), " ");
     }
-    text
+    let mut stripped = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        match after.find(']') {
+            Some(close) if close > 0 && !after[..close].contains(char::is_whitespace) => {
+                stripped.push_str(&rest[..open]);
+                stripped.push(' ');
+                rest = &after[close + 1..];
+            }
+            _ => {
+                stripped.push_str(&rest[..=open]);
+                rest = after;
+            }
+        }
+    }
+    stripped.push_str(rest);
+    stripped
 }
 
 /// The `percent` percentile by nearest rank: the smallest value with at least `percent`% of
@@ -295,6 +313,13 @@ mod tests {
 
     #[test]
     fn citation_markers_are_not_answer_words() {
+        assert_eq!(
+            normalize_answer(&strip_citations(
+                "Oslo [a] [made-up], [not a marker]",
+                [].iter()
+            )),
+            "oslo not marker"
+        );
         let scores = score(
             "Tampere [kestrel.md#0]",
             &strings(&["Tampere"]),
