@@ -208,3 +208,141 @@ pub fn below_baseline(baseline: &Summary, current: &Summary) -> Result<Vec<Strin
     }
     Ok(fallen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::eval::metrics::Scores;
+
+    fn record(mode: Mode, id: &str, f1: f64, contains: f64) -> QuestionRecord {
+        QuestionRecord {
+            id: id.to_string(),
+            line: 1,
+            mode,
+            question: format!("Question {id}?"),
+            answers: vec!["x".into()],
+            supporting_ids: Vec::new(),
+            answer: String::new(),
+            citations: Vec::new(),
+            retrieved_ids: Vec::new(),
+            partial: false,
+            failed: false,
+            error: None,
+            cached: false,
+            model_calls: 1,
+            searches: 1,
+            input_tokens: 10,
+            output_tokens: 1,
+            cost_usd: 0.5,
+            latency_seconds: 0.1,
+            scores: Scores {
+                f1,
+                contains,
+                ..Scores::default()
+            },
+            judge: None,
+            searches_made: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn folder(records: &[QuestionRecord]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let lines: String = records
+            .iter()
+            .map(|record| serde_json::to_string(record).expect("encodes") + "\n")
+            .collect();
+        std::fs::write(dir.path().join("results.jsonl"), lines).expect("written");
+        dir
+    }
+
+    #[test]
+    fn changes_are_told_question_by_question_from_two_result_folders() {
+        let before = folder(&[
+            record(Mode::Loop, "a", 0.5, 1.0),
+            record(Mode::Loop, "b", 1.0, 1.0),
+            record(Mode::Loop, "c", 0.0, 0.0),
+            record(Mode::Loop, "gone", 0.0, 0.0),
+            record(Mode::SinglePass, "a", 0.2, 0.0),
+        ]);
+        let after = folder(&[
+            record(Mode::Loop, "a", 0.75, 1.0),
+            record(Mode::Loop, "b", 0.5, 1.0),
+            record(Mode::Loop, "c", 0.0, 1.0),
+            record(Mode::Loop, "new", 1.0, 1.0),
+            record(Mode::SinglePass, "a", 0.2, 0.0),
+        ]);
+        let old = read_results(before.path()).expect("old results");
+        let new = read_results(after.path()).expect("new results");
+        let text = compare_markdown(Path::new("runs/before"), &old, &new);
+        let expected = "\
+## Compared with runs/before
+
+| mode | better | worse | same | new | gone |
+|---|---:|---:|---:|---:|---:|
+| loop | 2 | 1 | 0 | 1 | 1 |
+| single-pass | 0 | 0 | 1 | 0 | 0 |
+
+| change | mode | id | F1 | contains | question |
+|---|---|---|---|---|---|
+| better | loop | a | 0.500 → 0.750 | 1 → 1 | Question a? |
+| worse | loop | b | 1.000 → 0.500 | 1 → 1 | Question b? |
+| better | loop | c | 0.000 → 0.000 | 0 → 1 | Question c? |
+
+| metric | mode | before | after |
+|---|---|---:|---:|
+| exact match | loop | 0.000 | 0.000 |
+| token F1 | loop | 0.375 | 0.562 |
+| answer contains | loop | 0.500 | 1.000 |
+| citation precision | loop | – | – |
+| supporting recall (cited) | loop | – | – |
+| supporting recall (retrieved) | loop | – | – |
+| cost (USD) | loop | 2.0000 | 2.0000 |
+| exact match | single-pass | 0.000 | 0.000 |
+| token F1 | single-pass | 0.200 | 0.200 |
+| answer contains | single-pass | 0.000 | 0.000 |
+| citation precision | single-pass | – | – |
+| supporting recall (cited) | single-pass | – | – |
+| supporting recall (retrieved) | single-pass | – | – |
+| cost (USD) | single-pass | 0.5000 | 0.5000 |
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_score_under_the_baseline_is_named() {
+        let summary = |f1: f64, precision: Option<f64>| Summary {
+            modes: [(
+                Mode::Loop,
+                ModeSummary {
+                    f1,
+                    citation_precision: precision,
+                    ..ModeSummary::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Summary::default()
+        };
+        let baseline = summary(0.5, Some(0.8));
+        assert!(
+            below_baseline(&baseline, &summary(0.5, Some(0.9)))
+                .expect("comparable")
+                .is_empty()
+        );
+        assert_eq!(
+            below_baseline(&baseline, &summary(0.4, None)).expect("comparable"),
+            vec![
+                "loop token F1: 0.400 is below the baseline's 0.500",
+                "loop citation precision: – is below the baseline's 0.800",
+            ]
+        );
+        let other_mode = Summary {
+            modes: [(Mode::SinglePass, ModeSummary::default())]
+                .into_iter()
+                .collect(),
+            ..Summary::default()
+        };
+        assert!(below_baseline(&baseline, &other_mode).is_err());
+    }
+}
