@@ -12,8 +12,8 @@ use crate::engine::budget::BudgetWarning;
 use crate::engine::events::{ModelCallRecord, SearchRecord, SubModelCallRecord};
 use crate::engine::result::{BudgetStatus, ModelUsage, ReasoningStep, Usage};
 use crate::engine::{
-    BudgetLimits, BudgetResource, BudgetUsage, EngineError, EngineStats, EventKind, QueryRequest,
-    QueryResult, TraceEvent, UsageTotals,
+    BudgetLimits, BudgetResource, BudgetUsage, EngineError, EngineStats, EventKind, QueryMode,
+    QueryRequest, QueryResult, TraceEvent, UsageTotals,
 };
 use crate::store::{CollectionInfo, Hit, NewDocument, WriteOutcome};
 
@@ -28,6 +28,7 @@ pub fn query_request(request: pb::QueryRequest) -> Result<QueryRequest, EngineEr
         context_prefix,
         budget,
         skip_cache,
+        mode,
     } = request;
     Ok(QueryRequest {
         query,
@@ -38,7 +39,21 @@ pub fn query_request(request: pb::QueryRequest) -> Result<QueryRequest, EngineEr
         context_prefix,
         budget: budget.map(budget_limits).transpose()?.unwrap_or_default(),
         skip_cache,
+        mode: query_mode(mode)?,
     })
+}
+
+/// An unset mode is the loop; a number this server does not know is refused rather than
+/// silently answered another way.
+fn query_mode(mode: i32) -> Result<QueryMode, EngineError> {
+    match pb::QueryMode::try_from(mode) {
+        Ok(pb::QueryMode::Unspecified | pb::QueryMode::Loop) => Ok(QueryMode::Loop),
+        Ok(pb::QueryMode::SinglePass) => Ok(QueryMode::SinglePass),
+        Err(_) => Err(EngineError::invalid(
+            "mode",
+            format!("{mode} is not a known query mode"),
+        )),
+    }
 }
 
 fn budget_limits(budget: pb::Budget) -> Result<BudgetLimits, EngineError> {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -26,25 +25,11 @@ pub struct DemoArgs {
     questions: usize,
 }
 
-#[derive(Debug, Deserialize)]
-struct DemoQuestion {
-    question: String,
-    answer_contains: String,
-}
-
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let questions_path = args.examples.join("questions.json");
-    let questions: Vec<DemoQuestion> = std::fs::read_to_string(&questions_path)
-        .map_err(|error| CliError::Io(format!("cannot read {}: {error}", questions_path.display())))
-        .and_then(|text| {
-            serde_json::from_str(&text).map_err(|error| {
-                CliError::Io(format!(
-                    "{} is not valid: {error}",
-                    questions_path.display()
-                ))
-            })
-        })?;
+    let questions = super::eval::dataset::load(&questions_path)
+        .map_err(|error| CliError::Io(error.to_string()))?;
     let data_dir = tempfile::tempdir()
         .map_err(|error| CliError::Io(format!("cannot create a data directory: {error}")))?;
 
@@ -99,11 +84,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             }
             printer.print(&event);
         }
-        let found = answer.contains(&question.answer_contains);
+        let found = question
+            .answers
+            .iter()
+            .any(|accepted| super::eval::metrics::contains_score(&answer, accepted) > 0.0);
         answered += usize::from(found);
         println!(
             "expected {:?}: {}\n",
-            question.answer_contains,
+            question.answers[0],
             if found { "found" } else { "not found" }
         );
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod health;
+pub mod eval;
 pub mod ingest;
 mod output;
 
@@ -50,6 +51,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measures ingest, search and cached-query speed.
     Bench(bench::BenchArgs),
+    /// Scores answers, citations, cost and latency on a question set, loop against single pass.
+    Eval(Box<eval::EvalArgs>),
     /// Brings the postgres store's schema to this build's version, ahead of a rollout.
     Migrate(MigrateArgs),
 }
@@ -398,6 +401,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Eval(args) => eval::run(*args).await,
     }
 }
 
@@ -665,6 +669,7 @@ async fn query(args: QueryArgs) -> Result<(), CliError> {
             ..pb::Budget::default()
         }),
         skip_cache: args.skip_cache,
+        ..pb::QueryRequest::default()
     };
     let mut client = args.client.connect().await?;
     let mut stream = client.query(request).await?.into_inner();

@@ -212,6 +212,20 @@ pub struct QueryRequest {
     pub budget: BudgetLimits,
     /// Skips the cache lookup.
     pub skip_cache: bool,
+    /// The recursive loop, or a single pass for comparison.
+    pub mode: QueryMode,
+}
+
+/// How a query is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryMode {
+    /// The recursive loop: search, read, search again, until the model answers.
+    #[default]
+    Loop,
+    /// Plain retrieval-augmented generation: one search for the question, one answer call
+    /// (`run::single_pass`). It exists to measure what the loop adds.
+    SinglePass,
 }
 
 /// A validated query, ready to run.
@@ -647,9 +661,11 @@ impl Engine {
     ) -> BoxFuture<'static, ()> {
         let engine = self.clone();
         async move {
-            let outcome = run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone())
-                .execute()
-                .await;
+            let run = run::Run::new(&engine.inner, &prepared, sink, flight.stop.clone());
+            let outcome = match prepared.request.mode {
+                QueryMode::Loop => run.execute().await,
+                QueryMode::SinglePass => run.execute_single_pass().await,
+            };
             let mut cacheable = None;
             if let Ok(result) = &outcome {
                 engine.inner.accounting.record(&prepared.account, result);
@@ -890,6 +906,7 @@ impl Engine {
             "model": self.inner.model.name(),
             "sub_model": self.inner.sub_model.name(),
             "budget": limits,
+            "mode": request.mode,
         });
         CacheKey::digest_of(&collection.name, &material)
     }

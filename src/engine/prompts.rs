@@ -85,6 +85,39 @@ pub fn synthesis_user_message(question: &str, passages: &[(&str, &str)]) -> Stri
     message
 }
 
+const SINGLE_PASS_PROMPT: &str = "\
+You answer questions about a document collection from the passages of one search, which the \
+conversation shows. There is no further search. Call submit with your answer: cite every \
+passage you rely on as [id] in the answer text and list the ids in citations. If the passages \
+do not contain the answer, say so plainly rather than guess, with a low certainty. Be concise \
+and precise.";
+
+/// Returns the system prompt of a single-pass query, with the caller's extra instructions if
+/// any.
+pub fn single_pass_system_prompt(root_prompt: &str) -> String {
+    if root_prompt.trim().is_empty() {
+        SINGLE_PASS_PROMPT.to_string()
+    } else {
+        format!(
+            "{SINGLE_PASS_PROMPT}\n\nAdditional instructions from the caller:\n{}",
+            root_prompt.trim()
+        )
+    }
+}
+
+/// Returns the tools offered to a single-pass answer call: `submit` alone.
+pub fn single_pass_tools() -> Arc<[ToolSpec]> {
+    static TOOLS: LazyLock<Arc<[ToolSpec]>> = LazyLock::new(|| {
+        Arc::from(
+            tool_specs()
+                .into_iter()
+                .filter(|tool| tool.name == SUBMIT)
+                .collect::<Vec<_>>(),
+        )
+    });
+    Arc::clone(&TOOLS)
+}
+
 /// Returns the instruction for the sub-model, which gets no tools.
 pub fn sub_model_system_prompt() -> &'static str {
     "You are a careful reader. Answer from the text you are given only, briefly."

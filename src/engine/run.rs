@@ -27,6 +27,8 @@ use crate::llm::{
 use crate::store::{Filter, Hit, SearchRequest};
 use crate::telemetry::spans::{self, ModelCallSummary, ModelRole};
 
+mod single_pass;
+
 /// Completion tokens of the call that sums up a run that stopped early.
 const SUMMARY_MAX_TOKENS: u32 = 1024;
 
@@ -788,6 +790,7 @@ impl<'a> Run<'a> {
         let out_of_time = !self.budget.lock().summary_fits();
         if sources.is_empty()
             || out_of_time
+            || self.prepared.request.mode == super::QueryMode::SinglePass
             || !model.writes_summaries()
             || self.cancel_reason().is_some()
         {

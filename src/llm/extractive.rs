@@ -80,7 +80,9 @@ impl ExtractiveModel {
         ExtractiveModel { config }
     }
 
-    fn decide(&self, messages: &[Message]) -> (String, Vec<ToolCall>) {
+    /// Decides the next turn. Without `search_db` on offer (a single-pass query) it answers
+    /// from the searches the conversation already holds.
+    fn decide(&self, messages: &[Message], may_search: bool) -> (String, Vec<ToolCall>) {
         let question = question_of(messages);
         // Tool call ids must be unique across the conversation, as a real model's are.
         let turn = messages
@@ -100,7 +102,7 @@ impl ExtractiveModel {
             );
         };
         let followed: Vec<&PastSearch> = searches.iter().skip(1).collect();
-        if followed.is_empty() {
+        if followed.is_empty() && may_search {
             let names = self.names_to_follow(&question, &first.hits);
             if !names.is_empty() {
                 let calls = names
@@ -253,7 +255,8 @@ impl ChatModel for ExtractiveModel {
         let (content, tool_calls) = if request.tools.is_empty() {
             (self.digest(&request.messages), Vec::new())
         } else {
-            self.decide(&request.messages)
+            let may_search = request.tools.iter().any(|tool| tool.name == SEARCH_TOOL);
+            self.decide(&request.messages, may_search)
         };
         let input_tokens = request
             .messages
@@ -473,11 +476,11 @@ mod tests {
     fn tool_call_ids_are_unique_across_turns() {
         let model = ExtractiveModel::default();
         let mut messages = vec![Message::user("Question: Who makes the Zephyr?")];
-        let (_, first) = model.decide(&messages);
+        let (_, first) = model.decide(&messages, true);
         messages.push(Message::assistant("", first.clone()));
         let hits = json!({"hits": [{"id": "z", "content": "The Zephyr is made by Klaxon Works."}]});
         messages.push(Message::tool_result(first[0].id.clone(), hits.to_string()));
-        let (_, second) = model.decide(&messages);
+        let (_, second) = model.decide(&messages, true);
         assert_eq!(second[0].name, SEARCH_TOOL);
         assert!(second.iter().all(|call| call.id != first[0].id));
     }

@@ -46,7 +46,7 @@ const LIMITER_READY_WAIT: Duration = Duration::from_secs(2);
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 pub mod front_door;
-mod models;
+pub mod models;
 
 use front_door::FrontDoorLayer;
 

@@ -15,6 +15,7 @@ mod deadlines;
 mod deploy_checks;
 mod documents;
 mod errors;
+mod eval;
 mod lifecycle;
 mod models;
 mod query;

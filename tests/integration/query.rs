@@ -12,16 +12,23 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-#[derive(Deserialize)]
+/// A sample question: the fact its answer must state, and the documents holding it.
 struct SampleQuestion {
     question: String,
     answer_contains: String,
-    sources: Vec<String>,
+    supporting_ids: Vec<String>,
 }
 
 fn sample_questions() -> Vec<SampleQuestion> {
-    let text = std::fs::read_to_string(examples().join("questions.json")).expect("questions");
-    serde_json::from_str(&text).expect("questions parse")
+    deeprecall::cli::eval::dataset::load(&examples().join("questions.json"))
+        .expect("questions parse")
+        .into_iter()
+        .map(|question| SampleQuestion {
+            answer_contains: question.answers[0].clone(),
+            question: question.question,
+            supporting_ids: question.supporting_ids,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -87,10 +94,9 @@ async fn the_multi_hop_question_is_answered_with_both_hops_cited() {
         result.answer,
         sample.answer_contains
     );
-    for source in &sample.sources {
-        let id = format!("{source}#0");
+    for id in &sample.supporting_ids {
         assert!(
-            result.citations.contains(&id),
+            result.citations.contains(id),
             "{id} not cited in {:?}",
             result.citations
         );

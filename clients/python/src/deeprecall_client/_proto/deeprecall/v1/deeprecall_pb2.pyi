@@ -8,6 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class QueryMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUERY_MODE_UNSPECIFIED: _ClassVar[QueryMode]
+    QUERY_MODE_LOOP: _ClassVar[QueryMode]
+    QUERY_MODE_SINGLE_PASS: _ClassVar[QueryMode]
+
 class BudgetResource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BUDGET_RESOURCE_UNSPECIFIED: _ClassVar[BudgetResource]
@@ -16,6 +22,9 @@ class BudgetResource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUDGET_RESOURCE_TOKENS: _ClassVar[BudgetResource]
     BUDGET_RESOURCE_TIME: _ClassVar[BudgetResource]
     BUDGET_RESOURCE_COST: _ClassVar[BudgetResource]
+QUERY_MODE_UNSPECIFIED: QueryMode
+QUERY_MODE_LOOP: QueryMode
+QUERY_MODE_SINGLE_PASS: QueryMode
 BUDGET_RESOURCE_UNSPECIFIED: BudgetResource
 BUDGET_RESOURCE_ITERATIONS: BudgetResource
 BUDGET_RESOURCE_SEARCH_CALLS: BudgetResource
@@ -38,7 +47,7 @@ class Budget(_message.Message):
     def __init__(self, max_iterations: _Optional[int] = ..., max_search_calls: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_time_seconds: _Optional[float] = ..., max_cost_usd: _Optional[float] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
-    __slots__ = ("query", "root_prompt", "top_k", "collection", "filters", "context_prefix", "budget", "skip_cache")
+    __slots__ = ("query", "root_prompt", "top_k", "collection", "filters", "context_prefix", "budget", "skip_cache", "mode")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ROOT_PROMPT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +56,7 @@ class QueryRequest(_message.Message):
     CONTEXT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     query: str
     root_prompt: str
     top_k: int
@@ -55,7 +65,8 @@ class QueryRequest(_message.Message):
     context_prefix: str
     budget: Budget
     skip_cache: bool
-    def __init__(self, query: _Optional[str] = ..., root_prompt: _Optional[str] = ..., top_k: _Optional[int] = ..., collection: _Optional[str] = ..., filters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context_prefix: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
+    mode: QueryMode
+    def __init__(self, query: _Optional[str] = ..., root_prompt: _Optional[str] = ..., top_k: _Optional[int] = ..., collection: _Optional[str] = ..., filters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context_prefix: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., skip_cache: _Optional[bool] = ..., mode: _Optional[_Union[QueryMode, str]] = ...) -> None: ...
 
 class QueryEvent(_message.Message):
     __slots__ = ("sequence", "elapsed_seconds", "budget_used", "step_started", "llm_call", "search", "sub_llm_call", "step_completed", "budget_warning", "answer_delta", "result")
