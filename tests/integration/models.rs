@@ -22,7 +22,7 @@ fn point_at(config: &mut Config, mock: &MockLlmServer, backend: Backend) {
     config.cache.backend = deeprecall::config::CacheBackend::None;
 }
 
-async fn server_for(mock: &MockLlmServer, backend: Backend) -> TestServer {
+pub(crate) async fn server_for(mock: &MockLlmServer, backend: Backend) -> TestServer {
     let mut server = TestServer::start_with(|config| point_at(config, mock, backend)).await;
     add(
         &mut server.client,
