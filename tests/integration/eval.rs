@@ -435,3 +435,29 @@ async fn a_bad_dataset_is_refused_with_its_line_numbers_before_any_question() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_judge_that_cannot_grade_is_refused_before_any_question() {
+    let dataset = examples().join("questions.json");
+    // No server listens there, and the offline reader cannot grade.
+    let output = deeprecall(
+        strings(&[
+            "eval",
+            "--dataset",
+            &dataset.display().to_string(),
+            "--server",
+            "http://127.0.0.1:9",
+            "--judge",
+            "--judge-backend",
+            "extractive",
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--judge needs a model that can grade"),
+        "{stderr}"
+    );
+}
