@@ -592,6 +592,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_query_mode_defaults_to_the_loop_and_refuses_unknown_numbers() {
+        let with_mode = |mode: i32| {
+            query_request(pb::QueryRequest {
+                query: "q".into(),
+                mode,
+                ..pb::QueryRequest::default()
+            })
+        };
+        let mode_of = |mode: i32| with_mode(mode).map(|request| request.mode).ok();
+        assert_eq!(mode_of(0), Some(QueryMode::Loop));
+        assert_eq!(mode_of(pb::QueryMode::Loop as i32), Some(QueryMode::Loop));
+        assert_eq!(
+            mode_of(pb::QueryMode::SinglePass as i32),
+            Some(QueryMode::SinglePass)
+        );
+        assert!(matches!(
+            with_mode(9),
+            Err(EngineError::InvalidArgument { field, .. }) if field == "mode"
+        ));
+    }
+
+    #[test]
     fn structs_round_trip_through_json() {
         let original = json!({"team": "a", "year": 2021, "ratio": 0.5, "tags": ["x", true, null], "nested": {"k": 1}});
         let map = original.as_object().cloned().unwrap_or_default();

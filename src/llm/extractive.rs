@@ -1,7 +1,8 @@
 //! The offline backend. It plays the model's part through the same tool protocol as a real
 //! one, reading only the conversation: it searches the question, follows the names it finds in
 //! the hits that the question does not mention into a second search, and submits the sentences
-//! that answer, each cited. No network, deterministic, and it says what it is.
+//! that answer, each cited. Offered no search tool (a single-pass query), it answers at once
+//! from the search the conversation holds. No network, deterministic, and it says what it is.
 
 use std::collections::HashMap;
 

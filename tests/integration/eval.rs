@@ -7,9 +7,8 @@ use std::process::{Command, Output};
 use deeprecall::api::pb;
 use deeprecall::api::pb::query_event::Event;
 use deeprecall::cli::eval::ask::{Mode, QuestionRecord};
-use deeprecall::cli::eval::report::{ModeSummary, Summary};
-use deeprecall::config::{Backend, CacheBackend, Config};
-use deeprecall::llm::http::Secret;
+use deeprecall::cli::eval::report::{JudgeSummary, ModeSummary, Summary};
+use deeprecall::config::Backend;
 use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
 use serde_json::json;
 
@@ -61,38 +60,17 @@ fn verdict(reply: &str) -> MockReply {
     costed(MockReply::text(reply), JUDGE_COST)
 }
 
-fn point_at(config: &mut Config, mock: &MockLlmServer) {
-    config.llm.backend = Backend::Openai;
-    config.llm.model = "mock-model".into();
-    config.llm.base_url = mock.base_url();
-    config.llm.api_key = Secret::new("test-key");
-    config.llm.retry_base_ms = 10;
-    config.llm.retry_max_ms = 50;
-    config.cache.backend = CacheBackend::None;
-}
-
+/// The server of the model tests (zephyr and klaxon), with one more document.
 async fn server_for(mock: &MockLlmServer) -> TestServer {
-    let mut server = TestServer::start_with(|config| point_at(config, mock)).await;
+    let mut server = crate::models::server_for(mock, Backend::Openai).await;
     add(
         &mut server.client,
         "",
-        vec![
-            document(
-                "zephyr",
-                "The Zephyr blender is made by Klaxon Industries.",
-                json!({}),
-            ),
-            document(
-                "klaxon",
-                "Klaxon Industries is headquartered in Porto.",
-                json!({}),
-            ),
-            document(
-                "bramble",
-                "Bramble Works is headquartered in Oslo.",
-                json!({}),
-            ),
-        ],
+        vec![document(
+            "bramble",
+            "Bramble Works is headquartered in Oslo.",
+            json!({}),
+        )],
     )
     .await;
     server
@@ -270,29 +248,21 @@ async fn eval_scores_both_modes_and_the_judge_exactly() {
     close(Some(single.cost_usd), 3.0 * CALL_COST, "single-pass cost");
 
     // The judge's verdicts and cost stand apart from the server's.
-    let judged = looped.judge.as_ref().expect("loop judged");
-    assert_eq!(judged.model, "judge-model");
-    assert_eq!(
+    let counts = |judged: &JudgeSummary| {
         (
             judged.correct,
             judged.partial,
             judged.incorrect,
-            judged.ungraded
-        ),
-        (1, 1, 1, 0)
-    );
+            judged.ungraded,
+        )
+    };
+    let judged = looped.judge.as_ref().expect("loop judged");
+    assert_eq!(judged.model, "judge-model");
+    assert_eq!(counts(judged), (1, 1, 1, 0));
     close(judged.score, 0.5, "loop judge score");
     close(Some(judged.cost_usd), 3.0 * JUDGE_COST, "loop judge cost");
     let judged = single.judge.as_ref().expect("single pass judged");
-    assert_eq!(
-        (
-            judged.correct,
-            judged.partial,
-            judged.incorrect,
-            judged.ungraded
-        ),
-        (1, 0, 1, 1)
-    );
+    assert_eq!(counts(judged), (1, 0, 1, 1));
     close(judged.score, 0.5, "single-pass judge score");
 
     let records = read_records(&out);
@@ -462,6 +432,32 @@ async fn a_bad_dataset_is_refused_with_its_line_numbers_before_any_question() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("line 3: missing field `answers`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_judge_that_cannot_grade_is_refused_before_any_question() {
+    let dataset = examples().join("questions.json");
+    // No server listens there, and the offline reader cannot grade.
+    let output = deeprecall(
+        strings(&[
+            "eval",
+            "--dataset",
+            &dataset.display().to_string(),
+            "--server",
+            "http://127.0.0.1:9",
+            "--judge",
+            "--judge-backend",
+            "extractive",
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--judge needs a model that can grade"),
         "{stderr}"
     );
 }

@@ -25,7 +25,7 @@ fn point_at(config: &mut Config, mock: &MockLlmServer, backend: Backend) {
     config.cache.backend = deeprecall::config::CacheBackend::None;
 }
 
-async fn server_for(mock: &MockLlmServer, backend: Backend) -> TestServer {
+pub(crate) async fn server_for(mock: &MockLlmServer, backend: Backend) -> TestServer {
     server_with(mock, backend, |_| {}).await
 }
 

@@ -90,6 +90,15 @@ def test_query_streams_events_and_returns_the_final_result(client: Client) -> No
     client.clear_cache("py-query")
 
 
+def test_single_pass_mode_makes_one_search_and_one_model_call(client: Client) -> None:
+    client.add_documents(DOCUMENTS, collection="py-single-pass")
+    result = client.query(
+        QUESTION, collection="py-single-pass", mode=pb.QUERY_MODE_SINGLE_PASS, skip_cache=True
+    )
+    assert (result.usage.llm_calls, result.usage.search_calls) == (1, 1)
+    assert result.citations, result.answer
+
+
 def test_query_batch_yields_one_item_per_query_with_failures_as_items(client: Client) -> None:
     client.add_documents(DOCUMENTS, collection="py-batch")
     queries = [

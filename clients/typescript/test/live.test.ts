@@ -7,6 +7,7 @@ import { before, test } from "node:test";
 import {
   Code,
   ConnectError,
+  QueryMode,
   queryResult,
   type DeepRecallClient,
   type QueryEvent,
@@ -82,6 +83,17 @@ test("a query streams its events over gRPC and ends with exactly one result", as
   );
   assertMultiHopAnswer(result);
   assert.equal(seen[seen.length - 1]?.event.case, "result");
+});
+
+test("a single-pass query makes one search and one model call", async () => {
+  const result = await queryResult(grpc, {
+    query: question,
+    collection,
+    mode: QueryMode.SINGLE_PASS,
+    skipCache: true,
+  });
+  assert.equal(result.usage?.llmCalls, 1);
+  assert.equal(result.usage?.searchCalls, 1);
 });
 
 test("a batch yields one item per query, a failing query as an item with its code", async () => {

@@ -112,6 +112,37 @@ pub struct QuestionRecord {
     pub trace: Vec<TraceStep>,
 }
 
+impl QuestionRecord {
+    /// The record of `question` in `mode` before any answer: nothing found, nothing spent.
+    pub fn unanswered(question: &Question, mode: Mode) -> Self {
+        QuestionRecord {
+            id: question.id.clone(),
+            line: question.line,
+            mode,
+            question: question.question.clone(),
+            answers: question.answers.clone(),
+            supporting_ids: question.supporting_ids.clone(),
+            answer: String::new(),
+            citations: Vec::new(),
+            retrieved_ids: Vec::new(),
+            partial: false,
+            failed: false,
+            error: None,
+            cached: false,
+            model_calls: 0,
+            searches: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            latency_seconds: 0.0,
+            scores: Scores::default(),
+            judge: None,
+            searches_made: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+}
+
 /// What a question is asked with besides itself.
 #[derive(Debug, Clone)]
 pub struct AskSettings {
@@ -162,31 +193,8 @@ pub async fn ask(
     }
     .await;
     let latency_seconds = started.elapsed().as_secs_f64();
-    let mut record = QuestionRecord {
-        id: question.id.clone(),
-        line: question.line,
-        mode,
-        question: question.question.clone(),
-        answers: question.answers.clone(),
-        supporting_ids: question.supporting_ids.clone(),
-        answer: String::new(),
-        citations: Vec::new(),
-        retrieved_ids: Vec::new(),
-        partial: false,
-        failed: false,
-        error: None,
-        cached: false,
-        model_calls: 0,
-        searches: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-        latency_seconds,
-        scores: Scores::default(),
-        judge: None,
-        searches_made: Vec::new(),
-        trace: Vec::new(),
-    };
+    let mut record = QuestionRecord::unanswered(question, mode);
+    record.latency_seconds = latency_seconds;
     match outcome {
         Err(status) => {
             record.failed = true;

@@ -212,23 +212,20 @@ pub fn below_baseline(baseline: &Summary, current: &Summary) -> Result<Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::eval::dataset::Question;
     use crate::cli::eval::metrics::Scores;
 
     fn record(mode: Mode, id: &str, f1: f64, contains: f64) -> QuestionRecord {
-        QuestionRecord {
-            id: id.to_string(),
+        let question = Question {
             line: 1,
-            mode,
+            id: id.to_string(),
             question: format!("Question {id}?"),
             answers: vec!["x".into()],
             supporting_ids: Vec::new(),
-            answer: String::new(),
-            citations: Vec::new(),
-            retrieved_ids: Vec::new(),
-            partial: false,
-            failed: false,
-            error: None,
-            cached: false,
+            filters: None,
+            budget: None,
+        };
+        QuestionRecord {
             model_calls: 1,
             searches: 1,
             input_tokens: 10,
@@ -240,9 +237,7 @@ mod tests {
                 contains,
                 ..Scores::default()
             },
-            judge: None,
-            searches_made: Vec::new(),
-            trace: Vec::new(),
+            ..QuestionRecord::unanswered(&question, mode)
         }
     }
 

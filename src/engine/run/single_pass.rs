@@ -157,3 +157,195 @@ impl Run<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::cache::{CacheLevel, MemoryCache};
+    use crate::engine::{
+        BudgetLimits, Engine, EngineConfig, EngineParts, EventKind, EventSink, QueryMode,
+        QueryRequest, QueryResult,
+    };
+    use crate::llm::scripted::{ScriptedModel, ScriptedReply};
+    use crate::llm::{ChatModel, LlmError};
+    use crate::store::{
+        CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, WriteOutcome,
+    };
+
+    /// A `default` collection of one document that every search finds; searches are counted.
+    #[derive(Debug, Default)]
+    struct OneDocument {
+        searches: Mutex<usize>,
+    }
+
+    #[async_trait]
+    impl DocumentStore for OneDocument {
+        async fn add_documents(
+            &self,
+            _collection: &str,
+            _documents: Vec<NewDocument>,
+        ) -> Result<WriteOutcome, StoreError> {
+            unimplemented!("the single-pass tests do not write")
+        }
+
+        async fn delete_documents(
+            &self,
+            _collection: &str,
+            _ids: Vec<String>,
+        ) -> Result<WriteOutcome, StoreError> {
+            unimplemented!("the single-pass tests do not write")
+        }
+
+        async fn search(&self, _request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
+            *self.searches.lock() += 1;
+            Ok(vec![Hit {
+                id: "klaxon".into(),
+                content: "Klaxon Industries is headquartered in Porto.".into(),
+                metadata: Default::default(),
+                score: 1.0,
+            }])
+        }
+
+        async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError> {
+            Ok((name == "default").then(|| CollectionInfo {
+                name: name.to_string(),
+                document_count: 1,
+                version: 1,
+            }))
+        }
+
+        async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
+            Ok(self.collection("default").await?.into_iter().collect())
+        }
+    }
+
+    fn level(name: &'static str) -> CacheLevel {
+        CacheLevel {
+            name,
+            cache: Arc::new(MemoryCache::new(Default::default())),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    async fn single_pass(
+        store: Arc<OneDocument>,
+        model: Arc<ScriptedModel>,
+        budget: BudgetLimits,
+    ) -> (QueryResult, Vec<EventKind>) {
+        let model: Arc<dyn ChatModel> = model;
+        let engine = Engine::new(
+            EngineParts {
+                store,
+                sub_model: Arc::clone(&model),
+                model,
+                prices: Default::default(),
+                results: level("result"),
+                searches: level("search"),
+            },
+            EngineConfig::default(),
+        );
+        let request = QueryRequest {
+            query: "Where is Klaxon Industries headquartered?".into(),
+            budget,
+            mode: QueryMode::SinglePass,
+            ..QueryRequest::default()
+        };
+        let prepared = engine.prepare(request, None).await.expect("prepared");
+        let (sink, mut events) = EventSink::channel(64, prepared.started);
+        let result = engine
+            .run(prepared, sink, CancellationToken::new())
+            .await
+            .expect("a result");
+        let mut kinds = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            kinds.push(event.kind);
+        }
+        (result, kinds)
+    }
+
+    #[tokio::test]
+    async fn one_search_and_one_call_answer_a_single_pass() {
+        let store = Arc::new(OneDocument::default());
+        let model = Arc::new(ScriptedModel::new(
+            "scripted",
+            Duration::ZERO,
+            vec![ScriptedModel::tool(
+                "submit",
+                serde_json::json!({"answer": "Porto [klaxon]", "citations": ["klaxon"]}),
+            )],
+        ));
+        let (result, events) = single_pass(
+            Arc::clone(&store),
+            Arc::clone(&model),
+            BudgetLimits::default(),
+        )
+        .await;
+        assert_eq!(result.answer, "Porto [klaxon]");
+        assert_eq!(result.citations, vec!["klaxon"]);
+        assert!(!result.partial);
+        assert_eq!(
+            (result.usage.llm_calls(), result.usage.search_calls),
+            (1, 1)
+        );
+        assert_eq!(*store.searches.lock(), 1);
+        let requests = model.requests();
+        assert_eq!(requests.len(), 1);
+        let offered: Vec<&str> = requests[0].tools.iter().map(|tool| tool.name).collect();
+        assert_eq!(offered, vec!["submit"]);
+        let order: Vec<&str> = events
+            .iter()
+            .map(|kind| match kind {
+                EventKind::StepStarted { .. } => "step",
+                EventKind::Search(_) => "search",
+                EventKind::LlmCall(_) => "call",
+                EventKind::StepCompleted { .. } => "done",
+                EventKind::Result(_) => "result",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(order, vec!["step", "search", "call", "done", "result"]);
+    }
+
+    #[tokio::test]
+    async fn a_single_pass_that_cannot_afford_its_call_ends_partial_without_one() {
+        let store = Arc::new(OneDocument::default());
+        let model = Arc::new(ScriptedModel::new("scripted", Duration::ZERO, Vec::new()));
+        let budget = BudgetLimits {
+            max_tokens: Some(20),
+            ..BudgetLimits::default()
+        };
+        let (result, _) = single_pass(store, Arc::clone(&model), budget).await;
+        assert!(result.partial);
+        assert!(model.requests().is_empty());
+        assert_eq!(
+            (result.usage.llm_calls(), result.usage.search_calls),
+            (0, 1)
+        );
+        assert!(result.answer.contains("Porto"), "{}", result.answer);
+    }
+
+    #[tokio::test]
+    async fn a_failed_answer_call_is_not_followed_by_a_summing_up_call() {
+        let store = Arc::new(OneDocument::default());
+        let model = Arc::new(ScriptedModel::new(
+            "scripted",
+            Duration::ZERO,
+            vec![ScriptedReply::Fail(LlmError::Unavailable("down".into()))],
+        ));
+        let (result, _) = single_pass(store, Arc::clone(&model), BudgetLimits::default()).await;
+        assert!(result.partial);
+        assert_eq!(model.requests().len(), 1);
+        assert!(
+            result
+                .error
+                .as_deref()
+                .is_some_and(|error| error.contains("down"))
+        );
+    }
+}

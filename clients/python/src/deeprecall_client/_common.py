@@ -111,6 +111,7 @@ def query_request(
     root_prompt: str = "",
     context_prefix: str = "",
     skip_cache: bool = False,
+    mode: pb.QueryMode | str = pb.QUERY_MODE_UNSPECIFIED,
 ) -> pb.QueryRequest:
     """Builds a `QueryRequest` from a question and keyword fields, or passes a request through."""
     if isinstance(query, pb.QueryRequest):
@@ -124,6 +125,7 @@ def query_request(
         root_prompt=root_prompt,
         context_prefix=context_prefix,
         skip_cache=skip_cache,
+        mode=mode,
     )
 
 

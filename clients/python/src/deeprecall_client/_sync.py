@@ -86,8 +86,9 @@ class Client:
         """Runs one query and yields its events as they arrive; the last one is the `result`.
 
         `fields` are `QueryRequest` fields (`collection`, `top_k`, `filters` as a dict, `budget`
-        as a dict or `Budget`, `root_prompt`, `context_prefix`, `skip_cache`). Closing the
-        iterator early cancels the query on the server.
+        as a dict or `Budget`, `root_prompt`, `context_prefix`, `skip_cache`, and `mode`:
+        `QUERY_MODE_SINGLE_PASS` for one search and one answer call). Closing the iterator early
+        cancels the query on the server.
         """
         request = query_request(query, **fields)
         call = self.stub.Query(request, timeout=self._deadline(timeout), metadata=self._metadata)
