@@ -7,7 +7,6 @@ use deeprecall::api::pb;
 use deeprecall::api::pb::query_event::Event;
 use deeprecall::config::{Backend, CacheBackend, Config};
 use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::common::*;
