@@ -9,6 +9,7 @@
 mod common;
 
 mod access;
+mod binary;
 mod cache;
 mod clients;
 mod deadlines;
