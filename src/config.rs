@@ -534,6 +534,12 @@ pub fn process_env() -> HashMap<String, String> {
         .collect()
 }
 
+/// Whether the user asked for output without colours: `NO_COLOR` set to anything but the
+/// empty string (<https://no-color.org>).
+pub fn no_color_requested() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+}
+
 /// Returns the server the client commands talk to, as a URL: the flag, else
 /// `DEEPRECALL_SERVER`, else the default, read by [`endpoint_url`].
 pub fn server_endpoint(flag: Option<&str>, env: &HashMap<String, String>) -> String {

@@ -443,6 +443,10 @@ fn init_telemetry(
     let log = LogSettings {
         filter: config.log_filter.clone(),
         format: config.log_format,
+        ansi: crate::telemetry::colour_logs(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            config::no_color_requested(),
+        ),
     };
     let otel = match config.otlp_endpoint.trim() {
         "" => None,

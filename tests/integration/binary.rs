@@ -52,3 +52,57 @@ async fn the_demo_runs_from_a_binary_moved_away_from_the_source_tree() {
         "nothing is read from the source tree: {stdout}"
     );
 }
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut logged = Vec::new();
+    // Up to the line saying the store is open: several lines, with their levels and fields.
+    while !logged
+        .iter()
+        .any(|line: &String| line.contains("serving queries"))
+    {
+        match received.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => logged.push(line),
+            Err(error) => {
+                let _ = child.kill();
+                panic!("the server stopped logging ({error}): {logged:?}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        logged.iter().all(|line| !line.contains('\u{1b}')),
+        "ANSI escape codes in a pipe: {logged:?}"
+    );
+    assert!(
+        logged.iter().any(|line| line.contains("INFO")),
+        "{logged:?}"
+    );
+}
