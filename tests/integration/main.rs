@@ -18,4 +18,5 @@ mod errors;
 mod lifecycle;
 mod models;
 mod query;
+mod readme;
 mod telemetry;
