@@ -171,11 +171,11 @@ async fn a_redis_cache_that_is_down_logs_one_line_and_counts_failed_lookups_as_m
     use deeprecall::api::pb;
 
     let data_dir = tempfile::tempdir().expect("temporary directory");
-    // Nothing listens on a port that was just given back.
-    let nowhere = format!("redis://127.0.0.1:{}", crate::common::free_port());
+    // Nothing listens on port 1 (a privileged port no test binds).
+    let nowhere = "redis://127.0.0.1:1";
     let server = LoggingServer::start(
         data_dir.path(),
-        &["--cache", "redis", "--redis-url", &nowhere],
+        &["--cache", "redis", "--redis-url", nowhere],
     );
     crate::common::wait_until_serving(&server.endpoint).await;
     let mut client = deeprecall::api::DeepRecallClient::connect(server.endpoint.clone())
