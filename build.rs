@@ -1,6 +1,8 @@
-//! Compiles the gRPC contract. A fresh machine has no `protoc`, so the vendored one is used.
+//! Compiles the gRPC contract (a fresh machine has no `protoc`, so the vendored one is used),
+//! and lists the sample handbook for the demo to embed.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -18,5 +20,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto/deeprecall/v1/deeprecall.proto")],
             &[PathBuf::from("proto"), well_known_includes],
         )?;
+    embed_examples(&out_dir)
+}
+
+/// Writes `demo_examples.rs`: the handbook's files and the demo questions as `include_str!`s,
+/// so that an installed binary or a container image runs the demo without the source tree.
+fn embed_examples(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=examples");
+    let examples = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(examples.join("handbook"))?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    let mut code = String::from("/// The sample handbook: (file name, contents).\n");
+    code.push_str("pub const HANDBOOK: &[(&str, &str)] = &[\n");
+    for file in files.iter().filter(|file| file.is_file()) {
+        let name = file
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or("file name")?;
+        writeln!(
+            code,
+            "    ({name:?}, include_str!({:?})),",
+            file.display().to_string()
+        )?;
+    }
+    code.push_str("];\n/// The demo questions (`questions.json`).\n");
+    writeln!(
+        code,
+        "pub const QUESTIONS: &str = include_str!({:?});",
+        examples.join("questions.json").display().to_string()
+    )?;
+    std::fs::write(out_dir.join("demo_examples.rs"), code)?;
     Ok(())
 }

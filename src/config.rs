@@ -623,6 +623,12 @@ pub fn process_env() -> HashMap<String, String> {
         .collect()
 }
 
+/// Whether the user asked for output without colours: `NO_COLOR` set to anything but the
+/// empty string (<https://no-color.org>).
+pub fn no_color_requested() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+}
+
 /// Returns the server the client commands talk to, as a URL: the flag, else
 /// `DEEPRECALL_SERVER`, else the default, read by [`endpoint_url`].
 pub fn server_endpoint(flag: Option<&str>, env: &HashMap<String, String>) -> String {
@@ -732,7 +738,8 @@ fn set(table: &mut toml::Table, path: &str, value: &str) -> Result<(), ConfigErr
 
 /// A commented configuration file with every setting at its default, as `deeprecall init`
 /// writes it.
-pub const DEFAULT_CONFIG_TOML: &str = r#"# DeepRecall configuration. Every value shown is the default.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# DeepRecall configuration. Every setting left active is at its default; a commented-out
+# setting is unset by default, shown with an example value.
 # Precedence: these defaults < this file < DEEPRECALL_* environment < command-line flags.
 # Any setting can be set from the environment as DEEPRECALL_<SECTION>__<KEY>,
 # e.g. DEEPRECALL_ENGINE__MAX_TOP_K=50.
@@ -833,6 +840,9 @@ model = ""
 base_url = ""
 # The API key comes from DEEPRECALL_LLM_API_KEY or from this file (flag --api-key-file).
 # api_key_file = "/run/secrets/llm-api-key"
+# It may also be written here, but a key in a config file ends up in backups, images and
+# version control: prefer the environment or a secrets file.
+# api_key = "sk-..."
 # Seconds to connect, and for a whole model request.
 connect_timeout_seconds = 10.0
 request_timeout_seconds = 120.0

@@ -291,6 +291,14 @@ impl RateLimiter {
 
     /// Checks and charges `cost` requests for `key` at `rate`.
     pub async fn check(&self, key: &str, rate: Rate, cost: u32) -> Decision {
+        self.check_applied(key, rate, cost).await.0
+    }
+
+    /// Like [`RateLimiter::check`], and returns the rate the decision was made against: `rate`
+    /// itself, or this replica's share of it while Redis cannot answer, so that a refusal
+    /// names the limit that refused it.
+    pub async fn check_applied(&self, key: &str, rate: Rate, cost: u32) -> (Decision, Rate) {
+        let mut applied = rate;
         let decision = match &self.store {
             Store::Memory => self.local.check(key, rate, cost),
             Store::Redis(redis) => match redis.check(key, rate, cost).await {
@@ -305,6 +313,7 @@ impl RateLimiter {
                             "redis rate limiter failing; limiting in this replica alone"
                         );
                     }
+                    applied = rate.shared_by(self.fallback_replicas);
                     self.check_alone(key, rate, cost)
                 }
             },
@@ -312,7 +321,7 @@ impl RateLimiter {
         if decision != Decision::Allowed {
             self.rejected.fetch_add(1, Ordering::Relaxed);
         }
-        decision
+        (decision, applied)
     }
 
     /// Decides for this replica alone while Redis cannot answer: against its share of `rate`.
@@ -479,6 +488,16 @@ mod tests {
             "{retry_after:?}"
         );
         assert_eq!(one_of_three.fallbacks(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_without_redis_names_the_share_that_refused_it() {
+        let one_of_three = limiter_without_redis(3);
+        let (_, applied) = one_of_three.check_applied("a", SHARED, 1).await;
+        assert_eq!(applied, SHARED.shared_by(3));
+        assert_eq!(applied.per_minute, 20);
+        let in_memory = RateLimiter::in_memory(100);
+        assert_eq!(in_memory.check_applied("a", SHARED, 1).await.1, SHARED);
     }
 
     #[tokio::test]

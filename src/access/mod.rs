@@ -64,7 +64,8 @@ pub enum AccessError {
     /// The caller sent more requests than its rate allows.
     #[error("rate limit of {per_minute} requests per minute exceeded; retry in {}", seconds_text(*retry_after))]
     RateLimited {
-        /// Steady rate of the caller.
+        /// The steady rate that refused the call: the caller's, or this replica's share of it
+        /// while the shared limit in Redis cannot be checked.
         per_minute: u32,
         /// Wait before the request would be admitted.
         retry_after: Duration,
@@ -515,12 +516,17 @@ impl FrontDoor {
             return Ok(());
         };
         let reason = if caller.authenticated { "key" } else { "peer" };
-        match self.limiter.check(&caller.limit_key, rate, cost).await {
+        let (decision, applied) = self
+            .limiter
+            .check_applied(&caller.limit_key, rate, cost)
+            .await;
+        match decision {
             Decision::Allowed => Ok(()),
             Decision::Limited { retry_after } => {
                 self.metrics.rate_limited(reason);
+                // While Redis cannot answer, the limit that refused is this replica's share.
                 Err(AccessError::RateLimited {
-                    per_minute: rate.per_minute,
+                    per_minute: applied.per_minute,
                     retry_after,
                 })
             }

@@ -5,8 +5,9 @@ pub mod memory;
 pub mod redis;
 pub mod sqlite;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -16,6 +17,31 @@ use sha2::{Digest, Sha256};
 pub use memory::{MemoryCache, MemoryCacheConfig};
 pub use redis::{RedisCache, RedisCacheConfig};
 pub use sqlite::{SqliteCache, SqliteCacheConfig};
+
+use crate::redis_link::WarnGate;
+
+/// Shortest time between two warnings about a failing cache.
+pub const FAILURE_WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The one throttle every failure warning of every cache backend and level goes through: a
+/// cache that is down fails every operation of every query, and would otherwise write lines
+/// by the thousand. The failures themselves are all counted (`CacheHealth::failures`, the
+/// misses); only the log is thinned out.
+static FAILURE_WARNINGS: LazyLock<WarnGate> =
+    LazyLock::new(|| WarnGate::new(FAILURE_WARN_INTERVAL));
+
+/// Logs a cache failure, unless another was logged less than [`FAILURE_WARN_INTERVAL`] ago;
+/// the next line that goes out says how many were held back.
+pub(crate) fn warn_failure(source: &str, what: &str, error: &dyn fmt::Display) {
+    if let Some(held_back) = FAILURE_WARNINGS.admit(Instant::now()) {
+        tracing::warn!(
+            source,
+            %error,
+            held_back,
+            "cache failing ({what}); lookups are misses and stores are skipped"
+        );
+    }
+}
 
 /// Errors of the cache layer.
 #[derive(Debug, thiserror::Error)]
@@ -172,16 +198,16 @@ impl CacheLevel {
         let bytes = match self.cache.get(key).await {
             Ok(bytes) => bytes?,
             Err(error) => {
-                tracing::warn!(level = self.name, %error, "cache lookup failed; treated as a miss");
+                warn_failure(self.name, "lookup failed", &error);
                 return None;
             }
         };
         match serde_json::from_slice(&bytes) {
             Ok(value) => Some(value),
             Err(error) => {
-                tracing::warn!(level = self.name, %error, "undecodable cache entry deleted");
+                warn_failure(self.name, "undecodable entry deleted", &error);
                 if let Err(error) = self.cache.delete(key).await {
-                    tracing::warn!(level = self.name, %error, "undecodable cache entry not deleted");
+                    warn_failure(self.name, "undecodable entry not deleted", &error);
                 }
                 None
             }
@@ -196,12 +222,12 @@ impl CacheLevel {
         let bytes = match serde_json::to_vec(value) {
             Ok(bytes) => bytes,
             Err(error) => {
-                tracing::warn!(level = self.name, %error, "not cached: encoding failed");
+                warn_failure(self.name, "encoding failed", &error);
                 return;
             }
         };
         if let Err(error) = self.cache.put(key, bytes, self.ttl).await {
-            tracing::warn!(level = self.name, %error, "not cached");
+            warn_failure(self.name, "store failed", &error);
         }
     }
 }
@@ -262,6 +288,72 @@ mod tests {
             level.lookup::<Vec<String>>(&key).await,
             Some(vec!["kept".to_string()])
         );
+    }
+
+    /// A backend whose every operation fails, as a cache server that is down.
+    #[derive(Debug)]
+    struct Down;
+
+    #[async_trait]
+    impl Cache for Down {
+        fn backend(&self) -> &'static str {
+            "down"
+        }
+        async fn get(&self, _key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
+            Err(CacheError::Unavailable("down".into()))
+        }
+        async fn put(&self, _: &CacheKey, _: Vec<u8>, _: Duration) -> Result<(), CacheError> {
+            Err(CacheError::Unavailable("down".into()))
+        }
+        async fn delete(&self, _key: &CacheKey) -> Result<(), CacheError> {
+            Err(CacheError::Unavailable("down".into()))
+        }
+        async fn clear(&self, _collection: Option<&str>) -> Result<u64, CacheError> {
+            Err(CacheError::Unavailable("down".into()))
+        }
+        async fn stats(&self) -> Result<CacheStats, CacheError> {
+            Ok(CacheStats::default())
+        }
+    }
+
+    /// Counts the warnings logged while it is the current subscriber.
+    #[derive(Clone, Default)]
+    struct WarningCount(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarningCount {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _context: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_is_down_logs_at_most_one_line_for_many_failures() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let count = WarningCount::default();
+        let _subscriber =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(count.clone()));
+        let levels = ["result", "search"].map(|name| CacheLevel {
+            name,
+            cache: Arc::new(Down),
+            ttl: Duration::from_secs(60),
+        });
+        let key = CacheKey::digest_of("c", &serde_json::json!({"q": 1}));
+        for _ in 0..5 {
+            for level in &levels {
+                assert_eq!(level.lookup::<Vec<String>>(&key).await, None, "a miss");
+                level.store(&key, &vec!["x".to_string()]).await;
+            }
+        }
+        // Twenty failures; the throttle is shared by the whole process, so another test may
+        // have had this interval's line already.
+        let lines = count.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(lines <= 1, "{lines} warning lines for 20 failures");
     }
 
     #[test]

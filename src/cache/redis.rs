@@ -21,7 +21,7 @@ use ::redis::{Cmd, FromRedisValue};
 use async_trait::async_trait;
 
 use super::{Cache, CacheError, CacheHealth, CacheKey, CacheStats};
-use crate::redis_link::{Failure, RedisLink, WarnGate, redacted_url};
+use crate::redis_link::{Failure, RedisLink, redacted_url};
 
 /// Keys examined by each SCAN call: few round trips, yet no single call that keeps a
 /// single-threaded Redis busy for long.
@@ -42,9 +42,6 @@ pub struct RedisCacheConfig {
     /// Namespace of the keys, e.g. `deeprecall:result`: keys are `{prefix}:{collection}:{digest}`,
     /// so that several caches can share one Redis.
     pub prefix: String,
-    /// Shortest time between two warnings about a failing Redis, so that an outage logs a line
-    /// per interval rather than one per query.
-    pub warn_interval: Duration,
     /// Limit of each Redis call, so that a hung Redis never stalls a query for longer; with
     /// `Duration::ZERO` every call fails.
     pub operation_timeout: Duration,
@@ -55,7 +52,6 @@ impl Default for RedisCacheConfig {
         RedisCacheConfig {
             url: "redis://127.0.0.1:6379".to_string(),
             prefix: "deeprecall".to_string(),
-            warn_interval: Duration::from_secs(30),
             operation_timeout: Duration::from_millis(250),
         }
     }
@@ -66,7 +62,6 @@ impl fmt::Debug for RedisCacheConfig {
         f.debug_struct("RedisCacheConfig")
             .field("url", &redacted_url(&self.url))
             .field("prefix", &self.prefix)
-            .field("warn_interval", &self.warn_interval)
             .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
@@ -84,7 +79,6 @@ struct Shared {
     hits: AtomicU64,
     misses: AtomicU64,
     failures: AtomicU64,
-    warnings: WarnGate,
 }
 
 impl fmt::Debug for RedisCache {
@@ -112,7 +106,6 @@ impl RedisCache {
         )
         .map_err(|reason| CacheError::Unavailable(format!("redis cache: {reason}")))?;
         let shared = Arc::new(Shared {
-            warnings: WarnGate::new(config.warn_interval),
             config,
             link,
             hits: AtomicU64::new(0),
@@ -131,9 +124,17 @@ impl Cache for RedisCache {
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
         let shared = &self.shared;
-        let value: Option<Vec<u8>> = shared
+        let value: Option<Vec<u8>> = match shared
             .run("GET", ::redis::cmd("GET").arg(shared.key(key)))
-            .await?;
+            .await
+        {
+            Ok(value) => value,
+            Err(error) => {
+                // A lookup that failed found nothing: a miss, besides a failure.
+                shared.misses.fetch_add(1, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         let counter = if value.is_some() {
             &shared.hits
         } else {
@@ -279,19 +280,15 @@ impl Shared {
         CacheError::Unavailable(format!("redis cache {operation}: {failure}"))
     }
 
-    /// Logs a failure unless another was logged less than the warn interval ago.
+    /// Logs a failure through the caches' one throttle.
     fn warn(&self, operation: &'static str, failure: &dyn fmt::Display) {
-        if let Some(held_back) = self.warnings.admit(Instant::now()) {
-            tracing::warn!(
-                operation,
-                error = %failure,
-                url = %redacted_url(&self.config.url),
-                prefix = %self.config.prefix,
-                failures = self.failures.load(Ordering::Relaxed),
-                held_back,
-                "redis cache failing; lookups are misses and stores are skipped"
-            );
-        }
+        let error = format!(
+            "redis {operation} at {} (prefix {}): {failure}; {} failure(s) since start",
+            redacted_url(&self.config.url),
+            self.config.prefix,
+            self.failures.load(Ordering::Relaxed)
+        );
+        super::warn_failure("redis", "redis unavailable", &error);
     }
 
     /// Returns the next cursor and the keys of this cache among one SCAN page of `pattern`.
@@ -694,8 +691,8 @@ mod tests {
             (health.failures, health.probe_latency, stats.entries),
             (6, Duration::ZERO, 0)
         );
-        // Failed lookups are neither hits nor misses.
-        assert_eq!((stats.hits, stats.misses), (0, 0));
+        // Failed lookups are misses, and failures.
+        assert_eq!((stats.hits, stats.misses), (0, 3));
 
         let _server = RedisServer::start_on(port);
         let deadline = Instant::now() + Duration::from_secs(20);

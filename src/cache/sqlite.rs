@@ -188,7 +188,11 @@ impl Cache for SqliteCache {
                     }
                 }
             })
-            .await?;
+            .await
+            // A lookup that failed found nothing: a miss.
+            .inspect_err(|_| {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+            })?;
         let counter = if value.is_some() {
             &self.hits
         } else {

@@ -1,7 +1,7 @@
 //! `deeprecall demo`: a server on a throwaway data directory, the bundled handbook ingested,
 //! and multi-hop questions asked with the reasoning printed live.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -14,12 +14,18 @@ use crate::api::pb;
 use crate::config::Config;
 use crate::server;
 
+/// The sample handbook and questions, built into the binary.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/demo_examples.rs"));
+}
+
 /// Arguments of `deeprecall demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Folder holding `handbook/` and `questions.json`.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))]
-    examples: PathBuf,
+    /// Folder holding `handbook/` and `questions.json`; by default the sample handbook built
+    /// into the binary.
+    #[arg(long)]
+    examples: Option<PathBuf>,
     /// Questions to ask, from the top of `questions.json`.
     #[arg(long, default_value_t = 3)]
     questions: usize,
@@ -27,14 +33,20 @@ pub struct DemoArgs {
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
-    let questions_path = args.examples.join("questions.json");
-    let questions = super::eval::dataset::load(&questions_path)
-        .map_err(|error| CliError::Io(error.to_string()))?;
     let data_dir = tempfile::tempdir()
         .map_err(|error| CliError::Io(format!("cannot create a data directory: {error}")))?;
+    let (examples, origin) = match &args.examples {
+        Some(folder) => (folder.clone(), folder.display().to_string()),
+        None => (
+            unpack_embedded(data_dir.path())?,
+            "the handbook built into the binary".to_string(),
+        ),
+    };
+    let questions = super::eval::dataset::load(&examples.join("questions.json"))
+        .map_err(|error| CliError::Io(error.to_string()))?;
 
     let mut config = Config::default();
-    config.store.data_dir = data_dir.path().to_path_buf();
+    config.store.data_dir = data_dir.path().join("data");
     config.server.shutdown_grace_seconds = 1.0;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -53,7 +65,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let mut client = connect(&endpoint, None).await?;
     let summary = ingest::ingest_paths(
         &mut client,
-        &[args.examples.join("handbook")],
+        &[examples.join("handbook")],
         "",
         1200,
         256,
@@ -61,7 +73,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     )
     .await?;
     println!(
-        "ingested {} chunk(s) from {} handbook file(s)\n",
+        "ingested {} chunk(s) from {} handbook file(s) of {origin}\n",
         summary.chunks, summary.files
     );
 
@@ -102,4 +114,21 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         return Err(error.into());
     }
     Ok(())
+}
+
+/// Writes the built-in handbook and questions under `dir` as an examples folder; returns it.
+fn unpack_embedded(dir: &Path) -> Result<PathBuf, CliError> {
+    let examples = dir.join("examples");
+    let handbook = examples.join("handbook");
+    let write = |path: PathBuf, text: &str| {
+        std::fs::write(&path, text)
+            .map_err(|error| CliError::Io(format!("cannot write {}: {error}", path.display())))
+    };
+    std::fs::create_dir_all(&handbook)
+        .map_err(|error| CliError::Io(format!("cannot create {}: {error}", handbook.display())))?;
+    for (name, text) in embedded::HANDBOOK {
+        write(handbook.join(name), text)?;
+    }
+    write(examples.join("questions.json"), embedded::QUESTIONS)?;
+    Ok(examples)
 }

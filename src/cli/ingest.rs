@@ -27,7 +27,7 @@ pub struct IngestArgs {
     /// Collection to add to (default: default).
     #[arg(long)]
     collection: Option<String>,
-    /// Largest chunk, in characters.
+    /// Largest chunk, in characters; at least 100.
     #[arg(long, default_value_t = 1200)]
     chunk_size: usize,
     /// Chunks per AddDocuments call.

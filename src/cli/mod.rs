@@ -497,6 +497,10 @@ fn init_telemetry(
     let log = LogSettings {
         filter: config.log_filter.clone(),
         format: config.log_format,
+        ansi: crate::telemetry::colour_logs(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            config::no_color_requested(),
+        ),
     };
     let otel = match config.otlp_endpoint.trim() {
         "" => None,
@@ -627,17 +631,23 @@ fn transport_failure(error: &(dyn std::error::Error + 'static)) -> String {
         )
     } else if timed_out || lowered.contains("timed out") {
         format!("timed out connecting ({chain})")
-    } else if lowered.contains("frame")
-        || lowered.contains("http2")
-        || lowered.contains("h2 protocol")
-        || lowered.contains("protocol error")
-        || lowered.contains("connection closed before message completed")
+    } else if lowered.contains("frame with invalid size")
         || lowered.contains("invalid http version")
+        || lowered.contains("connection error detected")
+        || lowered.contains("protocol error")
     {
+        // What came back is not HTTP/2: an HTTP/1 server, or a TLS server's alert.
         format!(
             "the server did not answer as a gRPC server over HTTP/2 ({chain}): wrong port, or a \
              server that expects TLS (use https://)"
         )
+    } else if lowered.contains("connection reset")
+        || lowered.contains("broken pipe")
+        || lowered.contains("connection closed")
+        || lowered.contains("go away")
+        || lowered.contains("goaway")
+    {
+        format!("the connection was lost ({chain}): the server may have stopped or restarted")
     } else {
         chain
     }

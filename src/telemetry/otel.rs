@@ -65,6 +65,9 @@ pub struct LogSettings {
     pub filter: String,
     /// Text or JSON lines.
     pub format: LogFormat,
+    /// Colours text logs with ANSI escape codes: for a terminal only, never for a file or a
+    /// pipe (see [`crate::telemetry::colour_logs`]).
+    pub ansi: bool,
 }
 
 impl Default for LogSettings {
@@ -72,6 +75,7 @@ impl Default for LogSettings {
         LogSettings {
             filter: "info".to_string(),
             format: LogFormat::Text,
+            ansi: false,
         }
     }
 }
@@ -307,11 +311,13 @@ pub fn init_tracing(
     });
     let fmt_layer = match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(log.ansi)
             .with_writer(std::io::stderr)
             .with_filter(log_filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
+            .with_ansi(false)
             .with_writer(std::io::stderr)
             .with_filter(log_filter)
             .boxed(),

@@ -9,6 +9,7 @@
 mod common;
 
 mod access;
+mod binary;
 mod cache;
 mod clients;
 mod deadlines;
@@ -19,4 +20,5 @@ mod eval;
 mod lifecycle;
 mod models;
 mod query;
+mod readme;
 mod telemetry;
