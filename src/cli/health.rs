@@ -110,9 +110,13 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
         )));
     }
     let metrics = config.telemetry.metrics_listen.trim();
-    if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
+    // The server binds a host name as well as an address; a port is what must be there.
+    let has_port = metrics
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !metrics.is_empty() && !has_port {
         return Err(config_error(format!(
-            "telemetry.metrics_listen must be an address like 0.0.0.0:9464, not {metrics:?}"
+            "telemetry.metrics_listen must be host:port, like 0.0.0.0:9464, not {metrics:?}"
         )));
     }
     if config.limits.fallback_replicas == 0 {
