@@ -2,8 +2,8 @@
 """Checks what the schema validators and checkov cannot: that the rendered manifests agree
 with the server they run.
 
-    check_manifests.py --binary target/debug/deeprecall RENDERED.yaml...
-    check_manifests.py --binary ... --self-test RENDERED.yaml
+    check_manifests.py --binary target/debug/deeprecall [--compose deploy/compose.yaml] RENDERED.yaml...
+    check_manifests.py --binary ... --self-test RENDERED.yaml...
 
 For each rendered kustomization (one YAML stream per overlay or overlay + component):
   - the ConfigMap's deeprecall.toml, with the container's environment, is a configuration the
@@ -18,6 +18,9 @@ For each rendered kustomization (one YAML stream per overlay or overlay + compon
   - selectors (Services, PDB, NetworkPolicy, ServiceMonitor, HPA, DestinationRule) select
     the pods or objects they mean; the pod runs as the image's user;
   - no Secret is committed, and every checkov skip names its check and a reason.
+With --compose, compose.yaml and its Envoy configuration likewise: the replicas' environment
+passes --check-config, the health check, Envoy's upstream port and health-checked service
+name, and stop_grace_period agree with the server.
 
 --self-test breaks one thing at a time in memory and fails unless each break is caught.
 """
