@@ -180,6 +180,25 @@ def check(docs: list[dict], binary: str) -> list[str]:
         annotation = pod["metadata"].get("annotations", {}).get("prometheus.io/port")
         expect(annotation == str(metrics_port), f"prometheus.io/port is {annotation!r}, not {metrics_port}")
 
+    # Files and directories the server needs are mounted: the root file system is read-only.
+    def mount_of(path: str) -> str | None:
+        under = [name for name, mount in mounts.items() if path == mount or path.startswith(mount.rstrip("/") + "/")]
+        return max(under, key=lambda name: len(mounts[name]), default=None)
+
+    data_mount = mount_of(summary.get("data_dir", ""))
+    expect(data_mount is not None, f"data_dir {summary.get('data_dir')} is on the read-only root file system")
+    env_values = {item["name"]: item.get("value") for item in container.get("env", [])}
+    secret_files = {
+        "auth.keys_file": summary.get("keys_file", ""),
+        "llm.api_key_file": summary.get("llm_api_key_file", ""),
+        "DEEPRECALL_DATABASE_PASSWORD_FILE": env_values.get("DEEPRECALL_DATABASE_PASSWORD_FILE") or "",
+    }
+    for setting, path in secret_files.items():
+        if not path:
+            continue
+        volume = volumes.get(mount_of(path) or "", {})
+        expect("secret" in volume, f"{setting} {path} is not in a mounted Secret")
+
     # Probes.
     for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container.get(probe_name)
@@ -359,6 +378,15 @@ BREAKS = {
             doc for doc in by_kind(docs, "Service") if doc["metadata"]["name"] == "deeprecall"
         )["spec"]["ports"][0].pop("appProtocol"),
         "Service deeprecall's grpc port is not h2c",
+    ),
+    "a key file outside its Secret": (
+        lambda docs: config_map_of(docs)["data"].__setitem__(
+            "deeprecall.toml",
+            config_map_of(docs)["data"]["deeprecall.toml"].replace(
+                "/etc/deeprecall/keys/keys.toml", "/etc/deeprecall/keys.toml"
+            ),
+        ),
+        "auth.keys_file /etc/deeprecall/keys.toml is not in a mounted Secret",
     ),
     "an unjustified skip": (
         lambda docs: workload_of(docs)["metadata"]["annotations"].__setitem__(

@@ -100,7 +100,8 @@ fn status_name(status: i32) -> &'static str {
 }
 
 /// Checks a loaded configuration for what the server would refuse only later, then prints the
-/// settings a deployment must agree with (ports, drain time), one `name: value` per line.
+/// settings a deployment must agree with (ports, drain time, the directories and files it
+/// needs), one `name: value` per line.
 /// Opens no file, binds no port and connects nowhere.
 pub fn check_config(config: &Config) -> Result<(), CliError> {
     let grace = config.server.shutdown_grace_seconds;
@@ -129,6 +130,13 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
     println!("metrics_listen: {metrics}");
     println!("shutdown_grace_seconds: {grace}");
     println!("data_dir: {}", config.store.data_dir.display());
+    let file = |path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default()
+    };
+    println!("keys_file: {}", file(&config.auth.keys_file));
+    println!("llm_api_key_file: {}", file(&config.llm.api_key_file));
     println!(
         "cache: {}",
         format!("{:?}", config.cache.backend).to_lowercase()
