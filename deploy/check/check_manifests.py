@@ -103,6 +103,12 @@ def check_config(binary: str, toml_text: str, env_list: list[dict], config_path:
                 f"but the ConfigMap is mounted at {config_path}"
             )
         env["DEEPRECALL_CONFIG"] = str(config_file)
+        # Files named by the environment come from mounted Secrets (checked below): a stand-in
+        # with an example value, in case reading the configuration reads them.
+        for name in [name for name in env if name.endswith("_FILE")]:
+            stand_in = Path(scratch) / name.lower()
+            stand_in.write_text("from-a-secret\n")
+            env[name] = str(stand_in)
         run = subprocess.run(
             [binary, "serve", "--check-config"],
             env=env,
