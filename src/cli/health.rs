@@ -47,7 +47,7 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
         ))
     };
     let check = async {
-        let (channel, key) = args.client.connect_channel().await?;
+        let (channel, key) = args.client.channel_and_key().await?;
         let mut health = HealthClient::with_interceptor(channel, key);
         let mut request = tonic::Request::new(HealthCheckRequest {
             service: service.clone(),
@@ -155,7 +155,7 @@ fn config_error(message: String) -> CliError {
 impl ClientArgs {
     /// Connects to the server and returns the channel with the key to send, for clients of
     /// services other than DeepRecall.
-    async fn connect_channel(&self) -> Result<(tonic::transport::Channel, CallerKey), CliError> {
+    async fn channel_and_key(&self) -> Result<(tonic::transport::Channel, CallerKey), CliError> {
         let (endpoint, key) = self.endpoint_and_key()?;
         Ok((
             super::connect_channel(&endpoint).await?,
