@@ -95,7 +95,7 @@ if problems:
 print("\n".join(config["Entrypoint"]))
 EOF
 mapfile -t entrypoint < "$work/entrypoint"
-echo "entrypoint ${entrypoint[*]}, user $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["OCIv1"]["config"]["User"])' "$work/inspect.json")"
+echo "entrypoint ${entrypoint[*]}"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 endpoint="http://127.0.0.1:$port"
@@ -138,6 +138,12 @@ grep -q 'SERVING' "$work/health.out" || fail "health printed $(cat "$work/health
 cat "$work/health.out"
 server_pid=$(descendant_serving)
 [ -n "$server_pid" ] || fail "cannot find the server process"
+image_user=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["OCIv1"]["config"]["User"])' \
+    "$work/inspect.json")
+running_as=$(awk '/^Uid:/ { uid = $2 } /^Gid:/ { gid = $2 } END { print uid ":" gid }' \
+    "/proc/$server_pid/status")
+[ "$running_as" = "$image_user" ] || fail "the server runs as $running_as, not $image_user"
+echo "the server runs as $running_as"
 
 echo "== ingest and query from outside"
 "$client" ingest --server "$endpoint" examples/handbook > "$work/ingest.out" \

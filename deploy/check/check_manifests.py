@@ -2,8 +2,8 @@
 """Checks what the schema validators and checkov cannot: that the rendered manifests agree
 with the server they run.
 
-    check_manifests.py --binary target/debug/deeprecall RENDERED.yaml...
-    check_manifests.py --binary ... --self-test RENDERED.yaml
+    check_manifests.py --binary target/debug/deeprecall [--compose deploy/compose.yaml] RENDERED.yaml...
+    check_manifests.py --binary ... --self-test RENDERED.yaml...
 
 For each rendered kustomization (one YAML stream per overlay or overlay + component):
   - the ConfigMap's deeprecall.toml, with the container's environment, is a configuration the
@@ -18,6 +18,9 @@ For each rendered kustomization (one YAML stream per overlay or overlay + compon
   - selectors (Services, PDB, NetworkPolicy, ServiceMonitor, HPA, DestinationRule) select
     the pods or objects they mean; the pod runs as the image's user;
   - no Secret is committed, and every checkov skip names its check and a reason.
+With --compose, compose.yaml and its Envoy configuration likewise: the replicas' environment
+passes --check-config, the health check, Envoy's upstream port and health-checked service
+name, and stop_grace_period agree with the server.
 
 --self-test breaks one thing at a time in memory and fails unless each break is caught.
 """
@@ -100,6 +103,12 @@ def check_config(binary: str, toml_text: str, env_list: list[dict], config_path:
                 f"but the ConfigMap is mounted at {config_path}"
             )
         env["DEEPRECALL_CONFIG"] = str(config_file)
+        # Files named by the environment come from mounted Secrets (checked below): a stand-in
+        # with an example value, in case reading the configuration reads them.
+        for name in [name for name in env if name.endswith("_FILE")]:
+            stand_in = Path(scratch) / name.lower()
+            stand_in.write_text("from-a-secret\n")
+            env[name] = str(stand_in)
         run = subprocess.run(
             [binary, "serve", "--check-config"],
             env=env,
@@ -176,6 +185,25 @@ def check(docs: list[dict], binary: str) -> list[str]:
         expect(named.get("metrics") == metrics_port, f"port metrics is {named.get('metrics')}, the server's is {metrics_port}")
         annotation = pod["metadata"].get("annotations", {}).get("prometheus.io/port")
         expect(annotation == str(metrics_port), f"prometheus.io/port is {annotation!r}, not {metrics_port}")
+
+    # Files and directories the server needs are mounted: the root file system is read-only.
+    def mount_of(path: str) -> str | None:
+        under = [name for name, mount in mounts.items() if path == mount or path.startswith(mount.rstrip("/") + "/")]
+        return max(under, key=lambda name: len(mounts[name]), default=None)
+
+    data_mount = mount_of(summary.get("data_dir", ""))
+    expect(data_mount is not None, f"data_dir {summary.get('data_dir')} is on the read-only root file system")
+    env_values = {item["name"]: item.get("value") for item in container.get("env", [])}
+    secret_files = {
+        "auth.keys_file": summary.get("keys_file", ""),
+        "llm.api_key_file": summary.get("llm_api_key_file", ""),
+        "DEEPRECALL_DATABASE_PASSWORD_FILE": env_values.get("DEEPRECALL_DATABASE_PASSWORD_FILE") or "",
+    }
+    for setting, path in secret_files.items():
+        if not path:
+            continue
+        volume = volumes.get(mount_of(path) or "", {})
+        expect("secret" in volume, f"{setting} {path} is not in a mounted Secret")
 
     # Probes.
     for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -356,6 +384,15 @@ BREAKS = {
             doc for doc in by_kind(docs, "Service") if doc["metadata"]["name"] == "deeprecall"
         )["spec"]["ports"][0].pop("appProtocol"),
         "Service deeprecall's grpc port is not h2c",
+    ),
+    "a key file outside its Secret": (
+        lambda docs: config_map_of(docs)["data"].__setitem__(
+            "deeprecall.toml",
+            config_map_of(docs)["data"]["deeprecall.toml"].replace(
+                "/etc/deeprecall/keys/keys.toml", "/etc/deeprecall/keys.toml"
+            ),
+        ),
+        "auth.keys_file /etc/deeprecall/keys.toml is not in a mounted Secret",
     ),
     "an unjustified skip": (
         lambda docs: workload_of(docs)["metadata"]["annotations"].__setitem__(

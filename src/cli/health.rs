@@ -47,7 +47,7 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
         ))
     };
     let check = async {
-        let (channel, key) = args.client.connect_channel().await?;
+        let (channel, key) = args.client.channel_and_key().await?;
         let mut health = HealthClient::with_interceptor(channel, key);
         let mut request = tonic::Request::new(HealthCheckRequest {
             service: service.clone(),
@@ -100,7 +100,8 @@ fn status_name(status: i32) -> &'static str {
 }
 
 /// Checks a loaded configuration for what the server would refuse only later, then prints the
-/// settings a deployment must agree with (ports, drain time), one `name: value` per line.
+/// settings a deployment must agree with (ports, drain time, the directories and files it
+/// needs), one `name: value` per line.
 /// Opens no file, binds no port and connects nowhere.
 pub fn check_config(config: &Config) -> Result<(), CliError> {
     let grace = config.server.shutdown_grace_seconds;
@@ -110,9 +111,13 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
         )));
     }
     let metrics = config.telemetry.metrics_listen.trim();
-    if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
+    // The server binds a host name as well as an address; a port is what must be there.
+    let has_port = metrics
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !metrics.is_empty() && !has_port {
         return Err(config_error(format!(
-            "telemetry.metrics_listen must be an address like 0.0.0.0:9464, not {metrics:?}"
+            "telemetry.metrics_listen must be host:port, like 0.0.0.0:9464, not {metrics:?}"
         )));
     }
     if config.limits.fallback_replicas == 0 {
@@ -125,6 +130,13 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
     println!("metrics_listen: {metrics}");
     println!("shutdown_grace_seconds: {grace}");
     println!("data_dir: {}", config.store.data_dir.display());
+    let file = |path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default()
+    };
+    println!("keys_file: {}", file(&config.auth.keys_file));
+    println!("llm_api_key_file: {}", file(&config.llm.api_key_file));
     println!(
         "cache: {}",
         format!("{:?}", config.cache.backend).to_lowercase()
@@ -143,7 +155,7 @@ fn config_error(message: String) -> CliError {
 impl ClientArgs {
     /// Connects to the server and returns the channel with the key to send, for clients of
     /// services other than DeepRecall.
-    async fn connect_channel(&self) -> Result<(tonic::transport::Channel, CallerKey), CliError> {
+    async fn channel_and_key(&self) -> Result<(tonic::transport::Channel, CallerKey), CliError> {
         let (endpoint, key) = self.endpoint_and_key()?;
         Ok((
             super::connect_channel(&endpoint).await?,

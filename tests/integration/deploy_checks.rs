@@ -189,22 +189,34 @@ async fn check_config_reports_the_settings_without_listening_or_opening_the_stor
 #[tokio::test]
 async fn check_config_names_the_setting_it_refuses() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let config = dir.path().join("deeprecall.toml");
-    std::fs::write(&config, "[engine]\nmax_topk = 3\n").expect("write the config");
-    let output = deeprecall(args(&[
-        "serve",
-        "--check-config",
-        "--config",
-        &config.display().to_string(),
-    ]))
-    .await;
-    assert!(!output.status.success());
-    assert!(
-        text(&output.stderr).contains("max_topk"),
-        "{}",
-        text(&output.stderr)
-    );
-    assert!(text(&output.stdout).is_empty(), "{}", text(&output.stdout));
+    for (toml, named) in [
+        ("[engine]\nmax_topk = 3\n", "max_topk"),
+        (
+            "[telemetry]\nmetrics_listen = \"0.0.0.0\"\n",
+            "telemetry.metrics_listen",
+        ),
+        (
+            "[limits]\nfallback_replicas = 0\n",
+            "limits.fallback_replicas",
+        ),
+    ] {
+        let config = dir.path().join("deeprecall.toml");
+        std::fs::write(&config, toml).expect("write the config");
+        let output = deeprecall(args(&[
+            "serve",
+            "--check-config",
+            "--config",
+            &config.display().to_string(),
+        ]))
+        .await;
+        assert!(!output.status.success(), "{toml} accepted");
+        assert!(
+            text(&output.stderr).contains(named),
+            "{named} in {}",
+            text(&output.stderr)
+        );
+        assert!(text(&output.stdout).is_empty(), "{}", text(&output.stdout));
+    }
 }
 
 #[tokio::test]
