@@ -256,6 +256,40 @@ pub fn spawn_binary_with_env(
     extra_args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, String) {
+    let (child, endpoint, _log) = spawn_binary_logging(data_dir, extra_args, env);
+    (child, endpoint)
+}
+
+/// The JSON log lines of a spawned binary, as it writes them.
+pub struct LogLines(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl LogLines {
+    /// Waits for the next line containing `needle` and returns it. A generous bound only
+    /// catches a line that never comes.
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = self.0.recv().await {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the log ended without a line containing {needle:?}"),
+            Err(_) => panic!("no log line containing {needle:?} came"),
+        }
+    }
+}
+
+/// Like [`spawn_binary_with_env`], also handing over the log lines written after the address.
+pub fn spawn_binary_logging(
+    data_dir: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, LogLines) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -279,9 +313,15 @@ pub fn spawn_binary_with_env(
             break address.to_string();
         }
     };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{address}"))
+    // Keep draining the log so the server never blocks on a full pipe, whether or not anyone
+    // still reads the lines.
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    (child, format!("http://{address}"), LogLines(receiver))
 }
 
 /// A port free now, for a listener configured by number (the metrics endpoint).
