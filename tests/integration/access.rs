@@ -82,19 +82,6 @@ fn add_request(collection: &str, id: &str) -> pb::AddDocumentsRequest {
     }
 }
 
-/// A server whose model answers after `latency`, with one document in the default collection
-/// and its limits set by `limits`.
-async fn slow_model_server(
-    latency: Duration,
-    limits: impl FnOnce(&mut deeprecall::config::LimitsConfig),
-) -> (MockLlmServer, TestServer) {
-    model_server(
-        MockScript::replies(vec![MockReply::text("Kestrel is in Tampere.")]).with_latency(latency),
-        limits,
-    )
-    .await
-}
-
 /// A server whose model follows `script`, with one document in the default collection and its
 /// limits set by `limits`.
 async fn model_server(

@@ -139,11 +139,16 @@ pub async fn query_events(
     client: &mut DeepRecallClient<Channel>,
     request: pb::QueryRequest,
 ) -> Vec<pb::QueryEvent> {
-    let mut stream = client
+    let stream = client
         .query(request)
         .await
         .expect("query accepted")
         .into_inner();
+    events_of(stream).await
+}
+
+/// Reads a Query stream to its end and returns every event; it must end cleanly.
+pub async fn events_of(mut stream: tonic::Streaming<pb::QueryEvent>) -> Vec<pb::QueryEvent> {
     let mut events = Vec::new();
     while let Some(event) = stream.message().await.expect("stream ends cleanly") {
         events.push(event);
@@ -156,7 +161,16 @@ pub async fn query_result(
     client: &mut DeepRecallClient<Channel>,
     request: pb::QueryRequest,
 ) -> pb::QueryResult {
-    let events = query_events(client, request).await;
+    result_among(&query_events(client, request).await)
+}
+
+/// Reads a Query stream to its end and returns its result.
+pub async fn stream_result(stream: tonic::Streaming<pb::QueryEvent>) -> pb::QueryResult {
+    result_among(&events_of(stream).await)
+}
+
+/// The result that ends a stream's events.
+fn result_among(events: &[pb::QueryEvent]) -> pb::QueryResult {
     match events.last().and_then(|event| event.event.clone()) {
         Some(pb::query_event::Event::Result(result)) => result,
         other => panic!("the stream did not end with a result: {other:?}"),
