@@ -459,12 +459,7 @@ async fn a_dead_redis_leaves_each_replica_its_share_of_the_limit() {
         config.limits.requests_per_minute = 2;
         config.limits.fallback_replicas = 2;
     };
-    let metrics_port = free_port();
-    let mut first = TestServer::start_with(|config| {
-        limited_in_halves(config);
-        config.telemetry.metrics_listen = format!("127.0.0.1:{metrics_port}");
-    })
-    .await;
+    let (mut first, metrics_port) = TestServer::start_with_metrics(limited_in_halves).await;
     let mut second = TestServer::start_with(limited_in_halves).await;
     // While Redis answers, the two share the whole burst of four.
     stats(

@@ -38,6 +38,42 @@ impl TestServer {
 
     /// Starts a server on an existing data directory, which the caller keeps.
     pub async fn start_in(data_path: &Path, configure: impl FnOnce(&mut Config)) -> Self {
+        match Self::try_start_in(data_path, configure).await {
+            Ok(server) => server,
+            Err(error) => panic!("the server did not start: {error}"),
+        }
+    }
+
+    /// Starts a server with a Prometheus endpoint on a port of its own and returns the port.
+    /// The port is free when picked but not held: should another process take it first, the
+    /// server cannot listen there, and another port is tried.
+    pub async fn start_with_metrics(configure: impl Fn(&mut Config)) -> (Self, u16) {
+        for _ in 0..10 {
+            let port = free_port();
+            let data_dir = tempfile::tempdir().expect("temporary directory");
+            let started = Self::try_start_in(data_dir.path(), |config| {
+                configure(config);
+                config.telemetry.metrics_listen = format!("127.0.0.1:{port}");
+            })
+            .await;
+            match started {
+                Ok(mut server) => {
+                    server.data_dir = Some(data_dir);
+                    return (server, port);
+                }
+                Err(error) if error.to_string().contains("metrics_listen") => continue,
+                Err(error) => panic!("the server did not start: {error}"),
+            }
+        }
+        panic!("the metrics endpoint could not listen on any of 10 free ports");
+    }
+
+    /// Starts a server on `data_path`; returns the error of a server that stopped before it
+    /// was serving.
+    async fn try_start_in(
+        data_path: &Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> Result<Self, ServerError> {
         let mut config = Config::default();
         config.store.data_dir = data_path.to_path_buf();
         config.server.shutdown_grace_seconds = 2.0;
@@ -45,20 +81,26 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::serve(config, listener, async {
+        let mut handle = tokio::spawn(server::serve(config, listener, async {
             let _ = stopped.await;
         }));
-        wait_until_serving(&endpoint).await;
+        tokio::select! {
+            () = wait_until_serving(&endpoint) => {}
+            ended = &mut handle => {
+                ended.expect("serve task does not panic")?;
+                panic!("serve returned before it was serving");
+            }
+        }
         let client = DeepRecallClient::connect(endpoint.clone())
             .await
             .expect("client connects");
-        TestServer {
+        Ok(TestServer {
             endpoint,
             client,
             stop: Some(stop),
             handle: Some(handle),
             data_dir: None,
-        }
+        })
     }
 
     /// Sends the shutdown signal and waits for `serve` to return.
@@ -205,24 +247,37 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts redis-server and waits until it answers PING. `.ci/run` installs it.
+    /// Starts redis-server on a free port and waits until it answers PING. `.ci/run` installs
+    /// it. The port is free when picked but not held: should another process take it first,
+    /// redis-server exits and another port is tried.
     pub fn start() -> Self {
+        for _ in 0..10 {
+            if let Some(server) = Self::try_start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("redis-server could not listen on any of 10 free ports");
+    }
+
+    /// Starts redis-server on `port`; `None` when it exits before answering, as it does when
+    /// the port is taken.
+    fn try_start_on(port: u16) -> Option<Self> {
         use std::io::{Read, Write};
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server; .ci/run does it)");
         // An external process gives no readiness signal but its port: ask until it answers.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return None;
+            }
             let answered =
                 std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+                    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
                     stream.write_all(b"PING\r\n")?;
                     let mut reply = [0u8; 7];
                     stream.read_exact(&mut reply)?;
@@ -231,16 +286,17 @@ impl RedisServer {
             if matches!(answered, Ok(true)) {
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not start");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        RedisServer {
+        Some(RedisServer {
             child: Some(child),
             url: format!("redis://127.0.0.1:{port}"),
-        }
+        })
     }
 
     /// Kills the server at once, as a crash would.
@@ -338,7 +394,8 @@ pub fn spawn_binary_logging(
     (child, format!("http://{address}"), LogLines(receiver))
 }
 
-/// A port free now, for a listener configured by number (the metrics endpoint).
+/// A port free now but not held, for a listener configured by number: whoever uses it must
+/// try another when it turns out to be taken.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
