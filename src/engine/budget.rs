@@ -433,6 +433,20 @@ mod tests {
     }
 
     #[test]
+    fn free_completions_are_not_capped_by_the_cost_budget() {
+        let budget = BudgetTracker::new(
+            BudgetLimits {
+                max_tokens: None,
+                max_cost_usd: Some(2.0),
+                ..limits()
+            },
+            Instant::now(),
+        );
+        // The prompt takes every dollar; the completion costs nothing.
+        assert_eq!(budget.plan_call(4, Some((0.5, 0.0)), 4096), Ok(4096));
+    }
+
+    #[test]
     fn each_resource_warns_once() {
         let mut budget = BudgetTracker::new(limits(), Instant::now());
         budget.record_model_usage(90, 0.0);
