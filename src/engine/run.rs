@@ -1031,6 +1031,18 @@ mod tests {
     }
 
     #[test]
+    fn confidence_follows_how_the_answer_was_made() {
+        assert_eq!(Sureness::Stated(Some(0.8)).confidence(true), 0.8);
+        assert_eq!(Sureness::Stated(Some(7.0)).confidence(false), 1.0);
+        assert_eq!(Sureness::Stated(Some(f64::NAN)).confidence(true), 0.6);
+        assert_eq!(Sureness::Stated(None).confidence(true), 0.6);
+        assert_eq!(Sureness::Stated(None).confidence(false), 0.3);
+        assert_eq!(Sureness::Summary.confidence(true), 0.5);
+        assert_eq!(Sureness::Summary.confidence(false), 0.2);
+        assert_eq!(Sureness::Coverage(0.8).confidence(true), 0.4);
+    }
+
+    #[test]
     fn markdown_links_and_stray_brackets_are_not_citations() {
         let (answer, citations) = validate_citations(
             "See [the guide](https://example.com) and [a [zephyr] or [",

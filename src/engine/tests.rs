@@ -265,6 +265,148 @@ async fn a_partial_result_is_never_served_from_the_cache() {
 }
 
 #[tokio::test]
+async fn cited_sources_come_first_in_citation_order_then_the_rest_by_score() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool(
+                "search_db",
+                json!({"query": "Klaxon Industries headquartered Porto"}),
+            ),
+            ScriptedModel::tool(
+                "submit",
+                json!({"answer": "Oslo [bramble] or [zephyr].", "citations": ["bramble", "zephyr"]}),
+            ),
+        ],
+    ));
+    let engine = engine_with(corpus(), model);
+    let (result, _) = run_collecting(&engine, question("Where?")).await;
+    let ids: Vec<&str> = result.sources.iter().map(|hit| hit.id.as_str()).collect();
+    // "klaxon" matched the search best, yet comes after the two cited sources.
+    assert_eq!(ids, ["bramble", "zephyr", "klaxon"]);
+    assert!(result.sources[2].score > result.sources[0].score);
+}
+
+#[tokio::test]
+async fn sources_are_cut_to_the_limit_but_never_below_the_cited_ones() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool(
+                "search_db",
+                json!({"query": "Klaxon Industries headquartered Porto Zephyr"}),
+            ),
+            ScriptedModel::tool(
+                "submit",
+                json!({"answer": "[bramble] [zephyr]", "citations": ["bramble", "zephyr"]}),
+            ),
+            ScriptedModel::tool(
+                "search_db",
+                json!({"query": "Klaxon Industries headquartered Porto Zephyr"}),
+            ),
+            ScriptedModel::text("Porto."),
+        ],
+    ));
+    let config = EngineConfig {
+        max_sources: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            sub_model: model.clone(),
+            model,
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+        },
+        config,
+    );
+    let (cited, _) = run_collecting(&engine, question("Who?")).await;
+    assert_eq!(cited.sources.len(), 2, "every cited source stays");
+    let (uncited, _) = run_collecting(&engine, question("Where?")).await;
+    let ids: Vec<&str> = uncited.sources.iter().map(|hit| hit.id.as_str()).collect();
+    assert_eq!(ids, ["klaxon"], "the best one within the limit");
+}
+
+#[tokio::test]
+async fn an_empty_reply_is_asked_again_once_then_the_run_stops() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::text(""),
+            ScriptedModel::text("Porto."),
+            ScriptedModel::text(" "),
+            ScriptedModel::text(""),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let (answered, _) = run_collecting(&engine, question("Where?")).await;
+    assert_eq!(answered.answer, "Porto.");
+    assert!(!answered.partial);
+    let (stopped, _) = run_collecting(&engine, question("Where else?")).await;
+    assert!(stopped.partial);
+    assert!(
+        stopped
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("empty replies twice"),
+        "{:?}",
+        stopped.error
+    );
+}
+
+#[tokio::test]
+async fn a_batched_call_splits_the_completion_cap_and_takes_at_most_its_limit_of_prompts() {
+    let prompts = |count: usize| -> Vec<String> { (0..count).map(|n| format!("p{n}")).collect() };
+    let root = Arc::new(ScriptedModel::new(
+        "root",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("llm_query_batched", json!({"prompts": prompts(4)})),
+            ScriptedModel::tool("llm_query_batched", json!({"prompts": prompts(5)})),
+            ScriptedModel::text("done"),
+        ],
+    ));
+    let sub = Arc::new(ScriptedModel::new(
+        "sub",
+        Duration::ZERO,
+        (0..4).map(|_| ScriptedModel::text("digest")).collect(),
+    ));
+    let config = EngineConfig {
+        max_batched_prompts: 4,
+        max_completion_tokens: 1_000,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            model: root.clone(),
+            sub_model: sub.clone(),
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+        },
+        config,
+    );
+    let (result, _) = run_collecting(&engine, question("Digest?")).await;
+    assert_eq!(result.answer, "done");
+    let caps: Vec<Option<u32>> = sub
+        .requests()
+        .iter()
+        .map(|request| request.max_tokens)
+        .collect();
+    assert_eq!(caps, [Some(250); 4], "the cap shared by the four prompts");
+    let requests = root.requests();
+    let over = &requests[2].messages.last().expect("tool result").content;
+    assert!(over.contains("at most 4"), "{over}");
+}
+
+#[tokio::test]
 async fn tool_calls_of_one_turn_run_and_answer_in_order() {
     let model = Arc::new(ScriptedModel::new(
         "scripted",
