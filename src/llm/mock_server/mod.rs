@@ -2161,6 +2161,28 @@ mod tests {
         assert_eq!(outcome.ok(), Some(StatusCode::SERVICE_UNAVAILABLE));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_holding_its_whole_answer_finds_the_request_timed() {
+        let server = MockLlmServer::start(MockScript::default().with_recording(Recording::Light))
+            .await
+            .unwrap();
+        let client = client();
+        let url = format!("{}/chat/completions", server.base_url());
+        // The race this guards against, a record written after the client read it, shows only
+        // now and then: many round trips give it its chances.
+        for n in 0..300 {
+            let response = client
+                .post(&url)
+                .json(&openai_body("q", false))
+                .send()
+                .await
+                .unwrap();
+            response.bytes().await.unwrap();
+            let timed = server.requests()[n].service_time;
+            assert!(timed.is_some(), "request {n} was not timed yet");
+        }
+    }
+
     #[tokio::test]
     async fn each_request_on_a_kept_alive_connection_is_timed_from_its_own_first_byte() {
         let latency = Duration::from_millis(20);
