@@ -447,6 +447,18 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_of_zero_warns_of_nothing() {
+        let mut budget = BudgetTracker::new(
+            BudgetLimits {
+                max_search_calls: Some(0),
+                ..limits()
+            },
+            Instant::now(),
+        );
+        assert!(budget.take_warnings().is_empty());
+    }
+
+    #[test]
     fn each_resource_warns_once() {
         let mut budget = BudgetTracker::new(limits(), Instant::now());
         budget.record_model_usage(90, 0.0);
