@@ -246,8 +246,12 @@ mod tests {
         assert_eq!(get(&cache, &key("c", "a")).await, None);
         assert_eq!(get(&cache, &key("c", "b")).await, Some(vec![0; 6]));
         assert_eq!(get(&cache, &key("c", "huge")).await, None);
-        let stats = stats(&cache).await;
-        assert_eq!((stats.entries, stats.evictions), (1, 1));
+        let counts = stats(&cache).await;
+        assert_eq!((counts.entries, counts.evictions), (1, 1));
+        // The evicted value's bytes were given back: four more fit beside "b".
+        put(&cache, &key("c", "c"), vec![0; 4], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "b")).await, Some(vec![0; 6]));
+        assert_eq!(stats(&cache).await.evictions, 1);
     }
 
     #[tokio::test]
