@@ -599,8 +599,27 @@ async fn completions_are_capped_to_the_token_budget_left() {
     let mut request = question("Zephyr?");
     request.budget.max_tokens = Some(2_000);
     run_collecting(&engine, request).await;
-    let cap = model.requests()[0].max_tokens.expect("a cap");
-    assert!(cap < 2_000 && cap > 500, "{cap}");
+    let sent = &model.requests()[0];
+    // The prompt is estimated at a token per four characters of every message, with four
+    // tokens of framing each, and of every tool's name, description and schema.
+    use crate::llm::estimate_tokens;
+    let messages: u64 = sent
+        .messages
+        .iter()
+        .map(|message| 4 + estimate_tokens(&message.content))
+        .sum();
+    let tools: u64 = sent
+        .tools
+        .iter()
+        .map(|tool| {
+            estimate_tokens(tool.name)
+                + estimate_tokens(tool.description)
+                + estimate_tokens(&tool.parameters.to_string())
+        })
+        .sum();
+    assert!(messages > 100 && tools > 100, "{messages} {tools}");
+    let cap = u64::from(sent.max_tokens.expect("a cap"));
+    assert_eq!(cap, 2_000 - messages - tools);
 }
 
 #[tokio::test]
