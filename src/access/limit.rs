@@ -483,8 +483,10 @@ mod tests {
         let Decision::Limited { retry_after } = one_of_three.check("a", rate, 1).await else {
             panic!("the third request is over the share");
         };
+        // Whatever time the checks took, far more than the one second the whole rate would
+        // ask for.
         assert!(
-            retry_after > Duration::from_millis(2_900) && retry_after <= Duration::from_secs(3),
+            retry_after > Duration::from_secs(2) && retry_after <= Duration::from_secs(3),
             "{retry_after:?}"
         );
         assert_eq!(one_of_three.fallbacks(), 3);

@@ -157,6 +157,17 @@ impl Drop for WaitingPlace<'_> {
 mod tests {
     use super::*;
 
+    /// Waits until a query waits in line; the bound only catches one that never does.
+    async fn until_queued(slots: &QuerySlots) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while slots.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a query queued");
+    }
+
     #[tokio::test]
     async fn slots_then_a_bounded_line_then_refusal() {
         let slots = Arc::new(QuerySlots::new(SlotSettings {
@@ -170,9 +181,7 @@ mod tests {
             let slots = Arc::clone(&slots);
             async move { slots.acquire().await.map(|_| ()) }
         });
-        while slots.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+        until_queued(&slots).await;
         assert!(matches!(
             slots.acquire().await,
             Err(AccessError::Overloaded {
@@ -219,9 +228,7 @@ mod tests {
             let slots = Arc::clone(&slots);
             async move { slots.acquire().await.map(|_| ()) }
         });
-        while slots.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+        until_queued(&slots).await;
         drop(call);
         assert!(
             slots.take_free(1).is_empty(),

@@ -190,21 +190,29 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    async fn put(cache: &MemoryCache, key: &CacheKey, value: Vec<u8>, ttl: Duration) {
+        cache.put(key, value, ttl).await.expect("put");
+    }
+
+    async fn get(cache: &MemoryCache, key: &CacheKey) -> Option<Vec<u8>> {
+        cache.get(key).await.expect("get")
+    }
+
+    async fn stats(cache: &MemoryCache) -> CacheStats {
+        cache.stats().await.expect("stats")
+    }
+
     #[tokio::test]
     async fn a_stored_value_is_found_until_it_expires() {
         let cache = MemoryCache::new(MemoryCacheConfig::default());
-        cache.put(&key("c", "a"), b"one".to_vec(), HOUR).await.ok();
-        cache
-            .put(&key("c", "b"), b"two".to_vec(), Duration::ZERO)
-            .await
-            .ok();
-        assert_eq!(
-            cache.get(&key("c", "a")).await.ok().flatten(),
-            Some(b"one".to_vec())
-        );
-        assert_eq!(cache.get(&key("c", "b")).await.ok().flatten(), None);
-        let stats = cache.stats().await.unwrap_or_default();
-        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+        put(&cache, &key("c", "a"), b"one".to_vec(), HOUR).await;
+        // Expired the moment it is stored.
+        put(&cache, &key("c", "b"), b"two".to_vec(), Duration::ZERO).await;
+        assert_eq!(get(&cache, &key("c", "a")).await, Some(b"one".to_vec()));
+        assert_eq!(get(&cache, &key("c", "b")).await, None);
+        assert_eq!(get(&cache, &key("c", "never")).await, None);
+        let stats = stats(&cache).await;
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 2, 1));
     }
 
     #[tokio::test]
@@ -213,13 +221,16 @@ mod tests {
             max_entries: 2,
             max_bytes: 1024,
         });
-        cache.put(&key("c", "a"), vec![1], HOUR).await.ok();
-        cache.put(&key("c", "b"), vec![2], HOUR).await.ok();
-        cache.get(&key("c", "a")).await.ok();
-        cache.put(&key("c", "c"), vec![3], HOUR).await.ok();
-        assert!(cache.get(&key("c", "a")).await.ok().flatten().is_some());
-        assert!(cache.get(&key("c", "b")).await.ok().flatten().is_none());
-        assert_eq!(cache.stats().await.unwrap_or_default().evictions, 1);
+        put(&cache, &key("c", "a"), vec![1], HOUR).await;
+        put(&cache, &key("c", "b"), vec![2], HOUR).await;
+        // Reading "a" makes "b" the least recently used.
+        get(&cache, &key("c", "a")).await;
+        put(&cache, &key("c", "c"), vec![3], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "a")).await, Some(vec![1]));
+        assert_eq!(get(&cache, &key("c", "b")).await, None);
+        assert_eq!(get(&cache, &key("c", "c")).await, Some(vec![3]));
+        let stats = stats(&cache).await;
+        assert_eq!((stats.entries, stats.evictions), (2, 1));
     }
 
     #[tokio::test]
@@ -228,20 +239,61 @@ mod tests {
             max_entries: 100,
             max_bytes: 10,
         });
-        cache.put(&key("c", "a"), vec![0; 6], HOUR).await.ok();
-        cache.put(&key("c", "b"), vec![0; 6], HOUR).await.ok();
-        cache.put(&key("c", "huge"), vec![0; 11], HOUR).await.ok();
-        let stats = cache.stats().await.unwrap_or_default();
-        assert_eq!((stats.entries, stats.evictions), (1, 1));
+        put(&cache, &key("c", "a"), vec![0; 6], HOUR).await;
+        put(&cache, &key("c", "b"), vec![0; 6], HOUR).await;
+        // Larger than the whole budget: not stored, and nothing is evicted for it.
+        put(&cache, &key("c", "huge"), vec![0; 11], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "a")).await, None);
+        assert_eq!(get(&cache, &key("c", "b")).await, Some(vec![0; 6]));
+        assert_eq!(get(&cache, &key("c", "huge")).await, None);
+        let counts = stats(&cache).await;
+        assert_eq!((counts.entries, counts.evictions), (1, 1));
+        // The evicted value's bytes were given back: four more fit beside "b".
+        put(&cache, &key("c", "c"), vec![0; 4], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "b")).await, Some(vec![0; 6]));
+        assert_eq!(stats(&cache).await.evictions, 1);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_or_deleted_value_gives_its_bytes_back() {
+        let cache = MemoryCache::new(MemoryCacheConfig {
+            max_entries: 100,
+            max_bytes: 10,
+        });
+        put(&cache, &key("c", "a"), vec![0; 8], HOUR).await;
+        put(&cache, &key("c", "a"), vec![1; 8], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "a")).await, Some(vec![1; 8]));
+        cache.delete(&key("c", "a")).await.expect("delete");
+        cache.delete(&key("c", "missing")).await.expect("delete");
+        assert_eq!(get(&cache, &key("c", "a")).await, None);
+        // The budget is whole again: two values fit without evicting each other.
+        put(&cache, &key("c", "b"), vec![0; 5], HOUR).await;
+        put(&cache, &key("c", "c"), vec![0; 5], HOUR).await;
+        let stats = stats(&cache).await;
+        assert_eq!((stats.entries, stats.evictions), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_cache_of_no_entries_keeps_nothing() {
+        let cache = MemoryCache::new(MemoryCacheConfig {
+            max_entries: 0,
+            max_bytes: 1024,
+        });
+        put(&cache, &key("c", "a"), vec![1], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "a")).await, None);
+        assert_eq!(stats(&cache).await.entries, 0);
     }
 
     #[tokio::test]
     async fn clearing_one_collection_leaves_the_others() {
         let cache = MemoryCache::new(MemoryCacheConfig::default());
-        cache.put(&key("a", "1"), vec![1], HOUR).await.ok();
-        cache.put(&key("a", "2"), vec![1], HOUR).await.ok();
-        cache.put(&key("b", "1"), vec![1], HOUR).await.ok();
-        assert_eq!(cache.clear(Some("a")).await.ok(), Some(2));
-        assert_eq!(cache.clear(None).await.ok(), Some(1));
+        put(&cache, &key("a", "1"), vec![1], HOUR).await;
+        put(&cache, &key("a", "2"), vec![1], HOUR).await;
+        put(&cache, &key("b", "1"), vec![1], HOUR).await;
+        assert_eq!(cache.clear(Some("a")).await.expect("clear"), 2);
+        assert_eq!(get(&cache, &key("a", "1")).await, None);
+        assert_eq!(get(&cache, &key("b", "1")).await, Some(vec![1]));
+        assert_eq!(cache.clear(None).await.expect("clear"), 1);
+        assert_eq!(stats(&cache).await.entries, 0);
     }
 }

@@ -264,6 +264,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_cache_of_none_keeps_nothing_and_says_so() {
+        let cache = NoCache;
+        let key = CacheKey::digest_of("c", &serde_json::json!({"q": 1}));
+        cache
+            .put(&key, b"[]".to_vec(), Duration::from_secs(60))
+            .await
+            .expect("put");
+        assert_eq!(cache.get(&key).await.expect("get"), None);
+        assert_eq!(cache.clear(None).await.expect("clear"), 0);
+        assert_eq!(cache.stats().await.expect("stats"), CacheStats::default());
+        assert_eq!(cache.backend(), "none");
+        assert!(!cache.keeps_entries());
+    }
+
+    #[tokio::test]
     async fn an_undecodable_entry_is_a_miss_and_is_deleted() {
         let level = CacheLevel {
             name: "result",

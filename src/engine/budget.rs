@@ -458,6 +458,79 @@ mod tests {
     }
 
     #[test]
+    fn usage_reports_the_time_since_the_start() {
+        let started = Instant::now() - Duration::from_secs(5);
+        let budget = BudgetTracker::new(limits(), started);
+        assert!(budget.usage().elapsed >= Duration::from_secs(5));
+        assert_eq!(budget.limits(), limits());
+    }
+
+    #[test]
+    fn a_prompt_that_leaves_exactly_the_minimal_completion_fits() {
+        let budget = BudgetTracker::new(limits(), Instant::now());
+        let prompt = 100 - MIN_COMPLETION_TOKENS;
+        assert_eq!(
+            budget.plan_call(prompt, None, 4096),
+            Ok(MIN_COMPLETION_TOKENS as u32)
+        );
+        assert_eq!(
+            budget.plan_call(prompt + 1, None, 4096),
+            Err(BudgetResource::Tokens)
+        );
+    }
+
+    #[test]
+    fn the_cost_already_spent_counts_against_the_next_call() {
+        // Prices and limits that floating point holds exactly.
+        let (input, output) = (0.5, 0.25);
+        let minimal_completion = MIN_COMPLETION_TOKENS as f64 * output;
+        let mut budget = BudgetTracker::new(
+            BudgetLimits {
+                max_tokens: None,
+                max_cost_usd: Some(10.0 + 2.0 + minimal_completion),
+                ..limits()
+            },
+            Instant::now(),
+        );
+        // Exactly what is left: a 4-token prompt ($2) and a minimal completion.
+        budget.record_model_usage(0, 10.0);
+        assert_eq!(
+            budget.plan_call(4, Some((input, output)), 4096),
+            Ok(MIN_COMPLETION_TOKENS as u32)
+        );
+        assert_eq!(
+            budget.plan_call(5, Some((input, output)), 4096),
+            Err(BudgetResource::Cost)
+        );
+    }
+
+    #[test]
+    fn free_completions_are_not_capped_by_the_cost_budget() {
+        let budget = BudgetTracker::new(
+            BudgetLimits {
+                max_tokens: None,
+                max_cost_usd: Some(2.0),
+                ..limits()
+            },
+            Instant::now(),
+        );
+        // The prompt takes every dollar; the completion costs nothing.
+        assert_eq!(budget.plan_call(4, Some((0.5, 0.0)), 4096), Ok(4096));
+    }
+
+    #[test]
+    fn a_limit_of_zero_warns_of_nothing() {
+        let mut budget = BudgetTracker::new(
+            BudgetLimits {
+                max_search_calls: Some(0),
+                ..limits()
+            },
+            Instant::now(),
+        );
+        assert!(budget.take_warnings().is_empty());
+    }
+
+    #[test]
     fn each_resource_warns_once() {
         let mut budget = BudgetTracker::new(limits(), Instant::now());
         budget.record_model_usage(90, 0.0);

@@ -3,6 +3,7 @@
 
 pub mod accounting;
 pub mod budget;
+mod citations;
 pub mod events;
 pub mod partial;
 pub mod prompts;

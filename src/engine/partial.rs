@@ -125,6 +125,18 @@ mod tests {
     }
 
     #[test]
+    fn at_most_three_sentences_each_source_cited_once() {
+        let sources = [hit(
+            "a",
+            "Alpha is here. Beta is there. Gamma is near. Delta is far.",
+        )];
+        let answer = synthesize("alpha beta gamma delta", &sources, "time");
+        assert_eq!(answer.citations, vec!["a"]);
+        assert_eq!(answer.text.matches("[a]").count(), 3);
+        assert_eq!(answer.coverage, 0.75);
+    }
+
+    #[test]
     fn says_so_when_nothing_is_relevant() {
         let answer = synthesize("Where is Porto?", &[hit("a", "Lunch is at noon.")], "time");
         assert!(answer.citations.is_empty());

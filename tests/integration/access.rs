@@ -1,7 +1,7 @@
 //! The front door over real gRPC: API keys, scopes, rate limits (in memory and shared through a
 //! real Redis), load shedding, key reload on SIGHUP, and gRPC-Web.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deeprecall::access::{KeyEntry, Scope};
 use deeprecall::api::{DeepRecallClient, pb};
@@ -18,6 +18,9 @@ use crate::common::*;
 const READER: &str = "reader-key-0000000001";
 const WRITER: &str = "writer-key-0000000002";
 const ADMIN: &str = "admin-key-00000000003";
+
+/// Longest a test waits for what should happen at once: it only bounds a hang.
+const HANG: Duration = Duration::from_secs(20);
 
 fn key(name: &str, secret: &str, scopes: &[Scope], collections: Option<&[&str]>) -> KeyEntry {
     KeyEntry {
@@ -79,17 +82,13 @@ fn add_request(collection: &str, id: &str) -> pb::AddDocumentsRequest {
     }
 }
 
-/// A server whose model answers after `latency`, with one document in the default collection
-/// and its limits set by `limits`.
-async fn slow_model_server(
-    latency: Duration,
+/// A server whose model follows `script`, with one document in the default collection and its
+/// limits set by `limits`.
+async fn model_server(
+    script: MockScript,
     limits: impl FnOnce(&mut deeprecall::config::LimitsConfig),
 ) -> (MockLlmServer, TestServer) {
-    let mock = MockLlmServer::start(
-        MockScript::replies(vec![MockReply::text("Kestrel is in Tampere.")]).with_latency(latency),
-    )
-    .await
-    .expect("mock starts");
+    let mock = MockLlmServer::start(script).await.expect("mock starts");
     let server = TestServer::start_with(|config| {
         config.llm.backend = Backend::Openai;
         config.llm.model = "mock-model".into();
@@ -437,12 +436,14 @@ async fn a_dead_redis_leaves_each_replica_limiting_alone() {
     // The local buckets start fresh: the burst of four again, then refusals, each answered
     // within the Redis timeout rather than hanging.
     for _ in 0..4 {
-        let started = Instant::now();
-        let result = run_query(client, tonic::Request::new(question("Where is Kestrel?")))
-            .await
-            .expect("served without Redis");
+        let result = tokio::time::timeout(
+            HANG,
+            run_query(client, tonic::Request::new(question("Where is Kestrel?"))),
+        )
+        .await
+        .expect("answered, not hanging on the dead Redis")
+        .expect("served without Redis");
         assert!(result.answer.contains("Tampere"), "{result:?}");
-        assert!(started.elapsed() < Duration::from_secs(2));
     }
     let limited = stats(client, tonic::Request::new(pb::GetStatsRequest {}))
         .await
@@ -458,12 +459,7 @@ async fn a_dead_redis_leaves_each_replica_its_share_of_the_limit() {
         config.limits.requests_per_minute = 2;
         config.limits.fallback_replicas = 2;
     };
-    let metrics_port = free_port();
-    let mut first = TestServer::start_with(|config| {
-        limited_in_halves(config);
-        config.telemetry.metrics_listen = format!("127.0.0.1:{metrics_port}");
-    })
-    .await;
+    let (mut first, metrics_port) = TestServer::start_with_metrics(limited_in_halves).await;
     let mut second = TestServer::start_with(limited_in_halves).await;
     // While Redis answers, the two share the whole burst of four.
     stats(
@@ -499,61 +495,84 @@ async fn a_dead_redis_leaves_each_replica_its_share_of_the_limit() {
 
 #[tokio::test]
 async fn overload_is_refused_at_once_not_queued() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     const STREAMS: usize = 200;
     const RUNNING: usize = 10;
     const WAITING: usize = 5;
-    let model_latency = Duration::from_secs(3);
-    let (_mock, server) = slow_model_server(model_latency, |limits| {
-        limits.max_concurrent_queries = RUNNING;
-        limits.max_queued_queries = WAITING;
-        limits.max_queue_wait_ms = 30_000;
-    })
+    const REFUSED: usize = STREAMS - RUNNING - WAITING;
+    // No model call ends until every refusal is in: a refusal queued behind the model would
+    // never come, and the test would stop at its bound.
+    let (mock, server) = model_server(
+        MockScript::replies(vec![MockReply::held(MockReply::text(
+            "Kestrel is in Tampere.",
+        ))]),
+        |limits| {
+            limits.max_concurrent_queries = RUNNING;
+            limits.max_queued_queries = WAITING;
+            limits.max_queue_wait_ms = 60_000;
+        },
+    )
     .await;
 
-    let started = Instant::now();
+    let refusals = Arc::new(AtomicUsize::new(0));
     let calls = (0..STREAMS).map(|n| {
         let mut client = server.client.clone();
+        let refusals = Arc::clone(&refusals);
         async move {
             let outcome = run_query(
                 &mut client,
                 tonic::Request::new(question(&format!("Kestrel {n}?"))),
             )
             .await;
-            (outcome, started.elapsed())
+            if matches!(&outcome, Err(status) if status.code() == Code::ResourceExhausted) {
+                refusals.fetch_add(1, Ordering::SeqCst);
+            }
+            outcome
         }
     });
-    let outcomes = futures::future::join_all(calls).await;
+    let release_after_the_refusals = async {
+        while refusals.load(Ordering::SeqCst) < REFUSED {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        mock.release_held();
+    };
+    let (outcomes, ()) = tokio::time::timeout(
+        HANG,
+        futures::future::join(futures::future::join_all(calls), release_after_the_refusals),
+    )
+    .await
+    .expect("every refusal came while the model held its answers");
 
-    let answered = outcomes
+    let answered = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    let refused: Vec<&tonic::Status> = outcomes
         .iter()
-        .filter(|(outcome, _)| outcome.is_ok())
-        .count();
-    let refused: Vec<Duration> = outcomes
-        .iter()
-        .filter_map(|(outcome, elapsed)| match outcome {
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                assert!(status.message().contains("overloaded"), "{status:?}");
-                Some(*elapsed)
-            }
-            _ => None,
-        })
+        .filter_map(|outcome| outcome.as_ref().err())
         .collect();
-    assert_eq!(answered, RUNNING + WAITING);
-    assert_eq!(refused.len(), STREAMS - RUNNING - WAITING);
-    // Refused before any model call could have ended: never queued behind the slow model.
     assert!(
-        refused.iter().all(|elapsed| *elapsed < model_latency),
+        refused
+            .iter()
+            .all(|status| status.code() == Code::ResourceExhausted
+                && status.message().contains("overloaded")),
         "{refused:?}"
     );
+    assert_eq!(answered, RUNNING + WAITING);
+    assert_eq!(refused.len(), REFUSED);
 }
 
 #[tokio::test]
 async fn a_batch_runs_its_items_on_free_query_slots_only() {
     const RUNNING: usize = 3;
-    let (mock, server) = slow_model_server(Duration::from_millis(600), |limits| {
-        limits.max_concurrent_queries = RUNNING;
-        limits.max_queued_queries = 0;
-    })
+    // No model call ends until the test lets it: the batch holds every slot it took.
+    let (mock, server) = model_server(
+        MockScript::replies(vec![MockReply::held(MockReply::text(
+            "Kestrel is in Tampere.",
+        ))]),
+        |limits| {
+            limits.max_concurrent_queries = RUNNING;
+            limits.max_queued_queries = 0;
+        },
+    )
     .await;
 
     let mut batch_client = server.client.clone();
@@ -574,25 +593,32 @@ async fn a_batch_runs_its_items_on_free_query_slots_only() {
         }
         Ok::<_, tonic::Status>(items)
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mock.request_count() < RUNNING {
-        assert!(
-            Instant::now() < deadline,
-            "the batch's items never reached the model"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::timeout(HANG, async {
+        while mock.request_count() < RUNNING {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the batch's items reached the model");
     // The call's slot and the two free ones: the batch takes no more than the server allows.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(mock.request_count(), RUNNING);
     let mut client = server.client.clone();
     let refused = run_query(&mut client, tonic::Request::new(question("Kestrel?")))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("overloaded"), "{refused:?}");
+    assert_eq!(
+        mock.request_count(),
+        RUNNING,
+        "no item beyond the free slots started"
+    );
 
-    let items = batch.await.expect("batch task").expect("batch succeeds");
+    mock.release_held();
+    let items = tokio::time::timeout(HANG, batch)
+        .await
+        .expect("the batch ends")
+        .expect("batch task")
+        .expect("batch succeeds");
     assert_eq!(items.len(), 5);
     assert!(
         items
@@ -606,55 +632,95 @@ async fn a_batch_runs_its_items_on_free_query_slots_only() {
 }
 
 #[tokio::test]
-async fn the_key_file_is_reloaded_on_sighup() {
+async fn the_key_file_is_reloaded_on_sighup_and_calls_in_flight_finish() {
+    // The model holds its answer until the test lets it go: a query stays in flight across
+    // the reload, however long that takes.
+    let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::held(MockReply::text(
+        "Kestrel is in Tampere.",
+    ))]))
+    .await
+    .expect("mock starts");
     let data_dir = tempfile::tempdir().expect("temporary directory");
     let keys_file = data_dir.path().join("keys.toml");
     let key_file = |name: &str, secret: &str| {
-        format!("[[keys]]\nname = \"{name}\"\nkey = \"{secret}\"\nscopes = [\"query\"]\n")
+        format!(
+            "[[keys]]\nname = \"{name}\"\nkey = \"{secret}\"\nscopes = [\"query\", \"write\"]\n"
+        )
     };
     std::fs::write(&keys_file, key_file("alice", READER)).expect("key file written");
     let keys_path = keys_file.display().to_string();
-    let (mut child, endpoint) =
-        spawn_binary(&data_dir.path().join("data"), &["--keys-file", &keys_path]);
+    let base_url = mock.base_url();
+    let (mut child, endpoint, mut log) = spawn_binary_logging(
+        &data_dir.path().join("data"),
+        &["--keys-file", &keys_path],
+        &[
+            ("DEEPRECALL_BACKEND", "openai"),
+            ("DEEPRECALL_MODEL", "mock-model"),
+            ("DEEPRECALL_BASE_URL", &base_url),
+            ("DEEPRECALL_LLM_API_KEY", "test-key"),
+            ("DEEPRECALL_CACHE", "none"),
+        ],
+    );
     wait_until_serving(&endpoint).await;
     let mut client = DeepRecallClient::connect(endpoint).await.expect("connects");
-    stats(&mut client, bearer(pb::GetStatsRequest {}, READER))
+    client
+        .add_documents(bearer(add_request("", "k"), READER))
         .await
-        .expect("alice admitted");
+        .expect("alice writes");
+    let mut in_flight_client = client.clone();
+    let in_flight = tokio::spawn(async move {
+        run_query(
+            &mut in_flight_client,
+            bearer(question("Where is Kestrel?"), READER),
+        )
+        .await
+    });
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while mock.request_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("alice's query reached the model");
 
     std::fs::write(&keys_file, key_file("bob", WRITER)).expect("key file rewritten");
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(signalled.success());
-    // The reload is the server's to do after the signal; ask until it shows, within a bound.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats(&mut client, bearer(pb::GetStatsRequest {}, WRITER))
+    hang_up(&child);
+    log.wait_for("SIGHUP: API keys reloaded").await;
+    stats(&mut client, bearer(pb::GetStatsRequest {}, WRITER))
         .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "bob's key never took effect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .expect("bob admitted");
     let gone = stats(&mut client, bearer(pb::GetStatsRequest {}, READER))
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::Unauthenticated);
 
+    // Alice's query was admitted before the reload: it runs to its end.
+    mock.release_held();
+    let result = in_flight
+        .await
+        .expect("query task")
+        .expect("the call in flight finished");
+    assert_eq!(result.answer, "Kestrel is in Tampere.");
+    assert!(!result.partial);
+
     // A broken file keeps the keys in force.
     std::fs::write(&keys_file, "[[keys]\nbroken").expect("key file broken");
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(signalled.success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hang_up(&child);
+    log.wait_for("SIGHUP: API keys not reloaded").await;
     stats(&mut client, bearer(pb::GetStatsRequest {}, WRITER))
         .await
         .expect("bob still admitted");
     child.kill().expect("stopped");
     child.wait().expect("reaped");
+}
+
+/// Sends SIGHUP to `child`.
+fn hang_up(child: &std::process::Child) {
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
 }
 
 /// One gRPC-Web frame: flag byte, big-endian length, payload.

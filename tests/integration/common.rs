@@ -38,6 +38,42 @@ impl TestServer {
 
     /// Starts a server on an existing data directory, which the caller keeps.
     pub async fn start_in(data_path: &Path, configure: impl FnOnce(&mut Config)) -> Self {
+        match Self::try_start_in(data_path, configure).await {
+            Ok(server) => server,
+            Err(error) => panic!("the server did not start: {error}"),
+        }
+    }
+
+    /// Starts a server with a Prometheus endpoint on a port of its own and returns the port.
+    /// The port is free when picked but not held: should another process take it first, the
+    /// server cannot listen there, and another port is tried.
+    pub async fn start_with_metrics(configure: impl Fn(&mut Config)) -> (Self, u16) {
+        for _ in 0..10 {
+            let port = free_port();
+            let data_dir = tempfile::tempdir().expect("temporary directory");
+            let started = Self::try_start_in(data_dir.path(), |config| {
+                configure(config);
+                config.telemetry.metrics_listen = format!("127.0.0.1:{port}");
+            })
+            .await;
+            match started {
+                Ok(mut server) => {
+                    server.data_dir = Some(data_dir);
+                    return (server, port);
+                }
+                Err(error) if error.to_string().contains("metrics_listen") => continue,
+                Err(error) => panic!("the server did not start: {error}"),
+            }
+        }
+        panic!("the metrics endpoint could not listen on any of 10 free ports");
+    }
+
+    /// Starts a server on `data_path`; returns the error of a server that stopped before it
+    /// was serving.
+    async fn try_start_in(
+        data_path: &Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> Result<Self, ServerError> {
         let mut config = Config::default();
         config.store.data_dir = data_path.to_path_buf();
         config.server.shutdown_grace_seconds = 2.0;
@@ -45,20 +81,26 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::serve(config, listener, async {
+        let mut handle = tokio::spawn(server::serve(config, listener, async {
             let _ = stopped.await;
         }));
-        wait_until_serving(&endpoint).await;
+        tokio::select! {
+            () = wait_until_serving(&endpoint) => {}
+            ended = &mut handle => {
+                ended.expect("serve task does not panic")?;
+                panic!("serve returned before it was serving");
+            }
+        }
         let client = DeepRecallClient::connect(endpoint.clone())
             .await
             .expect("client connects");
-        TestServer {
+        Ok(TestServer {
             endpoint,
             client,
             stop: Some(stop),
             handle: Some(handle),
             data_dir: None,
-        }
+        })
     }
 
     /// Sends the shutdown signal and waits for `serve` to return.
@@ -139,11 +181,16 @@ pub async fn query_events(
     client: &mut DeepRecallClient<Channel>,
     request: pb::QueryRequest,
 ) -> Vec<pb::QueryEvent> {
-    let mut stream = client
+    let stream = client
         .query(request)
         .await
         .expect("query accepted")
         .into_inner();
+    events_of(stream).await
+}
+
+/// Reads a Query stream to its end and returns every event; it must end cleanly.
+pub async fn events_of(mut stream: tonic::Streaming<pb::QueryEvent>) -> Vec<pb::QueryEvent> {
     let mut events = Vec::new();
     while let Some(event) = stream.message().await.expect("stream ends cleanly") {
         events.push(event);
@@ -156,7 +203,16 @@ pub async fn query_result(
     client: &mut DeepRecallClient<Channel>,
     request: pb::QueryRequest,
 ) -> pb::QueryResult {
-    let events = query_events(client, request).await;
+    result_among(&query_events(client, request).await)
+}
+
+/// Reads a Query stream to its end and returns its result.
+pub async fn stream_result(stream: tonic::Streaming<pb::QueryEvent>) -> pb::QueryResult {
+    result_among(&events_of(stream).await)
+}
+
+/// The result that ends a stream's events.
+fn result_among(events: &[pb::QueryEvent]) -> pb::QueryResult {
     match events.last().and_then(|event| event.event.clone()) {
         Some(pb::query_event::Event::Result(result)) => result,
         other => panic!("the stream did not end with a result: {other:?}"),
@@ -191,24 +247,37 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts redis-server and waits until it answers PING. `.ci/run` installs it.
+    /// Starts redis-server on a free port and waits until it answers PING. `.ci/run` installs
+    /// it. The port is free when picked but not held: should another process take it first,
+    /// redis-server exits and another port is tried.
     pub fn start() -> Self {
+        for _ in 0..10 {
+            if let Some(server) = Self::try_start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("redis-server could not listen on any of 10 free ports");
+    }
+
+    /// Starts redis-server on `port`; `None` when it exits before answering, as it does when
+    /// the port is taken.
+    fn try_start_on(port: u16) -> Option<Self> {
         use std::io::{Read, Write};
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server; .ci/run does it)");
         // An external process gives no readiness signal but its port: ask until it answers.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return None;
+            }
             let answered =
                 std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+                    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
                     stream.write_all(b"PING\r\n")?;
                     let mut reply = [0u8; 7];
                     stream.read_exact(&mut reply)?;
@@ -217,16 +286,17 @@ impl RedisServer {
             if matches!(answered, Ok(true)) {
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not start");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        RedisServer {
+        Some(RedisServer {
             child: Some(child),
             url: format!("redis://127.0.0.1:{port}"),
-        }
+        })
     }
 
     /// Kills the server at once, as a crash would.
@@ -256,6 +326,40 @@ pub fn spawn_binary_with_env(
     extra_args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, String) {
+    let (child, endpoint, _log) = spawn_binary_logging(data_dir, extra_args, env);
+    (child, endpoint)
+}
+
+/// The JSON log lines of a spawned binary, as it writes them.
+pub struct LogLines(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl LogLines {
+    /// Waits for the next line containing `needle` and returns it. A generous bound only
+    /// catches a line that never comes.
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = self.0.recv().await {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the log ended without a line containing {needle:?}"),
+            Err(_) => panic!("no log line containing {needle:?} came"),
+        }
+    }
+}
+
+/// Like [`spawn_binary_with_env`], also handing over the log lines written after the address.
+pub fn spawn_binary_logging(
+    data_dir: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, LogLines) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -279,12 +383,19 @@ pub fn spawn_binary_with_env(
             break address.to_string();
         }
     };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{address}"))
+    // Keep draining the log so the server never blocks on a full pipe, whether or not anyone
+    // still reads the lines.
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    (child, format!("http://{address}"), LogLines(receiver))
 }
 
-/// A port free now, for a listener configured by number (the metrics endpoint).
+/// A port free now but not held, for a listener configured by number: whoever uses it must
+/// try another when it turns out to be taken.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

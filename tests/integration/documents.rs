@@ -168,3 +168,73 @@ async fn an_acknowledged_write_survives_kill_dash_nine() {
     child.kill().expect("stopped");
     child.wait().expect("reaped");
 }
+
+#[tokio::test]
+async fn while_the_store_opens_health_is_not_serving_and_calls_are_unavailable() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let database = data_dir
+        .path()
+        .join(deeprecall::store::embedded::DATABASE_FILE);
+    // Another connection holds the database exclusively, so opening the store waits for it
+    // (up to SQLite's busy timeout) and the server stays in its opening state meanwhile.
+    let holder = rusqlite::Connection::open(&database).expect("database created");
+    holder
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("exclusive lock");
+    let mut config = deeprecall::config::Config::default();
+    config.store.data_dir = data_dir.path().to_path_buf();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(deeprecall::server::serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("the server listens while the store opens");
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: deeprecall::server::SERVICE_NAME.to_string(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::NotServing as i32);
+    let mut client = DeepRecallClient::new(channel);
+    let refused = client
+        .query(question("Anything yet?"))
+        .await
+        .expect_err("no query before the store is open");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let refused = client
+        .add_documents(pb::AddDocumentsRequest {
+            collection: String::new(),
+            documents: vec![document("a", "Too early.", json!({}))],
+        })
+        .await
+        .expect_err("no write before the store is open");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    drop(holder);
+    wait_until_serving(&endpoint).await;
+    add(
+        &mut client,
+        "",
+        vec![document("a", "Kestrel is in Tampere.", json!({}))],
+    )
+    .await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), serving)
+        .await
+        .expect("serve returns after shutdown")
+        .expect("serve task does not panic")
+        .expect("clean stop");
+}

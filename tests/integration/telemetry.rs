@@ -139,12 +139,9 @@ async fn a_query_is_traced_from_the_callers_traceparent_down_to_each_model_call_
     assert!(search.end > search.start);
 }
 
-/// Returns the value of the one series of `text` named `series` (with its labels).
 #[tokio::test]
 async fn the_metrics_endpoint_counts_calls_queries_caches_and_refusals() {
-    let port = free_port();
-    let mut server = TestServer::start_with(|config| {
-        config.telemetry.metrics_listen = format!("127.0.0.1:{port}");
+    let (mut server, port) = TestServer::start_with_metrics(|config| {
         config.limits.requests_per_minute = 1;
         config.limits.burst = 6;
     })

@@ -184,6 +184,9 @@ pub enum MockReply {
     TruncatedStream,
     /// The inner reply after an extra delay.
     Delay(Duration, Box<MockReply>),
+    /// The inner reply once the test calls [`MockLlmServer::release_held`]: a call that stays
+    /// in flight exactly as long as a test needs, whatever the machine's speed.
+    Held(Box<MockReply>),
 }
 
 impl MockReply {
@@ -218,6 +221,11 @@ impl MockReply {
     /// Builds `reply` delayed by `delay`.
     pub fn delayed(delay: Duration, reply: MockReply) -> Self {
         MockReply::Delay(delay, Box::new(reply))
+    }
+
+    /// Builds `reply` held back until [`MockLlmServer::release_held`].
+    pub fn held(reply: MockReply) -> Self {
+        MockReply::Held(Box::new(reply))
     }
 }
 
@@ -256,6 +264,7 @@ impl MockLlmServer {
             requests: Mutex::new(Vec::new()),
             abandoned,
             shutdown,
+            released: watch::Sender::new(false),
             next_id: AtomicU64::new(1),
         });
 
@@ -307,6 +316,11 @@ impl MockLlmServer {
     /// Returns every request received so far, in order of arrival.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.requests.lock().clone()
+    }
+
+    /// Lets every [`MockReply::Held`] reply go, those waiting and those to come.
+    pub fn release_held(&self) {
+        self.shared.released.send_replace(true);
     }
 
     /// Returns how many requests the server has received.
@@ -365,6 +379,8 @@ struct Shared {
     /// How long after arrival each abandoned request was dropped, in order.
     abandoned: watch::Sender<Vec<Duration>>,
     shutdown: watch::Sender<bool>,
+    /// Whether held replies may go.
+    released: watch::Sender<bool>,
     /// Source of response and tool-call ids, unique for the server's lifetime.
     next_id: AtomicU64,
 }
@@ -575,6 +591,7 @@ struct Exchange {
 
 /// A scripted reply with its wrappers applied.
 struct Plan {
+    held: bool,
     delay: Duration,
     usage: Option<Usage>,
     action: Action,
@@ -723,11 +740,16 @@ fn azure_deployment(path: &str) -> Option<&str> {
 
 /// Unwraps delays and usage overrides and gives tool calls their ids.
 fn plan_reply(reply: MockReply, shared: &Shared, api: Api) -> Plan {
+    let mut held = false;
     let mut delay = Duration::ZERO;
     let mut usage = None;
     let mut reply = reply;
     let action = loop {
         match reply {
+            MockReply::Held(inner) => {
+                held = true;
+                reply = *inner;
+            }
             MockReply::Delay(extra, inner) => {
                 delay = delay.saturating_add(extra);
                 reply = *inner;
@@ -779,6 +801,7 @@ fn plan_reply(reply: MockReply, shared: &Shared, api: Api) -> Plan {
         }
     };
     Plan {
+        held,
         delay,
         usage,
         action,
@@ -793,6 +816,14 @@ async fn respond(
 ) -> Response {
     // Latency counts from the request's first byte, as a real model's does: the mock's own
     // parsing and bookkeeping happen within it, not on top of it.
+    if plan.held {
+        let mut released = shared.released.subscribe();
+        let mut shutdown = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = released.wait_for(|released| *released) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return stopping(exchange.api, guard),
+        }
+    }
     let wait = shared.latency.saturating_add(plan.delay);
     if shared
         .pause_until(Some(guard.arrived + wait))
@@ -1854,6 +1885,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_held_reply_goes_only_once_released() {
+        let server = MockLlmServer::start(MockScript::replies(vec![MockReply::held(
+            MockReply::text("now"),
+        )]))
+        .await
+        .unwrap();
+        let url = format!("{}/chat/completions", server.base_url());
+        let mut reply = tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .json(&openai_body("q", false))
+                .send()
+                .await?;
+            response.json::<Value>().await
+        });
+        tokio::time::timeout(HANG, async {
+            while server.request_count() < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the request arrived");
+        // The request was served to the point of its held reply; only the release frees it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut reply)
+                .await
+                .is_err(),
+            "answered before the release"
+        );
+        server.release_held();
+        let reply = tokio::time::timeout(HANG, reply)
+            .await
+            .expect("answered after the release")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply["choices"][0]["message"]["content"], "now");
+    }
+
+    #[tokio::test]
     async fn a_request_dropped_during_latency_is_seen_by_a_spawned_waiter() {
         // Far longer than the test may take: the request can only be dropped during it.
         let latency = Duration::from_secs(600);
@@ -2089,6 +2159,28 @@ mod tests {
             .expect("the hanging request ended")
             .unwrap();
         assert_eq!(outcome.ok(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_holding_its_whole_answer_finds_the_request_timed() {
+        let server = MockLlmServer::start(MockScript::default().with_recording(Recording::Light))
+            .await
+            .unwrap();
+        let client = client();
+        let url = format!("{}/chat/completions", server.base_url());
+        // The race this guards against, a record written after the client read it, shows only
+        // now and then: many round trips give it its chances.
+        for n in 0..300 {
+            let response = client
+                .post(&url)
+                .json(&openai_body("q", false))
+                .send()
+                .await
+                .unwrap();
+            response.bytes().await.unwrap();
+            let timed = server.requests()[n].service_time;
+            assert!(timed.is_some(), "request {n} was not timed yet");
+        }
     }
 
     #[tokio::test]
