@@ -7,6 +7,9 @@
 )]
 
 mod common;
+/// The test PostgreSQL, shared with the library's own tests.
+#[path = "../../src/store/postgres/testing.rs"]
+mod pg_harness;
 
 mod access;
 mod cache;
@@ -16,4 +19,5 @@ mod errors;
 mod lifecycle;
 mod models;
 mod query;
+mod replicas;
 mod telemetry;
