@@ -23,11 +23,16 @@ const MIGRATIONS: &[(&str, &str)] = &[(
     r#"
 CREATE EXTENSION IF NOT EXISTS vector;
 
+-- Content versions come from one sequence, so no version is ever used twice, not even by a
+-- collection deleted and created again under the same name: an answer cached by any replica
+-- against an old version can never match a new one.
+CREATE SEQUENCE deeprecall_versions;
+
 CREATE TABLE deeprecall_collections (
     id             bigserial PRIMARY KEY,
     name           text NOT NULL UNIQUE,
     -- Changes with every write: caches on every replica key on it.
-    version        bigint NOT NULL DEFAULT 0,
+    version        bigint NOT NULL,
     document_count bigint NOT NULL DEFAULT 0,
     created_at     timestamptz NOT NULL DEFAULT now()
 );

@@ -33,8 +33,8 @@ pub use self::migrations::{MigrationReport, known_version};
 use self::sql::{any_term_query, compile_filter, search_statement, sparsevec_text};
 use super::prepare::{RRF_K, candidates_for, embed_query, prepare_documents};
 use super::{
-    CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, WriteOutcome,
-    validate_collection_name,
+    CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, StoredDocument,
+    WriteOutcome, validate_collection_name,
 };
 use crate::config::StoreConfig;
 use crate::embed::Embedder;
@@ -176,8 +176,9 @@ impl DocumentStore for PostgresStore {
         // each write moves the version exactly once.
         let row = transaction
             .query_one(
-                "INSERT INTO deeprecall_collections (name, version) VALUES ($1, 1) \
-                 ON CONFLICT (name) DO UPDATE SET version = deeprecall_collections.version + 1 \
+                "INSERT INTO deeprecall_collections (name, version) \
+                 VALUES ($1, nextval('deeprecall_versions')) \
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version \
                  RETURNING id, version",
                 &[&collection],
             )
@@ -274,7 +275,7 @@ impl DocumentStore for PostgresStore {
         }
         let row = transaction
             .query_one(
-                "UPDATE deeprecall_collections SET version = version + 1, \
+                "UPDATE deeprecall_collections SET version = nextval('deeprecall_versions'), \
                  document_count = document_count - $2 WHERE id = $1 \
                  RETURNING version, document_count",
                 &[&collection_id, &(deleted.len() as i64)],
@@ -370,5 +371,62 @@ impl DocumentStore for PostgresStore {
             .iter()
             .map(|row| info(row.get::<_, &str>(0), row.get(1), row.get(2)))
             .collect())
+    }
+
+    async fn delete_collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError> {
+        validate_collection_name(name)?;
+        let client = self.pool.get().await?;
+        // The documents go with it (ON DELETE CASCADE), in the same statement's transaction.
+        let row = client
+            .query_opt(
+                "DELETE FROM deeprecall_collections WHERE name = $1 \
+                 RETURNING version, document_count",
+                &[&name],
+            )
+            .await?;
+        Ok(row.map(|row| info(name, row.get(0), row.get(1))))
+    }
+
+    async fn get_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<StoredDocument>, StoreError> {
+        validate_collection_name(collection)?;
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT c.id, d.doc_id, d.content, d.metadata \
+                 FROM deeprecall_collections c \
+                 LEFT JOIN deeprecall_documents d \
+                     ON d.collection_id = c.id AND d.doc_id = ANY($2) \
+                 WHERE c.name = $1",
+                &[&collection, &ids],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(StoreError::CollectionNotFound(collection.to_string()));
+        }
+        let mut found: HashMap<String, StoredDocument> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let Some(id) = row.get::<_, Option<String>>(1) else {
+                continue;
+            };
+            let metadata = match row.get::<_, Option<serde_json::Value>>(3) {
+                Some(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
+            let content = row.get::<_, Option<String>>(2).unwrap_or_default();
+            found.insert(
+                id.clone(),
+                StoredDocument {
+                    id,
+                    content,
+                    metadata,
+                },
+            );
+        }
+        // In the order asked, each once.
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 }
