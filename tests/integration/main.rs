@@ -14,6 +14,7 @@ mod pg_harness;
 mod access;
 mod cache;
 mod clients;
+mod collections;
 mod documents;
 mod errors;
 mod lifecycle;

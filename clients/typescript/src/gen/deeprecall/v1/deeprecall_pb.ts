@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file deeprecall/v1/deeprecall.proto.
  */
 export const file_deeprecall_v1_deeprecall: GenFile = /*@__PURE__*/
-  fileDesc("Ch5kZWVwcmVjYWxsL3YxL2RlZXByZWNhbGwucHJvdG8SDWRlZXByZWNhbGwudjEi9AEKBkJ1ZGdldBIbCg5tYXhfaXRlcmF0aW9ucxgBIAEoDUgAiAEBEh0KEG1heF9zZWFyY2hfY2FsbHMYAiABKA1IAYgBARIXCgptYXhfdG9rZW5zGAMgASgESAKIAQESHQoQbWF4X3RpbWVfc2Vjb25kcxgEIAEoAUgDiAEBEhkKDG1heF9jb3N0X3VzZBgFIAEoAUgEiAEBQhEKD19tYXhfaXRlcmF0aW9uc0ITChFfbWF4X3NlYXJjaF9jYWxsc0INCgtfbWF4X3Rva2Vuc0ITChFfbWF4X3RpbWVfc2Vjb25kc0IPCg1fbWF4X2Nvc3RfdXNkItIBCgxRdWVyeVJlcXVlc3QSDQoFcXVlcnkYASABKAkSEwoLcm9vdF9wcm9tcHQYAiABKAkSDQoFdG9wX2sYAyABKA0SEgoKY29sbGVjdGlvbhgEIAEoCRIoCgdmaWx0ZXJzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5jb250ZXh0X3ByZWZpeBgGIAEoCRIlCgZidWRnZXQYByABKAsyFS5kZWVwcmVjYWxsLnYxLkJ1ZGdldBISCgpza2lwX2NhY2hlGAggASgIIoQECgpRdWVyeUV2ZW50EhAKCHNlcXVlbmNlGAEgASgNEhcKD2VsYXBzZWRfc2Vjb25kcxgCIAEoARIvCgtidWRnZXRfdXNlZBgDIAEoCzIaLmRlZXByZWNhbGwudjEuQnVkZ2V0VXNhZ2USMgoMc3RlcF9zdGFydGVkGAogASgLMhouZGVlcHJlY2FsbC52MS5TdGVwU3RhcnRlZEgAEioKCGxsbV9jYWxsGAsgASgLMhYuZGVlcHJlY2FsbC52MS5MbG1DYWxsSAASLAoGc2VhcmNoGAwgASgLMhouZGVlcHJlY2FsbC52MS5TZWFyY2hFdmVudEgAEjEKDHN1Yl9sbG1fY2FsbBgNIAEoCzIZLmRlZXByZWNhbGwudjEuU3ViTGxtQ2FsbEgAEjYKDnN0ZXBfY29tcGxldGVkGA4gASgLMhwuZGVlcHJlY2FsbC52MS5TdGVwQ29tcGxldGVkSAASNgoOYnVkZ2V0X3dhcm5pbmcYDyABKAsyHC5kZWVwcmVjYWxsLnYxLkJ1ZGdldFdhcm5pbmdIABIyCgxhbnN3ZXJfZGVsdGEYECABKAsyGi5kZWVwcmVjYWxsLnYxLkFuc3dlckRlbHRhSAASLAoGcmVzdWx0GBEgASgLMhouZGVlcHJlY2FsbC52MS5RdWVyeVJlc3VsdEgAQgcKBWV2ZW50InIKC0J1ZGdldFVzYWdlEhIKCml0ZXJhdGlvbnMYASABKA0SFAoMc2VhcmNoX2NhbGxzGAIgASgNEg4KBnRva2VucxgDIAEoBBIQCghjb3N0X3VzZBgEIAEoARIXCg9lbGFwc2VkX3NlY29uZHMYBSABKAEiGwoLU3RlcFN0YXJ0ZWQSDAoEc3RlcBgBIAEoDSKSAQoHTGxtQ2FsbBIMCgRzdGVwGAEgASgNEg0KBW1vZGVsGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBBIVCg1vdXRwdXRfdG9rZW5zGAQgASgEEhcKD2xhdGVuY3lfc2Vjb25kcxgFIAEoARIQCghjb3N0X3VzZBgGIAEoARISCgp0b29sX2NhbGxzGAcgAygJIssBCgtTZWFyY2hFdmVudBIMCgRzdGVwGAEgASgNEg0KBXF1ZXJ5GAIgASgJEigKB2ZpbHRlcnMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXRvcF9rGAQgASgNEiYKBGhpdHMYBSADKAsyGC5kZWVwcmVjYWxsLnYxLlNlYXJjaEhpdBIXCg9sYXRlbmN5X3NlY29uZHMYBiABKAESEQoJY2FjaGVfaGl0GAcgASgIEhIKCmNvbGxlY3Rpb24YCCABKAkiJgoJU2VhcmNoSGl0EgoKAmlkGAEgASgJEg0KBXNjb3JlGAIgASgBIqIBCgpTdWJMbG1DYWxsEgwKBHN0ZXAYASABKA0SDQoFbW9kZWwYAiABKAkSDwoHcHJvbXB0cxgDIAEoDRIOCgZmYWlsZWQYBCABKA0SFAoMaW5wdXRfdG9rZW5zGAUgASgEEhUKDW91dHB1dF90b2tlbnMYBiABKAQSFwoPbGF0ZW5jeV9zZWNvbmRzGAcgASgBEhAKCGNvc3RfdXNkGAggASgBIkUKDVN0ZXBDb21wbGV0ZWQSDAoEc3RlcBgBIAEoDRINCgV0b29scxgCIAMoCRIXCg9sYXRlbmN5X3NlY29uZHMYAyABKAEibgoNQnVkZ2V0V2FybmluZxIvCghyZXNvdXJjZRgBIAEoDjIdLmRlZXByZWNhbGwudjEuQnVkZ2V0UmVzb3VyY2USDAoEdXNlZBgCIAEoARINCgVsaW1pdBgDIAEoARIPCgdtZXNzYWdlGAQgASgJIhsKC0Fuc3dlckRlbHRhEgwKBHRleHQYASABKAki8QIKC1F1ZXJ5UmVzdWx0Eg4KBmFuc3dlchgBIAEoCRImCgdzb3VyY2VzGAIgAygLMhUuZGVlcHJlY2FsbC52MS5Tb3VyY2USNQoPcmVhc29uaW5nX3RyYWNlGAMgAygLMhwuZGVlcHJlY2FsbC52MS5SZWFzb25pbmdTdGVwEiMKBXVzYWdlGAQgASgLMhQuZGVlcHJlY2FsbC52MS5Vc2FnZRIeChZleGVjdXRpb25fdGltZV9zZWNvbmRzGAUgASgBEjIKDWJ1ZGdldF9zdGF0dXMYBiABKAsyGy5kZWVwcmVjYWxsLnYxLkJ1ZGdldFN0YXR1cxISCgpjb25maWRlbmNlGAcgASgBEg8KB3BhcnRpYWwYCCABKAgSDQoFZXJyb3IYCSABKAkSDgoGY2FjaGVkGAogASgIEhEKCWNpdGF0aW9ucxgLIAMoCRIQCghxdWVyeV9pZBgMIAEoCRIRCgljb2FsZXNjZWQYDSABKAgiXwoGU291cmNlEgoKAmlkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSKQoIbWV0YWRhdGEYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAQgASgBIkwKDVJlYXNvbmluZ1N0ZXASDAoEc3RlcBgBIAEoDRIOCgZhY3Rpb24YAiABKAkSDQoFaW5wdXQYAyABKAkSDgoGb3V0cHV0GAQgASgJIrABCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIUCgx0b3RhbF90b2tlbnMYAyABKAQSEQoJbGxtX2NhbGxzGAQgASgNEhQKDHNlYXJjaF9jYWxscxgFIAEoDRIQCghjb3N0X3VzZBgGIAEoARIpCgZtb2RlbHMYByADKAsyGS5kZWVwcmVjYWxsLnYxLk1vZGVsVXNhZ2UiaQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRINCgVjYWxscxgCIAEoDRIUCgxpbnB1dF90b2tlbnMYAyABKAQSFQoNb3V0cHV0X3Rva2VucxgEIAEoBBIQCghjb3N0X3VzZBgFIAEoASKRAQoMQnVkZ2V0U3RhdHVzEiUKBmxpbWl0cxgBIAEoCzIVLmRlZXByZWNhbGwudjEuQnVkZ2V0EigKBHVzZWQYAiABKAsyGi5kZWVwcmVjYWxsLnYxLkJ1ZGdldFVzYWdlEjAKCWV4aGF1c3RlZBgDIAEoDjIdLmRlZXByZWNhbGwudjEuQnVkZ2V0UmVzb3VyY2UiWgoRUXVlcnlCYXRjaFJlcXVlc3QSLAoHcXVlcmllcxgBIAMoCzIbLmRlZXByZWNhbGwudjEuUXVlcnlSZXF1ZXN0EhcKD21heF9jb25jdXJyZW5jeRgCIAEoDSKEAQoOUXVlcnlCYXRjaEl0ZW0SDQoFaW5kZXgYASABKA0SLAoGcmVzdWx0GAIgASgLMhouZGVlcHJlY2FsbC52MS5RdWVyeVJlc3VsdEgAEioKBWVycm9yGAMgASgLMhkuZGVlcHJlY2FsbC52MS5RdWVyeUVycm9ySABCCQoHb3V0Y29tZSIrCgpRdWVyeUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSJSCghEb2N1bWVudBIKCgJpZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEikKCG1ldGFkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJVChNBZGREb2N1bWVudHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKgoJZG9jdW1lbnRzGAIgAygLMhcuZGVlcHJlY2FsbC52MS5Eb2N1bWVudCJXChRBZGREb2N1bWVudHNSZXNwb25zZRILCgNpZHMYASADKAkSGgoSY29sbGVjdGlvbl92ZXJzaW9uGAIgASgEEhYKDmRvY3VtZW50X2NvdW50GAMgASgEIjkKFkRlbGV0ZURvY3VtZW50c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRILCgNpZHMYAiADKAkiXgoXRGVsZXRlRG9jdW1lbnRzUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoBBIaChJjb2xsZWN0aW9uX3ZlcnNpb24YAiABKAQSFgoOZG9jdW1lbnRfY291bnQYAyABKAQiJwoRQ2xlYXJDYWNoZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCSItChJDbGVhckNhY2hlUmVzcG9uc2USFwoPZW50cmllc19yZW1vdmVkGAEgASgEIhEKD0dldFN0YXRzUmVxdWVzdCK4AgoQR2V0U3RhdHNSZXNwb25zZRIzCgtjb2xsZWN0aW9ucxgBIAMoCzIeLmRlZXByZWNhbGwudjEuQ29sbGVjdGlvblN0YXRzEigKBWNhY2hlGAIgASgLMhkuZGVlcHJlY2FsbC52MS5DYWNoZVN0YXRzEikKBXVzYWdlGAMgASgLMhouZGVlcHJlY2FsbC52MS5Vc2FnZVRvdGFscxIWCg5zZXJ2ZXJfdmVyc2lvbhgEIAEoCRINCgVtb2RlbBgFIAEoCRIWCg51cHRpbWVfc2Vjb25kcxgGIAEoARIvCgxzZWFyY2hfY2FjaGUYByABKAsyGS5kZWVwcmVjYWxsLnYxLkNhY2hlU3RhdHMSKgoJa2V5X3VzYWdlGAggAygLMhcuZGVlcHJlY2FsbC52MS5LZXlVc2FnZSJHCghLZXlVc2FnZRIQCghrZXlfbmFtZRgBIAEoCRIpCgV1c2FnZRgCIAEoCzIaLmRlZXByZWNhbGwudjEuVXNhZ2VUb3RhbHMiSAoPQ29sbGVjdGlvblN0YXRzEgwKBG5hbWUYASABKAkSFgoOZG9jdW1lbnRfY291bnQYAiABKAQSDwoHdmVyc2lvbhgDIAEoBCKLAQoKQ2FjaGVTdGF0cxIMCgRoaXRzGAEgASgEEg4KBm1pc3NlcxgCIAEoBBIPCgdlbnRyaWVzGAMgASgEEhEKCWV2aWN0aW9ucxgEIAEoBBIPCgdiYWNrZW5kGAUgASgJEioKBmhlYWx0aBgGIAEoCzIaLmRlZXByZWNhbGwudjEuQ2FjaGVIZWFsdGgiUQoLQ2FjaGVIZWFsdGgSEQoJcmVhY2hhYmxlGAEgASgIEh0KFXByb2JlX2xhdGVuY3lfc2Vjb25kcxgCIAEoARIQCghmYWlsdXJlcxgDIAEoBCLkAQoLVXNhZ2VUb3RhbHMSDwoHcXVlcmllcxgBIAEoBBIWCg5jYWNoZWRfcXVlcmllcxgCIAEoBBIZChFjb2FsZXNjZWRfcXVlcmllcxgJIAEoBBIUCgxpbnB1dF90b2tlbnMYAyABKAQSFQoNb3V0cHV0X3Rva2VucxgEIAEoBBIUCgxzZWFyY2hfY2FsbHMYBSABKAQSEQoJbGxtX2NhbGxzGAYgASgEEhAKCGNvc3RfdXNkGAcgASgBEikKBm1vZGVscxgIIAMoCzIZLmRlZXByZWNhbGwudjEuTW9kZWxVc2FnZSrDAQoOQnVkZ2V0UmVzb3VyY2USHwobQlVER0VUX1JFU09VUkNFX1VOU1BFQ0lGSUVEEAASHgoaQlVER0VUX1JFU09VUkNFX0lURVJBVElPTlMQARIgChxCVURHRVRfUkVTT1VSQ0VfU0VBUkNIX0NBTExTEAISGgoWQlVER0VUX1JFU09VUkNFX1RPS0VOUxADEhgKFEJVREdFVF9SRVNPVVJDRV9USU1FEAQSGAoUQlVER0VUX1JFU09VUkNFX0NPU1QQBTL7AwoKRGVlcFJlY2FsbBJBCgVRdWVyeRIbLmRlZXByZWNhbGwudjEuUXVlcnlSZXF1ZXN0GhkuZGVlcHJlY2FsbC52MS5RdWVyeUV2ZW50MAESTwoKUXVlcnlCYXRjaBIgLmRlZXByZWNhbGwudjEuUXVlcnlCYXRjaFJlcXVlc3QaHS5kZWVwcmVjYWxsLnYxLlF1ZXJ5QmF0Y2hJdGVtMAESVwoMQWRkRG9jdW1lbnRzEiIuZGVlcHJlY2FsbC52MS5BZGREb2N1bWVudHNSZXF1ZXN0GiMuZGVlcHJlY2FsbC52MS5BZGREb2N1bWVudHNSZXNwb25zZRJgCg9EZWxldGVEb2N1bWVudHMSJS5kZWVwcmVjYWxsLnYxLkRlbGV0ZURvY3VtZW50c1JlcXVlc3QaJi5kZWVwcmVjYWxsLnYxLkRlbGV0ZURvY3VtZW50c1Jlc3BvbnNlElEKCkNsZWFyQ2FjaGUSIC5kZWVwcmVjYWxsLnYxLkNsZWFyQ2FjaGVSZXF1ZXN0GiEuZGVlcHJlY2FsbC52MS5DbGVhckNhY2hlUmVzcG9uc2USSwoIR2V0U3RhdHMSHi5kZWVwcmVjYWxsLnYxLkdldFN0YXRzUmVxdWVzdBofLmRlZXByZWNhbGwudjEuR2V0U3RhdHNSZXNwb25zZUJcChFkZXYuZGVlcHJlY2FsbC52MVABWkVnaXRodWIuY29tL2RlZXByZWNhbGwvZGVlcHJlY2FsbC9jbGllbnRzL2dvL2RlZXByZWNhbGx2MTtkZWVwcmVjYWxsdjFiBnByb3RvMw", [file_google_protobuf_struct]);
+  fileDesc("Ch5kZWVwcmVjYWxsL3YxL2RlZXByZWNhbGwucHJvdG8SDWRlZXByZWNhbGwudjEi9AEKBkJ1ZGdldBIbCg5tYXhfaXRlcmF0aW9ucxgBIAEoDUgAiAEBEh0KEG1heF9zZWFyY2hfY2FsbHMYAiABKA1IAYgBARIXCgptYXhfdG9rZW5zGAMgASgESAKIAQESHQoQbWF4X3RpbWVfc2Vjb25kcxgEIAEoAUgDiAEBEhkKDG1heF9jb3N0X3VzZBgFIAEoAUgEiAEBQhEKD19tYXhfaXRlcmF0aW9uc0ITChFfbWF4X3NlYXJjaF9jYWxsc0INCgtfbWF4X3Rva2Vuc0ITChFfbWF4X3RpbWVfc2Vjb25kc0IPCg1fbWF4X2Nvc3RfdXNkItIBCgxRdWVyeVJlcXVlc3QSDQoFcXVlcnkYASABKAkSEwoLcm9vdF9wcm9tcHQYAiABKAkSDQoFdG9wX2sYAyABKA0SEgoKY29sbGVjdGlvbhgEIAEoCRIoCgdmaWx0ZXJzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5jb250ZXh0X3ByZWZpeBgGIAEoCRIlCgZidWRnZXQYByABKAsyFS5kZWVwcmVjYWxsLnYxLkJ1ZGdldBISCgpza2lwX2NhY2hlGAggASgIIoQECgpRdWVyeUV2ZW50EhAKCHNlcXVlbmNlGAEgASgNEhcKD2VsYXBzZWRfc2Vjb25kcxgCIAEoARIvCgtidWRnZXRfdXNlZBgDIAEoCzIaLmRlZXByZWNhbGwudjEuQnVkZ2V0VXNhZ2USMgoMc3RlcF9zdGFydGVkGAogASgLMhouZGVlcHJlY2FsbC52MS5TdGVwU3RhcnRlZEgAEioKCGxsbV9jYWxsGAsgASgLMhYuZGVlcHJlY2FsbC52MS5MbG1DYWxsSAASLAoGc2VhcmNoGAwgASgLMhouZGVlcHJlY2FsbC52MS5TZWFyY2hFdmVudEgAEjEKDHN1Yl9sbG1fY2FsbBgNIAEoCzIZLmRlZXByZWNhbGwudjEuU3ViTGxtQ2FsbEgAEjYKDnN0ZXBfY29tcGxldGVkGA4gASgLMhwuZGVlcHJlY2FsbC52MS5TdGVwQ29tcGxldGVkSAASNgoOYnVkZ2V0X3dhcm5pbmcYDyABKAsyHC5kZWVwcmVjYWxsLnYxLkJ1ZGdldFdhcm5pbmdIABIyCgxhbnN3ZXJfZGVsdGEYECABKAsyGi5kZWVwcmVjYWxsLnYxLkFuc3dlckRlbHRhSAASLAoGcmVzdWx0GBEgASgLMhouZGVlcHJlY2FsbC52MS5RdWVyeVJlc3VsdEgAQgcKBWV2ZW50InIKC0J1ZGdldFVzYWdlEhIKCml0ZXJhdGlvbnMYASABKA0SFAoMc2VhcmNoX2NhbGxzGAIgASgNEg4KBnRva2VucxgDIAEoBBIQCghjb3N0X3VzZBgEIAEoARIXCg9lbGFwc2VkX3NlY29uZHMYBSABKAEiGwoLU3RlcFN0YXJ0ZWQSDAoEc3RlcBgBIAEoDSKSAQoHTGxtQ2FsbBIMCgRzdGVwGAEgASgNEg0KBW1vZGVsGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBBIVCg1vdXRwdXRfdG9rZW5zGAQgASgEEhcKD2xhdGVuY3lfc2Vjb25kcxgFIAEoARIQCghjb3N0X3VzZBgGIAEoARISCgp0b29sX2NhbGxzGAcgAygJIssBCgtTZWFyY2hFdmVudBIMCgRzdGVwGAEgASgNEg0KBXF1ZXJ5GAIgASgJEigKB2ZpbHRlcnMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXRvcF9rGAQgASgNEiYKBGhpdHMYBSADKAsyGC5kZWVwcmVjYWxsLnYxLlNlYXJjaEhpdBIXCg9sYXRlbmN5X3NlY29uZHMYBiABKAESEQoJY2FjaGVfaGl0GAcgASgIEhIKCmNvbGxlY3Rpb24YCCABKAkiJgoJU2VhcmNoSGl0EgoKAmlkGAEgASgJEg0KBXNjb3JlGAIgASgBIqIBCgpTdWJMbG1DYWxsEgwKBHN0ZXAYASABKA0SDQoFbW9kZWwYAiABKAkSDwoHcHJvbXB0cxgDIAEoDRIOCgZmYWlsZWQYBCABKA0SFAoMaW5wdXRfdG9rZW5zGAUgASgEEhUKDW91dHB1dF90b2tlbnMYBiABKAQSFwoPbGF0ZW5jeV9zZWNvbmRzGAcgASgBEhAKCGNvc3RfdXNkGAggASgBIkUKDVN0ZXBDb21wbGV0ZWQSDAoEc3RlcBgBIAEoDRINCgV0b29scxgCIAMoCRIXCg9sYXRlbmN5X3NlY29uZHMYAyABKAEibgoNQnVkZ2V0V2FybmluZxIvCghyZXNvdXJjZRgBIAEoDjIdLmRlZXByZWNhbGwudjEuQnVkZ2V0UmVzb3VyY2USDAoEdXNlZBgCIAEoARINCgVsaW1pdBgDIAEoARIPCgdtZXNzYWdlGAQgASgJIhsKC0Fuc3dlckRlbHRhEgwKBHRleHQYASABKAki8QIKC1F1ZXJ5UmVzdWx0Eg4KBmFuc3dlchgBIAEoCRImCgdzb3VyY2VzGAIgAygLMhUuZGVlcHJlY2FsbC52MS5Tb3VyY2USNQoPcmVhc29uaW5nX3RyYWNlGAMgAygLMhwuZGVlcHJlY2FsbC52MS5SZWFzb25pbmdTdGVwEiMKBXVzYWdlGAQgASgLMhQuZGVlcHJlY2FsbC52MS5Vc2FnZRIeChZleGVjdXRpb25fdGltZV9zZWNvbmRzGAUgASgBEjIKDWJ1ZGdldF9zdGF0dXMYBiABKAsyGy5kZWVwcmVjYWxsLnYxLkJ1ZGdldFN0YXR1cxISCgpjb25maWRlbmNlGAcgASgBEg8KB3BhcnRpYWwYCCABKAgSDQoFZXJyb3IYCSABKAkSDgoGY2FjaGVkGAogASgIEhEKCWNpdGF0aW9ucxgLIAMoCRIQCghxdWVyeV9pZBgMIAEoCRIRCgljb2FsZXNjZWQYDSABKAgiXwoGU291cmNlEgoKAmlkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSKQoIbWV0YWRhdGEYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBXNjb3JlGAQgASgBIkwKDVJlYXNvbmluZ1N0ZXASDAoEc3RlcBgBIAEoDRIOCgZhY3Rpb24YAiABKAkSDQoFaW5wdXQYAyABKAkSDgoGb3V0cHV0GAQgASgJIrABCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIUCgx0b3RhbF90b2tlbnMYAyABKAQSEQoJbGxtX2NhbGxzGAQgASgNEhQKDHNlYXJjaF9jYWxscxgFIAEoDRIQCghjb3N0X3VzZBgGIAEoARIpCgZtb2RlbHMYByADKAsyGS5kZWVwcmVjYWxsLnYxLk1vZGVsVXNhZ2UiaQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRINCgVjYWxscxgCIAEoDRIUCgxpbnB1dF90b2tlbnMYAyABKAQSFQoNb3V0cHV0X3Rva2VucxgEIAEoBBIQCghjb3N0X3VzZBgFIAEoASKRAQoMQnVkZ2V0U3RhdHVzEiUKBmxpbWl0cxgBIAEoCzIVLmRlZXByZWNhbGwudjEuQnVkZ2V0EigKBHVzZWQYAiABKAsyGi5kZWVwcmVjYWxsLnYxLkJ1ZGdldFVzYWdlEjAKCWV4aGF1c3RlZBgDIAEoDjIdLmRlZXByZWNhbGwudjEuQnVkZ2V0UmVzb3VyY2UiWgoRUXVlcnlCYXRjaFJlcXVlc3QSLAoHcXVlcmllcxgBIAMoCzIbLmRlZXByZWNhbGwudjEuUXVlcnlSZXF1ZXN0EhcKD21heF9jb25jdXJyZW5jeRgCIAEoDSKEAQoOUXVlcnlCYXRjaEl0ZW0SDQoFaW5kZXgYASABKA0SLAoGcmVzdWx0GAIgASgLMhouZGVlcHJlY2FsbC52MS5RdWVyeVJlc3VsdEgAEioKBWVycm9yGAMgASgLMhkuZGVlcHJlY2FsbC52MS5RdWVyeUVycm9ySABCCQoHb3V0Y29tZSIrCgpRdWVyeUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSJSCghEb2N1bWVudBIKCgJpZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEikKCG1ldGFkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJVChNBZGREb2N1bWVudHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKgoJZG9jdW1lbnRzGAIgAygLMhcuZGVlcHJlY2FsbC52MS5Eb2N1bWVudCJXChRBZGREb2N1bWVudHNSZXNwb25zZRILCgNpZHMYASADKAkSGgoSY29sbGVjdGlvbl92ZXJzaW9uGAIgASgEEhYKDmRvY3VtZW50X2NvdW50GAMgASgEIjkKFkRlbGV0ZURvY3VtZW50c1JlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRILCgNpZHMYAiADKAkiXgoXRGVsZXRlRG9jdW1lbnRzUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoBBIaChJjb2xsZWN0aW9uX3ZlcnNpb24YAiABKAQSFgoOZG9jdW1lbnRfY291bnQYAyABKAQiGAoWTGlzdENvbGxlY3Rpb25zUmVxdWVzdCJOChdMaXN0Q29sbGVjdGlvbnNSZXNwb25zZRIzCgtjb2xsZWN0aW9ucxgBIAMoCzIeLmRlZXByZWNhbGwudjEuQ29sbGVjdGlvblN0YXRzIi0KF0RlbGV0ZUNvbGxlY3Rpb25SZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkiVAoYRGVsZXRlQ29sbGVjdGlvblJlc3BvbnNlEhkKEWRlbGV0ZWRfZG9jdW1lbnRzGAEgASgEEh0KFWNhY2hlX2VudHJpZXNfcmVtb3ZlZBgCIAEoBCI2ChNHZXREb2N1bWVudHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIlcKFEdldERvY3VtZW50c1Jlc3BvbnNlEioKCWRvY3VtZW50cxgBIAMoCzIXLmRlZXByZWNhbGwudjEuRG9jdW1lbnQSEwoLbWlzc2luZ19pZHMYAiADKAkiJwoRQ2xlYXJDYWNoZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCSItChJDbGVhckNhY2hlUmVzcG9uc2USFwoPZW50cmllc19yZW1vdmVkGAEgASgEIhEKD0dldFN0YXRzUmVxdWVzdCK4AgoQR2V0U3RhdHNSZXNwb25zZRIzCgtjb2xsZWN0aW9ucxgBIAMoCzIeLmRlZXByZWNhbGwudjEuQ29sbGVjdGlvblN0YXRzEigKBWNhY2hlGAIgASgLMhkuZGVlcHJlY2FsbC52MS5DYWNoZVN0YXRzEikKBXVzYWdlGAMgASgLMhouZGVlcHJlY2FsbC52MS5Vc2FnZVRvdGFscxIWCg5zZXJ2ZXJfdmVyc2lvbhgEIAEoCRINCgVtb2RlbBgFIAEoCRIWCg51cHRpbWVfc2Vjb25kcxgGIAEoARIvCgxzZWFyY2hfY2FjaGUYByABKAsyGS5kZWVwcmVjYWxsLnYxLkNhY2hlU3RhdHMSKgoJa2V5X3VzYWdlGAggAygLMhcuZGVlcHJlY2FsbC52MS5LZXlVc2FnZSJHCghLZXlVc2FnZRIQCghrZXlfbmFtZRgBIAEoCRIpCgV1c2FnZRgCIAEoCzIaLmRlZXByZWNhbGwudjEuVXNhZ2VUb3RhbHMiSAoPQ29sbGVjdGlvblN0YXRzEgwKBG5hbWUYASABKAkSFgoOZG9jdW1lbnRfY291bnQYAiABKAQSDwoHdmVyc2lvbhgDIAEoBCKLAQoKQ2FjaGVTdGF0cxIMCgRoaXRzGAEgASgEEg4KBm1pc3NlcxgCIAEoBBIPCgdlbnRyaWVzGAMgASgEEhEKCWV2aWN0aW9ucxgEIAEoBBIPCgdiYWNrZW5kGAUgASgJEioKBmhlYWx0aBgGIAEoCzIaLmRlZXByZWNhbGwudjEuQ2FjaGVIZWFsdGgiUQoLQ2FjaGVIZWFsdGgSEQoJcmVhY2hhYmxlGAEgASgIEh0KFXByb2JlX2xhdGVuY3lfc2Vjb25kcxgCIAEoARIQCghmYWlsdXJlcxgDIAEoBCLkAQoLVXNhZ2VUb3RhbHMSDwoHcXVlcmllcxgBIAEoBBIWCg5jYWNoZWRfcXVlcmllcxgCIAEoBBIZChFjb2FsZXNjZWRfcXVlcmllcxgJIAEoBBIUCgxpbnB1dF90b2tlbnMYAyABKAQSFQoNb3V0cHV0X3Rva2VucxgEIAEoBBIUCgxzZWFyY2hfY2FsbHMYBSABKAQSEQoJbGxtX2NhbGxzGAYgASgEEhAKCGNvc3RfdXNkGAcgASgBEikKBm1vZGVscxgIIAMoCzIZLmRlZXByZWNhbGwudjEuTW9kZWxVc2FnZSrDAQoOQnVkZ2V0UmVzb3VyY2USHwobQlVER0VUX1JFU09VUkNFX1VOU1BFQ0lGSUVEEAASHgoaQlVER0VUX1JFU09VUkNFX0lURVJBVElPTlMQARIgChxCVURHRVRfUkVTT1VSQ0VfU0VBUkNIX0NBTExTEAISGgoWQlVER0VUX1JFU09VUkNFX1RPS0VOUxADEhgKFEJVREdFVF9SRVNPVVJDRV9USU1FEAQSGAoUQlVER0VUX1JFU09VUkNFX0NPU1QQBTKbBgoKRGVlcFJlY2FsbBJBCgVRdWVyeRIbLmRlZXByZWNhbGwudjEuUXVlcnlSZXF1ZXN0GhkuZGVlcHJlY2FsbC52MS5RdWVyeUV2ZW50MAESTwoKUXVlcnlCYXRjaBIgLmRlZXByZWNhbGwudjEuUXVlcnlCYXRjaFJlcXVlc3QaHS5kZWVwcmVjYWxsLnYxLlF1ZXJ5QmF0Y2hJdGVtMAESVwoMQWRkRG9jdW1lbnRzEiIuZGVlcHJlY2FsbC52MS5BZGREb2N1bWVudHNSZXF1ZXN0GiMuZGVlcHJlY2FsbC52MS5BZGREb2N1bWVudHNSZXNwb25zZRJgCg9EZWxldGVEb2N1bWVudHMSJS5kZWVwcmVjYWxsLnYxLkRlbGV0ZURvY3VtZW50c1JlcXVlc3QaJi5kZWVwcmVjYWxsLnYxLkRlbGV0ZURvY3VtZW50c1Jlc3BvbnNlElEKCkNsZWFyQ2FjaGUSIC5kZWVwcmVjYWxsLnYxLkNsZWFyQ2FjaGVSZXF1ZXN0GiEuZGVlcHJlY2FsbC52MS5DbGVhckNhY2hlUmVzcG9uc2USSwoIR2V0U3RhdHMSHi5kZWVwcmVjYWxsLnYxLkdldFN0YXRzUmVxdWVzdBofLmRlZXByZWNhbGwudjEuR2V0U3RhdHNSZXNwb25zZRJgCg9MaXN0Q29sbGVjdGlvbnMSJS5kZWVwcmVjYWxsLnYxLkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QaJi5kZWVwcmVjYWxsLnYxLkxpc3RDb2xsZWN0aW9uc1Jlc3BvbnNlEmMKEERlbGV0ZUNvbGxlY3Rpb24SJi5kZWVwcmVjYWxsLnYxLkRlbGV0ZUNvbGxlY3Rpb25SZXF1ZXN0GicuZGVlcHJlY2FsbC52MS5EZWxldGVDb2xsZWN0aW9uUmVzcG9uc2USVwoMR2V0RG9jdW1lbnRzEiIuZGVlcHJlY2FsbC52MS5HZXREb2N1bWVudHNSZXF1ZXN0GiMuZGVlcHJlY2FsbC52MS5HZXREb2N1bWVudHNSZXNwb25zZUJcChFkZXYuZGVlcHJlY2FsbC52MVABWkVnaXRodWIuY29tL2RlZXByZWNhbGwvZGVlcHJlY2FsbC9jbGllbnRzL2dvL2RlZXByZWNhbGx2MTtkZWVwcmVjYWxsdjFiBnByb3RvMw", [file_google_protobuf_struct]);
 
 /**
  * Limits on one query. Each limit is optional; an unset limit takes the server's default.
@@ -1250,6 +1250,147 @@ export const DeleteDocumentsResponseSchema: GenMessage<DeleteDocumentsResponse> 
   messageDesc(file_deeprecall_v1_deeprecall, 25);
 
 /**
+ * Asks for the collections.
+ *
+ * @generated from message deeprecall.v1.ListCollectionsRequest
+ */
+export type ListCollectionsRequest = Message<"deeprecall.v1.ListCollectionsRequest"> & {
+};
+
+/**
+ * Describes the message deeprecall.v1.ListCollectionsRequest.
+ * Use `create(ListCollectionsRequestSchema)` to create a new message.
+ */
+export const ListCollectionsRequestSchema: GenMessage<ListCollectionsRequest> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 26);
+
+/**
+ * The collections the caller may see.
+ *
+ * @generated from message deeprecall.v1.ListCollectionsResponse
+ */
+export type ListCollectionsResponse = Message<"deeprecall.v1.ListCollectionsResponse"> & {
+  /**
+   * Collections by name.
+   *
+   * @generated from field: repeated deeprecall.v1.CollectionStats collections = 1;
+   */
+  collections: CollectionStats[];
+};
+
+/**
+ * Describes the message deeprecall.v1.ListCollectionsResponse.
+ * Use `create(ListCollectionsResponseSchema)` to create a new message.
+ */
+export const ListCollectionsResponseSchema: GenMessage<ListCollectionsResponse> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 27);
+
+/**
+ * The collection to delete.
+ *
+ * @generated from message deeprecall.v1.DeleteCollectionRequest
+ */
+export type DeleteCollectionRequest = Message<"deeprecall.v1.DeleteCollectionRequest"> & {
+  /**
+   * The collection. Required: an empty name is not taken to mean `default` here.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+};
+
+/**
+ * Describes the message deeprecall.v1.DeleteCollectionRequest.
+ * Use `create(DeleteCollectionRequestSchema)` to create a new message.
+ */
+export const DeleteCollectionRequestSchema: GenMessage<DeleteCollectionRequest> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 28);
+
+/**
+ * A collection deleted.
+ *
+ * @generated from message deeprecall.v1.DeleteCollectionResponse
+ */
+export type DeleteCollectionResponse = Message<"deeprecall.v1.DeleteCollectionResponse"> & {
+  /**
+   * Number of documents it held.
+   *
+   * @generated from field: uint64 deleted_documents = 1;
+   */
+  deletedDocuments: bigint;
+
+  /**
+   * Cache entries (answers and searches) removed with it.
+   *
+   * @generated from field: uint64 cache_entries_removed = 2;
+   */
+  cacheEntriesRemoved: bigint;
+};
+
+/**
+ * Describes the message deeprecall.v1.DeleteCollectionResponse.
+ * Use `create(DeleteCollectionResponseSchema)` to create a new message.
+ */
+export const DeleteCollectionResponseSchema: GenMessage<DeleteCollectionResponse> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 29);
+
+/**
+ * Documents to read back.
+ *
+ * @generated from message deeprecall.v1.GetDocumentsRequest
+ */
+export type GetDocumentsRequest = Message<"deeprecall.v1.GetDocumentsRequest"> & {
+  /**
+   * The collection. Empty means `default`.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * Ids to read, at most 10,000 per call by default.
+   *
+   * @generated from field: repeated string ids = 2;
+   */
+  ids: string[];
+};
+
+/**
+ * Describes the message deeprecall.v1.GetDocumentsRequest.
+ * Use `create(GetDocumentsRequestSchema)` to create a new message.
+ */
+export const GetDocumentsRequestSchema: GenMessage<GetDocumentsRequest> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 30);
+
+/**
+ * Documents read back.
+ *
+ * @generated from message deeprecall.v1.GetDocumentsResponse
+ */
+export type GetDocumentsResponse = Message<"deeprecall.v1.GetDocumentsResponse"> & {
+  /**
+   * The documents found, in the order asked, each once.
+   *
+   * @generated from field: repeated deeprecall.v1.Document documents = 1;
+   */
+  documents: Document[];
+
+  /**
+   * Ids asked for that are not in the collection, in the order asked, each once.
+   *
+   * @generated from field: repeated string missing_ids = 2;
+   */
+  missingIds: string[];
+};
+
+/**
+ * Describes the message deeprecall.v1.GetDocumentsResponse.
+ * Use `create(GetDocumentsResponseSchema)` to create a new message.
+ */
+export const GetDocumentsResponseSchema: GenMessage<GetDocumentsResponse> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 31);
+
+/**
  * Which cache entries to clear.
  *
  * @generated from message deeprecall.v1.ClearCacheRequest
@@ -1268,7 +1409,7 @@ export type ClearCacheRequest = Message<"deeprecall.v1.ClearCacheRequest"> & {
  * Use `create(ClearCacheRequestSchema)` to create a new message.
  */
 export const ClearCacheRequestSchema: GenMessage<ClearCacheRequest> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 26);
+  messageDesc(file_deeprecall_v1_deeprecall, 32);
 
 /**
  * Cache entries cleared.
@@ -1289,7 +1430,7 @@ export type ClearCacheResponse = Message<"deeprecall.v1.ClearCacheResponse"> & {
  * Use `create(ClearCacheResponseSchema)` to create a new message.
  */
 export const ClearCacheResponseSchema: GenMessage<ClearCacheResponse> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 27);
+  messageDesc(file_deeprecall_v1_deeprecall, 33);
 
 /**
  * Asks for statistics.
@@ -1304,7 +1445,7 @@ export type GetStatsRequest = Message<"deeprecall.v1.GetStatsRequest"> & {
  * Use `create(GetStatsRequestSchema)` to create a new message.
  */
 export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 28);
+  messageDesc(file_deeprecall_v1_deeprecall, 34);
 
 /**
  * Server statistics.
@@ -1376,7 +1517,7 @@ export type GetStatsResponse = Message<"deeprecall.v1.GetStatsResponse"> & {
  * Use `create(GetStatsResponseSchema)` to create a new message.
  */
 export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 29);
+  messageDesc(file_deeprecall_v1_deeprecall, 35);
 
 /**
  * Cumulative usage of one API key.
@@ -1404,7 +1545,7 @@ export type KeyUsage = Message<"deeprecall.v1.KeyUsage"> & {
  * Use `create(KeyUsageSchema)` to create a new message.
  */
 export const KeyUsageSchema: GenMessage<KeyUsage> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 30);
+  messageDesc(file_deeprecall_v1_deeprecall, 36);
 
 /**
  * One collection.
@@ -1439,7 +1580,7 @@ export type CollectionStats = Message<"deeprecall.v1.CollectionStats"> & {
  * Use `create(CollectionStatsSchema)` to create a new message.
  */
 export const CollectionStatsSchema: GenMessage<CollectionStats> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 31);
+  messageDesc(file_deeprecall_v1_deeprecall, 37);
 
 /**
  * Cache counters.
@@ -1496,7 +1637,7 @@ export type CacheStats = Message<"deeprecall.v1.CacheStats"> & {
  * Use `create(CacheStatsSchema)` to create a new message.
  */
 export const CacheStatsSchema: GenMessage<CacheStats> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 32);
+  messageDesc(file_deeprecall_v1_deeprecall, 38);
 
 /**
  * Health of a remote cache backend.
@@ -1532,7 +1673,7 @@ export type CacheHealth = Message<"deeprecall.v1.CacheHealth"> & {
  * Use `create(CacheHealthSchema)` to create a new message.
  */
 export const CacheHealthSchema: GenMessage<CacheHealth> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 33);
+  messageDesc(file_deeprecall_v1_deeprecall, 39);
 
 /**
  * Cumulative usage.
@@ -1609,7 +1750,7 @@ export type UsageTotals = Message<"deeprecall.v1.UsageTotals"> & {
  * Use `create(UsageTotalsSchema)` to create a new message.
  */
 export const UsageTotalsSchema: GenMessage<UsageTotals> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 34);
+  messageDesc(file_deeprecall_v1_deeprecall, 40);
 
 /**
  * A kind of budgeted resource.
@@ -1737,6 +1878,39 @@ export const DeepRecall: GenService<{
     methodKind: "unary";
     input: typeof GetStatsRequestSchema;
     output: typeof GetStatsResponseSchema;
+  },
+  /**
+   * Lists the collections the caller may see, by name, with their document counts and
+   * content versions. Needs the `query` scope.
+   *
+   * @generated from rpc deeprecall.v1.DeepRecall.ListCollections
+   */
+  listCollections: {
+    methodKind: "unary";
+    input: typeof ListCollectionsRequestSchema;
+    output: typeof ListCollectionsResponseSchema;
+  },
+  /**
+   * Deletes a collection: its documents, its content version and its cached answers and
+   * searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+   *
+   * @generated from rpc deeprecall.v1.DeepRecall.DeleteCollection
+   */
+  deleteCollection: {
+    methodKind: "unary";
+    input: typeof DeleteCollectionRequestSchema;
+    output: typeof DeleteCollectionResponseSchema;
+  },
+  /**
+   * Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+   * `query` scope.
+   *
+   * @generated from rpc deeprecall.v1.DeepRecall.GetDocuments
+   */
+  getDocuments: {
+    methodKind: "unary";
+    input: typeof GetDocumentsRequestSchema;
+    output: typeof GetDocumentsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_deeprecall_v1_deeprecall, 0);
