@@ -55,8 +55,10 @@ pub(crate) const HNSW_EF_CONSTRUCTION: usize = 64;
 /// (pgvector 0.7) a selective filter may leave fewer than `top_k` vector candidates; the
 /// keyword ranking is unaffected.
 pub(crate) const HNSW_EF_SEARCH: usize = 100;
-/// Rows per insert statement of a write: bounds one statement's parameters and memory.
-const ROWS_PER_INSERT: usize = 1_000;
+/// Rows per insert statement of a write. Each row also enters the HNSW graph, measured at 4 to
+/// 30 ms a row for hashed text vectors (BENCHMARKS.md): 200 rows keep one statement far under
+/// the default statement timeout, which applies to each statement of a write.
+const ROWS_PER_INSERT: usize = 200;
 
 /// A [`DocumentStore`] in PostgreSQL with pgvector, shared by any number of replicas.
 #[derive(Clone)]
