@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 pub mod ingest;
 mod output;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Brings the postgres store's schema to this build's version, ahead of a rollout.
     Migrate(MigrateArgs),
+    /// Writes a collection as JSON Lines, read from the configured store.
+    Export(transfer::ExportArgs),
+    /// Adds JSON Lines documents (as export writes them) through a server.
+    Import(transfer::ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -365,6 +370,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Export(args) => transfer::export(args).await,
+        Command::Import(args) => transfer::import(args).await,
     }
 }
 

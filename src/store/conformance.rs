@@ -54,6 +54,7 @@ macro_rules! conformance_suite {
             version_changes_on_every_write_that_changes_content,
             deleting_a_collection_removes_it_with_its_documents,
             documents_are_read_back_by_id_in_the_order_asked,
+            documents_are_listed_in_pages_by_id,
             unknown_collections_are_errors,
             invalid_collection_names_are_rejected,
             collections_are_listed_by_name_and_searched_separately,
@@ -428,6 +429,47 @@ pub(crate) async fn documents_are_read_back_by_id_in_the_order_asked(open: impl 
     );
     assert!(matches!(
         store.get_documents("missing", ids(&["soup"])).await,
+        Err(StoreError::CollectionNotFound(_))
+    ));
+}
+
+pub(crate) async fn documents_are_listed_in_pages_by_id(open: impl Open) {
+    let subject = open.open(hashing()).await;
+    let store = subject.store.as_ref();
+    let mut documents: Vec<NewDocument> = (0..25)
+        .map(|n| doc_with(&format!("id-{n:02}"), &format!("text {n}"), json!({"n": n})))
+        .collect();
+    // Byte order: upper case before lower case, whatever the database's collation says.
+    documents.push(doc("Zulu", "upper"));
+    documents.push(doc("alpha", "lower"));
+    store.add_documents("docs", documents).await.unwrap();
+    store
+        .add_documents("other", vec![doc("id-99", "elsewhere")])
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_documents("docs", after.clone(), 10)
+            .await
+            .unwrap();
+        assert!(page.len() <= 10);
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.id.clone());
+        listed.extend(page);
+    }
+    let ids: Vec<&str> = listed.iter().map(|d| d.id.as_str()).collect();
+    let mut expected: Vec<String> = (0..25).map(|n| format!("id-{n:02}")).collect();
+    expected.insert(0, "alpha".into());
+    expected.insert(0, "Zulu".into());
+    assert_eq!(ids, expected);
+    assert_eq!(listed[2].content, "text 0");
+    assert_eq!(listed[2].metadata, metadata(json!({"n": 0})));
+    assert!(matches!(
+        store.list_documents("missing", None, 10).await,
         Err(StoreError::CollectionNotFound(_))
     ));
 }

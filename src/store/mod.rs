@@ -165,6 +165,15 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
     /// `None` if it did not exist. Durable once it returns.
     async fn delete_collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError>;
 
+    /// Returns up to `limit` documents of the collection in id order, starting after the id
+    /// `after` (from the first when `None`): pages for an export that holds one page at a time.
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredDocument>, StoreError>;
+
     /// Returns the documents with these ids, in the order asked, each once; ids not in the
     /// collection are left out.
     async fn get_documents(

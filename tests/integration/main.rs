@@ -22,3 +22,4 @@ mod models;
 mod query;
 mod replicas;
 mod telemetry;
+mod transfer;

@@ -31,7 +31,9 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
 use self::readers::{ReaderPool, blocking, with_connection};
-use self::rows::{bump_version, delete_by_id, fetch_documents, fetch_hits, upsert_documents};
+use self::rows::{
+    bump_version, delete_by_id, fetch_documents, fetch_hits, list_page, upsert_documents,
+};
 use self::schema::{
     configure_writer, ensure_current_embeddings, load_collections, migrate, open_failure,
     open_reader,
@@ -306,6 +308,22 @@ impl DocumentStore for EmbeddedStore {
         };
         let inner = Arc::clone(&self.inner);
         blocking(move || inner.delete_collection(&handle).map(Some)).await
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredDocument>, StoreError> {
+        let handle = self.collection_handle(collection)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner
+                .readers
+                .with(|connection| list_page(connection, handle.id, after.as_deref(), limit))
+        })
+        .await
     }
 
     async fn get_documents(

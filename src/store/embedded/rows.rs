@@ -233,3 +233,33 @@ pub(super) fn fetch_documents(
     transaction.commit()?;
     Ok(documents)
 }
+
+/// Reads one page of the collection's documents in id order (SQLite's `BINARY` collation:
+/// byte order), after `after`.
+pub(super) fn list_page(
+    connection: &Connection,
+    collection_id: i64,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StoredDocument>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT rowid, doc_id, content, metadata FROM documents \
+         WHERE collection_id = ?1 AND (?2 IS NULL OR doc_id > ?2) ORDER BY doc_id LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = statement.query(rusqlite::params![collection_id, after, limit])?;
+    let mut documents = Vec::new();
+    while let Some(row) = rows.next()? {
+        let rowid: i64 = row.get(0)?;
+        let metadata = parse_metadata(
+            rowid,
+            row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?,
+        )?;
+        documents.push(StoredDocument {
+            id: row.get(1)?,
+            content: row.get(2)?,
+            metadata,
+        });
+    }
+    Ok(documents)
+}

@@ -51,6 +51,8 @@ CREATE TABLE deeprecall_documents (
 );
 
 CREATE INDEX deeprecall_documents_keywords ON deeprecall_documents USING gin (keywords);
+-- Pages of an export, in byte order whatever the database's collation.
+CREATE INDEX deeprecall_documents_by_id ON deeprecall_documents (collection_id, doc_id COLLATE "C");
 
 CREATE TABLE deeprecall_meta (
     key   text PRIMARY KEY,

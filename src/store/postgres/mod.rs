@@ -389,6 +389,47 @@ impl DocumentStore for PostgresStore {
         Ok(row.map(|row| info(name, row.get(0), row.get(1))))
     }
 
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredDocument>, StoreError> {
+        validate_collection_name(collection)?;
+        let client = self.pool.get().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT id FROM deeprecall_collections WHERE name = $1",
+                &[&collection],
+            )
+            .await?
+        else {
+            return Err(StoreError::CollectionNotFound(collection.to_string()));
+        };
+        let collection_id: i64 = row.get(0);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Byte order, as in the embedded store, whatever the database's collation.
+        let rows = client
+            .query(
+                "SELECT doc_id, content, metadata FROM deeprecall_documents \
+                 WHERE collection_id = $1 AND ($2::text IS NULL OR doc_id COLLATE \"C\" > $2) \
+                 ORDER BY doc_id COLLATE \"C\" LIMIT $3",
+                &[&collection_id, &after, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| StoredDocument {
+                id: row.get(0),
+                content: row.get(1),
+                metadata: match row.get::<_, serde_json::Value>(2) {
+                    serde_json::Value::Object(map) => map,
+                    _ => serde_json::Map::new(),
+                },
+            })
+            .collect())
+    }
+
     async fn get_documents(
         &self,
         collection: &str,
