@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::{CliError, READY_TIMEOUT, connect, wait_until_serving};
 use crate::api::pb;
-use crate::config::{Backend, CacheBackend, Config, StoreBackend, StoreConfig};
+use crate::config::{Backend, CacheBackend, Config, StoreBackend, StoreConfig, VectorIndex};
 use crate::embed::HashingEmbedder;
 use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript, RecordedRequest, Recording};
 use crate::server;
@@ -79,6 +79,9 @@ pub struct BenchArgs {
     /// one: the bench writes its own collections and deletes them after).
     #[arg(long)]
     database_url: Option<String>,
+    /// Vector index of the postgres store: hnsw or exact.
+    #[arg(long, default_value = "hnsw")]
+    vector_index: String,
 }
 
 /// Runs the benchmarks and prints one line per measurement.
@@ -162,23 +165,33 @@ impl Drop for BenchServer {
 }
 
 /// The stores a suite runs on: the embedded one, and PostgreSQL when a URL is given.
-fn bench_stores(args: &BenchArgs) -> Vec<(&'static str, Option<StoreConfig>)> {
+fn bench_stores(args: &BenchArgs) -> Result<Vec<(&'static str, Option<StoreConfig>)>, CliError> {
     let mut stores = vec![("embedded", None)];
     if let Some(url) = &args.database_url {
+        let vector_index = match args.vector_index.as_str() {
+            "hnsw" => VectorIndex::Hnsw,
+            "exact" => VectorIndex::Exact,
+            other => {
+                return Err(CliError::Usage(format!(
+                    "--vector-index {other:?}: use hnsw or exact"
+                )));
+            }
+        };
         stores.push((
             "postgres",
             Some(StoreConfig {
                 backend: StoreBackend::Postgres,
                 database_url: crate::secret::Secret::new(url.clone()),
+                vector_index,
                 ..StoreConfig::default()
             }),
         ));
     }
-    stores
+    Ok(stores)
 }
 
 async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
-    for (label, store) in bench_stores(args) {
+    for (label, store) in bench_stores(args)? {
         ingest_into(args, label, store).await?;
     }
     Ok(())
@@ -232,7 +245,7 @@ async fn ingest_into(
 }
 
 async fn search(args: &BenchArgs) -> Result<(), CliError> {
-    for (label, store) in bench_stores(args) {
+    for (label, store) in bench_stores(args)? {
         search_in(args, label, store).await?;
     }
     Ok(())

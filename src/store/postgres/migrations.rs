@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::super::StoreError;
 use super::{HNSW_EF_CONSTRUCTION, HNSW_M};
+use crate::config::VectorIndex;
 
 /// `pg_advisory_lock` key of the migrations: "deepreca" in ASCII.
 const MIGRATION_LOCK: i64 = 0x6465_6570_7265_6361;
@@ -89,6 +90,7 @@ pub(super) async fn migrate(
     pool: &Pool,
     dimension: usize,
     embedder_id: &str,
+    vector_index: VectorIndex,
 ) -> Result<MigrationReport, StoreError> {
     let mut client = pool.get().await?;
     // DDL on a large table, and waiting for another replica's, may outlast the statement
@@ -97,7 +99,7 @@ pub(super) async fn migrate(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let outcome = migrate_locked(&mut client, dimension, embedder_id).await;
+    let outcome = migrate_locked(&mut client, dimension, embedder_id, vector_index).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
@@ -113,6 +115,7 @@ async fn migrate_locked(
     client: &mut deadpool_postgres::Object,
     dimension: usize,
     embedder_id: &str,
+    vector_index: VectorIndex,
 ) -> Result<MigrationReport, StoreError> {
     client
         .batch_execute(
@@ -170,29 +173,38 @@ async fn migrate_locked(
         applied.push(version);
     }
     check_embedder(client, embedder_id).await?;
-    ensure_vector_index(client, dimension).await?;
+    ensure_vector_index(client, dimension, vector_index).await?;
     Ok(MigrationReport {
         applied,
         version: known,
     })
 }
 
-/// Creates the HNSW index for vectors of `dimension` if missing. The dimension is the
-/// embedder's, a number from the configuration, never request data.
+/// Creates the HNSW index for vectors of `dimension` if missing (or, with
+/// [`VectorIndex::Exact`], drops it), and drops any index for another dimension. The dimension
+/// is the embedder's, a number from the configuration, never request data.
 async fn ensure_vector_index(
     client: &deadpool_postgres::Object,
     dimension: usize,
+    vector_index: VectorIndex,
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "CREATE INDEX IF NOT EXISTS deeprecall_documents_embedding_{dimension} \
-         ON deeprecall_documents USING hnsw ((embedding::sparsevec({dimension})) sparsevec_ip_ops) \
-         WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
-    );
-    client.batch_execute(&sql).await?;
+    let current = match vector_index {
+        VectorIndex::Hnsw => {
+            let sql = format!(
+                "CREATE INDEX IF NOT EXISTS deeprecall_documents_embedding_{dimension} \
+                 ON deeprecall_documents \
+                 USING hnsw ((embedding::sparsevec({dimension})) sparsevec_ip_ops) \
+                 WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+            );
+            client.batch_execute(&sql).await?;
+            format!("deeprecall_documents_embedding_{dimension}")
+        }
+        // No name matches: every vector index goes.
+        VectorIndex::Exact => String::new(),
+    };
     // An index for another dimension is left from an embedder used before this one on an
     // empty database (`check_embedder` refuses a change over documents); it would reject
     // every vector of this one.
-    let current = format!("deeprecall_documents_embedding_{dimension}");
     let stale = client
         .query(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'deeprecall_documents' \

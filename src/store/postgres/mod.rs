@@ -97,7 +97,7 @@ impl PostgresStore {
             .unwrap_or(Duration::from_secs(30));
         let mut wait = Duration::from_millis(200).min(max_wait);
         loop {
-            match migrations::migrate(&pool, dimension, &embedder_id).await {
+            match migrations::migrate(&pool, dimension, &embedder_id, config.vector_index).await {
                 Ok(report) => {
                     tracing::info!(
                         schema_version = report.version,
@@ -136,7 +136,13 @@ impl PostgresStore {
         embedder: &dyn Embedder,
     ) -> Result<MigrationReport, StoreError> {
         let pool = connect::pool(config)?;
-        migrations::migrate(&pool, embedder.dimension(), &embedder.id()).await
+        migrations::migrate(
+            &pool,
+            embedder.dimension(),
+            &embedder.id(),
+            config.vector_index,
+        )
+        .await
     }
 
     fn statement_for(&self, filter_sql: &str) -> Arc<str> {

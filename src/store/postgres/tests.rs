@@ -211,3 +211,43 @@ async fn long_documents_are_indexed_by_their_strongest_dimensions() {
         vec!["long"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_vector_index_searches_scan_and_find_the_same() {
+    let url = fresh_database().await;
+    let indexed = PostgresStore::connect(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    indexed.add_documents("docs", corpus()).await.unwrap();
+    let misspelt = request("docs", "Northwnd Aerospce", 1);
+    assert_eq!(
+        search_ids(&indexed, misspelt.clone()).await,
+        vec!["northwind"]
+    );
+
+    let mut config = settings(url);
+    config.vector_index = crate::config::VectorIndex::Exact;
+    let scanning = PostgresStore::connect(&config, hashing()).await.unwrap();
+    let client = scanning.pool.get().await.unwrap();
+    let vector_indexes: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'deeprecall_documents_embedding%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(vector_indexes, 0);
+    assert_eq!(search_ids(&scanning, misspelt).await, vec!["northwind"]);
+    scanning
+        .add_documents(
+            "docs",
+            vec![crate::store::conformance::doc("late", "zeppelin hangar")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        search_ids(&scanning, request("docs", "zeppelin", 1)).await,
+        vec!["late"]
+    );
+}
