@@ -42,6 +42,10 @@ use crate::text;
 
 /// HNSW graph degree. pgvector's default: 16 links per node keeps recall high for the few
 /// hundred non-zero dimensions of hashed text at a modest index size; more mostly costs memory.
+/// Insert cost grows with it: 8 measured about three times cheaper inserts than 16, at a recall
+/// not measured here. Hashed text vectors are close to orthogonal, the hard case for a graph
+/// index: inserts measured 4 to 37 ms a document on the 2-core test machine (BENCHMARKS.md),
+/// which is why `store.vector_index = "exact"` exists.
 pub(crate) const HNSW_M: usize = 16;
 /// Candidates kept while building the graph: pgvector's default, 64, is four times `m`, which
 /// its authors' and ann-benchmarks' measurements show is where recall stops paying for the
