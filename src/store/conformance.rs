@@ -715,6 +715,8 @@ pub(crate) async fn every_filter_operator_admits_what_the_filter_matches(open: i
         json!({"$and": [{"team": "platform"}, {"year": {"$lt": 2021}}]}),
         json!({"missing": {"$ne": 1}}),
         json!({"missing": 1}),
+        // Four conditions at once.
+        json!({"team": {"$ne": "x"}, "year": {"$gte": 0, "$lt": 3000}, "tag": {"$ne": "zz"}}),
     ];
     for filter_json in filters {
         let filter = Filter::from_json(&metadata(filter_json.clone())).unwrap();

@@ -59,6 +59,10 @@ pub(crate) const HNSW_EF_CONSTRUCTION: usize = 64;
 /// (pgvector 0.7) a selective filter may leave fewer than `top_k` vector candidates; the
 /// keyword ranking is unaffected.
 pub(crate) const HNSW_EF_SEARCH: usize = 100;
+/// Filters of up to this many conditions have their search statement kept prepared on each
+/// connection: operators per condition make 7^n shapes, so past a few, keeping them all
+/// would let callers grow every connection's memory (and the server's) without bound.
+const MAX_CONDITIONS_TO_KEEP_PREPARED: usize = 3;
 /// Rows per insert statement of a write. Each row also enters the HNSW graph, measured at 4 to
 /// 30 ms a row for hashed text vectors (BENCHMARKS.md): 200 rows keep one statement far under
 /// the default statement timeout, which applies to each statement of a write.
@@ -323,7 +327,13 @@ impl DocumentStore for PostgresStore {
         let statement = self.statement_for(&compiled.sql);
 
         let client = self.pool.get().await?;
-        let prepared = client.prepare_cached(&statement).await?;
+        // Each connection keeps what it prepared, with no bound: only the common shapes (a
+        // few conditions) are kept; a rarer, larger filter is prepared for its one use.
+        let prepared = if filter.conditions().len() <= MAX_CONDITIONS_TO_KEEP_PREPARED {
+            client.prepare_cached(&statement).await?
+        } else {
+            client.prepare(&statement).await?
+        };
         let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![
             &collection,
             &vector,
