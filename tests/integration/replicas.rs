@@ -310,3 +310,39 @@ async fn losing_the_database_mid_flight_is_unavailable_and_loses_nothing_acknowl
     let result = query_result(&mut client, question("fact number 3")).await;
     assert!(result.sources.iter().any(|source| source.id == "d3"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_redis_enforce_one_rate_limit_together() {
+    let url = fresh_database().await;
+    let redis = RedisServer::start();
+    let limits = [
+        "--rate-limit-store",
+        "redis",
+        "--redis-url",
+        redis.url.as_str(),
+        "--rate-limit-per-minute",
+        "1",
+        "--rate-limit-burst",
+        "3",
+    ];
+    let a = Replica::serving(&url, &limits).await;
+    let b = Replica::serving(&url, &limits).await;
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    // Three calls in all fit the burst, whichever replica takes them.
+    for on_a_first in [true, false, true] {
+        let client = if on_a_first { &mut on_a } else { &mut on_b };
+        client
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .expect("within the shared burst");
+    }
+    let refused = on_b
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .expect_err("the fourth call is over the shared limit");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+}
