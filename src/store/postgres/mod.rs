@@ -30,7 +30,9 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 pub use self::migrations::{MigrationReport, known_version};
-use self::sql::{any_term_query, compile_filter, search_statement, sparsevec_text};
+use self::sql::{
+    any_term_query, compile_filter, filter_start, folded_text, search_statement, sparsevec_text,
+};
 use super::prepare::{RRF_K, candidates_for, embed_query, prepare_documents};
 use super::{
     CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, StoredDocument,
@@ -40,12 +42,12 @@ use crate::config::StoreConfig;
 use crate::embed::Embedder;
 use crate::text;
 
-/// HNSW graph degree. pgvector's default: 16 links per node keeps recall high for the few
-/// hundred non-zero dimensions of hashed text at a modest index size; more mostly costs memory.
-/// Insert cost grows with it: 8 measured about three times cheaper inserts than 16, at a recall
-/// not measured here. Hashed text vectors are close to orthogonal, the hard case for a graph
-/// index: inserts measured 4 to 37 ms a document on the 2-core test machine (BENCHMARKS.md),
-/// which is why `store.vector_index = "exact"` exists.
+/// HNSW graph degree, over the folded 256-dimension vectors. pgvector's default: 16 links per
+/// node keeps recall high at a modest index size; more mostly costs memory and insert time.
+/// The graph is built over folded dense vectors rather than the sparse ones because hashed
+/// text is close to orthogonal with hundreds of non-zero values, the slow case for a graph
+/// index: sparse inserts measured 4 to 37 ms a document on the 2-core test machine
+/// (BENCHMARKS.md).
 pub(crate) const HNSW_M: usize = 16;
 /// Candidates kept while building the graph: pgvector's default, 64, is four times `m`, which
 /// its authors' and ann-benchmarks' measurements show is where recall stops paying for the
@@ -74,6 +76,8 @@ pub struct PostgresStore {
     pool: Pool,
     embedder: Arc<dyn Embedder>,
     dimension: usize,
+    /// Whether searches ask the HNSW index over folded vectors.
+    indexed: bool,
     /// The search statement for a filter shape is the same text whatever the values, so it is
     /// built once per shape and prepared once per connection.
     statements: Arc<parking_lot::Mutex<HashMap<String, Arc<str>>>>,
@@ -105,7 +109,7 @@ impl PostgresStore {
             .unwrap_or(Duration::from_secs(30));
         let mut wait = Duration::from_millis(200).min(max_wait);
         loop {
-            match migrations::migrate(&pool, dimension, &embedder_id, config.vector_index).await {
+            match migrations::migrate(&pool, &embedder_id, config.vector_index).await {
                 Ok(report) => {
                     tracing::info!(
                         schema_version = report.version,
@@ -133,6 +137,7 @@ impl PostgresStore {
             pool,
             embedder,
             dimension,
+            indexed: config.vector_index == crate::config::VectorIndex::Hnsw,
             statements: Arc::default(),
         })
     }
@@ -144,13 +149,7 @@ impl PostgresStore {
         embedder: &dyn Embedder,
     ) -> Result<MigrationReport, StoreError> {
         let pool = connect::pool(config)?;
-        migrations::migrate(
-            &pool,
-            embedder.dimension(),
-            &embedder.id(),
-            config.vector_index,
-        )
-        .await
+        migrations::migrate(&pool, &embedder.id(), config.vector_index).await
     }
 
     fn statement_for(&self, filter_sql: &str) -> Arc<str> {
@@ -163,7 +162,7 @@ impl PostgresStore {
         if statements.len() >= 1_024 {
             statements.clear();
         }
-        let statement: Arc<str> = search_statement(self.dimension, filter_sql).into();
+        let statement: Arc<str> = search_statement(self.dimension, filter_sql, self.indexed).into();
         statements.insert(filter_sql.to_string(), Arc::clone(&statement));
         statement
     }
@@ -203,12 +202,15 @@ impl DocumentStore for PostgresStore {
         let version: i64 = row.get(1);
         let insert = transaction
             .prepare_cached(
-                "INSERT INTO deeprecall_documents (collection_id, doc_id, content, metadata, embedding) \
-                 SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec \
-                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) \
-                     AS incoming (doc_id, content, metadata, embedding) \
+                "INSERT INTO deeprecall_documents \
+                     (collection_id, doc_id, content, metadata, embedding, folded) \
+                 SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec, \
+                     folded::halfvec \
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                     AS incoming (doc_id, content, metadata, embedding, folded) \
                  ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content, \
-                     metadata = excluded.metadata, embedding = excluded.embedding \
+                     metadata = excluded.metadata, embedding = excluded.embedding, \
+                     folded = excluded.folded \
                  RETURNING (xmax = 0) AS inserted",
             )
             .await?;
@@ -221,10 +223,18 @@ impl DocumentStore for PostgresStore {
                 .iter()
                 .map(|d| sparsevec_text(&d.embedding, self.dimension))
                 .collect();
+            let folded: Vec<String> = chunk.iter().map(|d| folded_text(&d.embedding)).collect();
             let rows = transaction
                 .query(
                     &insert,
-                    &[&collection_id, &doc_ids, &contents, &metadata, &embeddings],
+                    &[
+                        &collection_id,
+                        &doc_ids,
+                        &contents,
+                        &metadata,
+                        &embeddings,
+                        &folded,
+                    ],
                 )
                 .await?;
             inserted += rows.iter().filter(|row| row.get::<_, bool>(0)).count() as i64;
@@ -323,7 +333,8 @@ impl DocumentStore for PostgresStore {
         let vector = sparsevec_text(&query_embedding, self.dimension);
         let candidates = candidates_for(top_k) as i64;
         let limit = top_k as i64;
-        let compiled = compile_filter(&filter, 8);
+        let folded_query = folded_text(&query_embedding);
+        let compiled = compile_filter(&filter, filter_start(self.indexed));
         let statement = self.statement_for(&compiled.sql);
 
         let client = self.pool.get().await?;
@@ -343,6 +354,9 @@ impl DocumentStore for PostgresStore {
             &RRF_K,
             &limit,
         ];
+        if self.indexed {
+            parameters.push(&folded_query);
+        }
         parameters.extend(compiled.parameters.iter().map(|p| p as &(dyn ToSql + Sync)));
         let rows = client.query(&prepared, &parameters).await?;
         let mut hits = Vec::with_capacity(rows.len());
