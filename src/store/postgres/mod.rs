@@ -49,12 +49,13 @@ use crate::text;
 /// index: sparse inserts measured 4 to 37 ms a document on the 2-core test machine
 /// (BENCHMARKS.md).
 pub(crate) const HNSW_M: usize = 16;
-/// Candidates kept while building the graph: pgvector's default, 64, is four times `m`, which
-/// its authors' and ann-benchmarks' measurements show is where recall stops paying for the
-/// longer build.
+/// Candidates kept while building the graph: pgvector's default, 64, four times `m`; lower
+/// values build faster at some cost in recall, which the exact re-ranking cannot recover
+/// (it only reorders what the graph proposes).
 pub(crate) const HNSW_EF_CONSTRUCTION: usize = 64;
-/// Candidates kept while searching (`hnsw.ef_search`, default 40). A search asks for up to
-/// 300 candidates (three per hit, 100 hits at most), and with pgvector 0.8's iterative scans
+/// Candidates kept while searching (`hnsw.ef_search`, default 40). A search asks the index for
+/// 90 candidates at top-10 (three per hit, three times over for the re-ranking), and with
+/// pgvector 0.8's iterative scans
 /// (`hnsw.iterative_scan = relaxed_order`) the scan continues past `ef_search` until enough
 /// rows pass the collection and metadata filters, so 100 buys recall for the common case
 /// without making every search visit a large share of the graph. Without iterative scans
@@ -65,9 +66,9 @@ pub(crate) const HNSW_EF_SEARCH: usize = 100;
 /// connection: operators per condition make 7^n shapes, so past a few, keeping them all
 /// would let callers grow every connection's memory (and the server's) without bound.
 const MAX_CONDITIONS_TO_KEEP_PREPARED: usize = 3;
-/// Rows per insert statement of a write. Each row also enters the HNSW graph, measured at 4 to
-/// 30 ms a row for hashed text vectors (BENCHMARKS.md): 200 rows keep one statement far under
-/// the default statement timeout, which applies to each statement of a write.
+/// Rows per insert statement of a write. Each row also enters the HNSW graph, a few
+/// milliseconds a row here (BENCHMARKS.md): 200 rows keep one statement far under the
+/// default statement timeout, which applies to each statement of a write.
 const ROWS_PER_INSERT: usize = 200;
 
 /// A [`DocumentStore`] in PostgreSQL with pgvector, shared by any number of replicas.
