@@ -191,6 +191,19 @@ pub enum SslMode {
     VerifyFull,
 }
 
+/// How the postgres store finds the nearest vectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorIndex {
+    /// pgvector's HNSW index: searches stay fast as collections grow, but every document
+    /// written enters the graph, which for hashed text vectors costs milliseconds a document.
+    #[default]
+    Hnsw,
+    /// No vector index: each search scans its collection's vectors exactly. Writes are an
+    /// order of magnitude faster; searches grow with the collection (BENCHMARKS.md).
+    Exact,
+}
+
 /// Settings of the document store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -217,6 +230,9 @@ pub struct StoreConfig {
     pub statement_timeout_seconds: f64,
     /// Longest wait, in seconds, between attempts to reach the database at start.
     pub connect_retry_max_seconds: f64,
+    /// Vector index of the postgres store: `hnsw` or `exact`. Every replica must agree: the
+    /// index is created, or dropped, at start.
+    pub vector_index: VectorIndex,
     /// TLS: disable, prefer, require, verify-ca or verify-full.
     pub sslmode: SslMode,
     /// PEM file of the CA certificates that verify-ca and verify-full trust; the system roots
@@ -241,6 +257,7 @@ impl Default for StoreConfig {
             connect_timeout_seconds: 5.0,
             statement_timeout_seconds: 30.0,
             connect_retry_max_seconds: 30.0,
+            vector_index: VectorIndex::Hnsw,
             sslmode: SslMode::Prefer,
             ssl_ca_file: None,
             libpq_env: BTreeMap::new(),
@@ -790,6 +807,10 @@ pool_size = 16
 connect_timeout_seconds = 5.0
 statement_timeout_seconds = 30.0
 connect_retry_max_seconds = 30.0
+# Vector index: "hnsw" (searches stay fast as collections grow; each write enters the graph, a
+# few milliseconds a document for hashed text) or "exact" (no index: writes much faster, each
+# search scans its collection). Every replica must agree: the index is made or dropped at start.
+vector_index = "hnsw"
 # TLS: disable, prefer, require, verify-ca or verify-full; CA certificates (PEM) for the
 # verify modes, the system roots when unset.
 sslmode = "prefer"

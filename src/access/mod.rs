@@ -138,9 +138,9 @@ fn seconds_text(wait: Duration) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// Query, QueryBatch, GetStats.
+    /// Query, QueryBatch, GetStats, ListCollections, GetDocuments.
     Query,
-    /// AddDocuments, DeleteDocuments, ClearCache.
+    /// AddDocuments, DeleteDocuments, ClearCache, DeleteCollection.
     Write,
     /// Everything, and every caller's usage in GetStats.
     Admin,
@@ -171,6 +171,12 @@ pub enum Method {
     ClearCache,
     /// `GetStats`.
     GetStats,
+    /// `ListCollections`.
+    ListCollections,
+    /// `DeleteCollection`.
+    DeleteCollection,
+    /// `GetDocuments`.
+    GetDocuments,
 }
 
 /// Full name of the DeepRecall service, as it appears in request paths.
@@ -178,13 +184,16 @@ pub const SERVICE_PATH: &str = "deeprecall.v1.DeepRecall";
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 9] = [
         Method::Query,
         Method::QueryBatch,
         Method::AddDocuments,
         Method::DeleteDocuments,
         Method::ClearCache,
         Method::GetStats,
+        Method::ListCollections,
+        Method::DeleteCollection,
+        Method::GetDocuments,
     ];
 
     /// The method a gRPC path (`/deeprecall.v1.DeepRecall/Query`) names, if any.
@@ -205,14 +214,24 @@ impl Method {
             Method::DeleteDocuments => "DeleteDocuments",
             Method::ClearCache => "ClearCache",
             Method::GetStats => "GetStats",
+            Method::ListCollections => "ListCollections",
+            Method::DeleteCollection => "DeleteCollection",
+            Method::GetDocuments => "GetDocuments",
         }
     }
 
     /// The scope a key needs to call it.
     pub fn scope(self) -> Scope {
         match self {
-            Method::Query | Method::QueryBatch | Method::GetStats => Scope::Query,
-            Method::AddDocuments | Method::DeleteDocuments | Method::ClearCache => Scope::Write,
+            Method::Query
+            | Method::QueryBatch
+            | Method::GetStats
+            | Method::ListCollections
+            | Method::GetDocuments => Scope::Query,
+            Method::AddDocuments
+            | Method::DeleteDocuments
+            | Method::ClearCache
+            | Method::DeleteCollection => Scope::Write,
         }
     }
 

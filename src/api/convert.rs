@@ -15,7 +15,7 @@ use crate::engine::{
     BudgetLimits, BudgetResource, BudgetUsage, EngineError, EngineStats, EventKind, QueryMode,
     QueryRequest, QueryResult, TraceEvent, UsageTotals,
 };
-use crate::store::{CollectionInfo, Hit, NewDocument, WriteOutcome};
+use crate::store::{CollectionInfo, Hit, NewDocument, StoredDocument, WriteOutcome};
 
 /// Converts a Query request.
 pub fn query_request(request: pb::QueryRequest) -> Result<QueryRequest, EngineError> {
@@ -150,6 +150,49 @@ pub fn delete_documents_response(outcome: WriteOutcome) -> pb::DeleteDocumentsRe
         deleted: outcome.ids.len() as u64,
         collection_version: outcome.collection.version,
         document_count: outcome.collection.document_count,
+    }
+}
+
+/// Converts documents read back by id, listing the ids asked for that were not found.
+pub fn get_documents_response(
+    asked: &[String],
+    documents: Vec<StoredDocument>,
+) -> pb::GetDocumentsResponse {
+    let found: std::collections::HashSet<&str> = documents
+        .iter()
+        .map(|document| document.id.as_str())
+        .collect();
+    let mut missing_ids: Vec<String> = Vec::new();
+    for id in asked {
+        if !found.contains(id.as_str()) && !missing_ids.contains(id) {
+            missing_ids.push(id.clone());
+        }
+    }
+    let documents = documents
+        .into_iter()
+        .map(|document| {
+            let StoredDocument {
+                id,
+                content,
+                metadata,
+            } = document;
+            pb::Document {
+                id,
+                content,
+                metadata: Some(json_to_struct(metadata)),
+            }
+        })
+        .collect();
+    pb::GetDocumentsResponse {
+        documents,
+        missing_ids,
+    }
+}
+
+/// Converts the collections the caller may see.
+pub fn list_collections_response(collections: Vec<CollectionInfo>) -> pb::ListCollectionsResponse {
+    pb::ListCollectionsResponse {
+        collections: collections.into_iter().map(collection_stats).collect(),
     }
 }
 

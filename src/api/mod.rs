@@ -290,6 +290,52 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         Ok(Response::new(pb::ClearCacheResponse { entries_removed }))
     }
 
+    async fn list_collections(
+        &self,
+        request: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        let engine = self.admission.admit()?;
+        let caller = caller_of(&request)?;
+        let pb::ListCollectionsRequest {} = request.into_inner();
+        let mut collections = engine.list_collections().await?;
+        collections.retain(|collection| caller.may_see(&collection.name));
+        Ok(Response::new(convert::list_collections_response(
+            collections,
+        )))
+    }
+
+    async fn delete_collection(
+        &self,
+        request: Request<pb::DeleteCollectionRequest>,
+    ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        let engine = self.admission.admit()?;
+        let caller = caller_of(&request)?;
+        let pb::DeleteCollectionRequest { collection } = request.into_inner();
+        if !collection.is_empty() {
+            caller.check_collection(&collection)?;
+        }
+        let deleted = engine.delete_collection(&collection).await?;
+        Ok(Response::new(pb::DeleteCollectionResponse {
+            deleted_documents: deleted.documents,
+            cache_entries_removed: deleted.cache_entries,
+        }))
+    }
+
+    async fn get_documents(
+        &self,
+        request: Request<pb::GetDocumentsRequest>,
+    ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
+        let engine = self.admission.admit()?;
+        caller_of(&request)?.check_collection(&request.get_ref().collection)?;
+        let pb::GetDocumentsRequest { collection, ids } = request.into_inner();
+        let documents = engine
+            .get_documents(non_empty(&collection), ids.clone())
+            .await?;
+        Ok(Response::new(convert::get_documents_response(
+            &ids, documents,
+        )))
+    }
+
     async fn get_stats(
         &self,
         request: Request<pb::GetStatsRequest>,

@@ -140,6 +140,14 @@ mod tests {
                 Code::Internal,
             ),
             (
+                EngineError::Store(StoreError::Unavailable("connection refused".into())),
+                Code::Unavailable,
+            ),
+            (
+                EngineError::Store(StoreError::Database("syntax error".into())),
+                Code::Internal,
+            ),
+            (
                 EngineError::Llm(LlmError::Unavailable("down".into())),
                 Code::Unavailable,
             ),

@@ -14,12 +14,13 @@ use tokio::sync::oneshot;
 
 use super::{CliError, READY_TIMEOUT, connect, wait_until_serving};
 use crate::api::pb;
-use crate::config::{Backend, CacheBackend, Config};
+use crate::config::{Backend, CacheBackend, Config, StoreBackend, StoreConfig, VectorIndex};
 use crate::embed::HashingEmbedder;
 use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript, RecordedRequest, Recording};
 use crate::server;
 use crate::store::{
-    DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, SearchRequest,
+    DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, PostgresStore,
+    SearchRequest,
 };
 
 /// What to measure.
@@ -74,6 +75,13 @@ pub struct BenchArgs {
     /// Engine suite: only this mock latency in milliseconds (default: 0 and 50).
     #[arg(long)]
     mock_latency_ms: Option<u64>,
+    /// Ingest and search suites: also measure the postgres store on this database (an empty
+    /// one: the bench writes its own collections and deletes them after).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Vector index of the postgres store: hnsw or exact.
+    #[arg(long, default_value = "hnsw")]
+    vector_index: String,
 }
 
 /// Runs the benchmarks and prints one line per measurement.
@@ -121,10 +129,6 @@ struct BenchServer {
 }
 
 impl BenchServer {
-    async fn start() -> Result<Self, CliError> {
-        Self::start_with(|_| {}).await
-    }
-
     async fn start_with(configure: impl FnOnce(&mut Config)) -> Result<Self, CliError> {
         let data_dir = tempfile::tempdir().map_err(|error| CliError::Io(error.to_string()))?;
         let mut config = Config::default();
@@ -160,9 +164,60 @@ impl Drop for BenchServer {
     }
 }
 
+/// The stores a suite runs on: the embedded one, and PostgreSQL when a URL is given.
+fn bench_stores(args: &BenchArgs) -> Result<Vec<(&'static str, Option<StoreConfig>)>, CliError> {
+    let mut stores = vec![("embedded", None)];
+    if let Some(url) = &args.database_url {
+        let vector_index = match args.vector_index.as_str() {
+            "hnsw" => VectorIndex::Hnsw,
+            "exact" => VectorIndex::Exact,
+            other => {
+                return Err(CliError::Usage(format!(
+                    "--vector-index {other:?}: use hnsw or exact"
+                )));
+            }
+        };
+        stores.push((
+            "postgres",
+            Some(StoreConfig {
+                backend: StoreBackend::Postgres,
+                database_url: crate::secret::Secret::new(url.clone()),
+                vector_index,
+                ..StoreConfig::default()
+            }),
+        ));
+    }
+    Ok(stores)
+}
+
 async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
-    let server = BenchServer::start().await?;
+    for (label, store) in bench_stores(args)? {
+        ingest_into(args, label, store).await?;
+    }
+    Ok(())
+}
+
+async fn ingest_into(
+    args: &BenchArgs,
+    label: &str,
+    store: Option<StoreConfig>,
+) -> Result<(), CliError> {
+    let server = BenchServer::start_with(|config| {
+        if let Some(store) = store {
+            config.store = StoreConfig {
+                data_dir: config.store.data_dir.clone(),
+                ..store
+            };
+        }
+    })
+    .await?;
     let mut client = connect(&server.endpoint, None).await?;
+    // Not left behind in a shared database; no-op on an empty one.
+    let _ = client
+        .delete_collection(pb::DeleteCollectionRequest {
+            collection: "bench".into(),
+        })
+        .await;
     let documents = Corpus::new(7, args.zipf_offset).proto_documents(args.ingest_documents);
     let started = Instant::now();
     for batch in documents.chunks(args.batch_size) {
@@ -174,8 +229,13 @@ async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
             .await?;
     }
     let elapsed = started.elapsed();
+    let _ = client
+        .delete_collection(pb::DeleteCollectionRequest {
+            collection: "bench".into(),
+        })
+        .await;
     println!(
-        "ingest: {} documents in {:.2} s over gRPC, batches of {} = {:.0} documents/s",
+        "ingest ({label}): {} documents in {:.2} s over gRPC, batches of {} = {:.0} documents/s",
         args.ingest_documents,
         elapsed.as_secs_f64(),
         args.batch_size,
@@ -185,19 +245,43 @@ async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
 }
 
 async fn search(args: &BenchArgs) -> Result<(), CliError> {
+    for (label, store) in bench_stores(args)? {
+        search_in(args, label, store).await?;
+    }
+    Ok(())
+}
+
+async fn search_in(
+    args: &BenchArgs,
+    label: &str,
+    postgres: Option<StoreConfig>,
+) -> Result<(), CliError> {
     let data_dir = tempfile::tempdir().map_err(|error| CliError::Io(error.to_string()))?;
     let embedder = Arc::new(HashingEmbedder::new(
         crate::embed::hashing::DEFAULT_DIMENSION,
     ));
-    let store = EmbeddedStore::open(
-        EmbeddedStoreConfig {
-            data_dir: data_dir.path().to_path_buf(),
-            read_connections: 4,
-        },
-        embedder,
-    )
-    .await
-    .map_err(|error| CliError::Io(error.to_string()))?;
+    let store: Arc<dyn DocumentStore> = match postgres {
+        None => Arc::new(
+            EmbeddedStore::open(
+                EmbeddedStoreConfig {
+                    data_dir: data_dir.path().to_path_buf(),
+                    read_connections: 4,
+                },
+                embedder,
+            )
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?,
+        ),
+        Some(config) => Arc::new(
+            PostgresStore::connect(&config, embedder)
+                .await
+                .map_err(|error| CliError::Io(error.to_string()))?,
+        ),
+    };
+    store
+        .delete_collection("bench")
+        .await
+        .map_err(|error| CliError::Io(error.to_string()))?;
     let mut corpus = Corpus::new(11, args.zipf_offset);
     let loading = Instant::now();
     let mut index = 0;
@@ -220,7 +304,7 @@ async fn search(args: &BenchArgs) -> Result<(), CliError> {
         index = end;
     }
     println!(
-        "search: loaded {} documents in {:.1} s",
+        "search ({label}): loaded {} documents in {:.1} s",
         args.search_documents,
         loading.elapsed().as_secs_f64()
     );
@@ -231,7 +315,7 @@ async fn search(args: &BenchArgs) -> Result<(), CliError> {
             .unwrap_or(&Map::new()),
     )
     .map_err(|error| CliError::Usage(error.to_string()))?;
-    for (label, filter) in [("unfiltered", Filter::default()), ("filtered", filtered)] {
+    for (filter_label, filter) in [("unfiltered", Filter::default()), ("filtered", filtered)] {
         let mut latencies = Vec::with_capacity(args.samples);
         for _ in 0..args.samples {
             let query = corpus.query();
@@ -248,12 +332,16 @@ async fn search(args: &BenchArgs) -> Result<(), CliError> {
             latencies.push(started.elapsed());
         }
         println!(
-            "search: hybrid top-{} over {} documents, {label}: {}",
+            "search ({label}): hybrid top-{} over {} documents, {filter_label}: {}",
             args.top_k,
             args.search_documents,
             percentiles(&mut latencies)
         );
     }
+    store
+        .delete_collection("bench")
+        .await
+        .map_err(|error| CliError::Io(error.to_string()))?;
     Ok(())
 }
 

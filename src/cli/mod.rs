@@ -3,10 +3,11 @@
 
 mod bench;
 mod demo;
-mod health;
 pub mod eval;
+mod health;
 pub mod ingest;
 mod output;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,10 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Brings the postgres store's schema to this build's version, ahead of a rollout.
     Migrate(MigrateArgs),
+    /// Writes a collection as JSON Lines, read from the configured store.
+    Export(transfer::ExportArgs),
+    /// Adds JSON Lines documents (as export writes them) through a server.
+    Import(transfer::ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -402,6 +407,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Eval(args) => eval::run(*args).await,
+        Command::Export(args) => transfer::export(args).await,
+        Command::Import(args) => transfer::import(args).await,
     }
 }
 

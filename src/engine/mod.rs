@@ -41,7 +41,7 @@ use crate::cache::{CacheError, CacheKey, CacheLevel, CacheStats};
 use crate::llm::{ChatModel, LlmError, PriceTable};
 use crate::store::{
     CollectionInfo, DEFAULT_COLLECTION, DocumentStore, Filter, NewDocument, StoreError,
-    WriteOutcome, validate_collection_name,
+    StoredDocument, WriteOutcome, validate_collection_name,
 };
 
 /// Errors of the engine layer.
@@ -285,6 +285,15 @@ pub struct EngineTelemetry {
     pub metrics: Metrics,
     /// JSONL log of every trace event.
     pub trace_log: Option<TraceLog>,
+}
+
+/// What deleting a collection removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletedCollection {
+    /// Documents the collection held.
+    pub documents: u64,
+    /// Cache entries removed with it.
+    pub cache_entries: u64,
 }
 
 /// Statistics of the engine.
@@ -858,6 +867,61 @@ impl Engine {
             .metrics
             .set_documents(&written.name, written.document_count);
         Ok(outcome)
+    }
+
+    /// Returns every collection, by name.
+    pub async fn list_collections(&self) -> Result<Vec<CollectionInfo>, EngineError> {
+        Ok(self.inner.store.collections().await?)
+    }
+
+    /// Deletes a collection with its documents, then its cached answers and searches. Returns
+    /// how many documents it held and how many cache entries went. A cache that cannot be
+    /// cleared is only logged: the collection is gone, and its entries are unreachable, keyed
+    /// on a version no collection will have again.
+    pub async fn delete_collection(
+        &self,
+        collection: &str,
+    ) -> Result<DeletedCollection, EngineError> {
+        if collection.is_empty() {
+            return Err(EngineError::invalid("collection", "must not be empty"));
+        }
+        validate_collection_name(collection)
+            .map_err(|error| EngineError::invalid("collection", error.to_string()))?;
+        let Some(deleted) = self.inner.store.delete_collection(collection).await? else {
+            return Err(StoreError::CollectionNotFound(collection.to_string()).into());
+        };
+        self.inner.metrics.set_documents(collection, 0);
+        let cache_entries = match self.clear_cache(Some(collection)).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(%error, collection, "deleted collection's cache entries not cleared");
+                0
+            }
+        };
+        Ok(DeletedCollection {
+            documents: deleted.document_count,
+            cache_entries,
+        })
+    }
+
+    /// Reads documents back by id, in the order asked, each once; unknown ids are left out.
+    pub async fn get_documents(
+        &self,
+        collection: Option<&str>,
+        ids: Vec<String>,
+    ) -> Result<Vec<StoredDocument>, EngineError> {
+        let collection = collection_or_default(collection)?;
+        if ids.is_empty() {
+            return Err(EngineError::invalid("ids", "must not be empty"));
+        }
+        let limit = self.inner.config.max_documents_per_call;
+        if ids.len() > limit {
+            return Err(EngineError::invalid(
+                "ids",
+                format!("{} ids is over the limit of {limit} per call", ids.len()),
+            ));
+        }
+        Ok(self.inner.store.get_documents(&collection, ids).await?)
     }
 
     /// Clears cached results and searches, of one collection or all; returns how many

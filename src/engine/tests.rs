@@ -54,6 +54,27 @@ impl DocumentStore for MemoryStore {
         unimplemented!("the engine tests do not write")
     }
 
+    async fn delete_collection(&self, _name: &str) -> Result<Option<CollectionInfo>, StoreError> {
+        unimplemented!("the engine tests do not write")
+    }
+
+    async fn get_documents(
+        &self,
+        _collection: &str,
+        _ids: Vec<String>,
+    ) -> Result<Vec<crate::store::StoredDocument>, StoreError> {
+        unimplemented!("the engine tests read by search")
+    }
+
+    async fn list_documents(
+        &self,
+        _collection: &str,
+        _after: Option<String>,
+        _limit: usize,
+    ) -> Result<Vec<crate::store::StoredDocument>, StoreError> {
+        unimplemented!("the engine tests read by search")
+    }
+
     async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
         self.searches.lock().push(request.clone());
         let terms = crate::text::content_terms(&request.query);

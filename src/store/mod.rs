@@ -90,6 +90,17 @@ pub struct Hit {
     pub score: f64,
 }
 
+/// A stored document, as read back by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    /// Document id.
+    pub id: String,
+    /// Document text.
+    pub content: String,
+    /// Document metadata.
+    pub metadata: Map<String, Value>,
+}
+
 /// What to search for.
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
@@ -149,6 +160,27 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
 
     /// Returns every collection, by name.
     async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError>;
+
+    /// Deletes a collection and its documents at once; returns its state just before, or
+    /// `None` if it did not exist. Durable once it returns.
+    async fn delete_collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError>;
+
+    /// Returns up to `limit` documents of the collection in id order, starting after the id
+    /// `after` (from the first when `None`): pages for an export that holds one page at a time.
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredDocument>, StoreError>;
+
+    /// Returns the documents with these ids, in the order asked, each once; ids not in the
+    /// collection are left out.
+    async fn get_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<StoredDocument>, StoreError>;
 }
 
 /// Checks a collection name: 1 to 64 characters from `[A-Za-z0-9_.-]`.

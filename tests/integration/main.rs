@@ -7,11 +7,15 @@
 )]
 
 mod common;
+/// The test PostgreSQL, shared with the library's own tests.
+#[path = "../../src/store/postgres/testing.rs"]
+mod pg_harness;
 
 mod access;
 mod binary;
 mod cache;
 mod clients;
+mod collections;
 mod deadlines;
 mod deploy_checks;
 mod documents;
@@ -21,4 +25,6 @@ mod lifecycle;
 mod models;
 mod query;
 mod readme;
+mod replicas;
 mod telemetry;
+mod transfer;

@@ -35,6 +35,15 @@ type DeepRecallClient interface {
 	ClearCache(ctx context.Context, in *ClearCacheRequest, opts ...grpc.CallOption) (*ClearCacheResponse, error)
 	// Reports documents per collection, cache counters and cumulative usage.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
+	// Lists the collections the caller may see, by name, with their document counts and
+	// content versions. Needs the `query` scope.
+	ListCollections(ctx context.Context, in *ListCollectionsRequest, opts ...grpc.CallOption) (*ListCollectionsResponse, error)
+	// Deletes a collection: its documents, its content version and its cached answers and
+	// searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+	DeleteCollection(ctx context.Context, in *DeleteCollectionRequest, opts ...grpc.CallOption) (*DeleteCollectionResponse, error)
+	// Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+	// `query` scope.
+	GetDocuments(ctx context.Context, in *GetDocumentsRequest, opts ...grpc.CallOption) (*GetDocumentsResponse, error)
 }
 
 type deepRecallClient struct {
@@ -145,6 +154,33 @@ func (c *deepRecallClient) GetStats(ctx context.Context, in *GetStatsRequest, op
 	return out, nil
 }
 
+func (c *deepRecallClient) ListCollections(ctx context.Context, in *ListCollectionsRequest, opts ...grpc.CallOption) (*ListCollectionsResponse, error) {
+	out := new(ListCollectionsResponse)
+	err := c.cc.Invoke(ctx, "/deeprecall.v1.DeepRecall/ListCollections", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deepRecallClient) DeleteCollection(ctx context.Context, in *DeleteCollectionRequest, opts ...grpc.CallOption) (*DeleteCollectionResponse, error) {
+	out := new(DeleteCollectionResponse)
+	err := c.cc.Invoke(ctx, "/deeprecall.v1.DeepRecall/DeleteCollection", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deepRecallClient) GetDocuments(ctx context.Context, in *GetDocumentsRequest, opts ...grpc.CallOption) (*GetDocumentsResponse, error) {
+	out := new(GetDocumentsResponse)
+	err := c.cc.Invoke(ctx, "/deeprecall.v1.DeepRecall/GetDocuments", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeepRecallServer is the server API for DeepRecall service.
 // All implementations must embed UnimplementedDeepRecallServer
 // for forward compatibility
@@ -167,6 +203,15 @@ type DeepRecallServer interface {
 	ClearCache(context.Context, *ClearCacheRequest) (*ClearCacheResponse, error)
 	// Reports documents per collection, cache counters and cumulative usage.
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
+	// Lists the collections the caller may see, by name, with their document counts and
+	// content versions. Needs the `query` scope.
+	ListCollections(context.Context, *ListCollectionsRequest) (*ListCollectionsResponse, error)
+	// Deletes a collection: its documents, its content version and its cached answers and
+	// searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+	DeleteCollection(context.Context, *DeleteCollectionRequest) (*DeleteCollectionResponse, error)
+	// Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+	// `query` scope.
+	GetDocuments(context.Context, *GetDocumentsRequest) (*GetDocumentsResponse, error)
 	mustEmbedUnimplementedDeepRecallServer()
 }
 
@@ -191,6 +236,15 @@ func (UnimplementedDeepRecallServer) ClearCache(context.Context, *ClearCacheRequ
 }
 func (UnimplementedDeepRecallServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedDeepRecallServer) ListCollections(context.Context, *ListCollectionsRequest) (*ListCollectionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListCollections not implemented")
+}
+func (UnimplementedDeepRecallServer) DeleteCollection(context.Context, *DeleteCollectionRequest) (*DeleteCollectionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteCollection not implemented")
+}
+func (UnimplementedDeepRecallServer) GetDocuments(context.Context, *GetDocumentsRequest) (*GetDocumentsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDocuments not implemented")
 }
 func (UnimplementedDeepRecallServer) mustEmbedUnimplementedDeepRecallServer() {}
 
@@ -319,6 +373,60 @@ func _DeepRecall_GetStats_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeepRecall_ListCollections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCollectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeepRecallServer).ListCollections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/deeprecall.v1.DeepRecall/ListCollections",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeepRecallServer).ListCollections(ctx, req.(*ListCollectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DeepRecall_DeleteCollection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCollectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeepRecallServer).DeleteCollection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/deeprecall.v1.DeepRecall/DeleteCollection",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeepRecallServer).DeleteCollection(ctx, req.(*DeleteCollectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DeepRecall_GetDocuments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDocumentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeepRecallServer).GetDocuments(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/deeprecall.v1.DeepRecall/GetDocuments",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeepRecallServer).GetDocuments(ctx, req.(*GetDocumentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _DeepRecall_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "deeprecall.v1.DeepRecall",
 	HandlerType: (*DeepRecallServer)(nil),
@@ -338,6 +446,18 @@ var _DeepRecall_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStats",
 			Handler:    _DeepRecall_GetStats_Handler,
+		},
+		{
+			MethodName: "ListCollections",
+			Handler:    _DeepRecall_ListCollections_Handler,
+		},
+		{
+			MethodName: "DeleteCollection",
+			Handler:    _DeepRecall_DeleteCollection_Handler,
+		},
+		{
+			MethodName: "GetDocuments",
+			Handler:    _DeepRecall_GetDocuments_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -31,7 +31,9 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
 use self::readers::{ReaderPool, blocking, with_connection};
-use self::rows::{bump_version, delete_by_id, fetch_hits, upsert_documents};
+use self::rows::{
+    bump_version, delete_by_id, fetch_documents, fetch_hits, list_page, upsert_documents,
+};
 use self::schema::{
     configure_writer, ensure_current_embeddings, load_collections, migrate, open_failure,
     open_reader,
@@ -40,7 +42,7 @@ use super::index::VectorIndex;
 use super::prepare::{PreparedDocument, RRF_K, candidates_for, embed_query, prepare_documents};
 use super::{
     CollectionInfo, DocumentStore, Filter, Hit, NewDocument, SearchRequest, StoreError,
-    WriteOutcome, validate_collection_name,
+    StoredDocument, WriteOutcome, validate_collection_name,
 };
 use crate::embed::{Embedder, Embedding};
 
@@ -297,6 +299,47 @@ impl DocumentStore for EmbeddedStore {
             .map(|collection| collection.info())
             .collect())
     }
+
+    async fn delete_collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError> {
+        let handle = match self.collection_handle(name) {
+            Ok(handle) => handle,
+            Err(StoreError::CollectionNotFound(_)) => return Ok(None),
+            Err(other) => return Err(other),
+        };
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.delete_collection(&handle).map(Some)).await
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredDocument>, StoreError> {
+        let handle = self.collection_handle(collection)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner
+                .readers
+                .with(|connection| list_page(connection, handle.id, after.as_deref(), limit))
+        })
+        .await
+    }
+
+    async fn get_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<StoredDocument>, StoreError> {
+        let handle = self.collection_handle(collection)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner
+                .readers
+                .with(|connection| fetch_documents(connection, handle.id, &ids))
+        })
+        .await
+    }
 }
 
 impl Inner {
@@ -384,6 +427,26 @@ impl Inner {
             ids: deleted.into_iter().map(|(id, _)| id).collect(),
             collection: Collection::info_of(&collection.name, &state),
         })
+    }
+
+    /// Deletes the collection's rows and forgets its index, in one transaction.
+    fn delete_collection(&self, collection: &Collection) -> Result<CollectionInfo, StoreError> {
+        let mut connection = self.writer.lock();
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        transaction.execute(
+            "DELETE FROM documents WHERE collection_id = ?1",
+            [collection.id],
+        )?;
+        transaction.execute("DELETE FROM collections WHERE id = ?1", [collection.id])?;
+        let mut state = collection.state.write();
+        transaction.commit()?;
+        let info = Collection::info_of(&collection.name, &state);
+        self.documents
+            .fetch_sub(state.index.len(), Ordering::Relaxed);
+        state.index = VectorIndex::default();
+        // A writer that looks the collection up after this creates it anew.
+        self.collections.write().remove(&collection.name);
+        Ok(info)
     }
 
     /// Searches on the calling thread, which may be an async worker, when that is sure to be

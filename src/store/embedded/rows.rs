@@ -6,7 +6,7 @@ use rusqlite::{Connection, ToSql, Transaction};
 use serde_json::{Map, Value};
 
 use super::super::prepare::PreparedDocument;
-use super::super::{Hit, StoreError};
+use super::super::{Hit, StoreError, StoredDocument};
 use crate::embed::Embedding;
 
 /// Documents per write statement: with four parameters each, plus one shared, a statement stays
@@ -197,4 +197,69 @@ pub(super) fn decode_embedding(bytes: &[u8]) -> Result<Embedding, String> {
         }
     }
     Ok(embedding)
+}
+
+/// Reads the collection's documents with these ids, in the order asked, each once.
+pub(super) fn fetch_documents(
+    connection: &Connection,
+    collection_id: i64,
+    ids: &[String],
+) -> Result<Vec<StoredDocument>, StoreError> {
+    let transaction = connection.unchecked_transaction()?;
+    let mut statement = transaction.prepare_cached(
+        "SELECT rowid, content, metadata FROM documents WHERE collection_id = ?1 AND doc_id = ?2",
+    )?;
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let mut documents = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !seen.insert(id.as_str()) {
+            continue;
+        }
+        let mut rows = statement.query(rusqlite::params![collection_id, id])?;
+        if let Some(row) = rows.next()? {
+            let rowid: i64 = row.get(0)?;
+            let metadata = parse_metadata(
+                rowid,
+                row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
+            )?;
+            documents.push(StoredDocument {
+                id: id.clone(),
+                content: row.get(1)?,
+                metadata,
+            });
+        }
+    }
+    drop(statement);
+    transaction.commit()?;
+    Ok(documents)
+}
+
+/// Reads one page of the collection's documents in id order (SQLite's `BINARY` collation:
+/// byte order), after `after`.
+pub(super) fn list_page(
+    connection: &Connection,
+    collection_id: i64,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StoredDocument>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT rowid, doc_id, content, metadata FROM documents \
+         WHERE collection_id = ?1 AND (?2 IS NULL OR doc_id > ?2) ORDER BY doc_id LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = statement.query(rusqlite::params![collection_id, after, limit])?;
+    let mut documents = Vec::new();
+    while let Some(row) = rows.next()? {
+        let rowid: i64 = row.get(0)?;
+        let metadata = parse_metadata(
+            rowid,
+            row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?,
+        )?;
+        documents.push(StoredDocument {
+            id: row.get(1)?,
+            content: row.get(2)?,
+            metadata,
+        });
+    }
+    Ok(documents)
 }

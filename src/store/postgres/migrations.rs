@@ -1,5 +1,5 @@
 //! Versioned, forward-only schema migrations, applied under an advisory lock so that replicas
-//! starting together migrate once; and the per-dimension vector index, built under the same
+//! starting together migrate once; and the vector index, built (or dropped) under the same
 //! lock.
 //!
 //! Each migration is numbered and checksummed (SHA-256 of its SQL) in
@@ -11,7 +11,9 @@ use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
 
 use super::super::StoreError;
+use super::sql::FOLDED_DIMENSION;
 use super::{HNSW_EF_CONSTRUCTION, HNSW_M};
+use crate::config::VectorIndex;
 
 /// `pg_advisory_lock` key of the migrations: "deepreca" in ASCII.
 const MIGRATION_LOCK: i64 = 0x6465_6570_7265_6361;
@@ -23,11 +25,16 @@ const MIGRATIONS: &[(&str, &str)] = &[(
     r#"
 CREATE EXTENSION IF NOT EXISTS vector;
 
+-- Content versions come from one sequence, so no version is ever used twice, not even by a
+-- collection deleted and created again under the same name: an answer cached by any replica
+-- against an old version can never match a new one.
+CREATE SEQUENCE deeprecall_versions;
+
 CREATE TABLE deeprecall_collections (
     id             bigserial PRIMARY KEY,
     name           text NOT NULL UNIQUE,
     -- Changes with every write: caches on every replica key on it.
-    version        bigint NOT NULL DEFAULT 0,
+    version        bigint NOT NULL,
     document_count bigint NOT NULL DEFAULT 0,
     created_at     timestamptz NOT NULL DEFAULT now()
 );
@@ -38,14 +45,18 @@ CREATE TABLE deeprecall_documents (
     doc_id        text NOT NULL,
     content       text NOT NULL,
     metadata      jsonb NOT NULL DEFAULT '{}',
-    -- Sparse: the hashing embedder fills few of its dimensions. The HNSW index is on an
-    -- expression with the embedder's dimension, created at start.
+    -- Sparse: the hashing embedder fills few of its dimensions; candidates are re-ranked
+    -- by it exactly.
     embedding     sparsevec NOT NULL,
+    -- The same vector folded to 256 dense dimensions: what the HNSW index is built on.
+    folded        halfvec NOT NULL,
     keywords      tsvector GENERATED ALWAYS AS (to_tsvector('english', content)) STORED,
     UNIQUE (collection_id, doc_id)
 );
 
 CREATE INDEX deeprecall_documents_keywords ON deeprecall_documents USING gin (keywords);
+-- Pages of an export, in byte order whatever the database's collation.
+CREATE INDEX deeprecall_documents_by_id ON deeprecall_documents (collection_id, doc_id COLLATE "C");
 
 CREATE TABLE deeprecall_meta (
     key   text PRIMARY KEY,
@@ -75,13 +86,13 @@ fn checksum(sql: &str) -> String {
         .collect()
 }
 
-/// Brings the schema to the newest version, creates the vector index for `dimension`, and
+/// Brings the schema to the newest version, creates (or drops) the vector index, and
 /// checks the embedder, all under one session advisory lock: the first replica to take it
 /// does the work, and the others find it done.
 pub(super) async fn migrate(
     pool: &Pool,
-    dimension: usize,
     embedder_id: &str,
+    vector_index: VectorIndex,
 ) -> Result<MigrationReport, StoreError> {
     let mut client = pool.get().await?;
     // DDL on a large table, and waiting for another replica's, may outlast the statement
@@ -90,7 +101,7 @@ pub(super) async fn migrate(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let outcome = migrate_locked(&mut client, dimension, embedder_id).await;
+    let outcome = migrate_locked(&mut client, embedder_id, vector_index).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
@@ -104,8 +115,8 @@ pub(super) async fn migrate(
 
 async fn migrate_locked(
     client: &mut deadpool_postgres::Object,
-    dimension: usize,
     embedder_id: &str,
+    vector_index: VectorIndex,
 ) -> Result<MigrationReport, StoreError> {
     client
         .batch_execute(
@@ -163,33 +174,37 @@ async fn migrate_locked(
         applied.push(version);
     }
     check_embedder(client, embedder_id).await?;
-    ensure_vector_index(client, dimension).await?;
+    ensure_vector_index(client, vector_index).await?;
     Ok(MigrationReport {
         applied,
         version: known,
     })
 }
 
-/// Creates the HNSW index for vectors of `dimension` if missing. The dimension is the
-/// embedder's, a number from the configuration, never request data.
+/// Creates the HNSW index over the folded vectors if missing, or, with
+/// [`VectorIndex::Exact`], drops it; any other vector index goes.
 async fn ensure_vector_index(
     client: &deadpool_postgres::Object,
-    dimension: usize,
+    vector_index: VectorIndex,
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "CREATE INDEX IF NOT EXISTS deeprecall_documents_embedding_{dimension} \
-         ON deeprecall_documents USING hnsw ((embedding::sparsevec({dimension})) sparsevec_ip_ops) \
-         WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
-    );
-    client.batch_execute(&sql).await?;
-    // An index for another dimension is left from an embedder used before this one on an
-    // empty database (`check_embedder` refuses a change over documents); it would reject
-    // every vector of this one.
-    let current = format!("deeprecall_documents_embedding_{dimension}");
+    let current = match vector_index {
+        VectorIndex::Hnsw => {
+            let sql = format!(
+                "CREATE INDEX IF NOT EXISTS deeprecall_documents_folded_{FOLDED_DIMENSION} \
+                 ON deeprecall_documents \
+                 USING hnsw ((folded::halfvec({FOLDED_DIMENSION})) halfvec_ip_ops) \
+                 WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+            );
+            client.batch_execute(&sql).await?;
+            format!("deeprecall_documents_folded_{FOLDED_DIMENSION}")
+        }
+        // No name matches: every vector index goes.
+        VectorIndex::Exact => String::new(),
+    };
     let stale = client
         .query(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'deeprecall_documents' \
-             AND indexname LIKE 'deeprecall\\_documents\\_embedding\\_%' AND indexname <> $1",
+             AND indexname LIKE 'deeprecall\\_documents\\_folded\\_%' AND indexname <> $1",
             &[&current],
         )
         .await?;

@@ -30,33 +30,46 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 pub use self::migrations::{MigrationReport, known_version};
-use self::sql::{any_term_query, compile_filter, search_statement, sparsevec_text};
+use self::sql::{
+    any_term_query, compile_filter, filter_start, folded_text, search_statement, sparsevec_text,
+};
 use super::prepare::{RRF_K, candidates_for, embed_query, prepare_documents};
 use super::{
-    CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, WriteOutcome,
-    validate_collection_name,
+    CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, StoredDocument,
+    WriteOutcome, validate_collection_name,
 };
 use crate::config::StoreConfig;
 use crate::embed::Embedder;
 use crate::text;
 
-/// HNSW graph degree. pgvector's default: 16 links per node keeps recall high for the few
-/// hundred non-zero dimensions of hashed text at a modest index size; more mostly costs memory.
+/// HNSW graph degree, over the folded 256-dimension vectors. pgvector's default: 16 links per
+/// node keeps recall high at a modest index size; more mostly costs memory and insert time.
+/// The graph is built over folded dense vectors rather than the sparse ones because hashed
+/// text is close to orthogonal with hundreds of non-zero values, the slow case for a graph
+/// index: sparse inserts measured 4 to 37 ms a document on the 2-core test machine
+/// (BENCHMARKS.md).
 pub(crate) const HNSW_M: usize = 16;
-/// Candidates kept while building the graph: pgvector's default, 64, is four times `m`, which
-/// its authors' and ann-benchmarks' measurements show is where recall stops paying for the
-/// longer build.
+/// Candidates kept while building the graph: pgvector's default, 64, four times `m`; lower
+/// values build faster at some cost in recall, which the exact re-ranking cannot recover
+/// (it only reorders what the graph proposes).
 pub(crate) const HNSW_EF_CONSTRUCTION: usize = 64;
-/// Candidates kept while searching (`hnsw.ef_search`, default 40). A search asks for up to
-/// 300 candidates (three per hit, 100 hits at most), and with pgvector 0.8's iterative scans
+/// Candidates kept while searching (`hnsw.ef_search`, default 40). A search asks the index for
+/// 90 candidates at top-10 (three per hit, three times over for the re-ranking), and with
+/// pgvector 0.8's iterative scans
 /// (`hnsw.iterative_scan = relaxed_order`) the scan continues past `ef_search` until enough
 /// rows pass the collection and metadata filters, so 100 buys recall for the common case
 /// without making every search visit a large share of the graph. Without iterative scans
 /// (pgvector 0.7) a selective filter may leave fewer than `top_k` vector candidates; the
 /// keyword ranking is unaffected.
 pub(crate) const HNSW_EF_SEARCH: usize = 100;
-/// Rows per insert statement of a write: bounds one statement's parameters and memory.
-const ROWS_PER_INSERT: usize = 1_000;
+/// Filters of up to this many conditions have their search statement kept prepared on each
+/// connection: operators per condition make 7^n shapes, so past a few, keeping them all
+/// would let callers grow every connection's memory (and the server's) without bound.
+const MAX_CONDITIONS_TO_KEEP_PREPARED: usize = 3;
+/// Rows per insert statement of a write. Each row also enters the HNSW graph, a few
+/// milliseconds a row here (BENCHMARKS.md): 200 rows keep one statement far under the
+/// default statement timeout, which applies to each statement of a write.
+const ROWS_PER_INSERT: usize = 200;
 
 /// A [`DocumentStore`] in PostgreSQL with pgvector, shared by any number of replicas.
 #[derive(Clone)]
@@ -64,6 +77,8 @@ pub struct PostgresStore {
     pool: Pool,
     embedder: Arc<dyn Embedder>,
     dimension: usize,
+    /// Whether searches ask the HNSW index over folded vectors.
+    indexed: bool,
     /// The search statement for a filter shape is the same text whatever the values, so it is
     /// built once per shape and prepared once per connection.
     statements: Arc<parking_lot::Mutex<HashMap<String, Arc<str>>>>,
@@ -95,7 +110,7 @@ impl PostgresStore {
             .unwrap_or(Duration::from_secs(30));
         let mut wait = Duration::from_millis(200).min(max_wait);
         loop {
-            match migrations::migrate(&pool, dimension, &embedder_id).await {
+            match migrations::migrate(&pool, &embedder_id, config.vector_index).await {
                 Ok(report) => {
                     tracing::info!(
                         schema_version = report.version,
@@ -123,6 +138,7 @@ impl PostgresStore {
             pool,
             embedder,
             dimension,
+            indexed: config.vector_index == crate::config::VectorIndex::Hnsw,
             statements: Arc::default(),
         })
     }
@@ -134,7 +150,7 @@ impl PostgresStore {
         embedder: &dyn Embedder,
     ) -> Result<MigrationReport, StoreError> {
         let pool = connect::pool(config)?;
-        migrations::migrate(&pool, embedder.dimension(), &embedder.id()).await
+        migrations::migrate(&pool, &embedder.id(), config.vector_index).await
     }
 
     fn statement_for(&self, filter_sql: &str) -> Arc<str> {
@@ -147,7 +163,7 @@ impl PostgresStore {
         if statements.len() >= 1_024 {
             statements.clear();
         }
-        let statement: Arc<str> = search_statement(self.dimension, filter_sql).into();
+        let statement: Arc<str> = search_statement(self.dimension, filter_sql, self.indexed).into();
         statements.insert(filter_sql.to_string(), Arc::clone(&statement));
         statement
     }
@@ -176,8 +192,9 @@ impl DocumentStore for PostgresStore {
         // each write moves the version exactly once.
         let row = transaction
             .query_one(
-                "INSERT INTO deeprecall_collections (name, version) VALUES ($1, 1) \
-                 ON CONFLICT (name) DO UPDATE SET version = deeprecall_collections.version + 1 \
+                "INSERT INTO deeprecall_collections (name, version) \
+                 VALUES ($1, nextval('deeprecall_versions')) \
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version \
                  RETURNING id, version",
                 &[&collection],
             )
@@ -186,12 +203,15 @@ impl DocumentStore for PostgresStore {
         let version: i64 = row.get(1);
         let insert = transaction
             .prepare_cached(
-                "INSERT INTO deeprecall_documents (collection_id, doc_id, content, metadata, embedding) \
-                 SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec \
-                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) \
-                     AS incoming (doc_id, content, metadata, embedding) \
+                "INSERT INTO deeprecall_documents \
+                     (collection_id, doc_id, content, metadata, embedding, folded) \
+                 SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec, \
+                     folded::halfvec \
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                     AS incoming (doc_id, content, metadata, embedding, folded) \
                  ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content, \
-                     metadata = excluded.metadata, embedding = excluded.embedding \
+                     metadata = excluded.metadata, embedding = excluded.embedding, \
+                     folded = excluded.folded \
                  RETURNING (xmax = 0) AS inserted",
             )
             .await?;
@@ -204,10 +224,18 @@ impl DocumentStore for PostgresStore {
                 .iter()
                 .map(|d| sparsevec_text(&d.embedding, self.dimension))
                 .collect();
+            let folded: Vec<String> = chunk.iter().map(|d| folded_text(&d.embedding)).collect();
             let rows = transaction
                 .query(
                     &insert,
-                    &[&collection_id, &doc_ids, &contents, &metadata, &embeddings],
+                    &[
+                        &collection_id,
+                        &doc_ids,
+                        &contents,
+                        &metadata,
+                        &embeddings,
+                        &folded,
+                    ],
                 )
                 .await?;
             inserted += rows.iter().filter(|row| row.get::<_, bool>(0)).count() as i64;
@@ -274,7 +302,7 @@ impl DocumentStore for PostgresStore {
         }
         let row = transaction
             .query_one(
-                "UPDATE deeprecall_collections SET version = version + 1, \
+                "UPDATE deeprecall_collections SET version = nextval('deeprecall_versions'), \
                  document_count = document_count - $2 WHERE id = $1 \
                  RETURNING version, document_count",
                 &[&collection_id, &(deleted.len() as i64)],
@@ -306,11 +334,18 @@ impl DocumentStore for PostgresStore {
         let vector = sparsevec_text(&query_embedding, self.dimension);
         let candidates = candidates_for(top_k) as i64;
         let limit = top_k as i64;
-        let compiled = compile_filter(&filter, 8);
+        let folded_query = folded_text(&query_embedding);
+        let compiled = compile_filter(&filter, filter_start(self.indexed));
         let statement = self.statement_for(&compiled.sql);
 
         let client = self.pool.get().await?;
-        let prepared = client.prepare_cached(&statement).await?;
+        // Each connection keeps what it prepared, with no bound: only the common shapes (a
+        // few conditions) are kept; a rarer, larger filter is prepared for its one use.
+        let prepared = if filter.conditions().len() <= MAX_CONDITIONS_TO_KEEP_PREPARED {
+            client.prepare_cached(&statement).await?
+        } else {
+            client.prepare(&statement).await?
+        };
         let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![
             &collection,
             &vector,
@@ -320,6 +355,9 @@ impl DocumentStore for PostgresStore {
             &RRF_K,
             &limit,
         ];
+        if self.indexed {
+            parameters.push(&folded_query);
+        }
         parameters.extend(compiled.parameters.iter().map(|p| p as &(dyn ToSql + Sync)));
         let rows = client.query(&prepared, &parameters).await?;
         let mut hits = Vec::with_capacity(rows.len());
@@ -370,5 +408,103 @@ impl DocumentStore for PostgresStore {
             .iter()
             .map(|row| info(row.get::<_, &str>(0), row.get(1), row.get(2)))
             .collect())
+    }
+
+    async fn delete_collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError> {
+        validate_collection_name(name)?;
+        let client = self.pool.get().await?;
+        // The documents go with it (ON DELETE CASCADE), in the same statement's transaction.
+        let row = client
+            .query_opt(
+                "DELETE FROM deeprecall_collections WHERE name = $1 \
+                 RETURNING version, document_count",
+                &[&name],
+            )
+            .await?;
+        Ok(row.map(|row| info(name, row.get(0), row.get(1))))
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredDocument>, StoreError> {
+        validate_collection_name(collection)?;
+        let client = self.pool.get().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT id FROM deeprecall_collections WHERE name = $1",
+                &[&collection],
+            )
+            .await?
+        else {
+            return Err(StoreError::CollectionNotFound(collection.to_string()));
+        };
+        let collection_id: i64 = row.get(0);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Byte order, as in the embedded store, whatever the database's collation.
+        let rows = client
+            .query(
+                "SELECT doc_id, content, metadata FROM deeprecall_documents \
+                 WHERE collection_id = $1 AND ($2::text IS NULL OR doc_id COLLATE \"C\" > $2) \
+                 ORDER BY doc_id COLLATE \"C\" LIMIT $3",
+                &[&collection_id, &after, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| StoredDocument {
+                id: row.get(0),
+                content: row.get(1),
+                metadata: match row.get::<_, serde_json::Value>(2) {
+                    serde_json::Value::Object(map) => map,
+                    _ => serde_json::Map::new(),
+                },
+            })
+            .collect())
+    }
+
+    async fn get_documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<StoredDocument>, StoreError> {
+        validate_collection_name(collection)?;
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT c.id, d.doc_id, d.content, d.metadata \
+                 FROM deeprecall_collections c \
+                 LEFT JOIN deeprecall_documents d \
+                     ON d.collection_id = c.id AND d.doc_id = ANY($2) \
+                 WHERE c.name = $1",
+                &[&collection, &ids],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(StoreError::CollectionNotFound(collection.to_string()));
+        }
+        let mut found: HashMap<String, StoredDocument> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let Some(id) = row.get::<_, Option<String>>(1) else {
+                continue;
+            };
+            let metadata = match row.get::<_, Option<serde_json::Value>>(3) {
+                Some(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
+            let content = row.get::<_, Option<String>>(2).unwrap_or_default();
+            found.insert(
+                id.clone(),
+                StoredDocument {
+                    id,
+                    content,
+                    metadata,
+                },
+            );
+        }
+        // In the order asked, each once.
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 }

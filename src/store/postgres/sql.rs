@@ -13,8 +13,8 @@ use super::super::Filter;
 use super::super::filter::{Condition, Operator};
 use crate::embed::Embedding;
 
-/// pgvector indexes a `sparsevec` in HNSW only up to this many non-zero elements.
-pub(super) const MAX_INDEXED_NONZERO: usize = 1_000;
+/// pgvector stores a `sparsevec` of at most this many non-zero elements.
+pub(super) const MAX_STORED_NONZERO: usize = 16_000;
 
 /// A compiled filter: a boolean SQL expression over `d.metadata`, and its parameters, all
 /// text, numbered from the `first` position given to [`compile_filter`].
@@ -119,9 +119,10 @@ fn compile_condition(condition: &Condition, first: usize, parameters: &mut Vec<S
 }
 
 /// Writes a vector in pgvector's `sparsevec` text form, `{index:value,…}/dimension`, with
-/// 1-based indices. Beyond [`MAX_INDEXED_NONZERO`] non-zero values only the largest are kept
-/// (and the vector normalised again), since HNSW cannot index more: the hashing embedder
-/// reaches that only for long documents, whose strongest features carry their similarity.
+/// 1-based indices. Beyond [`MAX_STORED_NONZERO`] non-zero values only the largest are kept
+/// (and the vector normalised again), since pgvector stores no more: only an embedder
+/// configured with more dimensions than that reaches it, on long documents, whose strongest
+/// features carry their similarity.
 pub(super) fn sparsevec_text(embedding: &Embedding, dimension: usize) -> String {
     let mut pairs: Vec<(u32, f32)> = embedding
         .indices
@@ -130,9 +131,9 @@ pub(super) fn sparsevec_text(embedding: &Embedding, dimension: usize) -> String 
         .zip(embedding.values.iter().copied())
         .filter(|(index, _)| (*index as usize) < dimension)
         .collect();
-    if pairs.len() > MAX_INDEXED_NONZERO {
+    if pairs.len() > MAX_STORED_NONZERO {
         pairs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-        pairs.truncate(MAX_INDEXED_NONZERO);
+        pairs.truncate(MAX_STORED_NONZERO);
         pairs.sort_by_key(|(index, _)| *index);
         let norm = pairs
             .iter()
@@ -157,6 +158,49 @@ pub(super) fn sparsevec_text(embedding: &Embedding, dimension: usize) -> String 
     text
 }
 
+/// Dimensions of the folded vectors the HNSW index is built on.
+pub(super) const FOLDED_DIMENSION: usize = 256;
+
+/// Writes a vector folded to [`FOLDED_DIMENSION`] dense dimensions (dimension `i` adds into
+/// `i % FOLDED_DIMENSION`, then the result is normalised again) in pgvector's `halfvec` text
+/// form. Folding is feature hashing once more: inner products survive it up to noise of about
+/// `1/sqrt(256)`, which the exact re-ranking of the index's candidates by the sparse vector
+/// removes. HNSW builds its graph over these far faster than over the sparse vectors: hashed
+/// text is close to orthogonal and has hundreds of non-zero values, the slow case for a graph
+/// index (BENCHMARKS.md).
+pub(super) fn folded_text(embedding: &Embedding) -> String {
+    let mut folded = [0f32; FOLDED_DIMENSION];
+    for (index, value) in embedding.indices.iter().zip(&embedding.values) {
+        folded[*index as usize % FOLDED_DIMENSION] += value;
+    }
+    let norm = folded.iter().map(|value| value * value).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        for value in &mut folded {
+            *value /= norm;
+        }
+    }
+    let mut text = String::with_capacity(FOLDED_DIMENSION * 8);
+    text.push('[');
+    for (position, value) in folded.iter().enumerate() {
+        if position > 0 {
+            text.push(',');
+        }
+        // halfvec keeps about three significant digits.
+        let _ = write!(text, "{value:.4}");
+    }
+    text.push(']');
+    text
+}
+
+/// How many more candidates the HNSW index proposes than the vector ranking keeps, so that the
+/// exact re-ranking can correct the folding's noise.
+const OVERSAMPLE: usize = 3;
+
+/// Returns the position of the filter's first parameter in [`search_statement`].
+pub(super) fn filter_start(indexed: bool) -> usize {
+    if indexed { 9 } else { 8 }
+}
+
 /// Builds a `to_tsquery` input matching any of the terms, each quoted so that nothing in
 /// them is read as tsquery syntax. Empty when there are no terms.
 pub(super) fn any_term_query(terms: &[String]) -> String {
@@ -170,21 +214,42 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// The hybrid search: both rankings with the filter inside them, each cut to `$4`
 /// candidates, fused by reciprocal rank (`$6` is the constant) and cut to `$7` hits, in one
 /// statement. Parameters: `$1` collection name, `$2` query vector, `$3` whether to rank by
-/// vector, `$5` the tsquery text (empty skips the keyword ranking), then the filter's from
-/// `$8`. The first column is the collection's id, NULL when it does not exist; a collection
-/// without hits yields one row whose other columns are NULL.
-pub(super) fn search_statement(dimension: usize, filter_sql: &str) -> String {
-    let vector =
-        format!("d.embedding::sparsevec({dimension}) <#> $2::text::sparsevec({dimension})");
+/// vector, `$5` the tsquery text (empty skips the keyword ranking); with the HNSW index, `$8`
+/// the folded query vector; then the filter's (from [`filter_start`]). The first column is
+/// the collection's id, NULL when it does not exist; a collection without hits yields one row
+/// whose other columns are NULL.
+///
+/// With the index, the vector ranking asks HNSW (iterative scan, the filter applied inside it)
+/// for `OVERSAMPLE` times the candidates by folded vector, then orders those by the exact
+/// inner product of the sparse vectors; without it, the collection is ranked exactly.
+pub(super) fn search_statement(dimension: usize, filter_sql: &str, indexed: bool) -> String {
+    let exact = format!("d.embedding::sparsevec({dimension}) <#> $2::text::sparsevec({dimension})");
+    let nearest = if indexed {
+        format!(
+            "SELECT id, distance FROM (
+            SELECT d.id, {exact} AS distance
+            FROM deeprecall_documents d
+            WHERE $3::bool AND d.collection_id = (SELECT id FROM collection) AND {filter_sql}
+            ORDER BY d.folded::halfvec({FOLDED_DIMENSION}) <#> $8::text::halfvec({FOLDED_DIMENSION})
+            LIMIT $4::bigint * {OVERSAMPLE}
+        ) proposed
+        ORDER BY distance
+        LIMIT $4::bigint"
+        )
+    } else {
+        format!(
+            "SELECT d.id, {exact} AS distance
+        FROM deeprecall_documents d
+        WHERE $3::bool AND d.collection_id = (SELECT id FROM collection) AND {filter_sql}
+        ORDER BY {exact}
+        LIMIT $4::bigint"
+        )
+    };
     format!(
         "WITH collection AS (SELECT id FROM deeprecall_collections WHERE name = $1::text),
 by_vector AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM (
-        SELECT d.id, {vector} AS distance
-        FROM deeprecall_documents d
-        WHERE $3::bool AND d.collection_id = (SELECT id FROM collection) AND {filter_sql}
-        ORDER BY {vector}
-        LIMIT $4::bigint
+        {nearest}
     ) nearest
     WHERE distance < 0
 ),
@@ -244,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn sparse_vectors_are_one_based_and_cut_to_what_hnsw_indexes() {
+    fn sparse_vectors_are_one_based_and_cut_to_what_pgvector_stores() {
         let small = Embedding {
             indices: vec![0, 7],
             values: vec![0.6, -0.8],
@@ -252,12 +317,30 @@ mod tests {
         assert_eq!(sparsevec_text(&small, 16), "{1:0.6,8:-0.8}/16");
         assert_eq!(sparsevec_text(&Embedding::default(), 16), "{}/16");
         let large = Embedding {
-            indices: (0..1_500).collect(),
-            values: (0..1_500).map(|n| 1.0 + n as f32).collect(),
+            indices: (0..20_000).collect(),
+            values: (0..20_000).map(|n| 1.0 + n as f32).collect(),
         };
-        let text = sparsevec_text(&large, 4096);
-        assert_eq!(text.matches(':').count(), MAX_INDEXED_NONZERO);
-        assert!(text.starts_with("{501:"), "the weakest are dropped");
+        let text = sparsevec_text(&large, 100_000);
+        assert_eq!(text.matches(':').count(), MAX_STORED_NONZERO);
+        assert!(text.starts_with("{4001:"), "the weakest are dropped");
+    }
+
+    #[test]
+    fn folded_vectors_are_dense_normalised_and_sum_what_folds_together() {
+        let embedding = Embedding {
+            indices: vec![1, 1 + FOLDED_DIMENSION as u32, 2],
+            values: vec![0.3, 0.3, 0.8],
+        };
+        let text = folded_text(&embedding);
+        let values: Vec<f32> = text
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|value| value.parse().unwrap())
+            .collect();
+        assert_eq!(values.len(), FOLDED_DIMENSION);
+        assert!((values[1] - 0.6).abs() < 1e-3, "{}", values[1]);
+        assert!((values[2] - 0.8).abs() < 1e-3, "{}", values[2]);
+        assert!(folded_text(&Embedding::default()).starts_with("[0.0000,"));
     }
 
     #[test]

@@ -107,10 +107,8 @@ impl TestPostgres {
                 server.port
             );
         }
-        panic!(
-            "PostgreSQL did not start; see {}",
-            server.dir.join("log").display()
-        );
+        let log = std::fs::read_to_string(server.dir.join("log")).unwrap_or_default();
+        panic!("PostgreSQL did not start; its log:\n{log}");
     }
 
     /// Returns the port the server listens on, on 127.0.0.1.

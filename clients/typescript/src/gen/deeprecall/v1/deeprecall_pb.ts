@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file deeprecall/v1/deeprecall.proto.
  */
 export const file_deeprecall_v1_deeprecall: GenFile = /*@__PURE__*/
-  fileDesc("Ch5kZWVwcmVjYWxsL3YxL2RlZXByZWNhbGwucHJvdG8SDWRlZXByZWNhbGwudjEi9AEKBkJ1ZGdldBIbCg5tYXhfaXRlcmF0aW9ucxgBIAEoDUgAiAEBEh0KEG1heF9zZWFyY2hfY2FsbHMYAiABKA1IAYgBARIXCgptYXhfdG9rZW5zGAMgASgESAKIAQESHQoQbWF4X3RpbWVfc2Vjb25kcxgEIAEoAUgDiAEBEhkKDG1heF9jb3N0X3VzZBgFIAEoAUgEiAEBQhEKD19tYXhfaXRlcmF0aW9uc0ITChFfbWF4X3NlYXJjaF9jYWxsc0INCgtfbWF4X3Rva2Vuc0ITChFfbWF4X3RpbWVfc2Vjb25kc0IPCg1fbWF4X2Nvc3RfdXNkIvoBCgxRdWVyeVJlcXVlc3QSDQoFcXVlcnkYASABKAkSEwoLcm9vdF9wcm9tcHQYAiABKAkSDQoFdG9wX2sYAyABKA0SEgoKY29sbGVjdGlvbhgEIAEoCRIoCgdmaWx0ZXJzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5jb250ZXh0X3ByZWZpeBgGIAEoCRIlCgZidWRnZXQYByABKAsyFS5kZWVwcmVjYWxsLnYxLkJ1ZGdldBISCgpza2lwX2NhY2hlGAggASgIEiYKBG1vZGUYCSABKA4yGC5kZWVwcmVjYWxsLnYxLlF1ZXJ5TW9kZSKEBAoKUXVlcnlFdmVudBIQCghzZXF1ZW5jZRgBIAEoDRIXCg9lbGFwc2VkX3NlY29uZHMYAiABKAESLwoLYnVkZ2V0X3VzZWQYAyABKAsyGi5kZWVwcmVjYWxsLnYxLkJ1ZGdldFVzYWdlEjIKDHN0ZXBfc3RhcnRlZBgKIAEoCzIaLmRlZXByZWNhbGwudjEuU3RlcFN0YXJ0ZWRIABIqCghsbG1fY2FsbBgLIAEoCzIWLmRlZXByZWNhbGwudjEuTGxtQ2FsbEgAEiwKBnNlYXJjaBgMIAEoCzIaLmRlZXByZWNhbGwudjEuU2VhcmNoRXZlbnRIABIxCgxzdWJfbGxtX2NhbGwYDSABKAsyGS5kZWVwcmVjYWxsLnYxLlN1YkxsbUNhbGxIABI2Cg5zdGVwX2NvbXBsZXRlZBgOIAEoCzIcLmRlZXByZWNhbGwudjEuU3RlcENvbXBsZXRlZEgAEjYKDmJ1ZGdldF93YXJuaW5nGA8gASgLMhwuZGVlcHJlY2FsbC52MS5CdWRnZXRXYXJuaW5nSAASMgoMYW5zd2VyX2RlbHRhGBAgASgLMhouZGVlcHJlY2FsbC52MS5BbnN3ZXJEZWx0YUgAEiwKBnJlc3VsdBgRIAEoCzIaLmRlZXByZWNhbGwudjEuUXVlcnlSZXN1bHRIAEIHCgVldmVudCJyCgtCdWRnZXRVc2FnZRISCgppdGVyYXRpb25zGAEgASgNEhQKDHNlYXJjaF9jYWxscxgCIAEoDRIOCgZ0b2tlbnMYAyABKAQSEAoIY29zdF91c2QYBCABKAESFwoPZWxhcHNlZF9zZWNvbmRzGAUgASgBIhsKC1N0ZXBTdGFydGVkEgwKBHN0ZXAYASABKA0ikgEKB0xsbUNhbGwSDAoEc3RlcBgBIAEoDRINCgVtb2RlbBgCIAEoCRIUCgxpbnB1dF90b2tlbnMYAyABKAQSFQoNb3V0cHV0X3Rva2VucxgEIAEoBBIXCg9sYXRlbmN5X3NlY29uZHMYBSABKAESEAoIY29zdF91c2QYBiABKAESEgoKdG9vbF9jYWxscxgHIAMoCSLLAQoLU2VhcmNoRXZlbnQSDAoEc3RlcBgBIAEoDRINCgVxdWVyeRgCIAEoCRIoCgdmaWx0ZXJzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBINCgV0b3BfaxgEIAEoDRImCgRoaXRzGAUgAygLMhguZGVlcHJlY2FsbC52MS5TZWFyY2hIaXQSFwoPbGF0ZW5jeV9zZWNvbmRzGAYgASgBEhEKCWNhY2hlX2hpdBgHIAEoCBISCgpjb2xsZWN0aW9uGAggASgJIiYKCVNlYXJjaEhpdBIKCgJpZBgBIAEoCRINCgVzY29yZRgCIAEoASKiAQoKU3ViTGxtQ2FsbBIMCgRzdGVwGAEgASgNEg0KBW1vZGVsGAIgASgJEg8KB3Byb21wdHMYAyABKA0SDgoGZmFpbGVkGAQgASgNEhQKDGlucHV0X3Rva2VucxgFIAEoBBIVCg1vdXRwdXRfdG9rZW5zGAYgASgEEhcKD2xhdGVuY3lfc2Vjb25kcxgHIAEoARIQCghjb3N0X3VzZBgIIAEoASJFCg1TdGVwQ29tcGxldGVkEgwKBHN0ZXAYASABKA0SDQoFdG9vbHMYAiADKAkSFwoPbGF0ZW5jeV9zZWNvbmRzGAMgASgBIm4KDUJ1ZGdldFdhcm5pbmcSLwoIcmVzb3VyY2UYASABKA4yHS5kZWVwcmVjYWxsLnYxLkJ1ZGdldFJlc291cmNlEgwKBHVzZWQYAiABKAESDQoFbGltaXQYAyABKAESDwoHbWVzc2FnZRgEIAEoCSIbCgtBbnN3ZXJEZWx0YRIMCgR0ZXh0GAEgASgJIvECCgtRdWVyeVJlc3VsdBIOCgZhbnN3ZXIYASABKAkSJgoHc291cmNlcxgCIAMoCzIVLmRlZXByZWNhbGwudjEuU291cmNlEjUKD3JlYXNvbmluZ190cmFjZRgDIAMoCzIcLmRlZXByZWNhbGwudjEuUmVhc29uaW5nU3RlcBIjCgV1c2FnZRgEIAEoCzIULmRlZXByZWNhbGwudjEuVXNhZ2USHgoWZXhlY3V0aW9uX3RpbWVfc2Vjb25kcxgFIAEoARIyCg1idWRnZXRfc3RhdHVzGAYgASgLMhsuZGVlcHJlY2FsbC52MS5CdWRnZXRTdGF0dXMSEgoKY29uZmlkZW5jZRgHIAEoARIPCgdwYXJ0aWFsGAggASgIEg0KBWVycm9yGAkgASgJEg4KBmNhY2hlZBgKIAEoCBIRCgljaXRhdGlvbnMYCyADKAkSEAoIcXVlcnlfaWQYDCABKAkSEQoJY29hbGVzY2VkGA0gASgIIl8KBlNvdXJjZRIKCgJpZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEikKCG1ldGFkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBINCgVzY29yZRgEIAEoASJMCg1SZWFzb25pbmdTdGVwEgwKBHN0ZXAYASABKA0SDgoGYWN0aW9uGAIgASgJEg0KBWlucHV0GAMgASgJEg4KBm91dHB1dBgEIAEoCSKwAQoFVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgEEhUKDW91dHB1dF90b2tlbnMYAiABKAQSFAoMdG90YWxfdG9rZW5zGAMgASgEEhEKCWxsbV9jYWxscxgEIAEoDRIUCgxzZWFyY2hfY2FsbHMYBSABKA0SEAoIY29zdF91c2QYBiABKAESKQoGbW9kZWxzGAcgAygLMhkuZGVlcHJlY2FsbC52MS5Nb2RlbFVzYWdlImkKCk1vZGVsVXNhZ2USDQoFbW9kZWwYASABKAkSDQoFY2FsbHMYAiABKA0SFAoMaW5wdXRfdG9rZW5zGAMgASgEEhUKDW91dHB1dF90b2tlbnMYBCABKAQSEAoIY29zdF91c2QYBSABKAEikQEKDEJ1ZGdldFN0YXR1cxIlCgZsaW1pdHMYASABKAsyFS5kZWVwcmVjYWxsLnYxLkJ1ZGdldBIoCgR1c2VkGAIgASgLMhouZGVlcHJlY2FsbC52MS5CdWRnZXRVc2FnZRIwCglleGhhdXN0ZWQYAyABKA4yHS5kZWVwcmVjYWxsLnYxLkJ1ZGdldFJlc291cmNlIloKEVF1ZXJ5QmF0Y2hSZXF1ZXN0EiwKB3F1ZXJpZXMYASADKAsyGy5kZWVwcmVjYWxsLnYxLlF1ZXJ5UmVxdWVzdBIXCg9tYXhfY29uY3VycmVuY3kYAiABKA0ihAEKDlF1ZXJ5QmF0Y2hJdGVtEg0KBWluZGV4GAEgASgNEiwKBnJlc3VsdBgCIAEoCzIaLmRlZXByZWNhbGwudjEuUXVlcnlSZXN1bHRIABIqCgVlcnJvchgDIAEoCzIZLmRlZXByZWNhbGwudjEuUXVlcnlFcnJvckgAQgkKB291dGNvbWUiKwoKUXVlcnlFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiUgoIRG9jdW1lbnQSCgoCaWQYASABKAkSDwoHY29udGVudBgCIAEoCRIpCghtZXRhZGF0YRgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiVQoTQWRkRG9jdW1lbnRzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEioKCWRvY3VtZW50cxgCIAMoCzIXLmRlZXByZWNhbGwudjEuRG9jdW1lbnQiVwoUQWRkRG9jdW1lbnRzUmVzcG9uc2USCwoDaWRzGAEgAygJEhoKEmNvbGxlY3Rpb25fdmVyc2lvbhgCIAEoBBIWCg5kb2N1bWVudF9jb3VudBgDIAEoBCI5ChZEZWxldGVEb2N1bWVudHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIl4KF0RlbGV0ZURvY3VtZW50c1Jlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAQSGgoSY29sbGVjdGlvbl92ZXJzaW9uGAIgASgEEhYKDmRvY3VtZW50X2NvdW50GAMgASgEIicKEUNsZWFyQ2FjaGVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkiLQoSQ2xlYXJDYWNoZVJlc3BvbnNlEhcKD2VudHJpZXNfcmVtb3ZlZBgBIAEoBCIRCg9HZXRTdGF0c1JlcXVlc3QiuAIKEEdldFN0YXRzUmVzcG9uc2USMwoLY29sbGVjdGlvbnMYASADKAsyHi5kZWVwcmVjYWxsLnYxLkNvbGxlY3Rpb25TdGF0cxIoCgVjYWNoZRgCIAEoCzIZLmRlZXByZWNhbGwudjEuQ2FjaGVTdGF0cxIpCgV1c2FnZRgDIAEoCzIaLmRlZXByZWNhbGwudjEuVXNhZ2VUb3RhbHMSFgoOc2VydmVyX3ZlcnNpb24YBCABKAkSDQoFbW9kZWwYBSABKAkSFgoOdXB0aW1lX3NlY29uZHMYBiABKAESLwoMc2VhcmNoX2NhY2hlGAcgASgLMhkuZGVlcHJlY2FsbC52MS5DYWNoZVN0YXRzEioKCWtleV91c2FnZRgIIAMoCzIXLmRlZXByZWNhbGwudjEuS2V5VXNhZ2UiRwoIS2V5VXNhZ2USEAoIa2V5X25hbWUYASABKAkSKQoFdXNhZ2UYAiABKAsyGi5kZWVwcmVjYWxsLnYxLlVzYWdlVG90YWxzIkgKD0NvbGxlY3Rpb25TdGF0cxIMCgRuYW1lGAEgASgJEhYKDmRvY3VtZW50X2NvdW50GAIgASgEEg8KB3ZlcnNpb24YAyABKAQiiwEKCkNhY2hlU3RhdHMSDAoEaGl0cxgBIAEoBBIOCgZtaXNzZXMYAiABKAQSDwoHZW50cmllcxgDIAEoBBIRCglldmljdGlvbnMYBCABKAQSDwoHYmFja2VuZBgFIAEoCRIqCgZoZWFsdGgYBiABKAsyGi5kZWVwcmVjYWxsLnYxLkNhY2hlSGVhbHRoIlEKC0NhY2hlSGVhbHRoEhEKCXJlYWNoYWJsZRgBIAEoCBIdChVwcm9iZV9sYXRlbmN5X3NlY29uZHMYAiABKAESEAoIZmFpbHVyZXMYAyABKAQi5AEKC1VzYWdlVG90YWxzEg8KB3F1ZXJpZXMYASABKAQSFgoOY2FjaGVkX3F1ZXJpZXMYAiABKAQSGQoRY29hbGVzY2VkX3F1ZXJpZXMYCSABKAQSFAoMaW5wdXRfdG9rZW5zGAMgASgEEhUKDW91dHB1dF90b2tlbnMYBCABKAQSFAoMc2VhcmNoX2NhbGxzGAUgASgEEhEKCWxsbV9jYWxscxgGIAEoBBIQCghjb3N0X3VzZBgHIAEoARIpCgZtb2RlbHMYCCADKAsyGS5kZWVwcmVjYWxsLnYxLk1vZGVsVXNhZ2UqWAoJUXVlcnlNb2RlEhoKFlFVRVJZX01PREVfVU5TUEVDSUZJRUQQABITCg9RVUVSWV9NT0RFX0xPT1AQARIaChZRVUVSWV9NT0RFX1NJTkdMRV9QQVNTEAIqwwEKDkJ1ZGdldFJlc291cmNlEh8KG0JVREdFVF9SRVNPVVJDRV9VTlNQRUNJRklFRBAAEh4KGkJVREdFVF9SRVNPVVJDRV9JVEVSQVRJT05TEAESIAocQlVER0VUX1JFU09VUkNFX1NFQVJDSF9DQUxMUxACEhoKFkJVREdFVF9SRVNPVVJDRV9UT0tFTlMQAxIYChRCVURHRVRfUkVTT1VSQ0VfVElNRRAEEhgKFEJVREdFVF9SRVNPVVJDRV9DT1NUEAUy+wMKCkRlZXBSZWNhbGwSQQoFUXVlcnkSGy5kZWVwcmVjYWxsLnYxLlF1ZXJ5UmVxdWVzdBoZLmRlZXByZWNhbGwudjEuUXVlcnlFdmVudDABEk8KClF1ZXJ5QmF0Y2gSIC5kZWVwcmVjYWxsLnYxLlF1ZXJ5QmF0Y2hSZXF1ZXN0Gh0uZGVlcHJlY2FsbC52MS5RdWVyeUJhdGNoSXRlbTABElcKDEFkZERvY3VtZW50cxIiLmRlZXByZWNhbGwudjEuQWRkRG9jdW1lbnRzUmVxdWVzdBojLmRlZXByZWNhbGwudjEuQWRkRG9jdW1lbnRzUmVzcG9uc2USYAoPRGVsZXRlRG9jdW1lbnRzEiUuZGVlcHJlY2FsbC52MS5EZWxldGVEb2N1bWVudHNSZXF1ZXN0GiYuZGVlcHJlY2FsbC52MS5EZWxldGVEb2N1bWVudHNSZXNwb25zZRJRCgpDbGVhckNhY2hlEiAuZGVlcHJlY2FsbC52MS5DbGVhckNhY2hlUmVxdWVzdBohLmRlZXByZWNhbGwudjEuQ2xlYXJDYWNoZVJlc3BvbnNlEksKCEdldFN0YXRzEh4uZGVlcHJlY2FsbC52MS5HZXRTdGF0c1JlcXVlc3QaHy5kZWVwcmVjYWxsLnYxLkdldFN0YXRzUmVzcG9uc2VCXAoRZGV2LmRlZXByZWNhbGwudjFQAVpFZ2l0aHViLmNvbS9kZWVwcmVjYWxsL2RlZXByZWNhbGwvY2xpZW50cy9nby9kZWVwcmVjYWxsdjE7ZGVlcHJlY2FsbHYxYgZwcm90bzM", [file_google_protobuf_struct]);
+  fileDesc("Ch5kZWVwcmVjYWxsL3YxL2RlZXByZWNhbGwucHJvdG8SDWRlZXByZWNhbGwudjEi9AEKBkJ1ZGdldBIbCg5tYXhfaXRlcmF0aW9ucxgBIAEoDUgAiAEBEh0KEG1heF9zZWFyY2hfY2FsbHMYAiABKA1IAYgBARIXCgptYXhfdG9rZW5zGAMgASgESAKIAQESHQoQbWF4X3RpbWVfc2Vjb25kcxgEIAEoAUgDiAEBEhkKDG1heF9jb3N0X3VzZBgFIAEoAUgEiAEBQhEKD19tYXhfaXRlcmF0aW9uc0ITChFfbWF4X3NlYXJjaF9jYWxsc0INCgtfbWF4X3Rva2Vuc0ITChFfbWF4X3RpbWVfc2Vjb25kc0IPCg1fbWF4X2Nvc3RfdXNkIvoBCgxRdWVyeVJlcXVlc3QSDQoFcXVlcnkYASABKAkSEwoLcm9vdF9wcm9tcHQYAiABKAkSDQoFdG9wX2sYAyABKA0SEgoKY29sbGVjdGlvbhgEIAEoCRIoCgdmaWx0ZXJzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5jb250ZXh0X3ByZWZpeBgGIAEoCRIlCgZidWRnZXQYByABKAsyFS5kZWVwcmVjYWxsLnYxLkJ1ZGdldBISCgpza2lwX2NhY2hlGAggASgIEiYKBG1vZGUYCSABKA4yGC5kZWVwcmVjYWxsLnYxLlF1ZXJ5TW9kZSKEBAoKUXVlcnlFdmVudBIQCghzZXF1ZW5jZRgBIAEoDRIXCg9lbGFwc2VkX3NlY29uZHMYAiABKAESLwoLYnVkZ2V0X3VzZWQYAyABKAsyGi5kZWVwcmVjYWxsLnYxLkJ1ZGdldFVzYWdlEjIKDHN0ZXBfc3RhcnRlZBgKIAEoCzIaLmRlZXByZWNhbGwudjEuU3RlcFN0YXJ0ZWRIABIqCghsbG1fY2FsbBgLIAEoCzIWLmRlZXByZWNhbGwudjEuTGxtQ2FsbEgAEiwKBnNlYXJjaBgMIAEoCzIaLmRlZXByZWNhbGwudjEuU2VhcmNoRXZlbnRIABIxCgxzdWJfbGxtX2NhbGwYDSABKAsyGS5kZWVwcmVjYWxsLnYxLlN1YkxsbUNhbGxIABI2Cg5zdGVwX2NvbXBsZXRlZBgOIAEoCzIcLmRlZXByZWNhbGwudjEuU3RlcENvbXBsZXRlZEgAEjYKDmJ1ZGdldF93YXJuaW5nGA8gASgLMhwuZGVlcHJlY2FsbC52MS5CdWRnZXRXYXJuaW5nSAASMgoMYW5zd2VyX2RlbHRhGBAgASgLMhouZGVlcHJlY2FsbC52MS5BbnN3ZXJEZWx0YUgAEiwKBnJlc3VsdBgRIAEoCzIaLmRlZXByZWNhbGwudjEuUXVlcnlSZXN1bHRIAEIHCgVldmVudCJyCgtCdWRnZXRVc2FnZRISCgppdGVyYXRpb25zGAEgASgNEhQKDHNlYXJjaF9jYWxscxgCIAEoDRIOCgZ0b2tlbnMYAyABKAQSEAoIY29zdF91c2QYBCABKAESFwoPZWxhcHNlZF9zZWNvbmRzGAUgASgBIhsKC1N0ZXBTdGFydGVkEgwKBHN0ZXAYASABKA0ikgEKB0xsbUNhbGwSDAoEc3RlcBgBIAEoDRINCgVtb2RlbBgCIAEoCRIUCgxpbnB1dF90b2tlbnMYAyABKAQSFQoNb3V0cHV0X3Rva2VucxgEIAEoBBIXCg9sYXRlbmN5X3NlY29uZHMYBSABKAESEAoIY29zdF91c2QYBiABKAESEgoKdG9vbF9jYWxscxgHIAMoCSLLAQoLU2VhcmNoRXZlbnQSDAoEc3RlcBgBIAEoDRINCgVxdWVyeRgCIAEoCRIoCgdmaWx0ZXJzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBINCgV0b3BfaxgEIAEoDRImCgRoaXRzGAUgAygLMhguZGVlcHJlY2FsbC52MS5TZWFyY2hIaXQSFwoPbGF0ZW5jeV9zZWNvbmRzGAYgASgBEhEKCWNhY2hlX2hpdBgHIAEoCBISCgpjb2xsZWN0aW9uGAggASgJIiYKCVNlYXJjaEhpdBIKCgJpZBgBIAEoCRINCgVzY29yZRgCIAEoASKiAQoKU3ViTGxtQ2FsbBIMCgRzdGVwGAEgASgNEg0KBW1vZGVsGAIgASgJEg8KB3Byb21wdHMYAyABKA0SDgoGZmFpbGVkGAQgASgNEhQKDGlucHV0X3Rva2VucxgFIAEoBBIVCg1vdXRwdXRfdG9rZW5zGAYgASgEEhcKD2xhdGVuY3lfc2Vjb25kcxgHIAEoARIQCghjb3N0X3VzZBgIIAEoASJFCg1TdGVwQ29tcGxldGVkEgwKBHN0ZXAYASABKA0SDQoFdG9vbHMYAiADKAkSFwoPbGF0ZW5jeV9zZWNvbmRzGAMgASgBIm4KDUJ1ZGdldFdhcm5pbmcSLwoIcmVzb3VyY2UYASABKA4yHS5kZWVwcmVjYWxsLnYxLkJ1ZGdldFJlc291cmNlEgwKBHVzZWQYAiABKAESDQoFbGltaXQYAyABKAESDwoHbWVzc2FnZRgEIAEoCSIbCgtBbnN3ZXJEZWx0YRIMCgR0ZXh0GAEgASgJIvECCgtRdWVyeVJlc3VsdBIOCgZhbnN3ZXIYASABKAkSJgoHc291cmNlcxgCIAMoCzIVLmRlZXByZWNhbGwudjEuU291cmNlEjUKD3JlYXNvbmluZ190cmFjZRgDIAMoCzIcLmRlZXByZWNhbGwudjEuUmVhc29uaW5nU3RlcBIjCgV1c2FnZRgEIAEoCzIULmRlZXByZWNhbGwudjEuVXNhZ2USHgoWZXhlY3V0aW9uX3RpbWVfc2Vjb25kcxgFIAEoARIyCg1idWRnZXRfc3RhdHVzGAYgASgLMhsuZGVlcHJlY2FsbC52MS5CdWRnZXRTdGF0dXMSEgoKY29uZmlkZW5jZRgHIAEoARIPCgdwYXJ0aWFsGAggASgIEg0KBWVycm9yGAkgASgJEg4KBmNhY2hlZBgKIAEoCBIRCgljaXRhdGlvbnMYCyADKAkSEAoIcXVlcnlfaWQYDCABKAkSEQoJY29hbGVzY2VkGA0gASgIIl8KBlNvdXJjZRIKCgJpZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEikKCG1ldGFkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBINCgVzY29yZRgEIAEoASJMCg1SZWFzb25pbmdTdGVwEgwKBHN0ZXAYASABKA0SDgoGYWN0aW9uGAIgASgJEg0KBWlucHV0GAMgASgJEg4KBm91dHB1dBgEIAEoCSKwAQoFVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgEEhUKDW91dHB1dF90b2tlbnMYAiABKAQSFAoMdG90YWxfdG9rZW5zGAMgASgEEhEKCWxsbV9jYWxscxgEIAEoDRIUCgxzZWFyY2hfY2FsbHMYBSABKA0SEAoIY29zdF91c2QYBiABKAESKQoGbW9kZWxzGAcgAygLMhkuZGVlcHJlY2FsbC52MS5Nb2RlbFVzYWdlImkKCk1vZGVsVXNhZ2USDQoFbW9kZWwYASABKAkSDQoFY2FsbHMYAiABKA0SFAoMaW5wdXRfdG9rZW5zGAMgASgEEhUKDW91dHB1dF90b2tlbnMYBCABKAQSEAoIY29zdF91c2QYBSABKAEikQEKDEJ1ZGdldFN0YXR1cxIlCgZsaW1pdHMYASABKAsyFS5kZWVwcmVjYWxsLnYxLkJ1ZGdldBIoCgR1c2VkGAIgASgLMhouZGVlcHJlY2FsbC52MS5CdWRnZXRVc2FnZRIwCglleGhhdXN0ZWQYAyABKA4yHS5kZWVwcmVjYWxsLnYxLkJ1ZGdldFJlc291cmNlIloKEVF1ZXJ5QmF0Y2hSZXF1ZXN0EiwKB3F1ZXJpZXMYASADKAsyGy5kZWVwcmVjYWxsLnYxLlF1ZXJ5UmVxdWVzdBIXCg9tYXhfY29uY3VycmVuY3kYAiABKA0ihAEKDlF1ZXJ5QmF0Y2hJdGVtEg0KBWluZGV4GAEgASgNEiwKBnJlc3VsdBgCIAEoCzIaLmRlZXByZWNhbGwudjEuUXVlcnlSZXN1bHRIABIqCgVlcnJvchgDIAEoCzIZLmRlZXByZWNhbGwudjEuUXVlcnlFcnJvckgAQgkKB291dGNvbWUiKwoKUXVlcnlFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiUgoIRG9jdW1lbnQSCgoCaWQYASABKAkSDwoHY29udGVudBgCIAEoCRIpCghtZXRhZGF0YRgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiVQoTQWRkRG9jdW1lbnRzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEioKCWRvY3VtZW50cxgCIAMoCzIXLmRlZXByZWNhbGwudjEuRG9jdW1lbnQiVwoUQWRkRG9jdW1lbnRzUmVzcG9uc2USCwoDaWRzGAEgAygJEhoKEmNvbGxlY3Rpb25fdmVyc2lvbhgCIAEoBBIWCg5kb2N1bWVudF9jb3VudBgDIAEoBCI5ChZEZWxldGVEb2N1bWVudHNSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIl4KF0RlbGV0ZURvY3VtZW50c1Jlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAQSGgoSY29sbGVjdGlvbl92ZXJzaW9uGAIgASgEEhYKDmRvY3VtZW50X2NvdW50GAMgASgEIhgKFkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QiTgoXTGlzdENvbGxlY3Rpb25zUmVzcG9uc2USMwoLY29sbGVjdGlvbnMYASADKAsyHi5kZWVwcmVjYWxsLnYxLkNvbGxlY3Rpb25TdGF0cyItChdEZWxldGVDb2xsZWN0aW9uUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJIlQKGERlbGV0ZUNvbGxlY3Rpb25SZXNwb25zZRIZChFkZWxldGVkX2RvY3VtZW50cxgBIAEoBBIdChVjYWNoZV9lbnRyaWVzX3JlbW92ZWQYAiABKAQiNgoTR2V0RG9jdW1lbnRzUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgsKA2lkcxgCIAMoCSJXChRHZXREb2N1bWVudHNSZXNwb25zZRIqCglkb2N1bWVudHMYASADKAsyFy5kZWVwcmVjYWxsLnYxLkRvY3VtZW50EhMKC21pc3NpbmdfaWRzGAIgAygJIicKEUNsZWFyQ2FjaGVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkiLQoSQ2xlYXJDYWNoZVJlc3BvbnNlEhcKD2VudHJpZXNfcmVtb3ZlZBgBIAEoBCIRCg9HZXRTdGF0c1JlcXVlc3QiuAIKEEdldFN0YXRzUmVzcG9uc2USMwoLY29sbGVjdGlvbnMYASADKAsyHi5kZWVwcmVjYWxsLnYxLkNvbGxlY3Rpb25TdGF0cxIoCgVjYWNoZRgCIAEoCzIZLmRlZXByZWNhbGwudjEuQ2FjaGVTdGF0cxIpCgV1c2FnZRgDIAEoCzIaLmRlZXByZWNhbGwudjEuVXNhZ2VUb3RhbHMSFgoOc2VydmVyX3ZlcnNpb24YBCABKAkSDQoFbW9kZWwYBSABKAkSFgoOdXB0aW1lX3NlY29uZHMYBiABKAESLwoMc2VhcmNoX2NhY2hlGAcgASgLMhkuZGVlcHJlY2FsbC52MS5DYWNoZVN0YXRzEioKCWtleV91c2FnZRgIIAMoCzIXLmRlZXByZWNhbGwudjEuS2V5VXNhZ2UiRwoIS2V5VXNhZ2USEAoIa2V5X25hbWUYASABKAkSKQoFdXNhZ2UYAiABKAsyGi5kZWVwcmVjYWxsLnYxLlVzYWdlVG90YWxzIkgKD0NvbGxlY3Rpb25TdGF0cxIMCgRuYW1lGAEgASgJEhYKDmRvY3VtZW50X2NvdW50GAIgASgEEg8KB3ZlcnNpb24YAyABKAQiiwEKCkNhY2hlU3RhdHMSDAoEaGl0cxgBIAEoBBIOCgZtaXNzZXMYAiABKAQSDwoHZW50cmllcxgDIAEoBBIRCglldmljdGlvbnMYBCABKAQSDwoHYmFja2VuZBgFIAEoCRIqCgZoZWFsdGgYBiABKAsyGi5kZWVwcmVjYWxsLnYxLkNhY2hlSGVhbHRoIlEKC0NhY2hlSGVhbHRoEhEKCXJlYWNoYWJsZRgBIAEoCBIdChVwcm9iZV9sYXRlbmN5X3NlY29uZHMYAiABKAESEAoIZmFpbHVyZXMYAyABKAQi5AEKC1VzYWdlVG90YWxzEg8KB3F1ZXJpZXMYASABKAQSFgoOY2FjaGVkX3F1ZXJpZXMYAiABKAQSGQoRY29hbGVzY2VkX3F1ZXJpZXMYCSABKAQSFAoMaW5wdXRfdG9rZW5zGAMgASgEEhUKDW91dHB1dF90b2tlbnMYBCABKAQSFAoMc2VhcmNoX2NhbGxzGAUgASgEEhEKCWxsbV9jYWxscxgGIAEoBBIQCghjb3N0X3VzZBgHIAEoARIpCgZtb2RlbHMYCCADKAsyGS5kZWVwcmVjYWxsLnYxLk1vZGVsVXNhZ2UqWAoJUXVlcnlNb2RlEhoKFlFVRVJZX01PREVfVU5TUEVDSUZJRUQQABITCg9RVUVSWV9NT0RFX0xPT1AQARIaChZRVUVSWV9NT0RFX1NJTkdMRV9QQVNTEAIqwwEKDkJ1ZGdldFJlc291cmNlEh8KG0JVREdFVF9SRVNPVVJDRV9VTlNQRUNJRklFRBAAEh4KGkJVREdFVF9SRVNPVVJDRV9JVEVSQVRJT05TEAESIAocQlVER0VUX1JFU09VUkNFX1NFQVJDSF9DQUxMUxACEhoKFkJVREdFVF9SRVNPVVJDRV9UT0tFTlMQAxIYChRCVURHRVRfUkVTT1VSQ0VfVElNRRAEEhgKFEJVREdFVF9SRVNPVVJDRV9DT1NUEAUymwYKCkRlZXBSZWNhbGwSQQoFUXVlcnkSGy5kZWVwcmVjYWxsLnYxLlF1ZXJ5UmVxdWVzdBoZLmRlZXByZWNhbGwudjEuUXVlcnlFdmVudDABEk8KClF1ZXJ5QmF0Y2gSIC5kZWVwcmVjYWxsLnYxLlF1ZXJ5QmF0Y2hSZXF1ZXN0Gh0uZGVlcHJlY2FsbC52MS5RdWVyeUJhdGNoSXRlbTABElcKDEFkZERvY3VtZW50cxIiLmRlZXByZWNhbGwudjEuQWRkRG9jdW1lbnRzUmVxdWVzdBojLmRlZXByZWNhbGwudjEuQWRkRG9jdW1lbnRzUmVzcG9uc2USYAoPRGVsZXRlRG9jdW1lbnRzEiUuZGVlcHJlY2FsbC52MS5EZWxldGVEb2N1bWVudHNSZXF1ZXN0GiYuZGVlcHJlY2FsbC52MS5EZWxldGVEb2N1bWVudHNSZXNwb25zZRJRCgpDbGVhckNhY2hlEiAuZGVlcHJlY2FsbC52MS5DbGVhckNhY2hlUmVxdWVzdBohLmRlZXByZWNhbGwudjEuQ2xlYXJDYWNoZVJlc3BvbnNlEksKCEdldFN0YXRzEh4uZGVlcHJlY2FsbC52MS5HZXRTdGF0c1JlcXVlc3QaHy5kZWVwcmVjYWxsLnYxLkdldFN0YXRzUmVzcG9uc2USYAoPTGlzdENvbGxlY3Rpb25zEiUuZGVlcHJlY2FsbC52MS5MaXN0Q29sbGVjdGlvbnNSZXF1ZXN0GiYuZGVlcHJlY2FsbC52MS5MaXN0Q29sbGVjdGlvbnNSZXNwb25zZRJjChBEZWxldGVDb2xsZWN0aW9uEiYuZGVlcHJlY2FsbC52MS5EZWxldGVDb2xsZWN0aW9uUmVxdWVzdBonLmRlZXByZWNhbGwudjEuRGVsZXRlQ29sbGVjdGlvblJlc3BvbnNlElcKDEdldERvY3VtZW50cxIiLmRlZXByZWNhbGwudjEuR2V0RG9jdW1lbnRzUmVxdWVzdBojLmRlZXByZWNhbGwudjEuR2V0RG9jdW1lbnRzUmVzcG9uc2VCXAoRZGV2LmRlZXByZWNhbGwudjFQAVpFZ2l0aHViLmNvbS9kZWVwcmVjYWxsL2RlZXByZWNhbGwvY2xpZW50cy9nby9kZWVwcmVjYWxsdjE7ZGVlcHJlY2FsbHYxYgZwcm90bzM", [file_google_protobuf_struct]);
 
 /**
  * Limits on one query. Each limit is optional; an unset limit takes the server's default.
@@ -1259,6 +1259,147 @@ export const DeleteDocumentsResponseSchema: GenMessage<DeleteDocumentsResponse> 
   messageDesc(file_deeprecall_v1_deeprecall, 25);
 
 /**
+ * Asks for the collections.
+ *
+ * @generated from message deeprecall.v1.ListCollectionsRequest
+ */
+export type ListCollectionsRequest = Message<"deeprecall.v1.ListCollectionsRequest"> & {
+};
+
+/**
+ * Describes the message deeprecall.v1.ListCollectionsRequest.
+ * Use `create(ListCollectionsRequestSchema)` to create a new message.
+ */
+export const ListCollectionsRequestSchema: GenMessage<ListCollectionsRequest> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 26);
+
+/**
+ * The collections the caller may see.
+ *
+ * @generated from message deeprecall.v1.ListCollectionsResponse
+ */
+export type ListCollectionsResponse = Message<"deeprecall.v1.ListCollectionsResponse"> & {
+  /**
+   * Collections by name.
+   *
+   * @generated from field: repeated deeprecall.v1.CollectionStats collections = 1;
+   */
+  collections: CollectionStats[];
+};
+
+/**
+ * Describes the message deeprecall.v1.ListCollectionsResponse.
+ * Use `create(ListCollectionsResponseSchema)` to create a new message.
+ */
+export const ListCollectionsResponseSchema: GenMessage<ListCollectionsResponse> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 27);
+
+/**
+ * The collection to delete.
+ *
+ * @generated from message deeprecall.v1.DeleteCollectionRequest
+ */
+export type DeleteCollectionRequest = Message<"deeprecall.v1.DeleteCollectionRequest"> & {
+  /**
+   * The collection. Required: an empty name is not taken to mean `default` here.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+};
+
+/**
+ * Describes the message deeprecall.v1.DeleteCollectionRequest.
+ * Use `create(DeleteCollectionRequestSchema)` to create a new message.
+ */
+export const DeleteCollectionRequestSchema: GenMessage<DeleteCollectionRequest> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 28);
+
+/**
+ * A collection deleted.
+ *
+ * @generated from message deeprecall.v1.DeleteCollectionResponse
+ */
+export type DeleteCollectionResponse = Message<"deeprecall.v1.DeleteCollectionResponse"> & {
+  /**
+   * Number of documents it held.
+   *
+   * @generated from field: uint64 deleted_documents = 1;
+   */
+  deletedDocuments: bigint;
+
+  /**
+   * Cache entries (answers and searches) removed with it.
+   *
+   * @generated from field: uint64 cache_entries_removed = 2;
+   */
+  cacheEntriesRemoved: bigint;
+};
+
+/**
+ * Describes the message deeprecall.v1.DeleteCollectionResponse.
+ * Use `create(DeleteCollectionResponseSchema)` to create a new message.
+ */
+export const DeleteCollectionResponseSchema: GenMessage<DeleteCollectionResponse> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 29);
+
+/**
+ * Documents to read back.
+ *
+ * @generated from message deeprecall.v1.GetDocumentsRequest
+ */
+export type GetDocumentsRequest = Message<"deeprecall.v1.GetDocumentsRequest"> & {
+  /**
+   * The collection. Empty means `default`.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * Ids to read, at most 10,000 per call by default.
+   *
+   * @generated from field: repeated string ids = 2;
+   */
+  ids: string[];
+};
+
+/**
+ * Describes the message deeprecall.v1.GetDocumentsRequest.
+ * Use `create(GetDocumentsRequestSchema)` to create a new message.
+ */
+export const GetDocumentsRequestSchema: GenMessage<GetDocumentsRequest> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 30);
+
+/**
+ * Documents read back.
+ *
+ * @generated from message deeprecall.v1.GetDocumentsResponse
+ */
+export type GetDocumentsResponse = Message<"deeprecall.v1.GetDocumentsResponse"> & {
+  /**
+   * The documents found, in the order asked, each once.
+   *
+   * @generated from field: repeated deeprecall.v1.Document documents = 1;
+   */
+  documents: Document[];
+
+  /**
+   * Ids asked for that are not in the collection, in the order asked, each once.
+   *
+   * @generated from field: repeated string missing_ids = 2;
+   */
+  missingIds: string[];
+};
+
+/**
+ * Describes the message deeprecall.v1.GetDocumentsResponse.
+ * Use `create(GetDocumentsResponseSchema)` to create a new message.
+ */
+export const GetDocumentsResponseSchema: GenMessage<GetDocumentsResponse> = /*@__PURE__*/
+  messageDesc(file_deeprecall_v1_deeprecall, 31);
+
+/**
  * Which cache entries to clear.
  *
  * @generated from message deeprecall.v1.ClearCacheRequest
@@ -1277,7 +1418,7 @@ export type ClearCacheRequest = Message<"deeprecall.v1.ClearCacheRequest"> & {
  * Use `create(ClearCacheRequestSchema)` to create a new message.
  */
 export const ClearCacheRequestSchema: GenMessage<ClearCacheRequest> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 26);
+  messageDesc(file_deeprecall_v1_deeprecall, 32);
 
 /**
  * Cache entries cleared.
@@ -1298,7 +1439,7 @@ export type ClearCacheResponse = Message<"deeprecall.v1.ClearCacheResponse"> & {
  * Use `create(ClearCacheResponseSchema)` to create a new message.
  */
 export const ClearCacheResponseSchema: GenMessage<ClearCacheResponse> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 27);
+  messageDesc(file_deeprecall_v1_deeprecall, 33);
 
 /**
  * Asks for statistics.
@@ -1313,7 +1454,7 @@ export type GetStatsRequest = Message<"deeprecall.v1.GetStatsRequest"> & {
  * Use `create(GetStatsRequestSchema)` to create a new message.
  */
 export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 28);
+  messageDesc(file_deeprecall_v1_deeprecall, 34);
 
 /**
  * Server statistics.
@@ -1385,7 +1526,7 @@ export type GetStatsResponse = Message<"deeprecall.v1.GetStatsResponse"> & {
  * Use `create(GetStatsResponseSchema)` to create a new message.
  */
 export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 29);
+  messageDesc(file_deeprecall_v1_deeprecall, 35);
 
 /**
  * Cumulative usage of one API key.
@@ -1413,7 +1554,7 @@ export type KeyUsage = Message<"deeprecall.v1.KeyUsage"> & {
  * Use `create(KeyUsageSchema)` to create a new message.
  */
 export const KeyUsageSchema: GenMessage<KeyUsage> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 30);
+  messageDesc(file_deeprecall_v1_deeprecall, 36);
 
 /**
  * One collection.
@@ -1448,7 +1589,7 @@ export type CollectionStats = Message<"deeprecall.v1.CollectionStats"> & {
  * Use `create(CollectionStatsSchema)` to create a new message.
  */
 export const CollectionStatsSchema: GenMessage<CollectionStats> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 31);
+  messageDesc(file_deeprecall_v1_deeprecall, 37);
 
 /**
  * Cache counters.
@@ -1505,7 +1646,7 @@ export type CacheStats = Message<"deeprecall.v1.CacheStats"> & {
  * Use `create(CacheStatsSchema)` to create a new message.
  */
 export const CacheStatsSchema: GenMessage<CacheStats> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 32);
+  messageDesc(file_deeprecall_v1_deeprecall, 38);
 
 /**
  * Health of a remote cache backend.
@@ -1541,7 +1682,7 @@ export type CacheHealth = Message<"deeprecall.v1.CacheHealth"> & {
  * Use `create(CacheHealthSchema)` to create a new message.
  */
 export const CacheHealthSchema: GenMessage<CacheHealth> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 33);
+  messageDesc(file_deeprecall_v1_deeprecall, 39);
 
 /**
  * Cumulative usage.
@@ -1618,7 +1759,7 @@ export type UsageTotals = Message<"deeprecall.v1.UsageTotals"> & {
  * Use `create(UsageTotalsSchema)` to create a new message.
  */
 export const UsageTotalsSchema: GenMessage<UsageTotals> = /*@__PURE__*/
-  messageDesc(file_deeprecall_v1_deeprecall, 34);
+  messageDesc(file_deeprecall_v1_deeprecall, 40);
 
 /**
  * How a query is answered.
@@ -1783,6 +1924,39 @@ export const DeepRecall: GenService<{
     methodKind: "unary";
     input: typeof GetStatsRequestSchema;
     output: typeof GetStatsResponseSchema;
+  },
+  /**
+   * Lists the collections the caller may see, by name, with their document counts and
+   * content versions. Needs the `query` scope.
+   *
+   * @generated from rpc deeprecall.v1.DeepRecall.ListCollections
+   */
+  listCollections: {
+    methodKind: "unary";
+    input: typeof ListCollectionsRequestSchema;
+    output: typeof ListCollectionsResponseSchema;
+  },
+  /**
+   * Deletes a collection: its documents, its content version and its cached answers and
+   * searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+   *
+   * @generated from rpc deeprecall.v1.DeepRecall.DeleteCollection
+   */
+  deleteCollection: {
+    methodKind: "unary";
+    input: typeof DeleteCollectionRequestSchema;
+    output: typeof DeleteCollectionResponseSchema;
+  },
+  /**
+   * Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+   * `query` scope.
+   *
+   * @generated from rpc deeprecall.v1.DeepRecall.GetDocuments
+   */
+  getDocuments: {
+    methodKind: "unary";
+    input: typeof GetDocumentsRequestSchema;
+    output: typeof GetDocumentsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_deeprecall_v1_deeprecall, 0);

@@ -65,6 +65,21 @@ class DeepRecallStub:
                 request_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/deeprecall.v1.DeepRecall/ListCollections',
+                request_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCollection = channel.unary_unary(
+                '/deeprecall.v1.DeepRecall/DeleteCollection',
+                request_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.DeleteCollectionRequest.SerializeToString,
+                response_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.DeleteCollectionResponse.FromString,
+                _registered_method=True)
+        self.GetDocuments = channel.unary_unary(
+                '/deeprecall.v1.DeepRecall/GetDocuments',
+                request_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetDocumentsRequest.SerializeToString,
+                response_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetDocumentsResponse.FromString,
+                _registered_method=True)
 
 
 class DeepRecallServicer:
@@ -119,6 +134,30 @@ class DeepRecallServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCollections(self, request, context):
+        """Lists the collections the caller may see, by name, with their document counts and
+        content versions. Needs the `query` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCollection(self, request, context):
+        """Deletes a collection: its documents, its content version and its cached answers and
+        searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocuments(self, request, context):
+        """Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+        `query` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeepRecallServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +190,21 @@ def add_DeepRecallServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetStatsRequest.FromString,
                     response_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DeleteCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCollection,
+                    request_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.DeleteCollectionRequest.FromString,
+                    response_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'GetDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocuments,
+                    request_deserializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetDocumentsRequest.FromString,
+                    response_serializer=deeprecall_dot_v1_dot_deeprecall__pb2.GetDocumentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +370,87 @@ class DeepRecall:
             '/deeprecall.v1.DeepRecall/GetStats',
             deeprecall_dot_v1_dot_deeprecall__pb2.GetStatsRequest.SerializeToString,
             deeprecall_dot_v1_dot_deeprecall__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeprecall.v1.DeepRecall/ListCollections',
+            deeprecall_dot_v1_dot_deeprecall__pb2.ListCollectionsRequest.SerializeToString,
+            deeprecall_dot_v1_dot_deeprecall__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeprecall.v1.DeepRecall/DeleteCollection',
+            deeprecall_dot_v1_dot_deeprecall__pb2.DeleteCollectionRequest.SerializeToString,
+            deeprecall_dot_v1_dot_deeprecall__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeprecall.v1.DeepRecall/GetDocuments',
+            deeprecall_dot_v1_dot_deeprecall__pb2.GetDocumentsRequest.SerializeToString,
+            deeprecall_dot_v1_dot_deeprecall__pb2.GetDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

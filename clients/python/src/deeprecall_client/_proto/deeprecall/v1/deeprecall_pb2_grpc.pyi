@@ -57,6 +57,18 @@ class DeepRecallStub:
     """Clears the query result cache, for one collection or for all."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_deeprecall_pb2.GetStatsRequest, _deeprecall_pb2.GetStatsResponse]
     """Reports documents per collection, cache counters and cumulative usage."""
+    ListCollections: _grpc.UnaryUnaryMultiCallable[_deeprecall_pb2.ListCollectionsRequest, _deeprecall_pb2.ListCollectionsResponse]
+    """Lists the collections the caller may see, by name, with their document counts and
+    content versions. Needs the `query` scope.
+    """
+    DeleteCollection: _grpc.UnaryUnaryMultiCallable[_deeprecall_pb2.DeleteCollectionRequest, _deeprecall_pb2.DeleteCollectionResponse]
+    """Deletes a collection: its documents, its content version and its cached answers and
+    searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+    """
+    GetDocuments: _grpc.UnaryUnaryMultiCallable[_deeprecall_pb2.GetDocumentsRequest, _deeprecall_pb2.GetDocumentsResponse]
+    """Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+    `query` scope.
+    """
 
 @_typing.type_check_only
 class DeepRecallAsyncStub(DeepRecallStub):
@@ -84,6 +96,18 @@ class DeepRecallAsyncStub(DeepRecallStub):
     """Clears the query result cache, for one collection or for all."""
     GetStats: _aio.UnaryUnaryMultiCallable[_deeprecall_pb2.GetStatsRequest, _deeprecall_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Reports documents per collection, cache counters and cumulative usage."""
+    ListCollections: _aio.UnaryUnaryMultiCallable[_deeprecall_pb2.ListCollectionsRequest, _deeprecall_pb2.ListCollectionsResponse]  # type: ignore[assignment]
+    """Lists the collections the caller may see, by name, with their document counts and
+    content versions. Needs the `query` scope.
+    """
+    DeleteCollection: _aio.UnaryUnaryMultiCallable[_deeprecall_pb2.DeleteCollectionRequest, _deeprecall_pb2.DeleteCollectionResponse]  # type: ignore[assignment]
+    """Deletes a collection: its documents, its content version and its cached answers and
+    searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+    """
+    GetDocuments: _aio.UnaryUnaryMultiCallable[_deeprecall_pb2.GetDocumentsRequest, _deeprecall_pb2.GetDocumentsResponse]  # type: ignore[assignment]
+    """Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+    `query` scope.
+    """
 
 class DeepRecallServicer(metaclass=_abc_1.ABCMeta):
     """The DeepRecall service."""
@@ -144,5 +168,35 @@ class DeepRecallServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_deeprecall_pb2.GetStatsResponse, _abc.Awaitable[_deeprecall_pb2.GetStatsResponse]]:
         """Reports documents per collection, cache counters and cumulative usage."""
+
+    @_abc_1.abstractmethod
+    def ListCollections(
+        self,
+        request: _deeprecall_pb2.ListCollectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deeprecall_pb2.ListCollectionsResponse, _abc.Awaitable[_deeprecall_pb2.ListCollectionsResponse]]:
+        """Lists the collections the caller may see, by name, with their document counts and
+        content versions. Needs the `query` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteCollection(
+        self,
+        request: _deeprecall_pb2.DeleteCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deeprecall_pb2.DeleteCollectionResponse, _abc.Awaitable[_deeprecall_pb2.DeleteCollectionResponse]]:
+        """Deletes a collection: its documents, its content version and its cached answers and
+        searches. NOT_FOUND when it does not exist. Needs the `write` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDocuments(
+        self,
+        request: _deeprecall_pb2.GetDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deeprecall_pb2.GetDocumentsResponse, _abc.Awaitable[_deeprecall_pb2.GetDocumentsResponse]]:
+        """Reads documents back by id, in the order asked; unknown ids are listed apart. Needs the
+        `query` scope.
+        """
 
 def add_DeepRecallServicer_to_server(servicer: DeepRecallServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
