@@ -294,7 +294,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, _open_call) = self.admission.admit()?;
         let caller = caller_of(&request)?;
         let pb::ListCollectionsRequest {} = request.into_inner();
         let mut collections = engine.list_collections().await?;
@@ -308,7 +308,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, _open_call) = self.admission.admit()?;
         let caller = caller_of(&request)?;
         let pb::DeleteCollectionRequest { collection } = request.into_inner();
         if !collection.is_empty() {
@@ -325,7 +325,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         &self,
         request: Request<pb::GetDocumentsRequest>,
     ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
-        let engine = self.admission.admit()?;
+        let (engine, _open_call) = self.admission.admit()?;
         caller_of(&request)?.check_collection(&request.get_ref().collection)?;
         let pb::GetDocumentsRequest { collection, ids } = request.into_inner();
         let documents = engine

@@ -175,7 +175,8 @@ mod tests {
     use crate::llm::scripted::{ScriptedModel, ScriptedReply};
     use crate::llm::{ChatModel, LlmError};
     use crate::store::{
-        CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, WriteOutcome,
+        CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, StoredDocument,
+        WriteOutcome,
     };
 
     /// A `default` collection of one document that every search finds; searches are counted.
@@ -222,6 +223,30 @@ mod tests {
 
         async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
             Ok(self.collection("default").await?.into_iter().collect())
+        }
+
+        async fn delete_collection(
+            &self,
+            _name: &str,
+        ) -> Result<Option<CollectionInfo>, StoreError> {
+            unimplemented!("the single-pass tests do not write")
+        }
+
+        async fn list_documents(
+            &self,
+            _collection: &str,
+            _after: Option<String>,
+            _limit: usize,
+        ) -> Result<Vec<StoredDocument>, StoreError> {
+            unimplemented!("the single-pass tests only search")
+        }
+
+        async fn get_documents(
+            &self,
+            _collection: &str,
+            _ids: Vec<String>,
+        ) -> Result<Vec<StoredDocument>, StoreError> {
+            unimplemented!("the single-pass tests only search")
         }
     }
 
