@@ -60,9 +60,11 @@ fn skipped_because(text: &str) -> Option<&'static str> {
         Some("needs Docker and a Jaeger image")
     } else if text.contains("redis://") {
         Some("needs a Redis server")
+    } else if text.contains("http://replica:") {
+        Some("moves a collection to another deployment's server")
     } else if text.contains("--backend openai") || text.contains("--backend anthropic") {
         Some("needs a model provider and its key")
-    } else if text.trim() == "cargo test" {
+    } else if text.lines().any(|line| line.trim() == "cargo test") {
         Some("is the test suite itself")
     } else {
         None
