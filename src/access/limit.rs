@@ -385,6 +385,7 @@ mod tests {
         );
         // Another caller has its own bucket.
         assert_eq!(limiter.check_at("b", RATE, 1, start), Decision::Allowed);
+        assert_eq!(limiter.tracked(), 2);
         let later = start + Duration::from_millis(1_500);
         assert_eq!(limiter.check_at("a", RATE, 1, later), Decision::Allowed);
         assert_eq!(

@@ -205,6 +205,7 @@ mod tests {
     #[tokio::test]
     async fn a_stored_value_is_found_until_it_expires() {
         let cache = MemoryCache::new(MemoryCacheConfig::default());
+        assert_eq!(cache.backend(), "memory");
         put(&cache, &key("c", "a"), b"one".to_vec(), HOUR).await;
         // Expired the moment it is stored.
         put(&cache, &key("c", "b"), b"two".to_vec(), Duration::ZERO).await;
