@@ -3,8 +3,8 @@
 
 mod bench;
 mod demo;
-mod health;
 pub mod eval;
+mod health;
 pub mod ingest;
 mod output;
 
