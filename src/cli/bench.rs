@@ -22,6 +22,8 @@ use crate::store::{
     DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, SearchRequest,
 };
 
+mod protocols;
+
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Suite {
@@ -33,6 +35,8 @@ enum Suite {
     CachedQuery,
     /// Engine overhead with an OpenAI-compatible model (the scripted mock) in the loop.
     Engine,
+    /// Cache hits and engine overhead over gRPC and over the HTTP API, side by side.
+    Protocols,
     /// All of the above.
     All,
 }
@@ -109,6 +113,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 engine_overhead(&args, Duration::from_millis(latency_ms), concurrency).await?;
             }
         }
+    }
+    if matches!(args.suite, Suite::Protocols | Suite::All) {
+        protocols::protocols(&args).await?;
     }
     Ok(())
 }
