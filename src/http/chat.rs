@@ -25,7 +25,7 @@ use crate::engine::budget::BudgetRequest;
 use crate::engine::{
     Engine, EngineError, EventKind, EventSink, QueryMode, QueryRequest, QueryResult, TraceEvent,
 };
-use crate::telemetry::spans;
+use crate::telemetry::{self, spans};
 
 /// The model name of the default collection; `deeprecall-<collection>` names another.
 pub const MODEL: &str = "deeprecall";
@@ -292,8 +292,14 @@ pub struct Held {
     pub caller: Caller,
 }
 
-/// Answers a completion request: a completion, or an SSE stream of chunks.
-pub async fn complete(engine: Engine, chat: ChatQuery, held: Held) -> Result<Response, HttpError> {
+/// Answers a completion request: a completion, or an SSE stream of chunks. The query's span
+/// continues the caller's trace (`traceparent`), as over gRPC.
+pub async fn complete(
+    engine: Engine,
+    chat: ChatQuery,
+    held: Held,
+    parent: opentelemetry::Context,
+) -> Result<Response, HttpError> {
     let ChatQuery {
         query,
         model,
@@ -307,6 +313,7 @@ pub async fn complete(engine: Engine, chat: ChatQuery, held: Held) -> Result<Res
         &prepared.query_id,
         &prepared.collection.name,
     );
+    telemetry::set_parent(&prepared.span, parent);
     let cancel = CancellationToken::new();
     let id = format!("chatcmpl-{}", prepared.query_id);
     let created = unix_seconds();

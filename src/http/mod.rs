@@ -30,6 +30,7 @@ use crate::access::{
 };
 use crate::api::{Admission, OpenCall};
 use crate::engine::Engine;
+use crate::telemetry;
 use error::HttpError;
 
 /// What the handlers share.
@@ -168,7 +169,8 @@ async fn chat_completions(
     let request: chat::ChatRequest = wire::parse(body, state.max_body_bytes).await?;
     let chat = chat::chat_query(request)?;
     caller.check_collection(chat.query.collection.as_deref().unwrap_or(""))?;
-    chat::complete(engine, chat, chat::Held { call, slot, caller }).await
+    let parent = telemetry::extract_parent(&parts.headers);
+    chat::complete(engine, chat, chat::Held { call, slot, caller }, parent).await
 }
 
 async fn models(

@@ -441,6 +441,44 @@ async fn a_dead_model_backend_is_a_503() {
 }
 
 #[tokio::test]
+async fn a_streaming_backend_answer_arrives_as_content_token_by_token() {
+    let text = "The Falcon project ships in May.";
+    let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::text(text)]))
+        .await
+        .expect("mock starts");
+    let (server, base) = http_server(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.llm.stream = true;
+        config.cache.backend = CacheBackend::None;
+    })
+    .await;
+    add_handbook_over_http(&base).await;
+    let mut request = chat("When does Falcon ship?");
+    request["stream"] = json!(true);
+    let body = post(&base, "/v1/chat/completions", None, &request)
+        .await
+        .text()
+        .await
+        .expect("body");
+    let pieces: Vec<String> = sse_data(&body)
+        .iter()
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|piece| !piece.is_empty())
+        .collect();
+    assert!(pieces.len() > 1, "one chunk per streamed piece: {pieces:?}");
+    assert_eq!(pieces.concat(), text);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
 async fn a_client_that_cuts_the_stream_stops_the_model_calls() {
     // Every model call hangs: the run ends only when it is stopped.
     let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::Hang]))
