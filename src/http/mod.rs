@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -222,23 +221,9 @@ async fn clear_cache(
     let (engine, _call, caller, _slot) = state
         .enter(&parts.headers, peer, Some(Method::ClearCache))
         .await?;
-    let request = optional_body::<rest::ClearCache>(body, state.max_body_bytes).await?;
+    let request = wire::parse_optional::<rest::ClearCache>(body, state.max_body_bytes).await?;
     caller.check_clear(request.collection())?;
     Ok(Json(rest::clear_cache(&engine, request).await?))
-}
-
-/// A body that may be left out: empty means every default.
-async fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    body: Body,
-    limit: usize,
-) -> Result<T, HttpError> {
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| HttpError::too_large(limit))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    wire::parse_bytes(&bytes)
 }
 
 async fn usage(

@@ -13,15 +13,30 @@ use crate::store::Hit;
 /// Reads a body of at most `limit` bytes and parses it as `T`. A body over the bound is a 413;
 /// bad JSON, a wrong type or an unknown field is a 400 naming the field (`messages[1].role`).
 pub async fn parse<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, HttpError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
-        // The only error of a complete, in-memory read is the bound.
+    parse_bytes(&read(body, limit).await?)
+}
+
+/// Like [`parse`], for a body that may be left out: an empty one means every default.
+pub async fn parse_optional<T: DeserializeOwned + Default>(
+    body: Body,
+    limit: usize,
+) -> Result<T, HttpError> {
+    let bytes = read(body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_bytes(&bytes)
+}
+
+/// Reads a whole body of at most `limit` bytes.
+async fn read(body: Body, limit: usize) -> Result<axum::body::Bytes, HttpError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
         if is_length_limit(&error) {
             HttpError::too_large(limit)
         } else {
             HttpError::bad_body(format!("cannot read the request body: {error}"))
         }
-    })?;
-    parse_bytes(&bytes)
+    })
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {

@@ -232,8 +232,12 @@ async fn the_rest_endpoints_write_delete_clear_and_report() {
         .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let cleared: Value = post(&base, "/v1/cache/clear", None, &json!({}))
+    // No body: every collection.
+    let cleared: Value = client
+        .post(format!("{base}/v1/cache/clear"))
+        .send()
         .await
+        .expect("sent")
         .json()
         .await
         .expect("json");
