@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
@@ -299,6 +299,7 @@ pub async fn complete(
     chat: ChatQuery,
     held: Held,
     parent: opentelemetry::Context,
+    deadline: Option<Instant>,
 ) -> Result<Response, HttpError> {
     let ChatQuery {
         query,
@@ -306,7 +307,7 @@ pub async fn complete(
         stream,
         include_usage,
     } = chat;
-    let mut prepared = engine.prepare(query, None).await?;
+    let mut prepared = engine.prepare(query, deadline).await?;
     prepared.account = Arc::clone(&held.caller.name);
     prepared.span = spans::query(
         "ChatCompletions",

@@ -12,7 +12,7 @@ mod wire;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -32,23 +32,33 @@ use crate::engine::Engine;
 use crate::telemetry;
 use error::HttpError;
 
+/// Limits of the HTTP surface.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// Largest request body read.
+    pub max_body_bytes: usize,
+    /// Time a non-streamed completion may take, as `server.request_timeout_seconds` bounds a
+    /// gRPC handler: the run's deadline, so it answers in time with what it has, or fails
+    /// with 504 when it found nothing. `None` for no limit.
+    pub request_timeout: Option<Duration>,
+}
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct HttpState {
     admission: Admission,
     door: Arc<FrontDoor>,
-    max_body_bytes: usize,
+    settings: HttpSettings,
     started: Instant,
 }
 
 impl HttpState {
-    /// The state of a surface admitting calls through `admission` and `door`, reading bodies of
-    /// at most `max_body_bytes`.
-    pub fn new(admission: Admission, door: Arc<FrontDoor>, max_body_bytes: usize) -> Self {
+    /// The state of a surface admitting calls through `admission` and `door`.
+    pub fn new(admission: Admission, door: Arc<FrontDoor>, settings: HttpSettings) -> Self {
         HttpState {
             admission,
             door,
-            max_body_bytes,
+            settings,
             started: Instant::now(),
         }
     }
@@ -165,11 +175,17 @@ async fn chat_completions(
     let (engine, call, caller, slot) = state
         .enter(&parts.headers, peer, Some(Method::Query))
         .await?;
-    let request: chat::ChatRequest = wire::parse(body, state.max_body_bytes).await?;
+    let request: chat::ChatRequest = wire::parse(body, state.settings.max_body_bytes).await?;
     let chat = chat::chat_query(request)?;
     caller.check_collection(chat.query.collection.as_deref().unwrap_or(""))?;
     let parent = telemetry::extract_parent(&parts.headers);
-    chat::complete(engine, chat, chat::Held { call, slot, caller }, parent).await
+    let deadline = state
+        .settings
+        .request_timeout
+        .filter(|_| !chat.stream)
+        .map(|timeout| Instant::now() + timeout);
+    let held = chat::Held { call, slot, caller };
+    chat::complete(engine, chat, held, parent, deadline).await
 }
 
 async fn models(
@@ -193,7 +209,7 @@ async fn add_documents(
     let (engine, _call, caller, _slot) = state
         .enter(&parts.headers, peer, Some(Method::AddDocuments))
         .await?;
-    let request: rest::AddDocuments = wire::parse(body, state.max_body_bytes).await?;
+    let request: rest::AddDocuments = wire::parse(body, state.settings.max_body_bytes).await?;
     caller.check_collection(request.collection())?;
     Ok(Json(rest::add_documents(&engine, request).await?))
 }
@@ -207,7 +223,7 @@ async fn delete_documents(
     let (engine, _call, caller, _slot) = state
         .enter(&parts.headers, peer, Some(Method::DeleteDocuments))
         .await?;
-    let request: rest::DeleteDocuments = wire::parse(body, state.max_body_bytes).await?;
+    let request: rest::DeleteDocuments = wire::parse(body, state.settings.max_body_bytes).await?;
     caller.check_collection(request.collection())?;
     Ok(Json(rest::delete_documents(&engine, request).await?))
 }
@@ -221,7 +237,8 @@ async fn clear_cache(
     let (engine, _call, caller, _slot) = state
         .enter(&parts.headers, peer, Some(Method::ClearCache))
         .await?;
-    let request = wire::parse_optional::<rest::ClearCache>(body, state.max_body_bytes).await?;
+    let request =
+        wire::parse_optional::<rest::ClearCache>(body, state.settings.max_body_bytes).await?;
     caller.check_clear(request.collection())?;
     Ok(Json(rest::clear_cache(&engine, request).await?))
 }

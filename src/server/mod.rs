@@ -31,7 +31,7 @@ use crate::config::{
 };
 use crate::embed::HashingEmbedder;
 use crate::engine::{Engine, EngineParts, EngineTelemetry};
-use crate::http::{HttpServer, HttpState};
+use crate::http::{HttpServer, HttpSettings, HttpState};
 use crate::llm::LlmError;
 use crate::store::{DocumentStore, EmbeddedStore, EmbeddedStoreConfig, PostgresStore, StoreError};
 use crate::telemetry::trace_log::{DEFAULT_QUEUE_LINES, TraceLogSettings};
@@ -541,11 +541,12 @@ async fn start_http(
             "server.http_listen: cannot listen on {address}: {error}"
         ))
     })?;
-    let state = HttpState::new(
-        admission.clone(),
-        Arc::clone(door),
-        config.server.http_max_body_bytes,
-    );
+    let timeout = config.server.request_timeout_seconds;
+    let settings = HttpSettings {
+        max_body_bytes: config.server.http_max_body_bytes,
+        request_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+    };
+    let state = HttpState::new(admission.clone(), Arc::clone(door), settings);
     Ok(Some(HttpServer::start(listener, state)?))
 }
 

@@ -483,6 +483,41 @@ async fn a_streaming_backend_answer_arrives_as_content_token_by_token() {
 }
 
 #[tokio::test]
+async fn a_completion_past_the_request_timeout_with_nothing_found_is_a_504() {
+    // The model never answers: the run has nothing when its deadline comes.
+    let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::Hang]))
+        .await
+        .expect("mock starts");
+    let (server, base) = http_server(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        config.server.request_timeout_seconds = 1;
+    })
+    .await;
+    add_handbook_over_http(&base).await;
+    let response = tokio::time::timeout(
+        HANG,
+        post(
+            &base,
+            "/v1/chat/completions",
+            None,
+            &chat("Who leads Falcon?"),
+        ),
+    )
+    .await
+    .expect("answered at the deadline");
+    let (status, error) = error_of(response).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, Some("deadline_exceeded"))
+    );
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
 async fn a_client_that_cuts_the_stream_stops_the_model_calls() {
     // Every model call hangs: the run ends only when it is stopped.
     let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::Hang]))
