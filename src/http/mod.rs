@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -29,7 +30,7 @@ use crate::access::{
 };
 use crate::api::{Admission, OpenCall};
 use crate::engine::Engine;
-use crate::telemetry;
+use crate::telemetry::{self, Metrics};
 use error::HttpError;
 
 /// Limits of the HTTP surface.
@@ -90,8 +91,22 @@ impl HttpState {
     }
 }
 
-/// The routes of the surface.
-pub fn router(state: HttpState) -> Router {
+/// The routes of the surface, each request counted in the metrics by route and status.
+pub fn router(state: HttpState, metrics: Metrics) -> Router {
+    let counted = middleware::from_fn(move |request: Request, next: Next| {
+        let metrics = metrics.clone();
+        async move {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .and_then(|path| ROUTES.iter().find(|route| **route == path.as_str()))
+                .copied()
+                .unwrap_or("unknown");
+            let response = next.run(request).await;
+            metrics.http_request(route, response.status().as_u16());
+            response
+        }
+    });
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
@@ -106,8 +121,21 @@ pub fn router(state: HttpState) -> Router {
         .route("/livez", get(live))
         .fallback(no_route)
         .method_not_allowed_fallback(|| async { HttpError::wrong_method() })
+        .route_layer(counted)
         .with_state(state)
 }
+
+/// The routes, as metrics label them.
+const ROUTES: [&str; 8] = [
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/documents",
+    "/v1/cache/clear",
+    "/v1/usage",
+    "/health",
+    "/readyz",
+    "/livez",
+];
 
 /// A running HTTP surface; dropping it starts its graceful shutdown.
 #[derive(Debug)]
@@ -119,10 +147,14 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Serves `state` on `listener` until stopped.
-    pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<HttpServer> {
+    pub fn start(
+        listener: TcpListener,
+        state: HttpState,
+        metrics: Metrics,
+    ) -> std::io::Result<HttpServer> {
         let address = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(state, metrics).into_make_service_with_connect_info::<SocketAddr>();
         let shutdown = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -426,7 +426,7 @@ async fn serve_calls(
             .max_decoding_message_size(config.server.max_request_bytes)
             .max_encoding_message_size(config.server.max_response_bytes);
 
-    let http = start_http(&config, &admission, &door).await?;
+    let http = start_http(&config, &admission, &door, &telemetry.metrics).await?;
 
     let (drain, drained) = oneshot::channel::<()>();
     let keepalive = Duration::from_secs(config.server.http2_keepalive_seconds.max(1));
@@ -531,6 +531,7 @@ async fn start_http(
     config: &Config,
     admission: &Admission,
     door: &Arc<FrontDoor>,
+    metrics: &Metrics,
 ) -> Result<Option<HttpServer>, ServerError> {
     let address = config.server.http_listen.trim();
     if address.is_empty() {
@@ -547,7 +548,7 @@ async fn start_http(
         request_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
     };
     let state = HttpState::new(admission.clone(), Arc::clone(door), settings);
-    Ok(Some(HttpServer::start(listener, state)?))
+    Ok(Some(HttpServer::start(listener, state, metrics.clone())?))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

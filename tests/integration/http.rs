@@ -194,7 +194,11 @@ async fn a_streamed_completion_sends_reasoning_then_the_answer_then_usage_and_do
 
 #[tokio::test]
 async fn the_rest_endpoints_write_delete_clear_and_report() {
-    let (server, base) = http_server(|_| {}).await;
+    let metrics_port = free_port();
+    let (server, base) = http_server(|config| {
+        config.telemetry.metrics_listen = format!("127.0.0.1:{metrics_port}");
+    })
+    .await;
     let client = reqwest::Client::new();
     for (path, serving) in [("/health", true), ("/readyz", true), ("/livez", true)] {
         let response = client
@@ -278,6 +282,23 @@ async fn the_rest_endpoints_write_delete_clear_and_report() {
         .expect("json");
     assert_eq!(deleted["deleted_ids"], json!(["ada"]));
     assert_eq!(deleted["document_count"], 1);
+
+    let metrics = scrape_metrics(metrics_port).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"deeprecall_http_requests_total{route="/v1/chat/completions",status="200"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"deeprecall_http_requests_total{route="/v1/documents",status="200"}"#
+        ),
+        Some(2.0)
+    );
     server.stop().await.expect("clean stop");
 }
 
