@@ -622,6 +622,54 @@ async fn one_rate_bucket_per_key_spans_grpc_and_http() {
     server.stop().await.expect("clean stop");
 }
 
+#[tokio::test]
+async fn query_slots_are_shared_by_grpc_and_http() {
+    let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::Hang]))
+        .await
+        .expect("mock starts");
+    let (mut server, base) = http_server(|config| {
+        config.llm.backend = Backend::Openai;
+        config.llm.model = "mock-model".into();
+        config.llm.base_url = mock.base_url();
+        config.llm.api_key = Secret::new("test-key");
+        config.cache.backend = CacheBackend::None;
+        config.limits.max_concurrent_queries = 1;
+        config.limits.max_queued_queries = 0;
+    })
+    .await;
+    add_handbook_over_http(&base).await;
+    // One streamed completion holds the only slot while its model call hangs.
+    let mut request = chat("Who leads the Falcon project?");
+    request["stream"] = json!(true);
+    let holding = post(&base, "/v1/chat/completions", None, &request).await;
+    assert_eq!(holding.status(), StatusCode::OK);
+    tokio::time::timeout(HANG, async {
+        while mock.request_count() < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the run reached the model");
+
+    let (status, error) =
+        error_of(post(&base, "/v1/chat/completions", None, &chat("Another?")).await).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("server_overloaded"))
+    );
+    let refused = server
+        .client
+        .query(question("And over gRPC?"))
+        .await
+        .expect_err("no slot left");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+
+    // The slot comes back when the stream's client goes.
+    drop(holding);
+    assert!(mock.wait_for_abandoned_request(HANG).await.is_some());
+    server.stop().await.expect("clean stop");
+}
+
 /// Runs tests/openai_sdk/run.sh (which installs the pinned `openai` SDK into a git-ignored
 /// virtualenv) against the server's HTTP API.
 #[tokio::test]
