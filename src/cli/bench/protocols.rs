@@ -1,6 +1,7 @@
-//! `deeprecall bench protocols`: the same server measured over gRPC and over its
-//! OpenAI-compatible HTTP API in one run: cache hits per second, and the engine overhead with
-//! the scripted model in the loop (end-to-end latency less the mock's own time per query).
+//! `deeprecall bench protocols`: gRPC and the OpenAI-compatible HTTP API measured side by side
+//! in one run, each row on the same server over both: the engine overhead with the scripted
+//! model in the loop (end-to-end latency less the mock's own time per query, caches off as in
+//! the engine suite), then cache hits per second (memory cache).
 
 use std::time::{Duration, Instant};
 
@@ -60,20 +61,15 @@ pub(super) async fn protocols(args: &BenchArgs) -> Result<(), CliError> {
         .await
         .map_err(|error| CliError::Io(error.to_string()))?;
     let base_url = mock.base_url();
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|error| CliError::Io(error.to_string()))?
-        .port();
-    let server = BenchServer::start_with(|config| {
+    // Caches off, as in the engine suite: every query runs its searches.
+    let (server, http_base) = server_with_http(|config| {
         config.llm.backend = Backend::Openai;
         config.llm.model = "mock".into();
         config.llm.base_url = base_url;
         config.llm.stream = !args.no_stream;
-        config.cache.backend = CacheBackend::Memory;
-        config.server.http_listen = format!("127.0.0.1:{http_port}");
+        config.cache.backend = CacheBackend::None;
     })
     .await?;
-    let http_base = format!("http://127.0.0.1:{http_port}");
     let mut client = connect(&server.endpoint, None).await?;
     let mut corpus = Corpus::new(5, args.zipf_offset);
     client
@@ -124,7 +120,19 @@ pub(super) async fn protocols(args: &BenchArgs) -> Result<(), CliError> {
                 .collect::<Vec<_>>()
                 .await;
             let wall = started.elapsed();
-            let mock_time = mock_time_by_query(&mock.requests());
+            let requests = mock.requests();
+            let mock_time = mock_time_by_query(&requests);
+            let calls = requests
+                .iter()
+                .filter(|request| request.first_user_text.contains(QUESTION_PREFIX))
+                .count();
+            // Every query of every row so far made its three model calls, or the overhead
+            // would be measured on a shorter run than the script's.
+            if calls != next * 3 {
+                return Err(CliError::Io(format!(
+                    "the mock answered {calls} model calls for {next} queries, not three each"
+                )));
+            }
             let mut overheads = Vec::with_capacity(latencies.len());
             for outcome in latencies {
                 let (n, elapsed) = outcome?;
@@ -142,7 +150,17 @@ pub(super) async fn protocols(args: &BenchArgs) -> Result<(), CliError> {
         }
     }
 
-    // Cache hits: the same question over both protocols shares one cache entry.
+    // Cache hits, on a server with the memory cache and the offline model: the same question
+    // over both protocols shares one cache entry.
+    let (cached_server, http_base) =
+        server_with_http(|config| config.cache.backend = CacheBackend::Memory).await?;
+    let mut client = connect(&cached_server.endpoint, None).await?;
+    client
+        .add_documents(pb::AddDocumentsRequest {
+            collection: String::new(),
+            documents: corpus.proto_documents(200),
+        })
+        .await?;
     let question = corpus.query();
     cached_once(
         &mut client,
@@ -202,6 +220,22 @@ pub(super) async fn protocols(args: &BenchArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A bench server with its HTTP API on a free port; returns it and the API's root.
+async fn server_with_http(
+    configure: impl FnOnce(&mut crate::config::Config),
+) -> Result<(BenchServer, String), CliError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|error| CliError::Io(error.to_string()))?
+        .port();
+    let server = BenchServer::start_with(|config| {
+        config.server.http_listen = format!("127.0.0.1:{port}");
+        configure(config);
+    })
+    .await?;
+    Ok((server, format!("http://127.0.0.1:{port}")))
 }
 
 /// One non-streamed chat completion; returns its body.
