@@ -59,6 +59,7 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("DEEPRECALL_LOG_FORMAT", "telemetry.log_format"),
     ("DEEPRECALL_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("DEEPRECALL_METRICS_LISTEN", "telemetry.metrics_listen"),
+    ("DEEPRECALL_HTTP_LISTEN", "server.http_listen"),
     ("DEEPRECALL_TRACE_LOG", "telemetry.trace_log"),
 ];
 
@@ -144,6 +145,10 @@ pub struct ServerConfig {
     /// Origins browsers may call from over gRPC-Web; `["*"]` for any. Empty allows no
     /// cross-origin caller.
     pub cors_allow_origins: Vec<String>,
+    /// Address of the OpenAI-compatible HTTP API, e.g. `0.0.0.0:8080`; empty serves none.
+    pub http_listen: String,
+    /// Largest HTTP request body accepted, in bytes.
+    pub http_max_body_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -159,6 +164,8 @@ impl Default for ServerConfig {
             request_timeout_seconds: 300,
             grpc_web: false,
             cors_allow_origins: Vec::new(),
+            http_listen: String::new(),
+            http_max_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -782,6 +789,11 @@ request_timeout_seconds = 300
 # origins allowed to call it cross-origin (["*"] for any).
 grpc_web = false
 cors_allow_origins = []
+# Address of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/documents, ...), e.g.
+# "0.0.0.0:8080"; empty serves none (env DEEPRECALL_HTTP_LISTEN, flag --http-listen). Its
+# largest request body, in bytes.
+http_listen = ""
+http_max_body_bytes = 16777216
 
 [store]
 # Where documents live: "embedded" (SQLite in data_dir, one replica) or "postgres" (PostgreSQL

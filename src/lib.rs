@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod embed;
 pub mod engine;
+pub mod http;
 pub mod llm;
 pub mod redis_link;
 pub mod secret;

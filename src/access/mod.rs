@@ -18,6 +18,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::EngineStats;
 use crate::store::DEFAULT_COLLECTION;
 use crate::telemetry::Metrics;
 pub use keys::{KeyEntry, KeyFile, KeyRing};
@@ -326,6 +327,23 @@ impl Caller {
         }
     }
 
+    /// Narrows statistics to what the caller may see: its collections, and, unless it is an
+    /// admin, its own usage only (as the totals and as its one account).
+    pub fn restrict_stats(&self, stats: &mut EngineStats) {
+        stats
+            .collections
+            .retain(|collection| self.may_see(&collection.name));
+        if !self.is_admin() {
+            let own = std::mem::take(&mut stats.accounts)
+                .into_iter()
+                .find(|(name, _)| **name == *self.name)
+                .map(|(_, usage)| usage)
+                .unwrap_or_default();
+            stats.usage = own.clone();
+            stats.accounts = vec![(self.name.to_string(), own)];
+        }
+    }
+
     /// Whether the caller may see the collection (in stats, say).
     pub fn may_see(&self, collection: &str) -> bool {
         self.collections
@@ -461,11 +479,24 @@ impl FrontDoor {
         if self.is_exempt(path) {
             return Ok(Admission::Exempt);
         }
+        self.admit_call(Method::from_path(path), credentials, peer)
+            .await
+    }
+
+    /// Decides whether a call goes in, whichever protocol carries it: authenticated, checked
+    /// against the scope of `method` (any admitted caller may make a call that names none),
+    /// charged one request to the caller's one bucket, and given a query slot when the method
+    /// runs queries. The gRPC layer and the HTTP surface both come through here.
+    pub async fn admit_call(
+        &self,
+        method: Option<Method>,
+        credentials: Credentials<'_>,
+        peer: Option<IpAddr>,
+    ) -> Result<Admission, AccessError> {
         let caller = match self.identify(credentials, peer) {
             Ok(caller) => caller,
             Err(error) => return Err(self.count_refusal(error, peer).await),
         };
-        let method = Method::from_path(path);
         if let Some(method) = method {
             caller.check_method(method)?;
         }

@@ -8,7 +8,7 @@ use serde_json::{Map, Number, Value};
 
 use super::pb;
 use crate::cache::CacheStats;
-use crate::engine::budget::BudgetWarning;
+use crate::engine::budget::{BudgetRequest, BudgetWarning};
 use crate::engine::events::{ModelCallRecord, SearchRecord, SubModelCallRecord};
 use crate::engine::result::{BudgetStatus, ModelUsage, ReasoningStep, Usage};
 use crate::engine::{
@@ -64,55 +64,14 @@ fn budget_limits(budget: pb::Budget) -> Result<BudgetLimits, EngineError> {
         max_time_seconds,
         max_cost_usd,
     } = budget;
-    if max_iterations == Some(0) {
-        return Err(EngineError::invalid(
-            "budget.max_iterations",
-            "must be at least 1",
-        ));
-    }
-    // No search, no answer: every answer comes from what searches find, so a query that may
-    // not search at all is refused like the other zero limits rather than run to nothing.
-    if max_search_calls == Some(0) {
-        return Err(EngineError::invalid(
-            "budget.max_search_calls",
-            "must be at least 1",
-        ));
-    }
-    if max_tokens == Some(0) {
-        return Err(EngineError::invalid(
-            "budget.max_tokens",
-            "must be at least 1",
-        ));
-    }
-    let max_time = match max_time_seconds {
-        None => None,
-        Some(seconds) => Some(
-            Duration::try_from_secs_f64(seconds)
-                .ok()
-                .filter(|duration| !duration.is_zero())
-                .ok_or_else(|| {
-                    EngineError::invalid(
-                        "budget.max_time_seconds",
-                        "must be a finite number of seconds greater than 0",
-                    )
-                })?,
-        ),
-    };
-    if let Some(cost) = max_cost_usd
-        && !(cost.is_finite() && cost > 0.0)
-    {
-        return Err(EngineError::invalid(
-            "budget.max_cost_usd",
-            "must be a finite amount greater than 0",
-        ));
-    }
-    Ok(BudgetLimits {
+    BudgetRequest {
         max_iterations,
         max_search_calls,
         max_tokens,
-        max_time,
+        max_time_seconds,
         max_cost_usd,
-    })
+    }
+    .limits()
 }
 
 /// Converts the documents of an AddDocuments request.

@@ -52,7 +52,7 @@ struct OpenCalls {
 /// One admitted call, counted until it is dropped: with the handler for a unary call, with the
 /// response stream's work for a streaming one.
 #[derive(Debug)]
-struct OpenCall(Arc<OpenCalls>);
+pub struct OpenCall(Arc<OpenCalls>);
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
@@ -90,19 +90,43 @@ impl Admission {
         }
     }
 
-    fn admit(&self) -> Result<(Engine, OpenCall), Status> {
+    /// Whether calls are taken now: the engine is open and the server is not draining. Health
+    /// reports SERVING exactly then.
+    pub fn is_ready(&self) -> bool {
+        self.engine.get().is_some() && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Admits one call over any protocol: the engine, and the call's count, held until the
+    /// returned [`OpenCall`] is dropped.
+    pub fn enter(&self) -> Result<(Engine, OpenCall), NotAdmitted> {
         // Counted before the check: shutdown sets `draining` and then waits for the count, so
         // a call that passed the check is always waited for.
         self.calls.count.fetch_add(1, Ordering::SeqCst);
         let call = OpenCall(Arc::clone(&self.calls));
         if self.draining.load(Ordering::SeqCst) {
-            return Err(EngineError::ShuttingDown.into());
+            return Err(NotAdmitted::Draining);
         }
-        let engine = self.engine.get().cloned().ok_or_else(|| {
-            Status::unavailable("the server is starting: the store is still opening")
-        })?;
+        let engine = self.engine.get().cloned().ok_or(NotAdmitted::Starting)?;
         Ok((engine, call))
     }
+
+    fn admit(&self) -> Result<(Engine, OpenCall), Status> {
+        self.enter().map_err(|refusal| match refusal {
+            NotAdmitted::Draining => EngineError::ShuttingDown.into(),
+            NotAdmitted::Starting => Status::unavailable(NotAdmitted::Starting.to_string()),
+        })
+    }
+}
+
+/// Why [`Admission::enter`] refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdmitted {
+    /// The store is still opening.
+    #[error("the server is starting: the store is still opening")]
+    Starting,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    Draining,
 }
 
 /// The DeepRecall gRPC service.
@@ -344,18 +368,7 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         let caller = caller_of(&request)?;
         let pb::GetStatsRequest {} = request.into_inner();
         let mut stats = engine.stats().await?;
-        stats
-            .collections
-            .retain(|collection| caller.may_see(&collection.name));
-        if !caller.is_admin() {
-            let own = std::mem::take(&mut stats.accounts)
-                .into_iter()
-                .find(|(name, _)| **name == *caller.name)
-                .map(|(_, usage)| usage)
-                .unwrap_or_default();
-            stats.usage = own.clone();
-            stats.accounts = vec![(caller.name.to_string(), own)];
-        }
+        caller.restrict_stats(&mut stats);
         Ok(Response::new(convert::stats(stats, self.started.elapsed())))
     }
 }

@@ -23,6 +23,8 @@ use crate::store::{
     SearchRequest,
 };
 
+mod protocols;
+
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Suite {
@@ -34,6 +36,8 @@ enum Suite {
     CachedQuery,
     /// Engine overhead with an OpenAI-compatible model (the scripted mock) in the loop.
     Engine,
+    /// Cache hits and engine overhead over gRPC and over the HTTP API, side by side.
+    Protocols,
     /// All of the above.
     All,
 }
@@ -117,6 +121,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 engine_overhead(&args, Duration::from_millis(latency_ms), concurrency).await?;
             }
         }
+    }
+    if matches!(args.suite, Suite::Protocols | Suite::All) {
+        protocols::protocols(&args).await?;
     }
     Ok(())
 }

@@ -163,6 +163,9 @@ struct ServeArgs {
     /// Serve gRPC-Web on the same port, for browsers.
     #[arg(long)]
     grpc_web: bool,
+    /// Address of the OpenAI-compatible HTTP API, e.g. 0.0.0.0:8080; env DEEPRECALL_HTTP_LISTEN.
+    #[arg(long)]
+    http_listen: Option<String>,
     /// Log format: text or json; env DEEPRECALL_LOG_FORMAT.
     #[arg(long)]
     log_format: Option<String>,
@@ -464,6 +467,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     flag("telemetry.log_format", args.log_format);
     flag("telemetry.otlp_endpoint", args.otlp_endpoint);
     flag("telemetry.metrics_listen", args.metrics_listen);
+    flag("server.http_listen", args.http_listen);
     flag(
         "telemetry.trace_log",
         args.trace_log.map(|path| path.display().to_string()),

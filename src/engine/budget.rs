@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::EngineError;
+
 /// Limits of one run; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BudgetLimits {
@@ -37,6 +39,85 @@ impl BudgetLimits {
             self.max_time = Some(self.max_time.map_or(left, |limit| limit.min(left)));
         }
         self
+    }
+}
+
+/// Limits as a caller asks for them, over any protocol: unset ones take the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetRequest {
+    /// Root model calls.
+    pub max_iterations: Option<u32>,
+    /// `search_db` calls.
+    pub max_search_calls: Option<u32>,
+    /// Model tokens, input plus output.
+    pub max_tokens: Option<u64>,
+    /// Wall time in seconds.
+    pub max_time_seconds: Option<f64>,
+    /// Spend in US dollars.
+    pub max_cost_usd: Option<f64>,
+}
+
+impl BudgetRequest {
+    /// Checks the limits and returns them. Each set limit must allow something: a zero (or a
+    /// negative or non-finite time or cost) is refused with the field named under `budget.`.
+    pub fn limits(self) -> Result<BudgetLimits, EngineError> {
+        let BudgetRequest {
+            max_iterations,
+            max_search_calls,
+            max_tokens,
+            max_time_seconds,
+            max_cost_usd,
+        } = self;
+        if max_iterations == Some(0) {
+            return Err(EngineError::invalid(
+                "budget.max_iterations",
+                "must be at least 1",
+            ));
+        }
+        // No search, no answer: every answer comes from what searches find, so a query that
+        // may not search at all is refused like the other zero limits rather than run to
+        // nothing.
+        if max_search_calls == Some(0) {
+            return Err(EngineError::invalid(
+                "budget.max_search_calls",
+                "must be at least 1",
+            ));
+        }
+        if max_tokens == Some(0) {
+            return Err(EngineError::invalid(
+                "budget.max_tokens",
+                "must be at least 1",
+            ));
+        }
+        let max_time = match max_time_seconds {
+            None => None,
+            Some(seconds) => Some(
+                Duration::try_from_secs_f64(seconds)
+                    .ok()
+                    .filter(|duration| !duration.is_zero())
+                    .ok_or_else(|| {
+                        EngineError::invalid(
+                            "budget.max_time_seconds",
+                            "must be a finite number of seconds greater than 0",
+                        )
+                    })?,
+            ),
+        };
+        if let Some(cost) = max_cost_usd
+            && !(cost.is_finite() && cost > 0.0)
+        {
+            return Err(EngineError::invalid(
+                "budget.max_cost_usd",
+                "must be a finite amount greater than 0",
+            ));
+        }
+        Ok(BudgetLimits {
+            max_iterations,
+            max_search_calls,
+            max_tokens,
+            max_time,
+            max_cost_usd,
+        })
     }
 }
 

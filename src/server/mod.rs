@@ -31,6 +31,7 @@ use crate::config::{
 };
 use crate::embed::HashingEmbedder;
 use crate::engine::{Engine, EngineParts, EngineTelemetry};
+use crate::http::{HttpServer, HttpSettings, HttpState};
 use crate::llm::LlmError;
 use crate::store::{DocumentStore, EmbeddedStore, EmbeddedStoreConfig, PostgresStore, StoreError};
 use crate::telemetry::trace_log::{DEFAULT_QUEUE_LINES, TraceLogSettings};
@@ -425,6 +426,8 @@ async fn serve_calls(
             .max_decoding_message_size(config.server.max_request_bytes)
             .max_encoding_message_size(config.server.max_response_bytes);
 
+    let http = start_http(&config, &admission, &door, &telemetry.metrics).await?;
+
     let (drain, drained) = oneshot::channel::<()>();
     let keepalive = Duration::from_secs(config.server.http2_keepalive_seconds.max(1));
     // Without TCP_NODELAY the small frames of a stream wait for delayed ACKs (~40 ms each);
@@ -511,6 +514,9 @@ async fn serve_calls(
     // Closes the listener and tells open connections to go (GOAWAY); what is still on its way
     // to a caller gets there.
     let _ = drain.send(());
+    if let Some(http) = http {
+        http.stop(ABORT_GRACE).await;
+    }
     match tokio::time::timeout(ABORT_GRACE, &mut server).await {
         Ok(outcome) => Ok(outcome?),
         Err(_) => {
@@ -518,6 +524,31 @@ async fn serve_calls(
             Ok(())
         }
     }
+}
+
+/// Starts the OpenAI-compatible HTTP surface when `server.http_listen` names an address.
+async fn start_http(
+    config: &Config,
+    admission: &Admission,
+    door: &Arc<FrontDoor>,
+    metrics: &Metrics,
+) -> Result<Option<HttpServer>, ServerError> {
+    let address = config.server.http_listen.trim();
+    if address.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(address).await.map_err(|error| {
+        ServerError::Setting(format!(
+            "server.http_listen: cannot listen on {address}: {error}"
+        ))
+    })?;
+    let timeout = config.server.request_timeout_seconds;
+    let settings = HttpSettings {
+        max_body_bytes: config.server.http_max_body_bytes,
+        request_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+    };
+    let state = HttpState::new(admission.clone(), Arc::clone(door), settings);
+    Ok(Some(HttpServer::start(listener, state, metrics.clone())?))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -83,6 +83,12 @@ struct RpcLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HttpLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct MethodLabels {
     method: String,
 }
@@ -131,6 +137,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
     rpc_duration: HistogramFamily<MethodLabels>,
     query_duration: HistogramFamily<OutcomeLabels>,
     query_iterations: Histogram,
@@ -161,6 +168,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let inner = Inner {
             rpc_requests: Family::default(),
+            http_requests: Family::default(),
             rpc_duration: Family::new_with_constructor(duration_buckets),
             query_duration: Family::new_with_constructor(duration_buckets),
             query_iterations: count_buckets(),
@@ -188,6 +196,11 @@ impl Metrics {
             "deeprecall_rpc_duration_seconds",
             "Time from a gRPC call's arrival to its last response message, by method",
             inner.rpc_duration.clone(),
+        );
+        registry.register(
+            "deeprecall_http_requests",
+            "Requests to the OpenAI-compatible HTTP API answered, by route and HTTP status",
+            inner.http_requests.clone(),
         );
         registry.register(
             "deeprecall_query_duration_seconds",
@@ -284,6 +297,15 @@ impl Metrics {
                 method: method.to_string(),
             })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Records an HTTP API request answered with `status`. `route` is one of the API's routes
+    /// (or `unknown`), so that clients probing paths cannot grow the metrics.
+    pub fn http_request(&self, route: &'static str, status: u16) {
+        self.inner
+            .http_requests
+            .get_or_create(&HttpLabels { route, status })
+            .inc();
     }
 
     /// Records a finished query: its duration, root-model turns and searches.

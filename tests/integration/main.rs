@@ -21,6 +21,7 @@ mod deploy_checks;
 mod documents;
 mod errors;
 mod eval;
+mod http;
 mod lifecycle;
 mod models;
 mod query;
