@@ -256,6 +256,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_value_of_the_whole_byte_budget_fits() {
+        let cache = MemoryCache::new(MemoryCacheConfig {
+            max_entries: 100,
+            max_bytes: 10,
+        });
+        put(&cache, &key("c", "a"), vec![0; 10], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "a")).await, Some(vec![0; 10]));
+    }
+
+    #[tokio::test]
     async fn a_replaced_or_deleted_value_gives_its_bytes_back() {
         let cache = MemoryCache::new(MemoryCacheConfig {
             max_entries: 100,

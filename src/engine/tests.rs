@@ -431,6 +431,57 @@ async fn a_batched_call_splits_the_completion_cap_and_takes_at_most_its_limit_of
 }
 
 #[tokio::test]
+async fn a_sub_model_call_is_planned_against_the_tokens_left() {
+    let root = Arc::new(ScriptedModel::new(
+        "root",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool(
+                "llm_query_batched",
+                json!({"prompts": ["digest the zephyr passage", "and the klaxon one"]}),
+            ),
+            ScriptedModel::text("done"),
+        ],
+    ));
+    let sub = Arc::new(ScriptedModel::new(
+        "sub",
+        Duration::ZERO,
+        vec![ScriptedModel::text("a"), ScriptedModel::text("b")],
+    ));
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            model: root,
+            sub_model: sub.clone(),
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+        },
+        EngineConfig::default(),
+    );
+    let mut request = question("Digest?");
+    request.budget.max_tokens = Some(2_000);
+    run_collecting(&engine, request).await;
+
+    // The root call used 120 tokens. The two prompts, each with the sub-model's system
+    // prompt, and room for the first one's minimal completion, are planned against the rest,
+    // and the completion cap left is shared between them.
+    use crate::llm::estimate_tokens;
+    let system = estimate_tokens(prompts::sub_model_system_prompt());
+    let planned = estimate_tokens("digest the zephyr passage")
+        + estimate_tokens("and the klaxon one")
+        + 2 * system
+        + budget::MIN_COMPLETION_TOKENS;
+    let each = u32::try_from((2_000 - 120 - planned) / 2).unwrap();
+    let caps: Vec<Option<u32>> = sub
+        .requests()
+        .iter()
+        .map(|request| request.max_tokens)
+        .collect();
+    assert_eq!(caps, [Some(each), Some(each)]);
+}
+
+#[tokio::test]
 async fn tool_calls_of_one_turn_run_and_answer_in_order() {
     let model = Arc::new(ScriptedModel::new(
         "scripted",
