@@ -491,7 +491,8 @@ def check_compose(path: Path, binary: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--binary", required=True, help="the deeprecall binary")
+    # Absolute: the binary also runs from scratch directories, where a relative path is lost.
+    parser.add_argument("--binary", required=True, type=os.path.abspath, help="the deeprecall binary")
     parser.add_argument("--self-test", action="store_true", help="check that breaks are caught")
     parser.add_argument("--compose", type=Path, help="also check this compose file")
     parser.add_argument("rendered", nargs="*")
