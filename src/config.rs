@@ -245,6 +245,10 @@ pub struct StoreConfig {
     /// PEM file of the CA certificates that verify-ca and verify-full trust; the system roots
     /// when unset.
     pub ssl_ca_file: Option<PathBuf>,
+    /// Milliseconds between checks that the store is reachable; while it is not, the service's
+    /// health reports NOT_SERVING (readiness), the whole server's stays SERVING (liveness).
+    /// 0 turns the checks off.
+    pub health_check_interval_ms: u64,
     /// The standard `PG*` variables of the environment (`PGHOST`, `PGPASSWORD`, …), which fill
     /// in what the URL leaves out. Filled by [`Config::load`], never from a file.
     #[serde(skip)]
@@ -267,6 +271,7 @@ impl Default for StoreConfig {
             vector_index: VectorIndex::Hnsw,
             sslmode: SslMode::Prefer,
             ssl_ca_file: None,
+            health_check_interval_ms: 5_000,
             libpq_env: BTreeMap::new(),
         }
     }
@@ -827,6 +832,10 @@ vector_index = "hnsw"
 # verify modes, the system roots when unset.
 sslmode = "prefer"
 # ssl_ca_file = "/etc/ssl/postgres-ca.pem"
+# Milliseconds between checks that the store answers: while it does not, the health of
+# deeprecall.v1.DeepRecall (readiness) reports NOT_SERVING and the server's ("", liveness)
+# stays SERVING. 0 turns the checks off.
+health_check_interval_ms = 5000
 
 [engine]
 # Passages per search when a request says 0, and the most a request may ask for.

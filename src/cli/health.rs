@@ -120,11 +120,7 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
             "telemetry.metrics_listen must be host:port, like 0.0.0.0:9464, not {metrics:?}"
         )));
     }
-    if config.limits.fallback_replicas == 0 {
-        return Err(config_error(
-            "limits.fallback_replicas must be at least 1".to_string(),
-        ));
-    }
+    crate::server::check_settings(config).map_err(|error| config_error(error.to_string()))?;
     println!("configuration is valid");
     println!("listen: {}", config.server.listen);
     println!("metrics_listen: {metrics}");

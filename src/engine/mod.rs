@@ -182,6 +182,27 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// Checks the default budget the way a caller's budget is checked, so that a zero default
+    /// stops the server at startup, named as the `engine.` setting, instead of refusing every
+    /// query that sets no budget of its own with an error the caller cannot fix.
+    pub fn check_default_budget(&self) -> Result<(), String> {
+        let request = budget::BudgetRequest {
+            max_iterations: Some(self.max_iterations),
+            max_search_calls: Some(self.max_search_calls),
+            max_tokens: self.max_tokens,
+            max_time_seconds: Some(self.max_time_seconds),
+            max_cost_usd: self.max_cost_usd,
+        };
+        match request.limits() {
+            Ok(_) => Ok(()),
+            Err(EngineError::InvalidArgument { field, message }) => Err(format!(
+                "engine.{} {message}",
+                field.strip_prefix("budget.").unwrap_or(&field)
+            )),
+            Err(other) => Err(other.to_string()),
+        }
+    }
+
     /// Returns the default budget.
     pub fn default_budget(&self) -> BudgetLimits {
         BudgetLimits {
@@ -867,6 +888,12 @@ impl Engine {
             .metrics
             .set_documents(&written.name, written.document_count);
         Ok(outcome)
+    }
+
+    /// Answers whether the document store can serve calls now (see
+    /// [`DocumentStore::check_reachable`]).
+    pub async fn check_store(&self) -> Result<(), EngineError> {
+        Ok(self.inner.store.check_reachable().await?)
     }
 
     /// Returns every collection, by name.

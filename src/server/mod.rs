@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -48,6 +49,7 @@ const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 pub mod front_door;
 pub mod models;
+mod store_health;
 
 use front_door::FrontDoorLayer;
 
@@ -80,16 +82,27 @@ pub enum ServerError {
     Setting(String),
 }
 
-/// Builds the front door the configuration describes: keys loaded and checked, the rate
-/// limiter (connecting to Redis in the background if it is the store) and the query slots.
-pub fn build_front_door(config: &Config, metrics: &Metrics) -> Result<Arc<FrontDoor>, ServerError> {
-    let limits = &config.limits;
-    if limits.fallback_replicas == 0 {
+/// The settings the server refuses at startup that can be checked without opening, binding
+/// or connecting anything: `serve` and `serve --check-config` both ask here, so the check
+/// refuses exactly what the server would.
+pub fn check_settings(config: &Config) -> Result<(), ServerError> {
+    if config.limits.fallback_replicas == 0 {
         return Err(ServerError::Setting(
             "limits.fallback_replicas must be at least 1 (the replicas sharing the redis limit)"
                 .into(),
         ));
     }
+    config
+        .engine
+        .check_default_budget()
+        .map_err(ServerError::Setting)
+}
+
+/// Builds the front door the configuration describes: keys loaded and checked, the rate
+/// limiter (connecting to Redis in the background if it is the store) and the query slots.
+pub fn build_front_door(config: &Config, metrics: &Metrics) -> Result<Arc<FrontDoor>, ServerError> {
+    check_settings(config)?;
+    let limits = &config.limits;
     let limiter = match limits.store {
         RateLimitStore::Memory => RateLimiter::in_memory(limits.max_tracked_callers),
         RateLimitStore::Redis => RateLimiter::in_redis(
@@ -480,6 +493,14 @@ async fn serve_calls(
         admission.open(engine.clone());
         set_health(&health, ServingStatus::Serving).await;
         tracing::info!(data_dir = %config.store.data_dir.display(), "store open; serving queries");
+        // Dropped at the drain, so that it cannot report SERVING again after shutdown began.
+        let _store_followed = (config.store.health_check_interval_ms > 0).then(|| {
+            AbortOnDropHandle::new(tokio::spawn(store_health::follow_store(
+                engine.clone(),
+                health.clone(),
+                Duration::from_millis(config.store.health_check_interval_ms),
+            )))
+        });
         tokio::select! {
             outcome = &mut server => return Ok(outcome?),
             () = &mut shutdown => {}
@@ -601,5 +622,36 @@ mod tests {
         );
         config.limits.fallback_replicas = 3;
         assert!(build_front_door(&config, &Metrics::new()).is_ok());
+    }
+
+    #[test]
+    fn a_default_budget_that_allows_nothing_is_refused_with_the_setting_named() {
+        type Zero = fn(&mut Config);
+        let zeroed: [(&str, Zero); 5] = [
+            ("engine.max_iterations", |config| {
+                config.engine.max_iterations = 0
+            }),
+            ("engine.max_search_calls", |config| {
+                config.engine.max_search_calls = 0
+            }),
+            ("engine.max_tokens", |config| {
+                config.engine.max_tokens = Some(0)
+            }),
+            ("engine.max_time_seconds", |config| {
+                config.engine.max_time_seconds = 0.0
+            }),
+            ("engine.max_cost_usd", |config| {
+                config.engine.max_cost_usd = Some(0.0)
+            }),
+        ];
+        assert!(check_settings(&Config::default()).is_ok());
+        for (setting, zero) in zeroed {
+            let mut config = Config::default();
+            zero(&mut config);
+            let Err(error) = check_settings(&config) else {
+                panic!("{setting} = 0 accepted");
+            };
+            assert!(error.to_string().contains(setting), "{setting}: {error}");
+        }
     }
 }

@@ -181,6 +181,14 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
         collection: &str,
         ids: Vec<String>,
     ) -> Result<Vec<StoredDocument>, StoreError>;
+
+    /// Answers whether the store can serve calls now, in one round trip at most: the server
+    /// asks it periodically and reports the answer as its readiness. A store in a local file
+    /// that opened stays reachable (its rare disk failures show on the calls themselves), so
+    /// the default answers yes.
+    async fn check_reachable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Checks a collection name: 1 to 64 characters from `[A-Za-z0-9_.-]`.

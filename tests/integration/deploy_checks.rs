@@ -199,6 +199,10 @@ async fn check_config_names_the_setting_it_refuses() {
             "[limits]\nfallback_replicas = 0\n",
             "limits.fallback_replicas",
         ),
+        (
+            "[engine]\nmax_search_calls = 0\n",
+            "engine.max_search_calls",
+        ),
     ] {
         let config = dir.path().join("deeprecall.toml");
         std::fs::write(&config, toml).expect("write the config");

@@ -1,6 +1,7 @@
 //! More than one replica on one PostgreSQL: the real binary, several at once, on the test
 //! PostgreSQL the harness starts (`scripts/install-postgres.sh` installs it); and what a
-//! replica does when PostgreSQL is away at start or goes away while it serves.
+//! replica does when PostgreSQL is away at start or goes away while it serves (its readiness
+//! follows the database).
 
 use std::process::Child;
 use std::time::Duration;
@@ -40,6 +41,7 @@ impl Replica {
                 ("DEEPRECALL_STORE__POOL_SIZE", "4"),
                 // Quick retries keep the test short; the default waits up to 30 s apart.
                 ("DEEPRECALL_STORE__CONNECT_RETRY_MAX_SECONDS", "0.5"),
+                ("DEEPRECALL_STORE__HEALTH_CHECK_INTERVAL_MS", "200"),
             ],
         );
         Replica {
@@ -63,6 +65,10 @@ impl Replica {
     }
 
     async fn service_health(&self) -> i32 {
+        self.health_of("deeprecall.v1.DeepRecall").await
+    }
+
+    async fn health_of(&self, service: &str) -> i32 {
         let channel = Channel::from_shared(self.endpoint.clone())
             .expect("endpoint")
             .connect()
@@ -70,12 +76,39 @@ impl Replica {
             .expect("connects");
         HealthClient::new(channel)
             .check(HealthCheckRequest {
-                service: "deeprecall.v1.DeepRecall".to_string(),
+                service: service.to_string(),
             })
             .await
             .expect("health answers")
             .into_inner()
             .status
+    }
+
+    /// Follows the service's health with `Watch` until it reports `status`; the bound only
+    /// ends a hang.
+    async fn until_service_health(&self, status: ServingStatus) {
+        let channel = Channel::from_shared(self.endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connects");
+        let mut updates = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: "deeprecall.v1.DeepRecall".to_string(),
+            })
+            .await
+            .expect("health watch answers")
+            .into_inner();
+        let reached = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(update) = updates.message().await.expect("health watch streams") {
+                if update.status == status as i32 {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(reached, Ok(true), "service health never became {status:?}");
     }
 }
 
@@ -255,7 +288,7 @@ async fn a_replica_started_before_its_database_waits_not_serving_then_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_database_mid_flight_is_unavailable_and_loses_nothing_acknowledged() {
+async fn losing_the_database_mid_flight_takes_readiness_away_and_loses_nothing_acknowledged() {
     let postgres = TestPostgres::start();
     let database = postgres.create_database().await;
     let url = postgres.url(&database);
@@ -267,6 +300,11 @@ async fn losing_the_database_mid_flight_is_unavailable_and_loses_nothing_acknowl
     add(&mut client, "", acknowledged).await;
 
     postgres.stop();
+    // Readiness follows the database, liveness does not: a restart would not bring it back.
+    replica
+        .until_service_health(ServingStatus::NotServing)
+        .await;
+    assert_eq!(replica.health_of("").await, ServingStatus::Serving as i32);
     let error = client
         .add_documents(pb::AddDocumentsRequest {
             collection: String::new(),
@@ -283,6 +321,7 @@ async fn losing_the_database_mid_flight_is_unavailable_and_loses_nothing_acknowl
     assert_eq!(error.code(), tonic::Code::Unavailable, "{error:?}");
 
     postgres.restart();
+    replica.until_service_health(ServingStatus::Serving).await;
     // The pool replaces its dead connections by itself; the bound only ends a hang.
     let recovered = tokio::time::timeout(Duration::from_secs(60), async {
         loop {

@@ -153,15 +153,15 @@ type Budget struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// Maximum number of reasoning iterations (root model calls).
+	// Maximum number of reasoning iterations (root model calls). At least 1.
 	MaxIterations *uint32 `protobuf:"varint,1,opt,name=max_iterations,json=maxIterations,proto3,oneof" json:"max_iterations,omitempty"`
-	// Maximum number of `search_db` calls.
+	// Maximum number of `search_db` calls. At least 1: every answer comes from what searches find.
 	MaxSearchCalls *uint32 `protobuf:"varint,2,opt,name=max_search_calls,json=maxSearchCalls,proto3,oneof" json:"max_search_calls,omitempty"`
-	// Maximum number of model tokens, input and output, across root and sub-model calls.
+	// Maximum number of model tokens, input and output, across root and sub-model calls. At least 1.
 	MaxTokens *uint64 `protobuf:"varint,3,opt,name=max_tokens,json=maxTokens,proto3,oneof" json:"max_tokens,omitempty"`
-	// Maximum wall time in seconds. A gRPC deadline, when shorter, tightens it.
+	// Maximum wall time in seconds, above 0. A gRPC deadline, when shorter, tightens it.
 	MaxTimeSeconds *float64 `protobuf:"fixed64,4,opt,name=max_time_seconds,json=maxTimeSeconds,proto3,oneof" json:"max_time_seconds,omitempty"`
-	// Maximum spend in US dollars across all model calls.
+	// Maximum spend in US dollars across all model calls, above 0.
 	MaxCostUsd *float64 `protobuf:"fixed64,5,opt,name=max_cost_usd,json=maxCostUsd,proto3,oneof" json:"max_cost_usd,omitempty"`
 }
 

@@ -179,6 +179,13 @@ fn info(name: &str, version: i64, document_count: i64) -> CollectionInfo {
 
 #[async_trait]
 impl DocumentStore for PostgresStore {
+    async fn check_reachable(&self) -> Result<(), StoreError> {
+        // A pooled connection that died is recycled on `get`, so this reaches the server.
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     async fn add_documents(
         &self,
         collection: &str,

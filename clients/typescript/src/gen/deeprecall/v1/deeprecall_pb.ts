@@ -25,35 +25,35 @@ export const file_deeprecall_v1_deeprecall: GenFile = /*@__PURE__*/
  */
 export type Budget = Message<"deeprecall.v1.Budget"> & {
   /**
-   * Maximum number of reasoning iterations (root model calls).
+   * Maximum number of reasoning iterations (root model calls). At least 1.
    *
    * @generated from field: optional uint32 max_iterations = 1;
    */
   maxIterations?: number | undefined;
 
   /**
-   * Maximum number of `search_db` calls.
+   * Maximum number of `search_db` calls. At least 1: every answer comes from what searches find.
    *
    * @generated from field: optional uint32 max_search_calls = 2;
    */
   maxSearchCalls?: number | undefined;
 
   /**
-   * Maximum number of model tokens, input and output, across root and sub-model calls.
+   * Maximum number of model tokens, input and output, across root and sub-model calls. At least 1.
    *
    * @generated from field: optional uint64 max_tokens = 3;
    */
   maxTokens?: bigint | undefined;
 
   /**
-   * Maximum wall time in seconds. A gRPC deadline, when shorter, tightens it.
+   * Maximum wall time in seconds, above 0. A gRPC deadline, when shorter, tightens it.
    *
    * @generated from field: optional double max_time_seconds = 4;
    */
   maxTimeSeconds?: number | undefined;
 
   /**
-   * Maximum spend in US dollars across all model calls.
+   * Maximum spend in US dollars across all model calls, above 0.
    *
    * @generated from field: optional double max_cost_usd = 5;
    */
