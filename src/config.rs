@@ -428,6 +428,9 @@ pub struct CacheConfig {
     pub redis_url: String,
     /// Prefix of the Redis keys, so that several deployments can share one Redis.
     pub redis_prefix: String,
+    /// Milliseconds one Redis operation of the cache may take before it counts as failed (a
+    /// lookup then as a miss), so that a slow or hung Redis never stalls a query for longer.
+    pub redis_timeout_ms: u64,
     /// Most entries held in memory.
     pub max_entries: usize,
     /// Most bytes held in memory.
@@ -443,6 +446,7 @@ impl Default for CacheConfig {
             path: PathBuf::from("./deeprecall-cache.db"),
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_prefix: "deeprecall".to_string(),
+            redis_timeout_ms: 250,
             max_entries: 10_000,
             max_bytes: 256 * 1024 * 1024,
         }
@@ -929,6 +933,8 @@ path = "./deeprecall-cache.db"
 # Redis of the redis cache (env DEEPRECALL_REDIS_URL, flag --redis-url), and its key prefix.
 redis_url = "redis://127.0.0.1:6379"
 redis_prefix = "deeprecall"
+# Milliseconds a redis operation may take before it counts as failed (a lookup as a miss).
+redis_timeout_ms = 250
 # Bounds of the memory cache.
 max_entries = 10000
 max_bytes = 268435456

@@ -306,7 +306,7 @@ async fn cache_levels(config: &CacheConfig) -> Result<(CacheLevel, CacheLevel), 
                 RedisCache::open(RedisCacheConfig {
                     url: config.redis_url.clone(),
                     prefix: format!("{}:{level}", config.redis_prefix),
-                    ..RedisCacheConfig::default()
+                    operation_timeout: Duration::from_millis(config.redis_timeout_ms),
                 })
             };
             (

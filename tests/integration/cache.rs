@@ -55,6 +55,9 @@ async fn every_backend_hits_on_repeat_and_misses_after_a_write() {
         let mut server = TestServer::start_with(|config| {
             use_backend(config, backend, dir.path());
             config.cache.redis_url = redis.url.clone();
+            // A lookup slower than the timeout is a miss; on a busy machine 250 ms is not
+            // enough to make this test about hits rather than about timing.
+            config.cache.redis_timeout_ms = 10_000;
         })
         .await;
         add(
