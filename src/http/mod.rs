@@ -7,6 +7,7 @@
 mod chat;
 pub mod error;
 mod rest;
+mod timed;
 mod wire;
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -102,9 +104,14 @@ pub fn router(state: HttpState, metrics: Metrics) -> Router {
                 .and_then(|path| ROUTES.iter().find(|route| **route == path.as_str()))
                 .copied()
                 .unwrap_or("unknown");
+            let started = Instant::now();
             let response = next.run(request).await;
             metrics.http_request(route, response.status().as_u16());
-            response
+            response.map(|body| {
+                Body::new(timed::TimedBody::new(body, started, move |took| {
+                    metrics.http_request_finished(route, took)
+                }))
+            })
         }
     });
     Router::new()

@@ -89,6 +89,11 @@ struct HttpLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct MethodLabels {
     method: String,
 }
@@ -138,6 +143,7 @@ struct Inner {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
+    http_duration: HistogramFamily<RouteLabels>,
     rpc_duration: HistogramFamily<MethodLabels>,
     query_duration: HistogramFamily<OutcomeLabels>,
     query_iterations: Histogram,
@@ -169,6 +175,7 @@ impl Metrics {
         let inner = Inner {
             rpc_requests: Family::default(),
             http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(duration_buckets),
             rpc_duration: Family::new_with_constructor(duration_buckets),
             query_duration: Family::new_with_constructor(duration_buckets),
             query_iterations: count_buckets(),
@@ -201,6 +208,11 @@ impl Metrics {
             "deeprecall_http_requests",
             "Requests to the OpenAI-compatible HTTP API answered, by route and HTTP status",
             inner.http_requests.clone(),
+        );
+        registry.register(
+            "deeprecall_http_request_duration_seconds",
+            "Time from an HTTP API request's arrival to the last byte of its response, by route",
+            inner.http_duration.clone(),
         );
         registry.register(
             "deeprecall_query_duration_seconds",
@@ -306,6 +318,15 @@ impl Metrics {
             .http_requests
             .get_or_create(&HttpLabels { route, status })
             .inc();
+    }
+
+    /// Records the time an HTTP API request took, to the last byte of its response (for a
+    /// streamed completion, to the end of its stream, or to the client leaving).
+    pub fn http_request_finished(&self, route: &'static str, duration: Duration) {
+        self.inner
+            .http_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(duration.as_secs_f64());
     }
 
     /// Records a finished query: its duration, root-model turns and searches.

@@ -299,6 +299,16 @@ async fn the_rest_endpoints_write_delete_clear_and_report() {
         ),
         Some(2.0)
     );
+    // A request is timed when its response's last byte has left, which the server notes
+    // just after the client has it; the bound only ends a hang.
+    let timed = r#"deeprecall_http_request_duration_seconds_count{route="/v1/chat/completions"}"#;
+    let all_timed = tokio::time::timeout(HANG, async {
+        while sample(&scrape_metrics(metrics_port).await, timed) != Some(3.0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(all_timed.is_ok(), "{}", scrape_metrics(metrics_port).await);
     server.stop().await.expect("clean stop");
 }
 
@@ -544,12 +554,14 @@ async fn a_client_that_cuts_the_stream_stops_the_model_calls() {
     let mock = MockLlmServer::start(MockScript::replies(vec![MockReply::Hang]))
         .await
         .expect("mock starts");
+    let metrics_port = free_port();
     let (server, base) = http_server(|config| {
         config.llm.backend = Backend::Openai;
         config.llm.model = "mock-model".into();
         config.llm.base_url = mock.base_url();
         config.llm.api_key = Secret::new("test-key");
         config.cache.backend = CacheBackend::None;
+        config.telemetry.metrics_listen = format!("127.0.0.1:{metrics_port}");
     })
     .await;
     add_handbook_over_http(&base).await;
@@ -570,12 +582,29 @@ async fn a_client_that_cuts_the_stream_stops_the_model_calls() {
     })
     .await
     .expect("the run reached the model");
+    // Counted when its headers went out, timed only when it ends.
+    let counted = r#"deeprecall_http_requests_total{route="/v1/chat/completions",status="200"}"#;
+    let timed = r#"deeprecall_http_request_duration_seconds_count{route="/v1/chat/completions"}"#;
+    let open = scrape_metrics(metrics_port).await;
+    assert_eq!(sample(&open, counted), Some(1.0), "{open}");
+    assert_eq!(sample(&open, timed), None, "{open}");
     drop(body);
     assert!(
         mock.wait_for_abandoned_request(HANG).await.is_some(),
         "the model call was aborted"
     );
     assert_eq!(mock.request_count(), 1, "no further model call");
+    let timed_at_the_cut = tokio::time::timeout(HANG, async {
+        while sample(&scrape_metrics(metrics_port).await, timed) != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        timed_at_the_cut.is_ok(),
+        "{}",
+        scrape_metrics(metrics_port).await
+    );
     server.stop().await.expect("clean stop");
 }
 
