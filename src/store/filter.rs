@@ -103,11 +103,11 @@ pub enum FilterError {
     #[error("$and needs an array of filter objects")]
     InvalidAnd,
     /// `$and` nested deeper than [`MAX_AND_DEPTH`].
-    #[error("$and is nested more than 8 levels deep")]
+    #[error("$and is nested more than {MAX_AND_DEPTH} levels deep")]
     TooDeep,
-    /// A NUL character in a key or a string operand: no store can hold one (PostgreSQL's text
-    /// and jsonb refuse it), so no stored metadata could match it.
-    #[error("key {key:?} has a NUL character in its key or value")]
+    /// A NUL character in a string operand: no store can hold one (PostgreSQL's text and jsonb
+    /// refuse it), so no stored metadata could match it.
+    #[error("the value for key {key:?} has a NUL character")]
     Nul {
         /// The offending key, NULs shown escaped.
         key: String,
