@@ -74,12 +74,40 @@ fn judge(method: &raw::Method, reply: &raw::Reply) -> Result<(), String> {
     }
 }
 
+/// Puts the server on a fresh database of the test PostgreSQL.
+async fn on_postgres(config: &mut deeprecall::config::Config) {
+    let postgres = crate::pg_harness::shared();
+    let url = postgres.url(&postgres.create_database().await);
+    config.store.backend = deeprecall::config::StoreBackend::Postgres;
+    config.store.database_url = deeprecall::llm::http::Secret::new(url);
+    config.store.sslmode = deeprecall::config::SslMode::Disable;
+    config.store.pool_size = 4;
+}
+
 #[tokio::test]
 async fn random_and_mutated_bytes_to_every_method_get_the_status_the_spec_prescribes() {
-    let mut server = TestServer::start_with(|config| {
+    let server = TestServer::start_with(|config| {
         config.cache.backend = deeprecall::config::CacheBackend::None;
     })
     .await;
+    fuzz_every_method(server, CASES_PER_METHOD).await;
+}
+
+/// The same on PostgreSQL, whose text and jsonb refuse what SQLite takes (NUL): anything the
+/// store would choke on must be refused before it gets there, never end in INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_and_mutated_bytes_on_postgres_get_the_status_the_spec_prescribes() {
+    let mut config = deeprecall::config::Config::default();
+    on_postgres(&mut config).await;
+    let server = TestServer::start_with(|settings| {
+        settings.store = config.store;
+        settings.cache.backend = deeprecall::config::CacheBackend::None;
+    })
+    .await;
+    fuzz_every_method(server, CASES_PER_METHOD / 2).await;
+}
+
+async fn fuzz_every_method(mut server: TestServer, cases: usize) {
     add(
         &mut server.client,
         "",
@@ -101,7 +129,7 @@ async fn random_and_mutated_bytes_to_every_method_get_the_status_the_spec_prescr
     );
     let mut decoded = 0;
     for method in &methods {
-        for case in 0..CASES_PER_METHOD {
+        for case in 0..cases {
             let bytes = raw::random_case(&mut rng, &method.input);
             let reply = raw::call(&channel, &method.path, &[], raw::frame(&bytes, false)).await;
             if let Err(problem) = judge(method, &reply) {
@@ -118,7 +146,7 @@ async fn random_and_mutated_bytes_to_every_method_get_the_status_the_spec_prescr
     }
     // The cases are not all rejected at decoding, or validation would go untested.
     assert!(
-        decoded > methods.len() * CASES_PER_METHOD / 4,
+        decoded > methods.len() * cases / 4,
         "only {decoded} cases decoded"
     );
     // Still serving, and still answering.
@@ -433,8 +461,17 @@ fn assert_invalid(status: &tonic::Status, field: &str) {
 
 #[tokio::test]
 async fn nul_control_characters_invalid_utf8_and_huge_metadata_get_clear_answers() {
-    let mut server = TestServer::start().await;
+    odd_characters(TestServer::start().await).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_and_control_characters_get_the_same_answers_on_postgres() {
+    let mut config = deeprecall::config::Config::default();
+    on_postgres(&mut config).await;
+    odd_characters(TestServer::start_with(|settings| settings.store = config.store).await).await;
+}
+
+async fn odd_characters(mut server: TestServer) {
     // Control characters other than NUL are text: stored and read back byte for byte.
     let odd = "tab\tnew\nline\r \u{1b}[31mred\u{1b}[0m \u{7f}\u{85} \u{202e}rtl \u{2028}";
     add(
