@@ -2,6 +2,7 @@
 //! HTTP/2 preface, or dripping a frame after the handshake.
 
 use deeprecall::api::pb;
+use futures::StreamExt;
 
 use super::HANG;
 use crate::common::*;
@@ -100,5 +101,39 @@ async fn connections_that_never_begin_a_request_are_closed_at_the_handshake_time
             .await
             .unwrap_or_else(|_| panic!("the {name} connection was left open"));
     }
+    wait_until_serving(&server.endpoint).await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_never_ends_is_cut_off_by_the_request_timeout() {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use tower::ServiceExt;
+
+    let server = TestServer::start_with(|config| config.server.request_timeout_seconds = 1).await;
+    let channel = tonic::transport::Channel::from_shared(server.endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects");
+    // The header of a 100-byte message, then nothing more, ever, on an open stream.
+    let header = Bytes::from_static(&[0, 0, 0, 0, 100, 0x0a]);
+    let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(header))])
+        .chain(futures::stream::pending());
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("/deeprecall.v1.DeepRecall/AddDocuments")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(StreamBody::new(body)))
+        .expect("request");
+    let response = tokio::time::timeout(HANG, channel.clone().oneshot(request))
+        .await
+        .expect("the server answers the dripping call")
+        .expect("an HTTP/2 answer");
+    let status = tonic::Status::from_header_map(response.headers()).expect("a status");
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    assert!(status.message().contains("Timeout"), "{status:?}");
     wait_until_serving(&server.endpoint).await;
 }
