@@ -135,6 +135,9 @@ pub struct ServerConfig {
     pub http2_keepalive_seconds: u64,
     /// Seconds a keepalive ping may go unanswered before the connection is closed.
     pub http2_keepalive_timeout_seconds: u64,
+    /// Seconds a new connection has to send the start of its first request (the HTTP/2
+    /// preface) before it is closed. 0 for no limit.
+    pub handshake_timeout_seconds: u64,
     /// Calls open at once on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// Seconds a handler may take to answer (to start its stream, for streaming calls); a
@@ -160,6 +163,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 30.0,
             http2_keepalive_seconds: 60,
             http2_keepalive_timeout_seconds: 20,
+            handshake_timeout_seconds: 10,
             max_concurrent_streams: 256,
             request_timeout_seconds: 300,
             grpc_web: false,
@@ -789,6 +793,9 @@ shutdown_grace_seconds = 30.0
 # Seconds between HTTP/2 keepalive pings, and how long one may go unanswered.
 http2_keepalive_seconds = 60
 http2_keepalive_timeout_seconds = 20
+# Seconds a new connection has to send the start of its first request before it is closed
+# (0 for no limit).
+handshake_timeout_seconds = 10
 # Calls open at once on one connection.
 max_concurrent_streams = 256
 # Seconds a handler may take to answer (to start its stream, for Query and QueryBatch);

@@ -454,3 +454,111 @@ burst = 50
         assert!(error.contains("keys.toml"), "{error}");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn write(text: &str) -> Result<tempfile::NamedTempFile, TestCaseError> {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new()
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        file.write_all(text.as_bytes())
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        Ok(file)
+    }
+
+    /// Text that looks more or less like a key file: TOML fragments of every field, with
+    /// wrong types, odd values and noise.
+    fn file_text() -> impl Strategy<Value = String> {
+        let fragment = prop_oneof![
+            Just("[[keys]]\n".to_string()),
+            Just("[keys]\n".to_string()),
+            "name = \"[a-z\\x00 ]{0,6}\"\n",
+            "key = \"[ -~]{0,24}\"\n",
+            "sha256 = \"[0-9a-fA-Fg]{0,66}\"\n",
+            Just("scopes = [\"query\", \"write\"]\n".to_string()),
+            Just("scopes = [\"root\"]\n".to_string()),
+            Just("scopes = []\n".to_string()),
+            Just("collections = []\n".to_string()),
+            "collections = \\[\"[a-z]{0,4}\"\\]\n",
+            "requests_per_minute = -?[0-9]{1,12}\n",
+            "burst = [0-9]{1,3}\n",
+            Just("burst = \"ten\"\n".to_string()),
+            Just("unknown = 1\n".to_string()),
+            ".{0,12}",
+        ];
+        prop::collection::vec(fragment, 0..12).prop_map(|parts| parts.concat())
+    }
+
+    /// Valid entries with distinct names and distinct keys.
+    fn entries() -> impl Strategy<Value = Vec<KeyEntry>> {
+        let scope = prop::sample::select(vec![Scope::Query, Scope::Write, Scope::Admin]);
+        let entry = (
+            "[A-Za-z0-9_-]{16,40}",
+            prop::collection::btree_set(scope, 1..4),
+            prop::option::of(prop::collection::vec("[a-z0-9_.-]{1,8}", 1..3)),
+            prop::option::of(1u32..10_000),
+            prop::option::of(1u32..100),
+        );
+        prop::collection::vec(entry, 0..5).prop_map(|entries| {
+            entries
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(index, (key, scopes, collections, requests_per_minute, burst))| KeyEntry {
+                        name: format!("key-{index}"),
+                        // The index makes every key distinct.
+                        key: Secret::new(format!("{key}{index:04}")),
+                        sha256: None,
+                        scopes: scopes.into_iter().collect(),
+                        collections,
+                        requests_per_minute,
+                        burst,
+                    },
+                )
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_key_file_loads_or_is_refused_without_panicking(text in file_text()) {
+            let file = write(&text)?;
+            if let Err(error) = KeyRing::load(&[], Some(file.path())) {
+                prop_assert!(matches!(error, AccessError::InvalidKeys(_)));
+            }
+        }
+
+        #[test]
+        fn valid_entries_round_trip_through_the_file(entries in entries()) {
+            let text = toml::to_string(&KeyFile { keys: entries.clone() })
+                .map_err(|error| TestCaseError::fail(error.to_string()))?;
+            prop_assert_eq!(
+                toml::from_str::<KeyFile>(&text).ok(),
+                Some(KeyFile { keys: entries.clone() })
+            );
+            let file = write(&text)?;
+            let ring = KeyRing::load(&[], Some(file.path()))
+                .map_err(|error| TestCaseError::fail(error.to_string()))?;
+            prop_assert_eq!(ring.len(), entries.len());
+            for entry in &entries {
+                let identity = ring.lookup(entry.key.expose());
+                prop_assert!(identity.is_some(), "{} not found", entry.name);
+                let identity = identity.cloned();
+                let identity = identity.as_ref();
+                prop_assert_eq!(identity.map(|found| &*found.name), Some(entry.name.as_str()));
+                prop_assert_eq!(
+                    identity.map(|found| found.scopes.iter().copied().collect::<Vec<_>>()),
+                    Some(entry.scopes.iter().copied().collect::<BTreeSet<_>>().into_iter().collect())
+                );
+                prop_assert_eq!(identity.and_then(|found| found.requests_per_minute), entry.requests_per_minute);
+            }
+            prop_assert!(ring.lookup("not one of the keys at all").is_none());
+        }
+    }
+}

@@ -4,6 +4,7 @@ pub mod convert;
 mod deadline;
 pub mod status;
 pub mod stream;
+pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -215,7 +216,11 @@ impl pb::deep_recall_server::DeepRecall for DeepRecallService {
         for (index, query) in queries.iter().enumerate() {
             caller
                 .check_collection(&query.collection)
-                .map_err(|error| Status::permission_denied(format!("queries[{index}]: {error}")))?;
+                .map_err(|error| {
+                    status::bounded(Status::permission_denied(format!(
+                        "queries[{index}]: {error}"
+                    )))
+                })?;
         }
         let concurrency = engine.validate_batch(queries.len(), max_concurrency as usize)?;
         self.door.charge_batch(&caller, queries.len()).await?;

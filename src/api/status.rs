@@ -12,8 +12,41 @@ use crate::store::StoreError;
 
 impl From<EngineError> for Status {
     fn from(error: EngineError) -> Self {
-        status_of(&error)
+        bounded(status_of(&error))
     }
+}
+
+/// Longest status message sent, in bytes. Messages quote what the caller sent (a collection
+/// name, a metadata key, an operator), and the message travels in the `grpc-message` header,
+/// percent-encoded: an echo of a 16 KiB name would exceed the 16 KiB header list that HTTP/2
+/// clients accept, and the caller would get a protocol error instead of the status.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Cuts an over-long message in its middle, keeping its start (the field it names) and its
+/// end (what to do about it).
+pub fn bounded(status: Status) -> Status {
+    let message = status.message();
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return status;
+    }
+    let head_end = floor_char_boundary(message, MAX_MESSAGE_BYTES * 2 / 3);
+    let tail_start = ceil_char_boundary(message, message.len() - MAX_MESSAGE_BYTES / 4);
+    let cut = format!("{} … {}", &message[..head_end], &message[tail_start..]);
+    Status::with_metadata(status.code(), cut, status.metadata().clone())
+}
+
+fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+fn ceil_char_boundary(text: &str, mut index: usize) -> usize {
+    while !text.is_char_boundary(index) {
+        index += 1;
+    }
+    index
 }
 
 fn status_of(error: &EngineError) -> Status {
@@ -88,6 +121,10 @@ impl From<AccessError> for Status {
 /// The status of a call the front door refused. A rate-limited call carries `retry-after`
 /// metadata: whole seconds until the same call would be admitted.
 pub fn access_status(error: &AccessError) -> Status {
+    bounded(unbounded_access_status(error))
+}
+
+fn unbounded_access_status(error: &AccessError) -> Status {
     let message = error.to_string();
     match error {
         AccessError::MissingKey | AccessError::MalformedKey(_) | AccessError::UnknownKey => {
@@ -189,6 +226,30 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    #[test]
+    fn long_messages_are_cut_in_the_middle_keeping_field_and_advice() {
+        let name = "é".repeat(10_000);
+        let status = Status::from(EngineError::Store(StoreError::InvalidCollectionName(name)));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().len() <= MAX_MESSAGE_BYTES + 8,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status
+                .message()
+                .starts_with("collection: invalid collection name")
+        );
+        assert!(
+            status.message().ends_with("'_', '-' or '.'"),
+            "{}",
+            status.message()
+        );
+        let short = Status::from(EngineError::invalid("query", "must not be empty"));
+        assert_eq!(short.message(), "query: must not be empty");
     }
 
     #[test]

@@ -392,3 +392,103 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+
+    /// What a result key is built from, shaped as the engine's material; strings from an
+    /// alphabet of JSON's own delimiters, so that a naive concatenation would collide.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Inputs {
+        collection: String,
+        version: u64,
+        query: String,
+        root_prompt: String,
+        filters: Vec<(String, i64)>,
+        top_k: u32,
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "[ab\",:{}\\\\\\[\\] ]{0,6}"
+    }
+
+    fn inputs() -> impl Strategy<Value = Inputs> {
+        (
+            "[a-c]{1,3}",
+            0u64..3,
+            text(),
+            text(),
+            prop::collection::vec((text(), -2i64..3), 0..3),
+            0u32..4,
+        )
+            .prop_map(
+                |(collection, version, query, root_prompt, filters, top_k)| Inputs {
+                    collection,
+                    version,
+                    query,
+                    root_prompt,
+                    filters,
+                    top_k,
+                },
+            )
+    }
+
+    /// The key, with the material's fields inserted in `order` (a rotation), which must not
+    /// matter.
+    fn key(inputs: &Inputs, order: usize) -> CacheKey {
+        let filters: Map<String, Value> = inputs
+            .filters
+            .iter()
+            .map(|(key, value)| (key.clone(), json!(value)))
+            .collect();
+        let mut fields = vec![
+            ("collection", json!(inputs.collection)),
+            ("collection_version", json!(inputs.version)),
+            ("query", json!(inputs.query)),
+            ("root_prompt", json!(inputs.root_prompt)),
+            ("filters", Value::Object(filters)),
+            ("top_k", json!(inputs.top_k)),
+        ];
+        let count = fields.len();
+        fields.rotate_left(order % count);
+        let material: Map<String, Value> = fields
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        CacheKey::digest_of(&inputs.collection, &Value::Object(material))
+    }
+
+    /// Inputs as the key sees them: a filter map keeps the last value of a repeated key.
+    fn effective(inputs: &Inputs) -> (String, u64, String, String, Map<String, Value>, u32) {
+        (
+            inputs.collection.clone(),
+            inputs.version,
+            inputs.query.clone(),
+            inputs.root_prompt.clone(),
+            inputs
+                .filters
+                .iter()
+                .map(|(key, value)| (key.clone(), json!(value)))
+                .collect(),
+            inputs.top_k,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn equal_inputs_give_equal_keys_and_distinct_inputs_distinct_keys(
+            a in inputs(),
+            b in inputs(),
+            order in 0usize..6,
+        ) {
+            prop_assert_eq!(key(&a, 0), key(&a, order));
+            prop_assert_eq!(key(&a, 0) == key(&b, 0), effective(&a) == effective(&b));
+        }
+    }
+}

@@ -258,7 +258,7 @@ impl BudgetTracker {
         let mut cap = u64::from(configured_cap);
         if let Some(max) = self.limits.max_tokens {
             let left = max.saturating_sub(self.used.tokens);
-            if left < prompt_tokens + MIN_COMPLETION_TOKENS {
+            if left < prompt_tokens.saturating_add(MIN_COMPLETION_TOKENS) {
                 return Err(BudgetResource::Tokens);
             }
             cap = cap.min(left - prompt_tokens);
@@ -347,9 +347,14 @@ impl BudgetTracker {
     }
 
     /// Records the tokens and cost of a model call.
+    /// Usage comes from the provider's report: a count near `u64::MAX` saturates instead of
+    /// overflowing, and a negative or non-finite cost is not counted, so that no report can
+    /// give budget back or switch the cost limit off.
     pub fn record_model_usage(&mut self, tokens: u64, cost_usd: f64) {
-        self.used.tokens += tokens;
-        self.used.cost_usd += cost_usd;
+        self.used.tokens = self.used.tokens.saturating_add(tokens);
+        if cost_usd.is_finite() && cost_usd > 0.0 {
+            self.used.cost_usd += cost_usd;
+        }
     }
 
     /// Returns the warnings newly due: each resource warns once when it passes 80% of its limit.
@@ -619,5 +624,84 @@ mod tests {
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0].resource, BudgetResource::Tokens);
         assert!(budget.take_warnings().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn limits() -> impl Strategy<Value = BudgetLimits> {
+        (
+            prop::option::of(1u64..1_000_000),
+            prop::option::of(1e-6f64..10.0),
+        )
+            .prop_map(|(max_tokens, max_cost_usd)| BudgetLimits {
+                max_tokens,
+                max_cost_usd,
+                ..BudgetLimits::default()
+            })
+    }
+
+    /// A model call as a run makes it: its prompt, a price, and what the provider reports,
+    /// hostile reports (huge counts, negative or non-finite costs) included.
+    /// Prompt tokens, price per prompt and completion token, reported tokens, reported cost.
+    type Call = (u64, Option<(f64, f64)>, u64, f64);
+
+    fn calls() -> impl Strategy<Value = Vec<Call>> {
+        let reported_cost =
+            prop_oneof![0.0f64..1.0, Just(-1.0), Just(f64::NAN), Just(f64::INFINITY),];
+        let reported_tokens = prop_oneof![0u64..100_000, Just(u64::MAX)];
+        prop::collection::vec(
+            (
+                0u64..200_000,
+                prop::option::of((0.0f64..1e-4, 0.0f64..1e-4)),
+                reported_tokens,
+                reported_cost,
+            ),
+            0..12,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_planned_call_never_exceeds_what_is_left(
+            limits in limits(),
+            calls in calls(),
+            configured_cap in 1u32..100_000,
+        ) {
+            let mut tracker = BudgetTracker::new(limits, Instant::now());
+            for (prompt_tokens, price, reported_tokens, reported_cost) in calls {
+                let before = tracker.usage();
+                match tracker.plan_call(prompt_tokens, price, configured_cap) {
+                    Ok(cap) => {
+                        prop_assert!(cap <= configured_cap);
+                        if let Some(max) = limits.max_tokens {
+                            let left = max.saturating_sub(before.tokens);
+                            prop_assert!(prompt_tokens + u64::from(cap) <= left);
+                        }
+                        if let (Some(max), Some((input, output))) = (limits.max_cost_usd, price) {
+                            let spend = prompt_tokens as f64 * input + f64::from(cap) * output;
+                            prop_assert!(spend <= (max - before.cost_usd) * (1.0 + 1e-9) + 1e-12);
+                        }
+                    }
+                    Err(BudgetResource::Tokens) => {
+                        let max = limits.max_tokens.unwrap_or(u64::MAX);
+                        prop_assert!(max.saturating_sub(before.tokens) < prompt_tokens + MIN_COMPLETION_TOKENS);
+                    }
+                    Err(BudgetResource::Cost) => prop_assert!(limits.max_cost_usd.is_some()),
+                    Err(other) => prop_assert!(false, "{other:?} without its limit"),
+                }
+                tracker.record_model_usage(reported_tokens, reported_cost);
+                let after = tracker.usage();
+                // Usage never goes back, never overflows, never turns NaN.
+                prop_assert!(after.tokens >= before.tokens);
+                prop_assert!(after.cost_usd >= before.cost_usd && after.cost_usd.is_finite());
+            }
+        }
     }
 }

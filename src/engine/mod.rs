@@ -3,6 +3,7 @@
 
 pub mod accounting;
 pub mod budget;
+pub mod checks;
 mod citations;
 pub mod events;
 pub mod partial;
@@ -849,6 +850,18 @@ impl Engine {
                 &document.content,
                 config.max_document_bytes,
             )?;
+            // PostgreSQL's text cannot hold NUL; refused here, both stores behave alike.
+            if document.content.contains('\0') {
+                return Err(EngineError::invalid(
+                    format!("documents[{index}].content"),
+                    "must not contain NUL characters",
+                ));
+            }
+            checks::metadata(
+                &format!("documents[{index}].metadata"),
+                &document.metadata,
+                config.max_document_bytes,
+            )?;
             if let Some(id) = &document.id {
                 check_document_id(&format!("documents[{index}].id"), id)?;
             }
@@ -882,6 +895,7 @@ impl Engine {
                 format!("{} ids is over the limit of {limit} per call", ids.len()),
             ));
         }
+        check_lookup_ids(&ids)?;
         let outcome = self.inner.store.delete_documents(&collection, ids).await?;
         let written = &outcome.collection;
         self.inner
@@ -948,6 +962,7 @@ impl Engine {
                 format!("{} ids is over the limit of {limit} per call", ids.len()),
             ));
         }
+        check_lookup_ids(&ids)?;
         Ok(self.inner.store.get_documents(&collection, ids).await?)
     }
 
@@ -1020,6 +1035,15 @@ fn check_size(field: &str, value: &str, limit: usize) -> Result<(), EngineError>
             field,
             format!("{} bytes is over the limit of {limit}", value.len()),
         ));
+    }
+    Ok(())
+}
+
+/// Ids that no document can have (see [`check_document_id`]) are refused in lookups too, so
+/// that an id means the same to every call and every store.
+fn check_lookup_ids(ids: &[String]) -> Result<(), EngineError> {
+    for (index, id) in ids.iter().enumerate() {
+        check_document_id(&format!("ids[{index}]"), id)?;
     }
     Ok(())
 }

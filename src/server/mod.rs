@@ -48,6 +48,7 @@ const LIMITER_READY_WAIT: Duration = Duration::from_secs(2);
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 pub mod front_door;
+pub mod handshake;
 pub mod models;
 mod store_health;
 
@@ -448,6 +449,10 @@ async fn serve_calls(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(keepalive));
+    let handshake_timeout = Duration::from_secs(config.server.handshake_timeout_seconds);
+    let incoming = futures::StreamExt::map(incoming, move |accepted| {
+        accepted.map(|stream| handshake::HandshakeDeadline::new(stream, handshake_timeout))
+    });
     let mut builder = Server::builder()
         .accept_http1(config.server.grpc_web)
         .http2_keepalive_interval(Some(keepalive))
@@ -466,6 +471,7 @@ async fn serve_calls(
             Arc::clone(&door),
             telemetry.metrics.clone(),
         ))
+        .layer(crate::api::wire::SpecStatusLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -23,6 +23,11 @@ pub const MAX_IN_VALUES: usize = 1_000;
 /// Longest metadata key accepted, in characters.
 pub const MAX_KEY_LEN: usize = 128;
 
+/// Deepest nesting of `$and` accepted. Parsing recurses once per level, and a filter can come
+/// from a model's tool call as well as from a caller; nothing legitimate needs more than a
+/// few levels, since `$and` of `$and` flattens to one.
+pub const MAX_AND_DEPTH: usize = 8;
+
 const AND: &str = "$and";
 
 /// Reasons a filter is rejected.
@@ -97,6 +102,16 @@ pub enum FilterError {
     /// `$and` whose value is not an array of objects.
     #[error("$and needs an array of filter objects")]
     InvalidAnd,
+    /// `$and` nested deeper than [`MAX_AND_DEPTH`].
+    #[error("$and is nested more than {MAX_AND_DEPTH} levels deep")]
+    TooDeep,
+    /// A NUL character in a string operand: no store can hold one (PostgreSQL's text and jsonb
+    /// refuse it), so no stored metadata could match it.
+    #[error("the value for key {key:?} has a NUL character")]
+    Nul {
+        /// The offending key, NULs shown escaped.
+        key: String,
+    },
 }
 
 /// A comparison operator.
@@ -208,7 +223,7 @@ impl Filter {
     /// Parses the JSON form; see the module documentation.
     pub fn from_json(map: &Map<String, Value>) -> Result<Filter, FilterError> {
         let mut conditions = Vec::new();
-        parse_object(map, &mut conditions)?;
+        parse_object(map, &mut conditions, 0)?;
         Ok(Filter::from_conditions(conditions))
     }
 
@@ -285,9 +300,16 @@ impl Filter {
     }
 }
 
-fn parse_object(map: &Map<String, Value>, out: &mut Vec<Condition>) -> Result<(), FilterError> {
+fn parse_object(
+    map: &Map<String, Value>,
+    out: &mut Vec<Condition>,
+    depth: usize,
+) -> Result<(), FilterError> {
     for (key, value) in map {
         if key == AND {
+            if depth >= MAX_AND_DEPTH {
+                return Err(FilterError::TooDeep);
+            }
             let Value::Array(parts) = value else {
                 return Err(FilterError::InvalidAnd);
             };
@@ -295,7 +317,7 @@ fn parse_object(map: &Map<String, Value>, out: &mut Vec<Condition>) -> Result<()
                 let Value::Object(part) = part else {
                     return Err(FilterError::InvalidAnd);
                 };
-                parse_object(part, out)?;
+                parse_object(part, out, depth + 1)?;
             }
             continue;
         }
@@ -328,6 +350,8 @@ fn validate_key(key: &str) -> Result<(), FilterError> {
         "keys must be at most 128 characters"
     } else if key.starts_with('$') {
         "keys must not start with '$'"
+    } else if key.contains('\0') {
+        "keys must not contain NUL characters"
     } else {
         return Ok(());
     };
@@ -351,6 +375,14 @@ fn parse_condition(
     operand: &Value,
 ) -> Result<Condition, FilterError> {
     let key_owned = || key.to_string();
+    let has_nul = |value: &Value| value.as_str().is_some_and(|text| text.contains('\0'));
+    if has_nul(operand)
+        || operand
+            .as_array()
+            .is_some_and(|values| values.iter().any(has_nul))
+    {
+        return Err(FilterError::Nul { key: key_owned() });
+    }
     if operand.is_object() {
         return Err(FilterError::Nested {
             key: key_owned(),
@@ -442,6 +474,9 @@ fn compare_numbers(a: &Number, b: &Number) -> Option<Ordering> {
     }
     a.as_f64()?.partial_cmp(&b.as_f64()?)
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -707,6 +742,28 @@ mod tests {
         assert_eq!(Filter::from_json(&canonical).unwrap(), repeated);
 
         assert!(Filter::default().to_json().is_empty());
+    }
+
+    #[test]
+    fn and_nested_too_deep_and_nul_characters_are_rejected() {
+        let mut nested = json!({"a": 1});
+        for _ in 0..MAX_AND_DEPTH {
+            nested = json!({ "$and": [nested] });
+        }
+        assert!(Filter::from_json(&object(nested.clone())).is_ok());
+        assert_eq!(error(json!({ "$and": [nested] })), FilterError::TooDeep);
+        assert!(matches!(
+            error(json!({"a\u{0}": 1})),
+            FilterError::InvalidKey { .. }
+        ));
+        assert!(matches!(
+            error(json!({"a": "b\u{0}"})),
+            FilterError::Nul { .. }
+        ));
+        assert!(matches!(
+            error(json!({"a": {"$in": ["x", "\u{0}"]}})),
+            FilterError::Nul { .. }
+        ));
     }
 
     #[test]

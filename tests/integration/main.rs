@@ -21,6 +21,7 @@ mod deploy_checks;
 mod documents;
 mod errors;
 mod eval;
+mod hostile;
 mod http;
 mod lifecycle;
 mod models;

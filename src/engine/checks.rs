@@ -1,0 +1,131 @@
+//! Checks on document metadata that every protocol's writes pass: bounded nesting, no NUL,
+//! bounded size. Metadata comes back in every search hit, so what is stored here is what
+//! every later reader must be able to take.
+
+use serde_json::{Map, Value};
+
+use super::EngineError;
+
+/// Deepest nesting of objects and arrays accepted in metadata, the top-level object counting
+/// as one. Protobuf decoders refuse messages nested more than 100 deep, and a `Struct` costs
+/// three of those levels per level of its own: a document stored from JSON over HTTP with
+/// deeper metadata would make every gRPC answer that returns it undecodable by clients.
+pub const MAX_METADATA_DEPTH: usize = 16;
+
+/// Refuses metadata nested deeper than [`MAX_METADATA_DEPTH`], holding a NUL character in a
+/// key or string (PostgreSQL's jsonb cannot store one), or larger than `max_bytes` as JSON.
+/// `field` names the metadata in the error, e.g. `documents[3].metadata`.
+pub fn metadata(
+    field: &str,
+    metadata: &Map<String, Value>,
+    max_bytes: usize,
+) -> Result<(), EngineError> {
+    // An explicit stack, so that no input can make this recurse.
+    let mut pending: Vec<(String, &Value, usize)> = Vec::new();
+    push_object(field, metadata, 1, &mut pending)?;
+    while let Some((path, value, depth)) = pending.pop() {
+        match value {
+            Value::String(text) if text.contains('\0') => {
+                return Err(EngineError::invalid(
+                    path,
+                    "must not contain NUL characters",
+                ));
+            }
+            Value::Object(map) => push_object(&path, map, depth, &mut pending)?,
+            Value::Array(items) => {
+                check_depth(&path, depth)?;
+                for (index, item) in items.iter().enumerate() {
+                    pending.push((format!("{path}[{index}]"), item, depth + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    let size = serde_json::to_string(metadata)
+        .map(|json| json.len())
+        .unwrap_or(usize::MAX);
+    if size > max_bytes {
+        return Err(EngineError::invalid(
+            field,
+            format!("{size} bytes as JSON is over the limit of {max_bytes}"),
+        ));
+    }
+    Ok(())
+}
+
+fn push_object<'a>(
+    path: &str,
+    map: &'a Map<String, Value>,
+    depth: usize,
+    pending: &mut Vec<(String, &'a Value, usize)>,
+) -> Result<(), EngineError> {
+    check_depth(path, depth)?;
+    for (key, value) in map {
+        if key.contains('\0') {
+            return Err(EngineError::invalid(
+                path,
+                "keys must not contain NUL characters",
+            ));
+        }
+        pending.push((format!("{path}.{key}"), value, depth + 1));
+    }
+    Ok(())
+}
+
+fn check_depth(path: &str, depth: usize) -> Result<(), EngineError> {
+    if depth > MAX_METADATA_DEPTH {
+        return Err(EngineError::invalid(
+            path,
+            format!("nested more than {MAX_METADATA_DEPTH} levels deep"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn check(value: Value) -> Result<(), String> {
+        let Value::Object(map) = value else {
+            return Err("not an object".into());
+        };
+        metadata("m", &map, 1_000).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn nesting_is_counted_across_objects_and_arrays() {
+        let mut value = json!(1);
+        for level in 0..MAX_METADATA_DEPTH - 1 {
+            value = if level % 2 == 0 {
+                json!([value])
+            } else {
+                json!({ "k": value })
+            };
+        }
+        assert_eq!(check(json!({ "top": value.clone() })), Ok(()));
+        let error = check(json!({ "top": [value] })).unwrap_err();
+        assert!(error.starts_with("m.top"), "{error}");
+        assert!(error.contains("16 levels"), "{error}");
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_their_path() {
+        assert!(
+            check(json!({"a": [1, {"b": "x\u{0}"}]}))
+                .unwrap_err()
+                .starts_with("m.a[1].b:")
+        );
+        assert!(check(json!({"a\u{0}": 1})).unwrap_err().starts_with("m:"));
+        assert_eq!(check(json!({"a": "tab\tand\u{1b}escape"})), Ok(()));
+    }
+
+    #[test]
+    fn size_is_measured_as_json() {
+        assert_eq!(check(json!({"a": "x".repeat(900)})), Ok(()));
+        let error = check(json!({"a": "x".repeat(1_000)})).unwrap_err();
+        assert!(error.contains("over the limit of 1000"), "{error}");
+    }
+}
