@@ -252,11 +252,14 @@ pub fn chunk_file(source: &str, text: &str, chunk_size: usize) -> Vec<Chunk> {
         .collect()
 }
 
+/// Cuts every `chunk_size` characters. A cut can leave a part of only spaces (a run of them
+/// as long as a chunk); it is dropped, since the server refuses a blank document.
 fn hard_split(sentence: &str, chunk_size: usize) -> Vec<String> {
     let characters: Vec<char> = sentence.chars().collect();
     characters
         .chunks(chunk_size.max(1))
-        .map(|part| part.iter().collect())
+        .map(|part| part.iter().collect::<String>())
+        .filter(|part| !part.trim().is_empty())
         .collect()
 }
 
@@ -296,6 +299,13 @@ mod tests {
         let chunks = chunk_file("d.txt", &huge, 200);
         let sizes: Vec<usize> = chunks.iter().map(|c| c.content.chars().count()).collect();
         assert_eq!(sizes, vec![200, 200, 50]);
+    }
+
+    #[test]
+    fn a_hard_cut_never_makes_a_blank_chunk() {
+        let chunks = chunk_file("e.txt", "aaaa        bbbb", 4);
+        let contents: Vec<&str> = chunks.iter().map(|c| c.content.as_str()).collect();
+        assert_eq!(contents, vec!["aaaa", "bbbb"]);
     }
 
     #[test]

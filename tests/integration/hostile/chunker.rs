@@ -1,6 +1,7 @@
 //! Properties of the ingest chunker (`cli::ingest::chunk_file`), checked here because the
-//! chunker is the CLI's: whatever the text, chunks respect the size, keep every word in order,
-//! never cut a paragraph that fits, and are strings, so no cut falls inside a character.
+//! chunker is the CLI's: whatever the text, chunks respect the size, are never blank, keep every
+//! word in order, never cut a paragraph that fits, and are strings, so no cut falls inside a
+//! character.
 
 use deeprecall::cli::ingest::chunk_file;
 use proptest::prelude::*;
@@ -38,6 +39,8 @@ proptest! {
         let chunks = chunk_file("f.md", &text, chunk_size);
         for (index, chunk) in chunks.iter().enumerate() {
             prop_assert!(chunk.content.chars().count() <= chunk_size, "{:?}", chunk.content);
+            // The server refuses a blank document, so a blank chunk would fail the ingest.
+            prop_assert!(!chunk.content.trim().is_empty(), "blank chunk {:?}", chunk.content);
             prop_assert_eq!(&chunk.id, &format!("f.md#{index}"));
         }
         let joined: String = chunks.iter().map(|chunk| chunk.content.as_str()).collect();
