@@ -1,10 +1,11 @@
-//! Checks on document metadata that every protocol's writes pass: bounded nesting, no NUL,
-//! bounded size. Metadata comes back in every search hit, so what is stored here is what
-//! every later reader must be able to take.
+//! Checks that every protocol's requests pass: sizes, collection names, document ids, and
+//! document metadata (bounded nesting, no NUL, bounded size). Metadata comes back in every
+//! search hit, so what is stored here is what every later reader must be able to take.
 
 use serde_json::{Map, Value};
 
 use super::EngineError;
+use crate::store::{DEFAULT_COLLECTION, validate_collection_name};
 
 /// Deepest nesting of objects and arrays accepted in metadata, the top-level object counting
 /// as one. Protobuf decoders refuse messages nested more than 100 deep, and a `Struct` costs
@@ -77,6 +78,57 @@ fn check_depth(path: &str, depth: usize) -> Result<(), EngineError> {
         return Err(EngineError::invalid(
             path,
             format!("nested more than {MAX_METADATA_DEPTH} levels deep"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn collection_or_default(collection: Option<&str>) -> Result<String, EngineError> {
+    let name = match collection {
+        None | Some("") => DEFAULT_COLLECTION,
+        Some(name) => name,
+    };
+    validate_collection_name(name)
+        .map_err(|error| EngineError::invalid("collection", error.to_string()))?;
+    Ok(name.to_string())
+}
+
+pub(super) fn check_size(field: &str, value: &str, limit: usize) -> Result<(), EngineError> {
+    if value.len() > limit {
+        return Err(EngineError::invalid(
+            field,
+            format!("{} bytes is over the limit of {limit}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Ids that no document can have (see [`check_document_id`]) are refused in lookups too, so
+/// that an id means the same to every call and every store.
+pub(super) fn check_lookup_ids(ids: &[String]) -> Result<(), EngineError> {
+    for (index, id) in ids.iter().enumerate() {
+        check_document_id(&format!("ids[{index}]"), id)?;
+    }
+    Ok(())
+}
+
+/// Longest document id accepted.
+const MAX_DOCUMENT_ID_BYTES: usize = 512;
+
+pub(super) fn check_document_id(field: &str, id: &str) -> Result<(), EngineError> {
+    if id.len() > MAX_DOCUMENT_ID_BYTES {
+        return Err(EngineError::invalid(
+            field,
+            format!(
+                "{} bytes is over the limit of {MAX_DOCUMENT_ID_BYTES}",
+                id.len()
+            ),
+        ));
+    }
+    if id.chars().any(|c| c.is_control() || c == '[' || c == ']') {
+        return Err(EngineError::invalid(
+            field,
+            "must not contain control characters or square brackets",
         ));
     }
     Ok(())

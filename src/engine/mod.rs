@@ -5,7 +5,10 @@ pub mod accounting;
 pub mod budget;
 pub mod checks;
 mod citations;
+mod config;
+mod error;
 pub mod events;
+mod flight;
 pub mod partial;
 pub mod prompts;
 pub mod result;
@@ -13,19 +16,15 @@ mod run;
 pub mod tools;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt, ready};
+use futures::{FutureExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -38,183 +37,17 @@ pub use budget::{BudgetLimits, BudgetResource, BudgetUsage};
 pub use events::{EventKind, EventSink, TraceEvent};
 pub use result::QueryResult;
 
-use crate::cache::{CacheError, CacheKey, CacheLevel, CacheStats};
-use crate::llm::{ChatModel, LlmError, PriceTable};
+use checks::{check_document_id, check_lookup_ids, check_size, collection_or_default};
+pub use config::EngineConfig;
+pub use error::EngineError;
+use flight::{Caller, Flight, FlightRun};
+
+use crate::cache::{CacheKey, CacheLevel, CacheStats};
+use crate::llm::{ChatModel, PriceTable};
 use crate::store::{
-    CollectionInfo, DEFAULT_COLLECTION, DocumentStore, Filter, NewDocument, StoreError,
-    StoredDocument, WriteOutcome, validate_collection_name,
+    CollectionInfo, DocumentStore, Filter, NewDocument, StoreError, StoredDocument, WriteOutcome,
+    validate_collection_name,
 };
-
-/// Errors of the engine layer.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// A request field is invalid.
-    #[error("{field}: {message}")]
-    InvalidArgument {
-        /// Path of the offending field, e.g. `queries[3].top_k`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The store failed or refused.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The model failed before the run found anything to answer from.
-    #[error(transparent)]
-    Llm(#[from] LlmError),
-    /// The cache failed.
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    /// The server is shutting down and takes no new work.
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    /// The caller went away before the result was ready.
-    #[error("the query was cancelled")]
-    Cancelled,
-    /// The caller's deadline leaves no time to answer, or passed before the run found
-    /// anything to answer from.
-    #[error("deadline exceeded: {0}")]
-    DeadlineExceeded(&'static str),
-    /// The error of a run whose result several identical queries shared.
-    #[error(transparent)]
-    Shared(Arc<EngineError>),
-    /// The work behind a query broke off (its task panicked): a fault of the server.
-    #[error("the query's run failed: {0}")]
-    RunFailed(String),
-}
-
-impl EngineError {
-    /// Builds an invalid-argument error.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        EngineError::InvalidArgument {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// Prefixes the field path of an invalid-argument error, e.g. with `queries[3]`.
-    pub fn within(self, prefix: &str) -> Self {
-        match self {
-            EngineError::InvalidArgument { field, message } => EngineError::InvalidArgument {
-                field: format!("{prefix}.{field}"),
-                message,
-            },
-            other => other,
-        }
-    }
-}
-
-/// Engine settings: request limits and the default budget. Every limit is explicit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
-    /// Passages per search when the request says 0.
-    pub default_top_k: usize,
-    /// Largest `top_k` accepted.
-    pub max_top_k: usize,
-    /// Largest query, in bytes.
-    pub max_query_bytes: usize,
-    /// Largest `root_prompt` or `context_prefix`, in bytes.
-    pub max_prompt_bytes: usize,
-    /// Largest document, in bytes.
-    pub max_document_bytes: usize,
-    /// Most documents (or ids to delete) in one call.
-    pub max_documents_per_call: usize,
-    /// Most queries in one batch.
-    pub max_batch_queries: usize,
-    /// Batch concurrency when the request says 0.
-    pub default_batch_concurrency: usize,
-    /// Largest batch concurrency accepted.
-    pub max_batch_concurrency: usize,
-    /// Default limit on iterations.
-    pub max_iterations: u32,
-    /// Default limit on searches.
-    pub max_search_calls: u32,
-    /// Default limit on tokens; none when absent.
-    pub max_tokens: Option<u64>,
-    /// Default limit on wall time, in seconds.
-    pub max_time_seconds: f64,
-    /// Default limit on spend; none when absent.
-    pub max_cost_usd: Option<f64>,
-    /// Turns in a row whose tool calls all fail before the run stops.
-    pub max_consecutive_tool_errors: u32,
-    /// Sub-model prompts of one batched call that run at once.
-    pub sub_model_concurrency: usize,
-    /// Most prompts in one `llm_query_batched` call.
-    pub max_batched_prompts: usize,
-    /// Most sources in a result (cited sources are always kept).
-    pub max_sources: usize,
-    /// Trace events buffered per stream before the run waits for the reader.
-    pub event_buffer: usize,
-    /// Completion tokens asked for per model call, at most.
-    pub max_completion_tokens: u32,
-    /// Milliseconds kept before a caller's deadline for the result's trip back: the run
-    /// finishes this much earlier. The server cannot see the network, so this part is set,
-    /// not measured; the time for a summing-up call is measured by each run.
-    pub deadline_reserve_ms: u64,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            default_top_k: 5,
-            max_top_k: 100,
-            max_query_bytes: 8 * 1024,
-            max_prompt_bytes: 32 * 1024,
-            max_document_bytes: 1024 * 1024,
-            max_documents_per_call: 10_000,
-            max_batch_queries: 10_000,
-            default_batch_concurrency: 4,
-            max_batch_concurrency: 64,
-            max_iterations: 10,
-            max_search_calls: 20,
-            max_tokens: None,
-            max_time_seconds: 120.0,
-            max_cost_usd: None,
-            max_consecutive_tool_errors: 3,
-            sub_model_concurrency: 8,
-            max_batched_prompts: 32,
-            max_sources: 20,
-            event_buffer: 64,
-            max_completion_tokens: 4096,
-            deadline_reserve_ms: 100,
-        }
-    }
-}
-
-impl EngineConfig {
-    /// Checks the default budget the way a caller's budget is checked, so that a zero default
-    /// stops the server at startup, named as the `engine.` setting, instead of refusing every
-    /// query that sets no budget of its own with an error the caller cannot fix.
-    pub fn check_default_budget(&self) -> Result<(), String> {
-        let request = budget::BudgetRequest {
-            max_iterations: Some(self.max_iterations),
-            max_search_calls: Some(self.max_search_calls),
-            max_tokens: self.max_tokens,
-            max_time_seconds: Some(self.max_time_seconds),
-            max_cost_usd: self.max_cost_usd,
-        };
-        match request.limits() {
-            Ok(_) => Ok(()),
-            Err(EngineError::InvalidArgument { field, message }) => Err(format!(
-                "engine.{} {message}",
-                field.strip_prefix("budget.").unwrap_or(&field)
-            )),
-            Err(other) => Err(other.to_string()),
-        }
-    }
-
-    /// Returns the default budget.
-    pub fn default_budget(&self) -> BudgetLimits {
-        BudgetLimits {
-            max_iterations: Some(self.max_iterations),
-            max_search_calls: Some(self.max_search_calls),
-            max_tokens: self.max_tokens,
-            max_time: Duration::try_from_secs_f64(self.max_time_seconds).ok(),
-            max_cost_usd: self.max_cost_usd,
-        }
-    }
-}
 
 /// A question as the engine sees it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -335,71 +168,6 @@ pub struct EngineStats {
     pub accounts: Vec<(String, UsageTotals)>,
     /// Root model name.
     pub model: String,
-}
-
-/// A run shared by identical queries.
-#[derive(Debug)]
-struct Flight {
-    /// The run's outcome, once there is one.
-    outcome: watch::Sender<Option<Result<QueryResult, Arc<EngineError>>>>,
-    /// Callers still waiting for it.
-    callers: AtomicUsize,
-    /// Stops the run; cancelled when the last caller leaves.
-    stop: CancellationToken,
-}
-
-impl Flight {
-    fn new() -> Self {
-        Flight {
-            outcome: watch::channel(None).0,
-            callers: AtomicUsize::new(1),
-            stop: CancellationToken::new(),
-        }
-    }
-}
-
-/// A flight's run, driven by its leader's task while the leader waits for it. A leader that
-/// leaves before the end (it cancelled, or its caller went away) hands what is left of the run
-/// to a task of its own: followers may still wait for it, and a run stopped because every
-/// caller left still ends the way a cancelled run does, its usage accounted.
-struct FlightRun(Option<BoxFuture<'static, ()>>);
-
-impl Future for FlightRun {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(run) = self.0.as_mut() else {
-            return Poll::Ready(());
-        };
-        ready!(run.as_mut().poll(cx));
-        self.0 = None;
-        Poll::Ready(())
-    }
-}
-
-impl Drop for FlightRun {
-    fn drop(&mut self) {
-        if let Some(run) = self.0.take() {
-            // Outside a runtime (it is shutting down) there is nothing to finish the run on.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(run);
-            }
-        }
-    }
-}
-
-/// One caller's share of a flight: when the last caller leaves (returns, cancels, or is
-/// dropped with its request), the run stops.
-struct Caller {
-    flight: Arc<Flight>,
-}
-
-impl Drop for Caller {
-    fn drop(&mut self) {
-        if self.flight.callers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.flight.stop.cancel();
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -1017,57 +785,6 @@ impl Engine {
         });
         CacheKey::digest_of(&collection.name, &material)
     }
-}
-
-fn collection_or_default(collection: Option<&str>) -> Result<String, EngineError> {
-    let name = match collection {
-        None | Some("") => DEFAULT_COLLECTION,
-        Some(name) => name,
-    };
-    validate_collection_name(name)
-        .map_err(|error| EngineError::invalid("collection", error.to_string()))?;
-    Ok(name.to_string())
-}
-
-fn check_size(field: &str, value: &str, limit: usize) -> Result<(), EngineError> {
-    if value.len() > limit {
-        return Err(EngineError::invalid(
-            field,
-            format!("{} bytes is over the limit of {limit}", value.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// Ids that no document can have (see [`check_document_id`]) are refused in lookups too, so
-/// that an id means the same to every call and every store.
-fn check_lookup_ids(ids: &[String]) -> Result<(), EngineError> {
-    for (index, id) in ids.iter().enumerate() {
-        check_document_id(&format!("ids[{index}]"), id)?;
-    }
-    Ok(())
-}
-
-/// Longest document id accepted.
-const MAX_DOCUMENT_ID_BYTES: usize = 512;
-
-fn check_document_id(field: &str, id: &str) -> Result<(), EngineError> {
-    if id.len() > MAX_DOCUMENT_ID_BYTES {
-        return Err(EngineError::invalid(
-            field,
-            format!(
-                "{} bytes is over the limit of {MAX_DOCUMENT_ID_BYTES}",
-                id.len()
-            ),
-        ));
-    }
-    if id.chars().any(|c| c.is_control() || c == '[' || c == ']') {
-        return Err(EngineError::invalid(
-            field,
-            "must not contain control characters or square brackets",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
