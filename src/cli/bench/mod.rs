@@ -1,5 +1,5 @@
-//! `deeprecall bench`: ingest throughput and cached-query latency over real gRPC, and hybrid
-//! search latency on the embedded store. Synthetic documents come from a seeded generator, so
+//! `deeprecall bench`: ingest throughput and cached-query latency over real gRPC, hybrid
+//! search latency on the embedded store, and a soak under mixed traffic. Synthetic documents come from a seeded generator, so
 //! runs are comparable. Build with `--release` for numbers worth quoting.
 
 use std::time::Duration;
@@ -19,6 +19,7 @@ mod corpus;
 mod engine;
 mod probes;
 mod protocols;
+mod soak;
 mod store;
 
 /// What to measure.
@@ -36,6 +37,9 @@ enum Suite {
     Protocols,
     /// All of the above.
     All,
+    /// Mixed traffic for `--minutes`, watching memory, descriptors, tasks and latency; not
+    /// part of `all`.
+    Soak,
 }
 
 /// Arguments of `deeprecall bench`.
@@ -69,7 +73,8 @@ pub struct BenchArgs {
     /// Cached-query suite: also measures the redis backend on this server.
     #[arg(long)]
     redis_url: Option<String>,
-    /// Engine suite: only this concurrency (default: 1, 16 and 64).
+    /// Engine suite: only this concurrency (default: 1, 16 and 64). Soak: clients sending
+    /// at once (default 64).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Engine suite: only this mock latency in milliseconds (default: 0 and 50).
@@ -82,6 +87,18 @@ pub struct BenchArgs {
     /// Vector index of the postgres store: hnsw or exact.
     #[arg(long, default_value = "hnsw")]
     vector_index: String,
+    /// Soak: how long the traffic runs, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Soak: seconds between two rows of the report.
+    #[arg(long, default_value_t = 60.0)]
+    interval_seconds: f64,
+    /// Soak: documents in the collection the queries search.
+    #[arg(long, default_value_t = 2_000)]
+    documents: usize,
+    /// Soak: seed of the traffic mix (default: a random one, printed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// Runs the benchmarks and prints one line per measurement.
@@ -121,6 +138,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     }
     if matches!(args.suite, Suite::Protocols | Suite::All) {
         protocols::protocols(&args).await?;
+    }
+    if args.suite == Suite::Soak {
+        soak::soak(&args).await?;
     }
     Ok(())
 }

@@ -107,6 +107,9 @@ pub enum Recording {
     /// keeping every parsed body would grow the heap through the whole run, and the process,
     /// engine included, would keep paying for fresh memory the server it measures never needs.
     Light,
+    /// Nothing: [`MockLlmServer::requests`] stays empty and nothing is timed. A soak sends
+    /// requests for as long as it runs; even light records would grow the heap it watches.
+    Off,
 }
 
 impl MockScript {
@@ -682,9 +685,12 @@ async fn handle(
     let first_user_text = first_user_text(&body);
     let (headers, body) = match shared.recording {
         Recording::Full => (headers, body),
-        Recording::Light => (Vec::new(), Value::Null),
+        Recording::Light | Recording::Off => (Vec::new(), Value::Null),
     };
-    let index = {
+    let index = if shared.recording == Recording::Off {
+        // No record has this index, so the socket's timing of the answer goes nowhere.
+        usize::MAX
+    } else {
         let mut requests = shared.requests.lock();
         requests.push(RecordedRequest {
             path,
