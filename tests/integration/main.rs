@@ -16,6 +16,7 @@ mod binary;
 mod cache;
 mod clients;
 mod collections;
+mod crash;
 mod deadlines;
 mod deploy_checks;
 mod documents;
