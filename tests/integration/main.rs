@@ -28,5 +28,6 @@ mod models;
 mod query;
 mod readme;
 mod replicas;
+mod soak;
 mod telemetry;
 mod transfer;
