@@ -326,7 +326,8 @@ impl MockLlmServer {
         self.shared.released.send_replace(true);
     }
 
-    /// Returns how many requests the server has received.
+    /// Returns how many requests the server has recorded: all it received, but none with
+    /// [`Recording::Off`].
     pub fn request_count(&self) -> usize {
         self.shared.requests.lock().len()
     }
@@ -1611,6 +1612,27 @@ mod tests {
             service_time >= Duration::from_millis(20),
             "{service_time:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn with_recording_off_requests_are_answered_and_nothing_is_kept() {
+        let script = MockScript::replies(vec![MockReply::text("ok")])
+            .with_latency(Duration::from_millis(5))
+            .with_recording(Recording::Off);
+        let server = MockLlmServer::start(script).await.unwrap();
+
+        for _ in 0..3 {
+            let reply = post_json(
+                &server,
+                "/v1/chat/completions",
+                &openai_body("Capital?", false),
+            )
+            .await;
+            assert_eq!(reply["choices"][0]["message"]["content"], "ok");
+        }
+
+        assert!(server.requests().is_empty());
+        assert_eq!(server.request_count(), 0);
     }
 
     #[tokio::test]
