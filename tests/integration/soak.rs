@@ -34,6 +34,7 @@ fn a_short_soak_prints_a_row_per_interval_and_a_verdict_on_every_target() {
     for column in [
         "fds",
         "tasks",
+        "threads",
         "query",
         "hit",
         "ingest",
@@ -60,11 +61,11 @@ fn a_short_soak_prints_a_row_per_interval_and_a_verdict_on_every_target() {
     let cells = lines[header].matches('|').count();
     for row in &rows {
         assert_eq!(row.matches('|').count(), cells, "{row}");
-        // Memory, descriptors and tasks are read, not left at zero.
+        // Memory, descriptors, tasks and threads are read, not left at zero.
         let numbers: Vec<f64> = row
             .split('|')
             .skip(2)
-            .take(3)
+            .take(4)
             .map(|cell| cell.trim().parse().expect("a number"))
             .collect();
         assert!(numbers.iter().all(|number| *number > 0.0), "{row}");

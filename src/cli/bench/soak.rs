@@ -104,10 +104,15 @@ struct Window {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Health {
     rss_bytes: u64,
+    /// The fewest open descriptors seen in the interval: the model client's pooled
+    /// connections to the mock (two descriptors each, both ends being in this process) open
+    /// and close with demand; a leak raises the floor.
     fds: u64,
-    /// The fewest live tasks seen in the interval: in-flight calls come and go, a leak
-    /// raises the floor.
+    /// The fewest live tasks seen in the interval, for the same reason.
     tasks: u64,
+    /// OS threads at the interval's end: tokio's workers and its blocking pool, which grows
+    /// with the store calls waiting at once.
+    threads: u64,
 }
 
 /// Runs the soak and prints its report; fails when a target is missed.
@@ -175,23 +180,25 @@ pub(super) async fn soak(args: &BenchArgs) -> Result<(), CliError> {
     let tick = (interval / 10).min(Duration::from_secs(1));
     let mut rows = Vec::new();
     let mut ticks = tokio::time::interval(tick);
-    let mut floor = u64::MAX;
+    let (mut task_floor, mut fd_floor) = (u64::MAX, u64::MAX);
     let mut next_row = started + interval;
     loop {
         ticks.tick().await;
-        floor = floor.min(runtime.num_alive_tasks() as u64);
+        task_floor = task_floor.min(runtime.num_alive_tasks() as u64);
+        fd_floor = fd_floor.min(open_fds());
         if tokio::time::Instant::now() < next_row {
             continue;
         }
         let health = Health {
             rss_bytes: proc_status_kib("VmRSS:").unwrap_or(0) * 1024,
-            fds: open_fds(),
-            tasks: floor,
+            fds: fd_floor,
+            tasks: task_floor,
+            threads: proc_status_value("Threads:").unwrap_or(0),
         };
         let seen = std::mem::take(&mut *window.lock());
         println!("{}", row(started.elapsed(), health, &seen));
         rows.push((health, seen.errors.values().sum::<u64>()));
-        floor = u64::MAX;
+        (task_floor, fd_floor) = (u64::MAX, u64::MAX);
         next_row += interval;
         if started.elapsed() >= duration {
             break;
@@ -435,11 +442,16 @@ fn record(window: &Mutex<Window>, call: Call, took: Duration, outcome: Result<()
 
 /// A value of `/proc/self/status` given in kB, e.g. `VmRSS:`; `None` off Linux.
 fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_status_kib(&status, field)
+    proc_status_value(field)
 }
 
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+/// The first number of a `/proc/self/status` field; `None` off Linux.
+fn proc_status_value(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_value(&status, field)
+}
+
+fn parse_status_value(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix(field))?
@@ -460,8 +472,8 @@ fn mib(bytes: u64) -> f64 {
 
 fn header() -> String {
     let mut header = format!(
-        "| {:>6} | {:>7} | {:>4} | {:>5} |",
-        "min", "RSS MiB", "fds", "tasks"
+        "| {:>6} | {:>7} | {:>4} | {:>5} | {:>7} |",
+        "min", "RSS MiB", "fds", "tasks", "threads"
     );
     for call in Call::ALL {
         header.push_str(&format!(
@@ -475,11 +487,12 @@ fn header() -> String {
 
 fn row(elapsed: Duration, health: Health, seen: &Window) -> String {
     let mut row = format!(
-        "| {:>6.1} | {:>7.1} | {:>4} | {:>5} |",
+        "| {:>6.1} | {:>7.1} | {:>4} | {:>5} | {:>7} |",
         elapsed.as_secs_f64() / 60.0,
         mib(health.rss_bytes),
         health.fds,
-        health.tasks
+        health.tasks,
+        health.threads
     );
     for call in Call::ALL {
         let cell = match seen.latencies.get(&call) {
@@ -618,6 +631,7 @@ mod tests {
             rss_bytes: rss_mib << 20,
             fds,
             tasks,
+            threads: 8,
         }
     }
 
@@ -714,10 +728,11 @@ mod tests {
 
     #[test]
     fn status_values_are_read_in_kib() {
-        let status = "Name:\tdeeprecall\nVmHWM:\t  123456 kB\nVmRSS:\t   98765 kB\n";
-        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(98_765));
-        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(123_456));
-        assert_eq!(parse_status_kib(status, "VmSwap:"), None);
+        let status = "Name:\tdeeprecall\nVmHWM:\t  123456 kB\nVmRSS:\t   98765 kB\nThreads:\t67\n";
+        assert_eq!(parse_status_value(status, "VmRSS:"), Some(98_765));
+        assert_eq!(parse_status_value(status, "VmHWM:"), Some(123_456));
+        assert_eq!(parse_status_value(status, "Threads:"), Some(67));
+        assert_eq!(parse_status_value(status, "VmSwap:"), None);
     }
 
     #[test]
