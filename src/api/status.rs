@@ -88,6 +88,12 @@ fn store_status(error: &StoreError) -> Status {
             tracing::warn!(%reason, "document store unavailable");
             Status::unavailable("the document store is unavailable")
         }
+        StoreError::Full(reason) => {
+            tracing::error!(%reason, "document store out of disk space");
+            Status::resource_exhausted(
+                "the document store's disk is full: the write was not stored",
+            )
+        }
         StoreError::Database(_)
         | StoreError::SchemaTooNew { .. }
         | StoreError::Corrupt(_)
@@ -183,6 +189,10 @@ mod tests {
             (
                 EngineError::Store(StoreError::Database("syntax error".into())),
                 Code::Internal,
+            ),
+            (
+                EngineError::Store(StoreError::Full("database or disk is full".into())),
+                Code::ResourceExhausted,
             ),
             (
                 EngineError::Llm(LlmError::Unavailable("down".into())),

@@ -357,6 +357,9 @@ pub enum CliError {
     /// A flag's value is wrong.
     #[error("{0}")]
     Usage(String),
+    /// A run ended but missed the targets it checks (`bench soak`).
+    #[error("{0}")]
+    TargetsMissed(String),
 }
 
 impl From<tonic::Status> for CliError {

@@ -203,6 +203,15 @@ fn store_error(error: &StoreError) -> HttpError {
             tracing::warn!(%reason, "document store unavailable");
             HttpError::unavailable("the document store is unavailable")
         }
+        StoreError::Full(reason) => {
+            tracing::error!(%reason, "document store out of disk space");
+            HttpError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "server_error",
+                "storage_full",
+                "the document store's disk is full: the write was not stored".into(),
+            )
+        }
         StoreError::Database(_)
         | StoreError::SchemaTooNew { .. }
         | StoreError::Corrupt(_)

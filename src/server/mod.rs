@@ -182,6 +182,27 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
     ))
 }
 
+/// Keeps the process alive when a write crosses a file-size limit (`ulimit -f`, systemd's
+/// `LimitFSIZE`): the kernel then sends SIGXFSZ, whose default action kills the process, and
+/// only when the signal is caught or ignored does the write fail with `EFBIG` instead, which
+/// the store reports as a full disk on the one call that did not fit. Tokio's handler, once
+/// installed, stays for the life of the process, so the listener itself is not kept.
+#[cfg(unix)]
+fn survive_file_size_limit() {
+    // SIGXFSZ is 25 on Linux (but for MIPS) and on the BSDs and macOS.
+    #[cfg(not(any(target_arch = "mips", target_arch = "mips64")))]
+    const SIGXFSZ: i32 = 25;
+    #[cfg(any(target_arch = "mips", target_arch = "mips64"))]
+    const SIGXFSZ: i32 = 31;
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Err(error) = signal(SignalKind::from_raw(SIGXFSZ)) {
+        tracing::warn!(%error, "cannot catch SIGXFSZ: a file-size limit would end the process");
+    }
+}
+
+#[cfg(not(unix))]
+fn survive_file_size_limit() {}
+
 /// Re-reads the key file on every SIGHUP until the returned task is aborted; connections and
 /// calls in flight are untouched, and a file that fails to load keeps the keys in force.
 #[cfg(unix)]
@@ -332,6 +353,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    survive_file_size_limit();
     let metrics = Metrics::new();
     let trace_log = open_trace_log(&config.telemetry, &metrics)?;
     let metrics_server = match config.telemetry.metrics_listen.trim() {

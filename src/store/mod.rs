@@ -43,6 +43,10 @@ pub enum StoreError {
     /// errors into this or [`StoreError::Unavailable`] itself, so this enum names no driver.
     #[error("database failure: {0}")]
     Database(String),
+    /// The disk under the database took no more bytes (full, or over a file-size limit or a
+    /// quota): the write was not stored, and what was stored before is intact.
+    #[error("the disk holding the store is full: {0}")]
+    Full(String),
     /// The database cannot be reached, lost the connection, or did not answer in time: the
     /// call may succeed when retried.
     #[error("database unavailable: {0}")]

@@ -107,6 +107,9 @@ pub enum Recording {
     /// keeping every parsed body would grow the heap through the whole run, and the process,
     /// engine included, would keep paying for fresh memory the server it measures never needs.
     Light,
+    /// Nothing: [`MockLlmServer::requests`] stays empty and nothing is timed. A soak sends
+    /// requests for as long as it runs; even light records would grow the heap it watches.
+    Off,
 }
 
 impl MockScript {
@@ -323,7 +326,8 @@ impl MockLlmServer {
         self.shared.released.send_replace(true);
     }
 
-    /// Returns how many requests the server has received.
+    /// Returns how many requests the server has recorded: all it received, but none with
+    /// [`Recording::Off`].
     pub fn request_count(&self) -> usize {
         self.shared.requests.lock().len()
     }
@@ -682,9 +686,12 @@ async fn handle(
     let first_user_text = first_user_text(&body);
     let (headers, body) = match shared.recording {
         Recording::Full => (headers, body),
-        Recording::Light => (Vec::new(), Value::Null),
+        Recording::Light | Recording::Off => (Vec::new(), Value::Null),
     };
-    let index = {
+    let index = if shared.recording == Recording::Off {
+        // No record has this index, so the socket's timing of the answer goes nowhere.
+        usize::MAX
+    } else {
         let mut requests = shared.requests.lock();
         requests.push(RecordedRequest {
             path,
@@ -1605,6 +1612,27 @@ mod tests {
             service_time >= Duration::from_millis(20),
             "{service_time:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn with_recording_off_requests_are_answered_and_nothing_is_kept() {
+        let script = MockScript::replies(vec![MockReply::text("ok")])
+            .with_latency(Duration::from_millis(5))
+            .with_recording(Recording::Off);
+        let server = MockLlmServer::start(script).await.unwrap();
+
+        for _ in 0..3 {
+            let reply = post_json(
+                &server,
+                "/v1/chat/completions",
+                &openai_body("Capital?", false),
+            )
+            .await;
+            assert_eq!(reply["choices"][0]["message"]["content"], "ok");
+        }
+
+        assert!(server.requests().is_empty());
+        assert_eq!(server.request_count(), 0);
     }
 
     #[tokio::test]

@@ -16,7 +16,26 @@ pub(super) const ROWS_PER_WRITE_STATEMENT: usize = 4_000;
 /// SQLite's errors become the store's: the driver's types stay in this module's tree.
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        StoreError::Database(error.to_string())
+        if is_out_of_space(&error) {
+            StoreError::Full(error.to_string())
+        } else {
+            StoreError::Database(error.to_string())
+        }
+    }
+}
+
+/// Whether SQLite failed because the disk took no more bytes. A full disk is `SQLITE_FULL`
+/// when the write that hit it was short; a write refused outright (`ENOSPC` is also reported
+/// as full, but `EFBIG`, a file-size limit, and `EDQUOT`, a quota, are not) comes back as
+/// `SQLITE_IOERR_WRITE`. A failed write rolls the transaction back either way, so what was
+/// committed before stays as it was.
+fn is_out_of_space(error: &rusqlite::Error) -> bool {
+    match error {
+        rusqlite::Error::SqliteFailure(failure, _) => {
+            failure.code == rusqlite::ErrorCode::DiskFull
+                || failure.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE
+        }
+        _ => false,
     }
 }
 
@@ -262,4 +281,33 @@ pub(super) fn list_page(
         });
     }
     Ok(documents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_disk_that_takes_no_more_bytes_is_a_full_store_and_other_failures_are_not() {
+        assert!(matches!(
+            StoreError::from(failure(rusqlite::ffi::SQLITE_FULL)),
+            StoreError::Full(_)
+        ));
+        assert!(matches!(
+            StoreError::from(failure(rusqlite::ffi::SQLITE_IOERR_WRITE)),
+            StoreError::Full(_)
+        ));
+        assert!(matches!(
+            StoreError::from(failure(rusqlite::ffi::SQLITE_IOERR_READ)),
+            StoreError::Database(_)
+        ));
+        assert!(matches!(
+            StoreError::from(failure(rusqlite::ffi::SQLITE_CORRUPT)),
+            StoreError::Database(_)
+        ));
+    }
 }

@@ -1,0 +1,172 @@
+//! `deeprecall bench ingest` and `search`: AddDocuments throughput over gRPC, and hybrid search
+//! latency on the store itself, on the embedded store and optionally PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Map;
+
+use super::{BenchArgs, BenchServer, Corpus, bench_stores, percentiles};
+use crate::api::pb;
+use crate::cli::{CliError, connect};
+use crate::config::StoreConfig;
+use crate::embed::HashingEmbedder;
+use crate::store::{
+    DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, NewDocument, PostgresStore,
+    SearchRequest,
+};
+
+pub(super) async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
+    for (label, store) in bench_stores(args)? {
+        ingest_into(args, label, store).await?;
+    }
+    Ok(())
+}
+
+async fn ingest_into(
+    args: &BenchArgs,
+    label: &str,
+    store: Option<StoreConfig>,
+) -> Result<(), CliError> {
+    let server = BenchServer::start_with(|config| {
+        if let Some(store) = store {
+            config.store = StoreConfig {
+                data_dir: config.store.data_dir.clone(),
+                ..store
+            };
+        }
+    })
+    .await?;
+    let mut client = connect(&server.endpoint, None).await?;
+    // Not left behind in a shared database; no-op on an empty one.
+    let _ = client
+        .delete_collection(pb::DeleteCollectionRequest {
+            collection: "bench".into(),
+        })
+        .await;
+    let documents = Corpus::new(7, args.zipf_offset).proto_documents(args.ingest_documents);
+    let started = Instant::now();
+    for batch in documents.chunks(args.batch_size) {
+        client
+            .add_documents(pb::AddDocumentsRequest {
+                collection: "bench".into(),
+                documents: batch.to_vec(),
+            })
+            .await?;
+    }
+    let elapsed = started.elapsed();
+    let _ = client
+        .delete_collection(pb::DeleteCollectionRequest {
+            collection: "bench".into(),
+        })
+        .await;
+    println!(
+        "ingest ({label}): {} documents in {:.2} s over gRPC, batches of {} = {:.0} documents/s",
+        args.ingest_documents,
+        elapsed.as_secs_f64(),
+        args.batch_size,
+        args.ingest_documents as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+pub(super) async fn search(args: &BenchArgs) -> Result<(), CliError> {
+    for (label, store) in bench_stores(args)? {
+        search_in(args, label, store).await?;
+    }
+    Ok(())
+}
+
+async fn search_in(
+    args: &BenchArgs,
+    label: &str,
+    postgres: Option<StoreConfig>,
+) -> Result<(), CliError> {
+    let data_dir = tempfile::tempdir().map_err(|error| CliError::Io(error.to_string()))?;
+    let embedder = Arc::new(HashingEmbedder::new(
+        crate::embed::hashing::DEFAULT_DIMENSION,
+    ));
+    let store: Arc<dyn DocumentStore> = match postgres {
+        None => Arc::new(
+            EmbeddedStore::open(
+                EmbeddedStoreConfig {
+                    data_dir: data_dir.path().to_path_buf(),
+                    read_connections: 4,
+                },
+                embedder,
+            )
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?,
+        ),
+        Some(config) => Arc::new(
+            PostgresStore::connect(&config, embedder)
+                .await
+                .map_err(|error| CliError::Io(error.to_string()))?,
+        ),
+    };
+    store
+        .delete_collection("bench")
+        .await
+        .map_err(|error| CliError::Io(error.to_string()))?;
+    let mut corpus = Corpus::new(11, args.zipf_offset);
+    let loading = Instant::now();
+    let mut index = 0;
+    while index < args.search_documents {
+        let end = (index + 5_000).min(args.search_documents);
+        let batch = (index..end)
+            .map(|n| {
+                let (content, metadata) = corpus.document(n);
+                NewDocument {
+                    id: Some(format!("doc-{n}")),
+                    content,
+                    metadata,
+                }
+            })
+            .collect();
+        store
+            .add_documents("bench", batch)
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        index = end;
+    }
+    println!(
+        "search ({label}): loaded {} documents in {:.1} s",
+        args.search_documents,
+        loading.elapsed().as_secs_f64()
+    );
+
+    let filtered = Filter::from_json(
+        serde_json::json!({"group": {"$in": [1, 2, 3]}})
+            .as_object()
+            .unwrap_or(&Map::new()),
+    )
+    .map_err(|error| CliError::Usage(error.to_string()))?;
+    for (filter_label, filter) in [("unfiltered", Filter::default()), ("filtered", filtered)] {
+        let mut latencies = Vec::with_capacity(args.samples);
+        for _ in 0..args.samples {
+            let query = corpus.query();
+            let started = Instant::now();
+            store
+                .search(SearchRequest {
+                    collection: "bench".into(),
+                    query,
+                    top_k: args.top_k,
+                    filter: filter.clone(),
+                })
+                .await
+                .map_err(|error| CliError::Io(error.to_string()))?;
+            latencies.push(started.elapsed());
+        }
+        println!(
+            "search ({label}): hybrid top-{} over {} documents, {filter_label}: {}",
+            args.top_k,
+            args.search_documents,
+            percentiles(&mut latencies)
+        );
+    }
+    store
+        .delete_collection("bench")
+        .await
+        .map_err(|error| CliError::Io(error.to_string()))?;
+    Ok(())
+}
