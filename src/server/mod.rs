@@ -189,13 +189,8 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
 /// installed, stays for the life of the process, so the listener itself is not kept.
 #[cfg(unix)]
 fn survive_file_size_limit() {
-    // SIGXFSZ is 25 on Linux (but for MIPS) and on the BSDs and macOS.
-    #[cfg(not(any(target_arch = "mips", target_arch = "mips64")))]
-    const SIGXFSZ: i32 = 25;
-    #[cfg(any(target_arch = "mips", target_arch = "mips64"))]
-    const SIGXFSZ: i32 = 31;
     use tokio::signal::unix::{SignalKind, signal};
-    if let Err(error) = signal(SignalKind::from_raw(SIGXFSZ)) {
+    if let Err(error) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
         tracing::warn!(%error, "cannot catch SIGXFSZ: a file-size limit would end the process");
     }
 }

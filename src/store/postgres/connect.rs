@@ -311,8 +311,12 @@ impl From<tokio_postgres::Error> for StoreError {
                 || code == &SqlState::TOO_MANY_CONNECTIONS
                 || code.code().starts_with("08");
             let message = format!("{} ({})", db.message(), code.code());
+            // The database's disk is full: the write was not stored, as with the embedded store.
+            let full = code == &SqlState::DISK_FULL;
             return if unavailable {
                 StoreError::Unavailable(message)
+            } else if full {
+                StoreError::Full(message)
             } else {
                 StoreError::Database(message)
             };
