@@ -5,12 +5,13 @@
 //! of read-only connections serves searches. A writer takes the collection's state lock for
 //! writing just before `COMMIT` and releases it after updating the in-memory index, while a
 //! search holds it for reading from its first to its last SQL statement; so a search always
-//! sees SQLite and the in-memory index at the same version.
-
+//! sees SQLite and the in-memory index at the same version. A call waits for a turn at its
+//! kind of connection (one turn for the writer, one per reader) before it takes a thread of
+//! the blocking pool, so that threads are not parked in the pool waiting for a connection.
 //!
 //! Files: `schema.rs` opens, migrates and loads the database; `rows.rs` holds the SQL of writes
 //! and lookups and the stored vector format; `keyword.rs` the FTS5 side of a search;
-//! `readers.rs` the read connections and the blocking pool.
+//! `readers.rs` the read connections, the blocking pool and the turns at it.
 
 mod keyword;
 mod readers;
@@ -30,7 +31,7 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, TransactionBehavior};
 
 use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
-use self::readers::{ReaderPool, blocking, with_connection};
+use self::readers::{ReaderPool, Turns, blocking, with_connection};
 use self::rows::{
     bump_version, delete_by_id, fetch_documents, fetch_hits, list_page, upsert_documents,
 };
@@ -82,7 +83,11 @@ struct Inner {
     path: PathBuf,
     embedder: Arc<dyn Embedder>,
     writer: Arc<Mutex<Connection>>,
+    /// Turns for the writer connection: one.
+    write_turns: Turns,
     readers: ReaderPool,
+    /// Turns for the read connections: one each.
+    read_turns: Turns,
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
     /// Documents in all collections; only steers how keyword searches are restricted.
     documents: AtomicUsize,
@@ -181,6 +186,8 @@ impl EmbeddedStore {
                 path,
                 embedder,
                 writer,
+                write_turns: Turns::new(1),
+                read_turns: Turns::new(readers.len()),
                 readers: ReaderPool::new(readers),
                 collections: RwLock::new(collections),
                 documents: AtomicUsize::new(documents),
@@ -225,7 +232,11 @@ impl DocumentStore for EmbeddedStore {
         let (ids, prepared) = prepare_documents(self.inner.embedder.as_ref(), documents).await?;
         let inner = Arc::clone(&self.inner);
         let name = collection.to_string();
-        let collection = blocking(move || inner.write_documents(&name, prepared)).await?;
+        let collection = self
+            .inner
+            .write_turns
+            .run(move || inner.write_documents(&name, prepared))
+            .await?;
         Ok(WriteOutcome { ids, collection })
     }
 
@@ -242,7 +253,10 @@ impl DocumentStore for EmbeddedStore {
             });
         }
         let inner = Arc::clone(&self.inner);
-        blocking(move || inner.delete_documents(&handle, ids)).await
+        self.inner
+            .write_turns
+            .run(move || inner.delete_documents(&handle, ids))
+            .await
     }
 
     async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
@@ -278,7 +292,10 @@ impl DocumentStore for EmbeddedStore {
             return hits;
         }
         let inner = Arc::clone(&self.inner);
-        blocking(move || inner.search(&handle, &search)).await
+        self.inner
+            .read_turns
+            .run(move || inner.search(&handle, &search))
+            .await
     }
 
     async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, StoreError> {
@@ -307,7 +324,10 @@ impl DocumentStore for EmbeddedStore {
             Err(other) => return Err(other),
         };
         let inner = Arc::clone(&self.inner);
-        blocking(move || inner.delete_collection(&handle).map(Some)).await
+        self.inner
+            .write_turns
+            .run(move || inner.delete_collection(&handle).map(Some))
+            .await
     }
 
     async fn list_documents(
@@ -318,12 +338,14 @@ impl DocumentStore for EmbeddedStore {
     ) -> Result<Vec<StoredDocument>, StoreError> {
         let handle = self.collection_handle(collection)?;
         let inner = Arc::clone(&self.inner);
-        blocking(move || {
-            inner
-                .readers
-                .with(|connection| list_page(connection, handle.id, after.as_deref(), limit))
-        })
-        .await
+        self.inner
+            .read_turns
+            .run(move || {
+                inner
+                    .readers
+                    .with(|connection| list_page(connection, handle.id, after.as_deref(), limit))
+            })
+            .await
     }
 
     async fn get_documents(
@@ -333,12 +355,14 @@ impl DocumentStore for EmbeddedStore {
     ) -> Result<Vec<StoredDocument>, StoreError> {
         let handle = self.collection_handle(collection)?;
         let inner = Arc::clone(&self.inner);
-        blocking(move || {
-            inner
-                .readers
-                .with(|connection| fetch_documents(connection, handle.id, &ids))
-        })
-        .await
+        self.inner
+            .read_turns
+            .run(move || {
+                inner
+                    .readers
+                    .with(|connection| fetch_documents(connection, handle.id, &ids))
+            })
+            .await
     }
 }
 

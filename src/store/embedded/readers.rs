@@ -5,8 +5,53 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
+use tokio::sync::Semaphore;
 
 use super::super::StoreError;
+
+/// Turns at the blocking pool for one kind of connection. A call waits for its turn here, on
+/// the async side, and only then takes a blocking thread, so the threads in use stay near the
+/// number of connections: a thread waiting in the pool for a connection holds its stack and
+/// its allocator arena, and under 64 concurrent queries these waiting threads were most of the
+/// process's memory.
+pub(super) struct Turns {
+    free: Arc<Semaphore>,
+    /// Calls waiting for a turn; tests read it to know a call is queued.
+    queued: AtomicUsize,
+}
+
+impl Turns {
+    pub(super) fn new(connections: usize) -> Self {
+        Turns {
+            free: Arc::new(Semaphore::new(connections.max(1))),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Returns the number of calls waiting for a turn.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Runs `work` on the blocking pool once a turn is free; the turn is held until `work`
+    /// ends, even if the caller stops waiting for it.
+    pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let turn = Arc::clone(&self.free).acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let turn = turn.map_err(|error| StoreError::Task(error.to_string()))?;
+        blocking(move || {
+            let _turn = turn;
+            work()
+        })
+        .await
+    }
+}
 
 /// Runs blocking work on tokio's blocking pool.
 pub(super) async fn blocking<T, F>(work: F) -> Result<T, StoreError>

@@ -469,6 +469,44 @@ async fn searches_that_would_wait_go_to_the_blocking_pool() {
     assert_eq!(waiting.await.unwrap().unwrap(), expected);
 }
 
+#[tokio::test]
+async fn searches_beyond_the_reader_count_queue_for_a_turn_not_for_a_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.add_documents("docs", corpus()).await.unwrap();
+    let readers = store.inner.readers.idle.lock().len();
+    // Every reader busy, and more documents than a search takes without waiting, so that
+    // each search goes to the blocking pool.
+    let busy = std::mem::take(&mut *store.inner.readers.idle.lock());
+    store.inner.documents.store(
+        MAX_DOCUMENTS_TO_SEARCH_WITHOUT_WAITING + 1,
+        Ordering::Relaxed,
+    );
+    let searches: Vec<_> = (0..readers + 6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.search(request("docs", "Toulouse", 2)).await })
+        })
+        .collect();
+    // One search per reader holds a thread waiting for its connection; the others wait
+    // for a turn without a thread. The bound only ends a hang.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while store.inner.readers.waiting() < readers || store.inner.read_turns.queued() < 6 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the searches queue");
+    assert_eq!(store.inner.readers.waiting(), readers);
+    for connection in busy {
+        store.inner.readers.idle.lock().push(connection);
+        store.inner.readers.returned.notify_one();
+    }
+    for search in searches {
+        assert!(!search.await.unwrap().unwrap().is_empty());
+    }
+}
+
 /// `synchronous=FULL` is what makes an acknowledged write survive a power cut. Losing it
 /// shows in no test that kills the process (the OS still holds an unsynced WAL and writes it
 /// out), and cutting the machine's power is beyond a test, so the setting itself is checked on
