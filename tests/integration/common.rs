@@ -360,8 +360,21 @@ pub fn spawn_binary_logging(
     extra_args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, String, LogLines) {
+    let binary = std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"));
+    spawn_serving_command(binary, data_dir, extra_args, env)
+}
+
+/// Runs `command` (the binary, or a wrapper whose last argument is the binary) with `serve` on
+/// an ephemeral port over `data_dir`, then `extra_args`, and returns it once it logged its
+/// address, with its endpoint and the log lines that follow.
+pub fn spawn_serving_command(
+    mut command: std::process::Command,
+    data_dir: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, LogLines) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra_args)
@@ -370,7 +383,7 @@ pub fn spawn_binary_logging(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("binary starts");
+        .expect("the server process starts");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let address = loop {

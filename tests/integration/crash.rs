@@ -257,16 +257,7 @@ async fn verify(client: &mut DeepRecallClient<Channel>, ledger: &mut Ledger, rou
         .filter(|(_, expected)| matches!(expected, Expected::Present(_)))
         .map(|(id, _)| id)
         .collect();
-    let stats = client
-        .get_stats(pb::GetStatsRequest {})
-        .await
-        .expect("stats")
-        .into_inner();
-    let count = stats
-        .collections
-        .iter()
-        .find(|collection| collection.name == COLLECTION)
-        .map_or(0, |collection| collection.document_count);
+    let count = documents_counted(client).await;
     assert_eq!(count, present.len() as u64, "round {round}: document count");
 
     // Searchable: each present document is found when the search is scoped to it, and
@@ -399,33 +390,29 @@ async fn acknowledged_writes_and_deletes_survive_kill_dash_nine_at_random_moment
 
 /// Starts the binary under `prlimit --fsize`, so that no file it writes may grow past
 /// `limit` bytes, and returns it with its endpoint.
+/// The documents GetStats counts in the test's collection.
+async fn documents_counted(client: &mut DeepRecallClient<Channel>) -> u64 {
+    let stats = client
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    stats
+        .collections
+        .iter()
+        .find(|collection| collection.name == COLLECTION)
+        .map_or(0, |collection| collection.document_count)
+}
+
+/// `prlimit` comes with util-linux.
 fn spawn_with_file_size_limit(data_dir: &Path, limit: u64) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new("prlimit")
+    let mut prlimit = std::process::Command::new("prlimit");
+    prlimit
         .arg(format!("--fsize={limit}"))
         .arg("--")
-        .arg(env!("CARGO_BIN_EXE_deeprecall"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("DEEPRECALL_LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("prlimit (util-linux) runs the binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("the server logs its address before exiting")
-            .expect("readable log");
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(address) = entry["fields"]["address"].as_str() {
-            break address.to_string();
-        }
-    };
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    (child, format!("http://{address}"))
+        .arg(env!("CARGO_BIN_EXE_deeprecall"));
+    let (child, endpoint, _log) = spawn_serving_command(prlimit, data_dir, &[], &[]);
+    (child, endpoint)
 }
 
 #[tokio::test]
@@ -499,16 +486,7 @@ async fn a_write_past_a_file_size_limit_is_refused_clearly_and_what_was_stored_s
     let mut client = DeepRecallClient::connect(endpoint)
         .await
         .expect("client connects");
-    let stats = client
-        .get_stats(pb::GetStatsRequest {})
-        .await
-        .expect("stats")
-        .into_inner();
-    let count = stats
-        .collections
-        .iter()
-        .find(|collection| collection.name == COLLECTION)
-        .map_or(0, |collection| collection.document_count);
+    let count = documents_counted(&mut client).await;
     assert_eq!(count, stored.len() as u64);
     integrity_check(
         &data_dir
