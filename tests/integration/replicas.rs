@@ -385,3 +385,51 @@ async fn replicas_on_one_redis_enforce_one_rate_limit_together() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_replicas_measures_one_and_two_replicas_beside_the_embedded_store() {
+    let mut database = fresh_database().await;
+    database.push_str(if database.contains('?') { "&" } else { "?" });
+    database.push_str("sslmode=disable");
+    let redis = RedisServer::start();
+    let redis_url = redis.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
+            .args(["bench", "replicas", "--database-url", &database])
+            .args(["--redis-url", &redis_url])
+            .args([
+                "--concurrency",
+                "2",
+                "--samples",
+                "4",
+                "--mock-latency-ms",
+                "1",
+            ])
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .expect("the bench ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("replicas: "))
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for (row, topology) in rows.iter().zip([
+        "1 on the embedded store",
+        "1 on one postgres and one redis",
+        "2 on one postgres and one redis",
+    ]) {
+        assert!(row.starts_with(&format!("replicas: {topology}")), "{row}");
+        assert!(
+            row.contains("queries/s") && row.contains("the mock allows"),
+            "{row}"
+        );
+    }
+}

@@ -27,27 +27,7 @@ pub(super) async fn engine_overhead(
     // At least 16 rounds of `concurrency` queries: the first round arrives all at once and the
     // last one drains, and with only a few rounds those two would decide the throughput.
     let queries = (args.samples / 4).max(concurrency * 16);
-    let tool = |name: &str, arguments: serde_json::Value| {
-        MockReply::tool_call(name, arguments.to_string())
-    };
-    let mut script = MockScript::default()
-        .with_latency(latency)
-        .with_chunk_pause(Duration::ZERO)
-        .with_recording(Recording::Light);
-    for n in 0..queries {
-        script = script.with_conversation(
-            format!("{QUESTION_PREFIX}{n}?"),
-            vec![
-                tool("search_db", serde_json::json!({"query": "first hop"})),
-                tool("search_db", serde_json::json!({"query": "second hop"})),
-                tool(
-                    "submit",
-                    serde_json::json!({"answer": "done [doc-1]", "citations": ["doc-1"]}),
-                ),
-            ],
-        );
-    }
-    let mock = MockLlmServer::start(script)
+    let mock = MockLlmServer::start(three_call_script(latency, 0..queries))
         .await
         .map_err(|error| CliError::Io(error.to_string()))?;
     let base_url = mock.base_url();
@@ -163,6 +143,32 @@ pub(super) async fn engine_overhead(
         }
     }
     Ok(())
+}
+
+/// The mock's script for bench questions `numbers`: each answers with two searches, then a
+/// submit, every reply after `latency`.
+pub(super) fn three_call_script(latency: Duration, numbers: std::ops::Range<usize>) -> MockScript {
+    let tool = |name: &str, arguments: serde_json::Value| {
+        MockReply::tool_call(name, arguments.to_string())
+    };
+    let mut script = MockScript::default()
+        .with_latency(latency)
+        .with_chunk_pause(Duration::ZERO)
+        .with_recording(Recording::Light);
+    for n in numbers {
+        script = script.with_conversation(
+            format!("{QUESTION_PREFIX}{n}?"),
+            vec![
+                tool("search_db", serde_json::json!({"query": "first hop"})),
+                tool("search_db", serde_json::json!({"query": "second hop"})),
+                tool(
+                    "submit",
+                    serde_json::json!({"answer": "done [doc-1]", "citations": ["doc-1"]}),
+                ),
+            ],
+        );
+    }
+    script
 }
 
 /// Sums the mock's own time per bench query, recognised by its question in each request's

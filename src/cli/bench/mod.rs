@@ -19,6 +19,7 @@ mod corpus;
 mod engine;
 mod probes;
 mod protocols;
+mod replicas;
 mod soak;
 mod store;
 
@@ -40,6 +41,9 @@ enum Suite {
     /// Mixed traffic for `--minutes`, watching memory, descriptors, tasks and latency; not
     /// part of `all`.
     Soak,
+    /// Queries/s through one replica and through two sharing one PostgreSQL
+    /// (`--database-url`) and one Redis (`--redis-url`); not part of `all`.
+    Replicas,
 }
 
 /// Arguments of `deeprecall bench`.
@@ -70,18 +74,21 @@ pub struct BenchArgs {
     /// Engine suite: asks the model for whole replies instead of streamed ones.
     #[arg(long)]
     no_stream: bool,
-    /// Cached-query suite: also measures the redis backend on this server.
+    /// Cached-query suite: also measures the redis backend on this server. Replicas: the Redis
+    /// the replicas share for their cache and rate limits.
     #[arg(long)]
     redis_url: Option<String>,
-    /// Engine suite: only this concurrency (default: 1, 16 and 64). Soak: clients sending
-    /// at once (default 64).
+    /// Engine suite: only this concurrency (default: 1, 16 and 64). Soak and replicas: clients
+    /// sending at once (default 64).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Engine suite: only this mock latency in milliseconds (default: 0 and 50).
+    /// Engine suite: only this mock latency in milliseconds (default: 0 and 50). Replicas:
+    /// the mock's latency (default 50).
     #[arg(long)]
     mock_latency_ms: Option<u64>,
     /// Ingest and search suites: also measure the postgres store on this database (an empty
-    /// one: the bench writes its own collections and deletes them after).
+    /// one: the bench writes its own collections and deletes them after). Replicas: the
+    /// database they share.
     #[arg(long)]
     database_url: Option<String>,
     /// Vector index of the postgres store: hnsw or exact.
@@ -141,6 +148,15 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     }
     if args.suite == Suite::Soak {
         soak::soak(&args).await?;
+    }
+    if args.suite == Suite::Replicas {
+        let (Some(database_url), Some(redis_url)) = (&args.database_url, &args.redis_url) else {
+            return Err(CliError::Usage(
+                "bench replicas needs --database-url and --redis-url: the replicas share them"
+                    .into(),
+            ));
+        };
+        replicas::replicas(&args, database_url, redis_url).await?;
     }
     Ok(())
 }
