@@ -209,41 +209,10 @@ impl<'a> Run<'a> {
                 max_tokens: Some(max_tokens),
                 deadline,
             };
-            let call_started = Instant::now();
-            let call_span = iteration.in_scope(|| spans::model_call(ModelRole::Root, model.name()));
-            let response = match self
-                .streamed_call(request)
-                .instrument(call_span.clone())
-                .await
-            {
-                Guarded::Done(Ok(response)) => response,
-                Guarded::Done(Err(error)) => {
-                    spans::record_error(&call_span, &error.to_string());
-                    self.inner
-                        .metrics
-                        .model_call_failed(ModelRole::Root, model.name());
-                    if self.sources.lock().is_empty() {
-                        return Err(EngineError::Llm(error));
-                    }
-                    return Ok(Outcome::Stopped {
-                        exhausted: None,
-                        reason: error.to_string(),
-                    });
-                }
-                Guarded::Cancelled => {
-                    return Ok(Outcome::Stopped {
-                        exhausted: None,
-                        reason: self.cancel_reason().unwrap_or_else(|| "cancelled".into()),
-                    });
-                }
-                Guarded::OutOfTime => {
-                    let budget = self.budget.lock();
-                    return Ok(self.exhausted(BudgetResource::Time, &budget));
-                }
+            let response = match self.call_root(step, request, &iteration).await? {
+                Ok(response) => response,
+                Err(ended) => return Ok(ended),
             };
-            self.record_root_call(step, call_started, &response, &call_span)
-                .await;
-            drop(call_span);
 
             if response.tool_calls.is_empty() {
                 if response.content.trim().is_empty() {
@@ -604,6 +573,53 @@ impl<'a> Run<'a> {
             failed: all_failed,
             exhausted: None,
         }
+    }
+
+    /// Makes one root-model call under its own span and records it. A failure once something
+    /// was found, a cancellation or the time running out ends the run: the outcome to end
+    /// with comes back as `Ok(Err(_))`. A failure before anything was found fails the query.
+    async fn call_root(
+        &self,
+        step: u32,
+        request: ChatRequest,
+        iteration: &Span,
+    ) -> Result<Result<ChatResponse, Outcome>, EngineError> {
+        let model = &self.inner.model;
+        let call_started = Instant::now();
+        let call_span = iteration.in_scope(|| spans::model_call(ModelRole::Root, model.name()));
+        let response = match self
+            .streamed_call(request)
+            .instrument(call_span.clone())
+            .await
+        {
+            Guarded::Done(Ok(response)) => response,
+            Guarded::Done(Err(error)) => {
+                spans::record_error(&call_span, &error.to_string());
+                self.inner
+                    .metrics
+                    .model_call_failed(ModelRole::Root, model.name());
+                if self.sources.lock().is_empty() {
+                    return Err(EngineError::Llm(error));
+                }
+                return Ok(Err(Outcome::Stopped {
+                    exhausted: None,
+                    reason: error.to_string(),
+                }));
+            }
+            Guarded::Cancelled => {
+                return Ok(Err(Outcome::Stopped {
+                    exhausted: None,
+                    reason: self.cancel_reason().unwrap_or_else(|| "cancelled".into()),
+                }));
+            }
+            Guarded::OutOfTime => {
+                let budget = self.budget.lock();
+                return Ok(Err(self.exhausted(BudgetResource::Time, &budget)));
+            }
+        };
+        self.record_root_call(step, call_started, &response, &call_span)
+            .await;
+        Ok(Ok(response))
     }
 
     async fn record_root_call(

@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::{Guarded, Outcome, Run, estimate_prompt_tokens, estimate_tool_tokens};
+use super::{Outcome, Run, estimate_prompt_tokens, estimate_tool_tokens};
 use crate::engine::prompts::{self, SEARCH_DB};
 use crate::engine::{EngineError, EventKind, QueryResult};
 use crate::llm::{ChatRequest, Message, ToolCall};
-use crate::telemetry::spans::{self, ModelRole};
+use crate::telemetry::spans;
 
 /// Id of the search call shown to the model, as if it had made it.
 const SEARCH_CALL_ID: &str = "single_pass_search";
@@ -99,37 +99,10 @@ impl Run<'_> {
             max_tokens: Some(max_tokens),
             deadline,
         };
-        let call_started = Instant::now();
-        let call_span = iteration.in_scope(|| spans::model_call(ModelRole::Root, model.name()));
-        let response = match self.streamed_call(call).instrument(call_span.clone()).await {
-            Guarded::Done(Ok(response)) => response,
-            Guarded::Done(Err(error)) => {
-                spans::record_error(&call_span, &error.to_string());
-                self.inner
-                    .metrics
-                    .model_call_failed(ModelRole::Root, model.name());
-                if self.sources.lock().is_empty() {
-                    return Err(EngineError::Llm(error));
-                }
-                return Ok(Outcome::Stopped {
-                    exhausted: None,
-                    reason: error.to_string(),
-                });
-            }
-            Guarded::Cancelled => {
-                return Ok(Outcome::Stopped {
-                    exhausted: None,
-                    reason: self.cancel_reason().unwrap_or_else(|| "cancelled".into()),
-                });
-            }
-            Guarded::OutOfTime => {
-                let budget = self.budget.lock();
-                return Ok(self.exhausted(crate::engine::BudgetResource::Time, &budget));
-            }
+        let response = match self.call_root(STEP, call, &iteration).await? {
+            Ok(response) => response,
+            Err(ended) => return Ok(ended),
         };
-        self.record_root_call(STEP, call_started, &response, &call_span)
-            .await;
-        drop(call_span);
         let mut tools = vec![SEARCH_DB.to_string()];
         tools.extend(response.tool_calls.iter().map(|call| call.name.clone()));
         spans::record_iteration_tools(&iteration, &tools);
