@@ -218,8 +218,17 @@ impl DocumentStore for PostgresStore {
                      AS incoming (doc_id, content, metadata, embedding, folded) \
                  ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content, \
                      metadata = excluded.metadata, embedding = excluded.embedding, \
-                     folded = excluded.folded \
-                 RETURNING (xmax = 0) AS inserted",
+                     folded = excluded.folded",
+            )
+            .await?;
+        // Which ids are new is read before the upsert, under the collection's row lock, so no
+        // other writer can change the answer. `xmax = 0` on the upsert's rows was used before
+        // and is no reliable test (PostgreSQL sets xmax for row locks too): under concurrent
+        // writers the count fell short of the documents stored.
+        let count_existing = transaction
+            .prepare_cached(
+                "SELECT count(*) FROM deeprecall_documents \
+                 WHERE collection_id = $1 AND doc_id = ANY($2::text[])",
             )
             .await?;
         let mut inserted: i64 = 0;
@@ -232,8 +241,13 @@ impl DocumentStore for PostgresStore {
                 .map(|d| sparsevec_text(&d.embedding, self.dimension))
                 .collect();
             let folded: Vec<String> = chunk.iter().map(|d| folded_text(&d.embedding)).collect();
-            let rows = transaction
-                .query(
+            let existing: i64 = transaction
+                .query_one(&count_existing, &[&collection_id, &doc_ids])
+                .await?
+                .get(0);
+            inserted += chunk.len() as i64 - existing;
+            transaction
+                .execute(
                     &insert,
                     &[
                         &collection_id,
@@ -245,7 +259,6 @@ impl DocumentStore for PostgresStore {
                     ],
                 )
                 .await?;
-            inserted += rows.iter().filter(|row| row.get::<_, bool>(0)).count() as i64;
         }
         let document_count: i64 = transaction
             .query_one(
