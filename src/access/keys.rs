@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::{AccessError, Caller, Credentials, Rate, Scope};
 use crate::llm::http::Secret;
+use crate::transport::Subject;
 
 /// Shortest key accepted in clear: anything shorter can be guessed.
 pub const MIN_KEY_LENGTH: usize = 16;
@@ -28,6 +29,10 @@ pub struct KeyEntry {
     /// The SHA-256 digest of the key, in hex, so that the file holds no usable secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Under mutual TLS, the subject of the client certificate that identifies this caller
+    /// instead of a key, e.g. `CN=indexer,O=Example` (either order, any spacing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// What the key may do: `query`, `write`, `admin`.
     pub scopes: Vec<Scope>,
     /// Collections the key may touch; absent for all.
@@ -74,8 +79,14 @@ impl Identity {
     }
 }
 
+/// What identifies a caller: a key, known by its digest, or a certificate subject.
+enum Credential {
+    Digest([u8; 32]),
+    Subject(Subject),
+}
+
 struct KnownKey {
-    digest: [u8; 32],
+    credential: Credential,
     identity: Identity,
 }
 
@@ -112,19 +123,33 @@ impl KeyRing {
     pub fn from_entries(entries: &[KeyEntry]) -> Result<KeyRing, AccessError> {
         let mut names = HashSet::new();
         let mut digests: HashMap<[u8; 32], &str> = HashMap::new();
+        let mut subjects: Vec<(&Subject, &str)> = Vec::new();
         let mut keys = Vec::with_capacity(entries.len());
         for entry in entries {
             let known = known_key(entry)?;
             if !names.insert(entry.name.clone()) {
                 return Err(invalid(&entry.name, "the name is used by another key"));
             }
-            if let Some(first) = digests.insert(known.digest, &entry.name) {
+            keys.push(known);
+        }
+        for (entry, known) in entries.iter().zip(&keys) {
+            let first = match &known.credential {
+                Credential::Digest(digest) => digests.insert(*digest, &entry.name),
+                Credential::Subject(subject) => {
+                    let first = subjects
+                        .iter()
+                        .find(|(listed, _)| listed.matches(subject))
+                        .map(|(_, name)| *name);
+                    subjects.push((subject, &entry.name));
+                    first
+                }
+            };
+            if let Some(first) = first {
                 return Err(invalid(
                     &entry.name,
-                    &format!("the same key is already listed as {first:?}"),
+                    &format!("the same credential is already listed as {first:?}"),
                 ));
             }
-            keys.push(known);
         }
         Ok(KeyRing { keys })
     }
@@ -145,11 +170,21 @@ impl KeyRing {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for key in &self.keys {
-            if bool::from(key.digest.ct_eq(&digest)) {
+            if let Credential::Digest(known) = &key.credential
+                && bool::from(known.ct_eq(&digest))
+            {
                 found = Some(&key.identity);
             }
         }
         found
+    }
+
+    /// The identity a verified client certificate's subject names, if an entry lists it.
+    pub fn lookup_subject(&self, presented: &Subject) -> Option<&Identity> {
+        self.keys.iter().find_map(|key| match &key.credential {
+            Credential::Subject(subject) if presented.matches(subject) => Some(&key.identity),
+            _ => None,
+        })
     }
 }
 
@@ -208,8 +243,8 @@ fn known_key(entry: &KeyEntry) -> Result<KnownKey, AccessError> {
     if name.is_empty() {
         return Err(AccessError::InvalidKeys("a key has an empty name".into()));
     }
-    let digest = match (entry.key.is_empty(), &entry.sha256) {
-        (false, None) => {
+    let credential = match (entry.key.is_empty(), &entry.sha256, &entry.subject) {
+        (false, None, None) => {
             let key = entry.key.expose();
             if key.len() < MIN_KEY_LENGTH {
                 return Err(invalid(
@@ -218,16 +253,29 @@ fn known_key(entry: &KeyEntry) -> Result<KnownKey, AccessError> {
                 ));
             }
             checked_token(key).map_err(|error| invalid(name, &error.to_string()))?;
-            Sha256::digest(key.as_bytes()).into()
+            Credential::Digest(Sha256::digest(key.as_bytes()).into())
         }
-        (true, Some(hex)) => parse_digest(hex).ok_or_else(|| {
+        (true, Some(hex), None) => Credential::Digest(parse_digest(hex).ok_or_else(|| {
             invalid(
                 name,
                 "sha256 must be 64 hexadecimal digits (e.g. `printf %s KEY | sha256sum`)",
             )
-        })?,
-        (false, Some(_)) => return Err(invalid(name, "give either key or sha256, not both")),
-        (true, None) => return Err(invalid(name, "give key or sha256")),
+        })?),
+        (true, None, Some(subject)) => {
+            Credential::Subject(Subject::parse(subject).ok_or_else(|| {
+                invalid(
+                    name,
+                    "subject must list TYPE=value attributes, e.g. \"CN=indexer,O=Example\"",
+                )
+            })?)
+        }
+        (true, None, None) => return Err(invalid(name, "give key, sha256 or subject")),
+        _ => {
+            return Err(invalid(
+                name,
+                "give one of key, sha256 or subject, not several",
+            ));
+        }
     };
     if entry.scopes.is_empty() {
         return Err(invalid(
@@ -252,7 +300,7 @@ fn known_key(entry: &KeyEntry) -> Result<KnownKey, AccessError> {
         ));
     }
     Ok(KnownKey {
-        digest,
+        credential,
         identity: Identity {
             name: Arc::from(name),
             scopes: entry.scopes.iter().copied().collect(),
@@ -290,6 +338,7 @@ mod tests {
             name: name.into(),
             key: Secret::new(key),
             sha256: None,
+            subject: None,
             scopes: scopes.to_vec(),
             collections: None,
             requests_per_minute: None,
@@ -324,9 +373,66 @@ mod tests {
         assert!(ring.lookup("").is_none());
     }
 
+    fn subject_entry(name: &str, subject: &str) -> KeyEntry {
+        KeyEntry {
+            key: Secret::default(),
+            subject: Some(subject.into()),
+            ..entry(name, "", &[Scope::Query])
+        }
+    }
+
+    #[test]
+    fn a_certificate_subject_names_its_entry_and_never_stands_for_a_key() {
+        let ring = KeyRing::from_entries(&[
+            subject_entry("indexer", "CN=indexer, O=Example"),
+            entry("writer", "writer-key-0123456789", &[Scope::Write]),
+        ])
+        .unwrap();
+        let presented = Subject::parse("O=Example,CN=indexer").unwrap();
+        assert_eq!(&*ring.lookup_subject(&presented).unwrap().name, "indexer");
+        let other = Subject::parse("O=Example,CN=writer").unwrap();
+        assert!(ring.lookup_subject(&other).is_none());
+        // The subject's text is no key, and a key's holder is no subject.
+        assert!(ring.lookup("CN=indexer, O=Example").is_none());
+        assert!(
+            ring.lookup_subject(&Subject::parse("CN=writer").unwrap())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn subject_entries_are_checked_like_keys() {
+        let cases = [
+            (vec![subject_entry("a", "indexer")], "TYPE=value"),
+            (
+                vec![KeyEntry {
+                    subject: Some("CN=a".into()),
+                    ..entry("a", "long-enough-key-000", &[Scope::Query])
+                }],
+                "not several",
+            ),
+            (
+                vec![
+                    subject_entry("b", "CN=x,O=y"),
+                    subject_entry("a", "O=y, CN=x"),
+                ],
+                "already listed as \"b\"",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let error = KeyRing::from_entries(&entries).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(error.contains("\"a\""), "{error}");
+        }
+    }
+
     #[test]
     fn bad_entries_are_refused_with_the_key_name() {
         let cases = [
+            (
+                vec![entry("a", "", &[Scope::Query])],
+                "give key, sha256 or subject",
+            ),
             (vec![entry("a", "short", &[Scope::Query])], "shorter"),
             (vec![entry("a", "long-enough-key-000", &[])], "scope"),
             (
@@ -377,6 +483,7 @@ mod tests {
             presented_key(Credentials {
                 authorization: authorization.map(str::as_bytes),
                 api_key: api_key.map(str::as_bytes),
+                certificate_subject: None,
             })
             .map(str::to_string)
         };
@@ -513,6 +620,7 @@ mod props {
                         // The index makes every key distinct.
                         key: Secret::new(format!("{key}{index:04}")),
                         sha256: None,
+                        subject: None,
                         scopes: scopes.into_iter().collect(),
                         collections,
                         requests_per_minute,

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::EngineStats;
 use crate::store::DEFAULT_COLLECTION;
 use crate::telemetry::Metrics;
+use crate::transport::Subject;
 pub use keys::{KeyEntry, KeyFile, KeyRing};
 pub use limit::{Decision, Rate, RateLimiter};
 pub use shed::{QuerySlot, QuerySlots, SlotSettings};
@@ -38,6 +39,9 @@ pub enum AccessError {
     /// No configured key matches.
     #[error("unknown API key")]
     UnknownKey,
+    /// The call carries no key, and no key file entry names its client certificate.
+    #[error("no API key, and no key file entry names the client certificate subject {0:?}")]
+    UnknownSubject(String),
     /// The key lacks the scope the method needs.
     #[error("key {caller:?} lacks the \"{scope}\" scope that {method} needs")]
     MissingScope {
@@ -390,13 +394,15 @@ pub enum Admission {
     },
 }
 
-/// Credentials a call presented, as raw metadata values.
+/// Credentials a call presented: raw metadata values, and the connection's client certificate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Credentials<'a> {
     /// The `authorization` value.
     pub authorization: Option<&'a [u8]>,
     /// The `x-api-key` value.
     pub api_key: Option<&'a [u8]>,
+    /// The subject of the client certificate the TLS handshake verified.
+    pub certificate_subject: Option<&'a Subject>,
 }
 
 /// The front door: keys, limits and query slots, shared by every connection.
@@ -521,7 +527,10 @@ impl FrontDoor {
     async fn count_refusal(&self, error: AccessError, peer: Option<IpAddr>) -> AccessError {
         let refused_for_key = matches!(
             error,
-            AccessError::MissingKey | AccessError::MalformedKey(_) | AccessError::UnknownKey
+            AccessError::MissingKey
+                | AccessError::MalformedKey(_)
+                | AccessError::UnknownKey
+                | AccessError::UnknownSubject(_)
         );
         let (true, Some(rate), Some(address)) = (refused_for_key, self.settings.refused_rate, peer)
         else {
@@ -619,9 +628,17 @@ impl FrontDoor {
         if !self.auth_enabled {
             return Ok(Caller::anonymous(peer, self.settings.default_rate));
         }
-        let presented = keys::presented_key(credentials)?;
         let keys = Arc::clone(&self.keys.read());
-        let identity = keys.lookup(presented).ok_or(AccessError::UnknownKey)?;
+        // A key, when sent, decides: a certificate does not rescue a wrong key.
+        let identity = match (
+            keys::presented_key(credentials),
+            credentials.certificate_subject,
+        ) {
+            (Err(AccessError::MissingKey), Some(subject)) => keys
+                .lookup_subject(subject)
+                .ok_or_else(|| AccessError::UnknownSubject(subject.to_string()))?,
+            (presented, _) => keys.lookup(presented?).ok_or(AccessError::UnknownKey)?,
+        };
         Ok(identity.caller(self.settings.default_rate))
     }
 }
@@ -675,6 +692,7 @@ mod tests {
                     name: "reader".into(),
                     key: crate::llm::http::Secret::new("reader-key-0123456789"),
                     sha256: None,
+                    subject: None,
                     scopes: vec![Scope::Query],
                     collections: None,
                     requests_per_minute: None,

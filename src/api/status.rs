@@ -133,9 +133,10 @@ pub fn access_status(error: &AccessError) -> Status {
 fn unbounded_access_status(error: &AccessError) -> Status {
     let message = error.to_string();
     match error {
-        AccessError::MissingKey | AccessError::MalformedKey(_) | AccessError::UnknownKey => {
-            Status::unauthenticated(message)
-        }
+        AccessError::MissingKey
+        | AccessError::MalformedKey(_)
+        | AccessError::UnknownKey
+        | AccessError::UnknownSubject(_) => Status::unauthenticated(message),
         AccessError::MissingScope { .. }
         | AccessError::CollectionDenied { .. }
         | AccessError::ClearAllDenied { .. } => Status::permission_denied(message),

@@ -8,7 +8,7 @@ use clap::Args;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::CliError;
 use crate::api::DeepRecallClient;
@@ -25,12 +25,79 @@ pub struct ClientArgs {
     /// File holding the API key to send; else env DEEPRECALL_CLIENT_KEY.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+/// TLS flags of the client commands, for an `https://` server.
+#[derive(Debug, Args)]
+struct ClientTlsArgs {
+    /// PEM file of the CA that signed the server's certificate, trusted instead of the
+    /// system's roots; env DEEPRECALL_TLS_CA.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// PEM certificate to present under mutual TLS; env DEEPRECALL_TLS_CLIENT_CERT.
+    #[arg(long)]
+    tls_client_cert: Option<PathBuf>,
+    /// The client certificate's private key; env DEEPRECALL_TLS_CLIENT_KEY.
+    #[arg(long)]
+    tls_client_key: Option<PathBuf>,
+    /// Name the server's certificate must carry, when it is not the host of --server (a
+    /// server reached by its IP address); env DEEPRECALL_TLS_SERVER_NAME.
+    #[arg(long)]
+    tls_server_name: Option<String>,
+}
+
+/// TLS of a client connection: which CA to trust, which certificate to present and which name
+/// to expect. The default trusts the system's roots and presents nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// PEM file of the CA trusted instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate presented under mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    pub key: Option<PathBuf>,
+    /// Name the server's certificate must carry, when not the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl ClientTls {
+    fn is_default(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none() && self.server_name.is_none()
+    }
+
+    fn config(&self) -> Result<ClientTlsConfig, CliError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|error| CliError::Io(format!("cannot read {}: {error}", path.display())))
+        };
+        let mut config = match &self.ca {
+            Some(path) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(path)?)),
+            None => ClientTlsConfig::new().with_enabled_roots(),
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Usage(
+                    "--tls-client-cert and --tls-client-key go together".into(),
+                ));
+            }
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
+    }
 }
 
 impl ClientArgs {
     pub(super) async fn connect(&self) -> Result<ServerClient, CliError> {
         let (endpoint, key) = self.endpoint_and_key()?;
-        connect(&endpoint, key.as_deref()).await
+        connect_with(&endpoint, key.as_deref(), &self.tls()).await
     }
 
     pub(super) fn endpoint_and_key(&self) -> Result<(String, Option<String>), CliError> {
@@ -43,6 +110,28 @@ impl ClientArgs {
             None => env.get(config::CLIENT_KEY_ENV).cloned(),
         };
         Ok((endpoint, key))
+    }
+
+    /// The TLS flags, each falling back to its environment variable.
+    pub(super) fn tls(&self) -> ClientTls {
+        let env = config::process_env();
+        let path = |flag: &Option<PathBuf>, name: &str| {
+            flag.clone().or_else(|| {
+                env.get(name)
+                    .filter(|value| !value.is_empty())
+                    .map(PathBuf::from)
+            })
+        };
+        ClientTls {
+            ca: path(&self.tls.tls_ca, "DEEPRECALL_TLS_CA"),
+            cert: path(&self.tls.tls_client_cert, "DEEPRECALL_TLS_CLIENT_CERT"),
+            key: path(&self.tls.tls_client_key, "DEEPRECALL_TLS_CLIENT_KEY"),
+            server_name: self.tls.tls_server_name.clone().or_else(|| {
+                env.get("DEEPRECALL_TLS_SERVER_NAME")
+                    .filter(|value| !value.is_empty())
+                    .cloned()
+            }),
+        }
     }
 }
 
@@ -85,6 +174,15 @@ pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits until health reports the service SERVING, at most `timeout`. The listener is bound
 /// before the server starts, so the health stream answers at once and pushes the change.
 pub async fn wait_until_serving(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
+    wait_until_serving_with(endpoint, &ClientTls::default(), timeout).await
+}
+
+/// [`wait_until_serving`], over the TLS `tls` describes for an `https://` endpoint.
+pub async fn wait_until_serving_with(
+    endpoint: &str,
+    tls: &ClientTls,
+    timeout: Duration,
+) -> Result<(), CliError> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -93,7 +191,7 @@ pub async fn wait_until_serving(endpoint: &str, timeout: Duration) -> Result<(),
         message,
     };
     let watch = async {
-        let channel = connect_channel(endpoint).await?;
+        let channel = connect_channel_with(endpoint, tls).await?;
         let mut updates = HealthClient::new(channel)
             .watch(HealthCheckRequest {
                 service: server::SERVICE_NAME.to_string(),
@@ -118,8 +216,17 @@ pub async fn wait_until_serving(endpoint: &str, timeout: Duration) -> Result<(),
 /// Connects a client sending `api_key` with every call, failing fast when nothing listens.
 /// `endpoint` is a URL or a bare `host:port` (plaintext), as [`config::endpoint_url`] reads it.
 pub async fn connect(endpoint: &str, api_key: Option<&str>) -> Result<ServerClient, CliError> {
+    connect_with(endpoint, api_key, &ClientTls::default()).await
+}
+
+/// [`connect`], with the TLS of an `https://` endpoint set by `tls`.
+pub async fn connect_with(
+    endpoint: &str,
+    api_key: Option<&str>,
+    tls: &ClientTls,
+) -> Result<ServerClient, CliError> {
     let key = CallerKey::new(api_key)?;
-    let channel = connect_channel(endpoint).await?;
+    let channel = connect_channel_with(endpoint, tls).await?;
     Ok(DeepRecallClient::with_interceptor(channel, key)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))
@@ -129,6 +236,12 @@ pub async fn connect(endpoint: &str, api_key: Option<&str>) -> Result<ServerClie
 /// `https://` URL; a failure says what went wrong: nothing listening, a TLS mismatch, or a
 /// server that does not speak gRPC.
 pub async fn connect_channel(endpoint: &str) -> Result<Channel, CliError> {
+    connect_channel_with(endpoint, &ClientTls::default()).await
+}
+
+/// [`connect_channel`], with the TLS of an `https://` endpoint set by `tls`; TLS settings for
+/// a plaintext endpoint are refused rather than ignored.
+pub async fn connect_channel_with(endpoint: &str, tls: &ClientTls) -> Result<Channel, CliError> {
     let url = config::endpoint_url(endpoint);
     let connect_error = |message: String| CliError::Connect {
         endpoint: url.clone(),
@@ -139,8 +252,12 @@ pub async fn connect_channel(endpoint: &str) -> Result<Channel, CliError> {
         .connect_timeout(CONNECT_TIMEOUT);
     if url.starts_with("https://") {
         builder = builder
-            .tls_config(ClientTlsConfig::new().with_enabled_roots())
+            .tls_config(tls.config()?)
             .map_err(|error| connect_error(transport_failure(&error)))?;
+    } else if !tls.is_default() {
+        return Err(CliError::Usage(format!(
+            "TLS options need an https:// server, not {url}"
+        )));
     }
     builder
         .connect()

@@ -121,6 +121,9 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
         )));
     }
     crate::server::check_settings(config).map_err(|error| config_error(error.to_string()))?;
+    // The files themselves are read at start: they live in mounted Secrets this check may not see.
+    let tls = crate::transport::TlsFiles::from_config(&config.tls)
+        .map_err(|error| config_error(error.to_string()))?;
     println!("configuration is valid");
     println!("listen: {}", config.server.listen);
     println!("metrics_listen: {metrics}");
@@ -132,6 +135,14 @@ pub fn check_config(config: &Config) -> Result<(), CliError> {
             .unwrap_or_default()
     };
     println!("keys_file: {}", file(&config.auth.keys_file));
+    println!(
+        "tls: {}",
+        match &tls {
+            None => "off",
+            Some(files) if files.client_ca.is_some() => "mutual",
+            Some(_) => "on",
+        }
+    );
     println!("llm_api_key_file: {}", file(&config.llm.api_key_file));
     println!(
         "cache: {}",
@@ -154,7 +165,7 @@ impl ClientArgs {
     async fn channel_and_key(&self) -> Result<(tonic::transport::Channel, CallerKey), CliError> {
         let (endpoint, key) = self.endpoint_and_key()?;
         Ok((
-            super::connect_channel(&endpoint).await?,
+            super::client::connect_channel_with(&endpoint, &self.tls()).await?,
             CallerKey::new(key.as_deref())?,
         ))
     }

@@ -20,7 +20,8 @@ use crate::config::{self, Config, ConfigSources};
 use crate::server;
 
 pub use client::{
-    CallerKey, ClientArgs, ServerClient, connect, connect_channel, wait_until_serving,
+    CallerKey, ClientArgs, ClientTls, ServerClient, connect, connect_channel, connect_channel_with,
+    connect_with, wait_until_serving, wait_until_serving_with,
 };
 use client::{READY_TIMEOUT, transport_failure};
 
@@ -143,6 +144,15 @@ struct ServeArgs {
     /// TOML file of API keys, re-read on SIGHUP; env DEEPRECALL_KEYS_FILE.
     #[arg(long)]
     keys_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS on the gRPC and HTTP ports; env DEEPRECALL_TLS_CERT.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; env DEEPRECALL_TLS_KEY.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CAs of accepted client certificates: mutual TLS; env DEEPRECALL_TLS_CLIENT_CA.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// Requests per minute per key (per client address without keys), 0 for no limit; env
     /// DEEPRECALL_RATE_LIMIT_PER_MINUTE.
     #[arg(long)]
@@ -192,7 +202,6 @@ struct ServeArgs {
     #[arg(long)]
     api_key_file: Option<PathBuf>,
 }
-
 
 #[derive(Debug, Args)]
 struct QueryArgs {
@@ -384,6 +393,10 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         "auth.keys_file",
         args.keys_file.map(|path| path.display().to_string()),
     );
+    let path = |path: Option<PathBuf>| path.map(|path| path.display().to_string());
+    flag("tls.cert", path(args.tls_cert));
+    flag("tls.key", path(args.tls_key));
+    flag("tls.client_ca", path(args.tls_client_ca));
     flag(
         "limits.requests_per_minute",
         args.rate_limit_per_minute.map(|rate| rate.to_string()),

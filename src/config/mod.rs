@@ -65,6 +65,9 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("DEEPRECALL_METRICS_LISTEN", "telemetry.metrics_listen"),
     ("DEEPRECALL_HTTP_LISTEN", "server.http_listen"),
     ("DEEPRECALL_TRACE_LOG", "telemetry.trace_log"),
+    ("DEEPRECALL_TLS_CERT", "tls.cert"),
+    ("DEEPRECALL_TLS_KEY", "tls.key"),
+    ("DEEPRECALL_TLS_CLIENT_CA", "tls.client_ca"),
 ];
 
 /// Environment variable naming the config file.
@@ -120,6 +123,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
+    /// TLS on the server's ports.
+    pub tls: TlsConfig,
 }
 
 /// Where the configuration comes from.

@@ -65,6 +65,57 @@ impl Default for ServerConfig {
     }
 }
 
+/// TLS on the server's own ports. Off unless `cert` and `key` are both set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the server's certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM file of the CAs whose client certificates are accepted: mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client must present a certificate once `client_ca` is set.
+    pub client_auth: ClientAuth,
+    /// Seconds between looks at the files for a change (a rotated Kubernetes Secret); 0 reloads
+    /// on SIGHUP only.
+    pub reload_interval_seconds: u64,
+    /// Serve the Prometheus port over TLS too, with the same certificate (no client
+    /// certificate asked).
+    pub metrics: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_auth: ClientAuth::Required,
+            reload_interval_seconds: 10,
+            metrics: false,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// Whether a client certificate is required under mutual TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A connection without a certificate signed by `client_ca` is refused in the handshake.
+    #[default]
+    Required,
+    /// A certificate is checked when presented; a connection without one must use a key.
+    Optional,
+}
+
 /// Where documents are stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -238,6 +238,24 @@ trace_log = ""
 trace_log_max_bytes = 104857600
 trace_log_keep_files = 5
 
+[tls]
+# TLS on the gRPC port and the HTTP port: the certificate chain (leaf first) and its key, as
+# PEM (flags --tls-cert and --tls-key, env DEEPRECALL_TLS_CERT and DEEPRECALL_TLS_KEY). Unset
+# serves plaintext. TLS 1.2 and 1.3 only.
+# cert = "/etc/deeprecall/tls/tls.crt"
+# key = "/etc/deeprecall/tls/tls.key"
+# Mutual TLS: the CAs whose client certificates are accepted (flag --tls-client-ca, env
+# DEEPRECALL_TLS_CLIENT_CA). A key file entry may name a certificate subject instead of a key.
+# client_ca = "/etc/deeprecall/tls/ca.crt"
+# "required": a connection without a client certificate is refused; "optional": one without
+# must present an API key.
+client_auth = "required"
+# Seconds between looks at the files for a change (a rotated Secret); SIGHUP reloads at once.
+# 0 reloads on SIGHUP only.
+reload_interval_seconds = 10
+# Serve the Prometheus port over TLS too, with the same certificate.
+metrics = false
+
 [telemetry.resource_attributes]
 # "deployment.environment" = "prod"
 

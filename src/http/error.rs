@@ -226,14 +226,15 @@ impl From<AccessError> for HttpError {
     fn from(error: AccessError) -> Self {
         let message = error.to_string();
         match &error {
-            AccessError::MissingKey | AccessError::MalformedKey(_) | AccessError::UnknownKey => {
-                HttpError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    "invalid_api_key",
-                    message,
-                )
-            }
+            AccessError::MissingKey
+            | AccessError::MalformedKey(_)
+            | AccessError::UnknownKey
+            | AccessError::UnknownSubject(_) => HttpError::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                message,
+            ),
             AccessError::MissingScope { .. }
             | AccessError::CollectionDenied { .. }
             | AccessError::ClearAllDenied { .. } => HttpError::new(

@@ -23,7 +23,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +32,7 @@ use crate::access::{
 use crate::api::{Admission, OpenCall};
 use crate::engine::Engine;
 use crate::telemetry::{self, Metrics};
+use crate::transport::{Incoming, PeerInfo};
 use error::HttpError;
 
 /// Limits of the HTTP surface.
@@ -71,7 +71,7 @@ impl HttpState {
     async fn enter(
         &self,
         headers: &HeaderMap,
-        peer: SocketAddr,
+        peer: &PeerInfo,
         method: Option<Method>,
     ) -> Result<(Engine, OpenCall, Caller, Option<QuerySlot>), HttpError> {
         let credentials = Credentials {
@@ -79,10 +79,11 @@ impl HttpState {
                 .get(header::AUTHORIZATION)
                 .map(|value| value.as_bytes()),
             api_key: headers.get("x-api-key").map(|value| value.as_bytes()),
+            certificate_subject: peer.client_subject.as_deref(),
         };
         let (caller, slot) = match self
             .door
-            .admit_call(method, credentials, Some(peer.ip()))
+            .admit_call(method, credentials, Some(peer.remote.ip()))
             .await?
         {
             DoorAdmission::Caller { caller, slot } => (caller, slot),
@@ -153,27 +154,23 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `state` on `listener` until stopped.
-    pub fn start(
-        listener: TcpListener,
-        state: HttpState,
-        metrics: Metrics,
-    ) -> std::io::Result<HttpServer> {
-        let address = listener.local_addr()?;
+    /// Serves `state` on the connections of `incoming` (plaintext or TLS) until stopped.
+    pub fn start(incoming: Incoming, state: HttpState, metrics: Metrics) -> HttpServer {
+        let address = incoming.local_addr();
         let stop = CancellationToken::new();
-        let app = router(state, metrics).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(state, metrics).into_make_service_with_connect_info::<PeerInfo>();
         let shutdown = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(incoming, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         });
         tracing::info!(http_address = %address, "serving the OpenAI-compatible HTTP API");
-        Ok(HttpServer {
+        HttpServer {
             address,
             stop,
             task: Some(task),
-        })
+        }
     }
 
     /// The address served.
@@ -207,12 +204,12 @@ impl Drop for HttpServer {
 
 async fn chat_completions(
     State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     request: Request,
 ) -> Result<Response, HttpError> {
     let (parts, body) = request.into_parts();
     let (engine, call, caller, slot) = state
-        .enter(&parts.headers, peer, Some(Method::Query))
+        .enter(&parts.headers, &peer, Some(Method::Query))
         .await?;
     let request: chat::ChatRequest = wire::parse(body, state.settings.max_body_bytes).await?;
     let chat = chat::chat_query(request)?;
@@ -229,10 +226,10 @@ async fn chat_completions(
 
 async fn models(
     State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let (engine, _call, caller, _slot) = state.enter(&headers, peer, None).await?;
+    let (engine, _call, caller, _slot) = state.enter(&headers, &peer, None).await?;
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
@@ -241,12 +238,12 @@ async fn models(
 
 async fn add_documents(
     State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     request: Request,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let (parts, body) = request.into_parts();
     let (engine, _call, caller, _slot) = state
-        .enter(&parts.headers, peer, Some(Method::AddDocuments))
+        .enter(&parts.headers, &peer, Some(Method::AddDocuments))
         .await?;
     let request: rest::AddDocuments = wire::parse(body, state.settings.max_body_bytes).await?;
     caller.check_collection(request.collection())?;
@@ -255,12 +252,12 @@ async fn add_documents(
 
 async fn delete_documents(
     State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     request: Request,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let (parts, body) = request.into_parts();
     let (engine, _call, caller, _slot) = state
-        .enter(&parts.headers, peer, Some(Method::DeleteDocuments))
+        .enter(&parts.headers, &peer, Some(Method::DeleteDocuments))
         .await?;
     let request: rest::DeleteDocuments = wire::parse(body, state.settings.max_body_bytes).await?;
     caller.check_collection(request.collection())?;
@@ -269,12 +266,12 @@ async fn delete_documents(
 
 async fn clear_cache(
     State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     request: Request,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let (parts, body) = request.into_parts();
     let (engine, _call, caller, _slot) = state
-        .enter(&parts.headers, peer, Some(Method::ClearCache))
+        .enter(&parts.headers, &peer, Some(Method::ClearCache))
         .await?;
     let request =
         wire::parse_optional::<rest::ClearCache>(body, state.settings.max_body_bytes).await?;
@@ -284,11 +281,11 @@ async fn clear_cache(
 
 async fn usage(
     State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let (engine, _call, caller, _slot) =
-        state.enter(&headers, peer, Some(Method::GetStats)).await?;
+        state.enter(&headers, &peer, Some(Method::GetStats)).await?;
     Ok(Json(rest::usage(&engine, &caller).await?))
 }
 

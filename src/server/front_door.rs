@@ -2,7 +2,6 @@
 //! here before any service sees it, and an admitted call carries its [`Caller`] in the request
 //! extensions for the handlers.
 
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,12 +10,12 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::body::Body;
-use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 use crate::access::{Admission, Credentials, FrontDoor, Method, QuerySlot};
 use crate::api::status::access_status;
 use crate::telemetry::Metrics;
+use crate::transport::PeerInfo;
 
 /// Applies a [`FrontDoor`] to every call, and counts every call in the metrics by method and
 /// final status.
@@ -75,13 +74,17 @@ where
         Box::pin(async move {
             let started = Instant::now();
             let method = method_label(request.uri().path());
-            let peer = peer_address(&request);
+            let connection = request.extensions().get::<PeerInfo>().cloned();
+            let peer = connection.as_ref().map(|connection| connection.remote.ip());
             let headers = request.headers();
             let credentials = Credentials {
                 authorization: headers
                     .get(http::header::AUTHORIZATION)
                     .map(|value| value.as_bytes()),
                 api_key: headers.get("x-api-key").map(|value| value.as_bytes()),
+                certificate_subject: connection
+                    .as_ref()
+                    .and_then(|connection| connection.client_subject.as_deref()),
             };
             let admission = door.admit(request.uri().path(), credentials, peer).await;
             let slot = match admission {
@@ -115,14 +118,6 @@ where
             }))
         })
     }
-}
-
-fn peer_address<B>(request: &http::Request<B>) -> Option<IpAddr> {
-    request
-        .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .map(|address| address.ip())
 }
 
 /// The `method` label of a path: bounded to the methods this server has, so that a client

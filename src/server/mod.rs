@@ -12,7 +12,6 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::util::option_layer;
@@ -37,6 +36,8 @@ use crate::llm::LlmError;
 use crate::store::{DocumentStore, EmbeddedStore, EmbeddedStoreConfig, PostgresStore, StoreError};
 use crate::telemetry::trace_log::{DEFAULT_QUEUE_LINES, TraceLogSettings};
 use crate::telemetry::{self, Metrics, TraceLog};
+use crate::transport::tls::{ALPN_GRPC, ALPN_HTTP, watch};
+use crate::transport::{Incoming, IncomingSettings, ServerTls, TlsError, TlsFiles};
 
 /// Name under which health reports the DeepRecall service.
 pub const SERVICE_NAME: &str = "deeprecall.v1.DeepRecall";
@@ -48,7 +49,6 @@ const LIMITER_READY_WAIT: Duration = Duration::from_secs(2);
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 pub mod front_door;
-pub mod handshake;
 pub mod models;
 mod store_health;
 
@@ -81,6 +81,9 @@ pub enum ServerError {
     /// A setting of the server itself is invalid.
     #[error("invalid server setting: {0}")]
     Setting(String),
+    /// The TLS files cannot be served.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// The settings the server refuses at startup that can be checked without opening, binding
@@ -97,6 +100,34 @@ pub fn check_settings(config: &Config) -> Result<(), ServerError> {
         .engine
         .check_default_budget()
         .map_err(ServerError::Setting)
+}
+
+/// Reads and checks the TLS files the configuration names; `None` when TLS is off. `serve`
+/// and `serve --check-config` both load them here.
+pub fn load_tls(config: &Config) -> Result<Option<Arc<ServerTls>>, ServerError> {
+    Ok(TlsFiles::from_config(&config.tls)?
+        .map(ServerTls::load)
+        .transpose()?)
+}
+
+/// How one port accepts: TLS when configured, with its ALPN protocols and, when `ask_client`,
+/// a client certificate under mutual TLS; a handshake deadline either way.
+fn incoming(
+    listener: TcpListener,
+    config: &Config,
+    tls: Option<&ServerTls>,
+    alpn: &[&[u8]],
+    ask_client: bool,
+) -> Result<Incoming, ServerError> {
+    let keepalive = Duration::from_secs(config.server.http2_keepalive_seconds.max(1));
+    let settings = IncomingSettings {
+        tls: tls
+            .map(|tls| tls.server_config(alpn, ask_client))
+            .transpose()?,
+        handshake_timeout: Duration::from_secs(config.server.handshake_timeout_seconds),
+        tcp_keepalive: Some(keepalive),
+    };
+    Ok(Incoming::start(listener, settings)?)
 }
 
 /// Builds the front door the configuration describes: keys loaded and checked, the rate
@@ -349,6 +380,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     survive_file_size_limit();
+    let tls = load_tls(&config)?;
     let metrics = Metrics::new();
     let trace_log = open_trace_log(&config.telemetry, &metrics)?;
     let metrics_server = match config.telemetry.metrics_listen.trim() {
@@ -359,10 +391,17 @@ pub async fn serve(
                     "telemetry.metrics_listen: cannot listen on {address}: {error}"
                 ))
             })?;
-            tracing::info!(metrics_address = %metrics_listener.local_addr()?, "serving Prometheus metrics on /metrics");
+            let metrics_tls = tls.as_deref().filter(|_| config.tls.metrics);
+            tracing::info!(
+                metrics_address = %metrics_listener.local_addr()?,
+                tls = metrics_tls.is_some(),
+                "serving Prometheus metrics on /metrics"
+            );
+            let metrics_incoming =
+                incoming(metrics_listener, &config, metrics_tls, ALPN_HTTP, false)?;
             let stop = CancellationToken::new();
             let task = tokio::spawn(telemetry::serve_metrics(
-                metrics_listener,
+                metrics_incoming,
                 metrics.clone(),
                 stop.clone().cancelled_owned(),
             ));
@@ -373,7 +412,17 @@ pub async fn serve(
         metrics,
         trace_log: trace_log.clone(),
     };
-    let outcome = serve_calls(config, listener, shutdown, telemetry).await;
+    let _tls_watched = tls.as_ref().map(|tls| {
+        if let Some(not_after) = tls.not_after() {
+            telemetry.metrics.set_tls_certificate_expiry(not_after);
+        }
+        watch(
+            Arc::clone(tls),
+            Duration::from_secs(config.tls.reload_interval_seconds),
+            telemetry.metrics.clone(),
+        )
+    });
+    let outcome = serve_calls(config, listener, shutdown, telemetry, tls).await;
     if let Some((stop, task)) = metrics_server {
         stop.cancel();
         let _ = task.await;
@@ -412,6 +461,7 @@ async fn serve_calls(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     telemetry: EngineTelemetry,
+    tls: Option<Arc<ServerTls>>,
 ) -> Result<(), ServerError> {
     // Models first: a missing key or model fails start-up at once, before anything listens.
     let models = models::build(&config.llm)?;
@@ -457,19 +507,24 @@ async fn serve_calls(
             .max_decoding_message_size(config.server.max_request_bytes)
             .max_encoding_message_size(config.server.max_response_bytes);
 
-    let http = start_http(&config, &admission, &door, &telemetry.metrics).await?;
+    let http = start_http(
+        &config,
+        &admission,
+        &door,
+        &telemetry.metrics,
+        tls.as_deref(),
+    )
+    .await?;
 
     let (drain, drained) = oneshot::channel::<()>();
     let keepalive = Duration::from_secs(config.server.http2_keepalive_seconds.max(1));
-    // Without TCP_NODELAY the small frames of a stream wait for delayed ACKs (~40 ms each);
-    // tonic sets it only on listeners it binds itself.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(keepalive));
-    let handshake_timeout = Duration::from_secs(config.server.handshake_timeout_seconds);
-    let incoming = futures::StreamExt::map(incoming, move |accepted| {
-        accepted.map(|stream| handshake::HandshakeDeadline::new(stream, handshake_timeout))
-    });
+    // gRPC-Web from browsers may come over HTTP/1.1.
+    let alpn: &[&[u8]] = if config.server.grpc_web {
+        ALPN_HTTP
+    } else {
+        ALPN_GRPC
+    };
+    let incoming = incoming(listener, &config, tls.as_deref(), alpn, true)?;
     let mut builder = Server::builder()
         .accept_http1(config.server.grpc_web)
         .http2_keepalive_interval(Some(keepalive))
@@ -497,7 +552,13 @@ async fn serve_calls(
             let _ = drained.await;
         });
     let mut server = std::pin::pin!(server);
-    tracing::info!(%address, grpc_web = config.server.grpc_web, "serving gRPC");
+    tracing::info!(
+        %address,
+        grpc_web = config.server.grpc_web,
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|tls| tls.mutual()),
+        "serving gRPC"
+    );
 
     let opening = build_engine(&config, models, telemetry);
     let mut opening = std::pin::pin!(opening);
@@ -576,6 +637,7 @@ async fn start_http(
     admission: &Admission,
     door: &Arc<FrontDoor>,
     metrics: &Metrics,
+    tls: Option<&ServerTls>,
 ) -> Result<Option<HttpServer>, ServerError> {
     let address = config.server.http_listen.trim();
     if address.is_empty() {
@@ -592,7 +654,8 @@ async fn start_http(
         request_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
     };
     let state = HttpState::new(admission.clone(), Arc::clone(door), settings);
-    Ok(Some(HttpServer::start(listener, state, metrics.clone())?))
+    let incoming = incoming(listener, config, tls, ALPN_HTTP, true)?;
+    Ok(Some(HttpServer::start(incoming, state, metrics.clone())))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use super::spans::ModelRole;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
@@ -29,9 +30,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-
-use super::spans::ModelRole;
 
 /// Path of the scrape endpoint.
 pub const METRICS_PATH: &str = "/metrics";
@@ -160,6 +158,8 @@ struct Inner {
     shed: Counter,
     documents: Family<CollectionLabels, Gauge>,
     trace_log_dropped: Counter,
+    tls_reloads: Family<OutcomeLabels, Counter>,
+    tls_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -192,6 +192,8 @@ impl Metrics {
             shed: Counter::default(),
             documents: Family::default(),
             trace_log_dropped: Counter::default(),
+            tls_reloads: Family::default(),
+            tls_certificate_expiry: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -288,6 +290,16 @@ impl Metrics {
             "deeprecall_trace_log_dropped_lines",
             "Trace log lines dropped because the writer fell behind or the file could not be written",
             inner.trace_log_dropped.clone(),
+        );
+        registry.register(
+            "deeprecall_tls_reloads",
+            "TLS files that changed and were put in force (changed) or refused (failed)",
+            inner.tls_reloads.clone(),
+        );
+        registry.register(
+            "deeprecall_tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served TLS certificate expires; 0 without TLS",
+            inner.tls_certificate_expiry.clone(),
         );
         Metrics {
             inner: Arc::new(Inner { registry, ..inner }),
@@ -460,6 +472,22 @@ impl Metrics {
         self.inner.trace_log_dropped.clone()
     }
 
+    /// Records a look at the TLS files that found them changed: put in force, or refused.
+    pub fn tls_reload(&self, applied: bool) {
+        let outcome = if applied { "changed" } else { "failed" };
+        self.inner
+            .tls_reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Sets when the served certificate expires, in seconds since the Unix epoch.
+    pub fn set_tls_certificate_expiry(&self, not_after: u64) {
+        self.inner
+            .tls_certificate_expiry
+            .set(i64::try_from(not_after).unwrap_or(i64::MAX));
+    }
+
     /// Returns every series in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -485,11 +513,15 @@ impl Drop for InFlightGuard {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve_metrics(
-    listener: TcpListener,
+pub async fn serve_metrics<L>(
+    listener: L,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let router = Router::new()
         .route(METRICS_PATH, get(scrape))
         .with_state(metrics);
@@ -533,6 +565,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use tokio::net::TcpListener;
 
     fn has_line(text: &str, line: &str) -> bool {
         text.lines().any(|candidate| candidate == line)

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
 /// Bytes a connection must send before its deadline: the length of the HTTP/2 preface.
@@ -32,10 +32,17 @@ pub struct HandshakeDeadline<IO> {
 impl<IO> HandshakeDeadline<IO> {
     /// Wraps a connection just accepted; a zero `timeout` sets no deadline.
     pub fn new(inner: IO, timeout: Duration) -> Self {
+        let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+        HandshakeDeadline::until(inner, deadline)
+    }
+
+    /// Wraps a connection whose first request bytes must arrive by `deadline` (a TLS stream
+    /// whose handshake already used part of the time); `None` sets none.
+    pub fn until(inner: IO, deadline: Option<Instant>) -> Self {
         HandshakeDeadline {
             inner,
             received: 0,
-            deadline: (!timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(timeout))),
+            deadline: deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 }

@@ -27,6 +27,7 @@ fn key(name: &str, secret: &str, scopes: &[Scope], collections: Option<&[&str]>)
         name: name.into(),
         key: Secret::new(secret),
         sha256: None,
+        subject: None,
         scopes: scopes.to_vec(),
         collections: collections.map(|names| names.iter().map(|name| name.to_string()).collect()),
         requests_per_minute: None,

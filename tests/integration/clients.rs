@@ -25,6 +25,7 @@ fn with_client_key(config: &mut Config) {
         name: "client-tests".into(),
         key: Secret::new(CLIENT_KEY),
         sha256: None,
+        subject: None,
         scopes: vec![Scope::Admin],
         collections: None,
         requests_per_minute: None,

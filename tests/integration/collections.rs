@@ -151,6 +151,7 @@ fn with_keys(config: &mut Config) {
         name: name.into(),
         key: Secret::new(secret),
         sha256: None,
+        subject: None,
         scopes: vec![scope],
         collections: Some(vec!["default".to_string()]),
         requests_per_minute: None,

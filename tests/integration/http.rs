@@ -39,6 +39,7 @@ fn key(name: &str, secret: &str, scopes: Vec<Scope>) -> KeyEntry {
         name: name.into(),
         key: Secret::new(secret),
         sha256: None,
+        subject: None,
         scopes,
         collections: None,
         requests_per_minute: None,

@@ -31,4 +31,6 @@ mod readme;
 mod replicas;
 mod soak;
 mod telemetry;
+mod tls;
+mod tls_harness;
 mod transfer;
