@@ -64,6 +64,8 @@ fn skipped_because(text: &str) -> Option<&'static str> {
         Some("moves a collection to another deployment's server")
     } else if text.contains("--backend openai") || text.contains("--backend anthropic") {
         Some("needs a model provider and its key")
+    } else if text.contains("--tls-") {
+        Some("needs certificates from the reader's CA; tests/integration/tls.rs runs these flags")
     } else if text.lines().any(|line| line.trim() == "cargo test") {
         Some("is the test suite itself")
     } else {
