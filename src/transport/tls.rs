@@ -493,3 +493,88 @@ impl ClientCertVerifier for CurrentClientVerifier {
         self.verifier().supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Pair {
+        cert: String,
+        key: String,
+    }
+
+    fn self_signed(name: &str) -> Pair {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn install(dir: &Path, pair: &Pair) -> TlsFiles {
+        std::fs::write(dir.join("tls.crt"), &pair.cert).unwrap();
+        std::fs::write(dir.join("tls.key"), &pair.key).unwrap();
+        TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            client_ca: None,
+            client_auth: ClientAuth::Required,
+        }
+    }
+
+    fn served(tls: &ServerTls) -> Vec<u8> {
+        tls.certificate.0.read().cert[0].as_ref().to_vec()
+    }
+
+    #[test]
+    fn a_reload_swaps_changed_files_and_reports_broken_ones_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = install(dir.path(), &self_signed("first"));
+        let tls = ServerTls::load(files).unwrap();
+        let first = served(&tls);
+        assert_eq!(tls.reload().unwrap(), Reloaded::Unchanged);
+
+        let second = self_signed("second");
+        install(dir.path(), &second);
+        assert_eq!(tls.reload().unwrap(), Reloaded::Changed);
+        let second_served = served(&tls);
+        assert_ne!(second_served, first);
+
+        // A key of another certificate: refused, reported, and then quiet while unchanged.
+        std::fs::write(dir.path().join("tls.key"), self_signed("third").key).unwrap();
+        let error = tls.reload().unwrap_err();
+        assert!(error.to_string().contains("does not belong"), "{error}");
+        assert_eq!(tls.reload().unwrap(), Reloaded::Unchanged);
+        assert_eq!(served(&tls), second_served);
+
+        // Put right, it is taken.
+        std::fs::write(dir.path().join("tls.key"), &second.key).unwrap();
+        assert_eq!(tls.reload().unwrap(), Reloaded::Unchanged);
+        let fourth = self_signed("fourth");
+        install(dir.path(), &fourth);
+        assert_eq!(tls.reload().unwrap(), Reloaded::Changed);
+        assert_ne!(served(&tls), second_served);
+        assert!(tls.not_after().is_some());
+    }
+
+    #[test]
+    fn half_a_pair_or_a_lone_client_ca_is_refused_with_the_setting_named() {
+        let mut config = TlsConfig::default();
+        assert_eq!(TlsFiles::from_config(&config).unwrap(), None);
+        config.client_ca = Some("ca.pem".into());
+        let error = TlsFiles::from_config(&config).unwrap_err().to_string();
+        assert!(error.contains("tls.client_ca"), "{error}");
+        config.client_ca = None;
+        config.cert = Some("tls.crt".into());
+        let error = TlsFiles::from_config(&config).unwrap_err().to_string();
+        assert!(error.contains("tls.key"), "{error}");
+        config.key = Some("tls.key".into());
+        assert!(TlsFiles::from_config(&config).unwrap().is_some());
+    }
+}

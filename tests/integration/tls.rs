@@ -12,6 +12,7 @@ use deeprecall::cli::{ClientTls, ServerClient, connect_with, wait_until_serving_
 use deeprecall::config::{ClientAuth, Config};
 use deeprecall::secret::Secret;
 use deeprecall::server;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -130,7 +131,7 @@ async fn grpc_http_and_metrics_speak_tls_and_plaintext_gets_no_answer() {
 }
 
 #[tokio::test]
-async fn a_connection_that_never_starts_its_tls_handshake_is_closed() {
+async fn tls_1_2_is_served_and_a_connection_that_never_starts_its_handshake_is_closed() {
     let ca = Authority::new("test CA");
     let files = Files::new();
     files.serve(&ca.server());
@@ -149,6 +150,34 @@ async fn a_connection_that_never_starts_its_tls_handshake_is_closed() {
         .await
         .expect("the server closed the silent connection");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // TLS 1.2 is accepted, with HTTP/2 agreed in the handshake; nothing older is offered.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("CA"))
+        .expect("root");
+    let mut tls12 =
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tls12.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connects");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls12))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("a TLS 1.2 handshake");
+    let (_, session) = stream.get_ref();
+    assert_eq!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+
     // And it still answers.
     let mut client = server.client(&trust).await.expect("connects");
     client
