@@ -416,11 +416,13 @@ async fn sighup_reloads_the_certificate_and_a_broken_one_keeps_the_old() {
     let data = tempfile::tempdir().expect("data directory");
     let cert = files.path("server.crt");
     let key = files.path("server.key");
-    let (mut child, endpoint, mut log) = spawn_binary_logging(
+    let (child, endpoint, mut log) = spawn_binary_logging(
         data.path(),
         &["--tls-cert", path_text(&cert), "--tls-key", path_text(&key)],
         &[("DEEPRECALL_TLS__RELOAD_INTERVAL_SECONDS", "0")],
     );
+    // Killed however the test ends, a failed assertion included.
+    let child = KilledOnDrop(child);
     let endpoint = endpoint.replace("http://", "https://");
     let first_trust = files.client(&first, None);
     let second_trust = files.client(&second, None);
@@ -470,8 +472,24 @@ async fn sighup_reloads_the_certificate_and_a_broken_one_keeps_the_old() {
         .get_stats(pb::GetStatsRequest {})
         .await
         .expect("answered");
-    child.kill().expect("stopped");
-    child.wait().expect("reaped");
+}
+
+/// A child process killed and reaped when dropped.
+struct KilledOnDrop(std::process::Child);
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]
