@@ -690,6 +690,23 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_key_is_named_and_a_huge_one_cut_short() {
+        let Err(FilterError::InvalidKey { key, .. }) =
+            Filter::from_json(&object(json!({"$bad": 1})))
+        else {
+            panic!("accepted");
+        };
+        assert_eq!(key, "$bad");
+        let huge = "é".repeat(10_000);
+        let Err(FilterError::InvalidKey { key, .. }) =
+            Filter::from_json(&object(json!({ huge: 1 })))
+        else {
+            panic!("accepted");
+        };
+        assert_eq!(key, format!("{}…", "é".repeat(MAX_KEY_LEN)));
+    }
+
+    #[test]
     fn error_messages_name_the_key_in_lowercase() {
         let message = error(json!({"year": {"$between": [1, 2]}})).to_string();
         assert!(message.contains("\"year\""), "{message}");
