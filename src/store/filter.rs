@@ -621,14 +621,16 @@ mod tests {
             error(json!({"a": {"$in": "x"}})),
             FilterError::InNotArray { key: "a".into() }
         );
-        let too_many: Vec<u32> = (0..1001).collect();
+        let too_many: Vec<usize> = (0..=MAX_IN_VALUES).collect();
         assert_eq!(
             error(json!({"a": {"$in": too_many}})),
             FilterError::InTooLarge {
                 key: "a".into(),
-                count: 1001
+                count: MAX_IN_VALUES + 1
             }
         );
+        let as_many: Vec<usize> = (0..MAX_IN_VALUES).collect();
+        assert!(Filter::from_json(&object(json!({"a": {"$in": as_many}}))).is_ok());
         assert!(matches!(
             error(json!({"a": {"$gt": true}})),
             FilterError::NotOrderable {
