@@ -12,6 +12,10 @@ For each rendered kustomization (one YAML stream per overlay or overlay + compon
     probes', the Services' targets and the scrape annotation's;
   - the startup and readiness probes ask grpc.health.v1 for the service name the server
     registers (SERVICE_NAME in src/server/mod.rs); liveness asks for the server ("");
+    with TLS on (components/tls) they are exec probes running the image's
+    `deeprecall health` against https://127.0.0.1:<listen port> with a --tls-ca from a
+    mounted volume (the kubelet's gRPC probes speak no TLS), and the gRPC Services say
+    appProtocol https instead of h2c;
   - terminationGracePeriodSeconds exceeds the preStop pause + shutdown_grace_seconds + the
     time the server gives running queries after the grace (ABORT_GRACE in src/server);
     mesh sidecars outlive that drain;
@@ -22,7 +26,8 @@ With --compose, compose.yaml and its Envoy configuration likewise: the replicas'
 passes --check-config, the health check, Envoy's upstream port and health-checked service
 name, and stop_grace_period agree with the server.
 
---self-test breaks one thing at a time in memory and fails unless each break is caught.
+--self-test breaks one thing at a time in memory and fails unless each break is caught; the
+TLS breaks run on the rendering with components/tls found beside each file (NAME-tls.yaml).
 """
 
 from __future__ import annotations
@@ -68,6 +73,32 @@ def image_user() -> tuple[int, int]:
     if not match:
         sys.exit("check_manifests: deploy/Dockerfile has no numeric USER uid:gid")
     return int(match.group(1)), int(match.group(2))
+
+
+def image_binary() -> str:
+    """Where deploy/Dockerfile puts the deeprecall binary in the image."""
+    text = (REPO / "deploy/Dockerfile").read_text()
+    match = re.search(r"^COPY --from=build \S+ (/\S*/deeprecall)$", text, re.MULTILINE)
+    if not match:
+        sys.exit("check_manifests: deploy/Dockerfile copies no deeprecall binary into the image")
+    return match.group(1)
+
+
+def health_options(args: list[str]) -> dict[str, str]:
+    """`deeprecall health`'s options, as `--name value` or `--name=value`."""
+    options: dict[str, str] = {}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if "=" in arg:
+            name, _, value = arg.partition("=")
+        else:
+            name = arg
+            value = args[index + 1] if index + 1 < len(args) else ""
+            index += 1
+        options[name] = value
+        index += 1
+    return options
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -205,19 +236,63 @@ def check(docs: list[dict], binary: str) -> list[str]:
         volume = volumes.get(mount_of(path) or "", {})
         expect("secret" in volume, f"{setting} {path} is not in a mounted Secret")
 
-    # Probes.
+    # Probes. The kubelet's gRPC probes speak no TLS: with TLS on, each probe is an exec probe
+    # running the image's `deeprecall health` over https:// (components/tls).
+    tls = summary.get("tls", "off")
+    binaries = {image_binary(), "deeprecall"}
     for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container.get(probe_name)
-        if not probe or "grpc" not in probe:
-            problems.append(f"{probe_name} is not a gRPC probe")
-            continue
-        expect(
-            port_number(probe["grpc"]["port"], named) == listen_port,
-            f"{probe_name} asks port {probe['grpc']['port']}, the server listens on {listen_port}",
-        )
-        service = probe["grpc"].get("service", "")
         wanted = "" if probe_name == "livenessProbe" else SERVICE_NAME
+        if probe and "grpc" in probe:
+            expect(tls == "off", f"{probe_name} is a gRPC probe, which speaks no TLS, but the server's TLS is {tls}")
+            expect(
+                port_number(probe["grpc"]["port"], named) == listen_port,
+                f"{probe_name} asks port {probe['grpc']['port']}, the server listens on {listen_port}",
+            )
+            service = probe["grpc"].get("service", "")
+            expect(service == wanted, f"{probe_name} asks for service {service!r}, not {wanted!r}")
+            continue
+        if not probe or "exec" not in probe:
+            problems.append(f"{probe_name} is neither a gRPC probe nor an exec probe running deeprecall health")
+            continue
+        command = [str(arg) for arg in probe["exec"].get("command", [])]
+        if command[:2] not in ([binary, "health"] for binary in binaries):
+            problems.append(f"{probe_name} runs {command[:2]}, not the image's {image_binary()} health")
+            continue
+        options = health_options(command[2:])
+        server = options.get("--server", "http://127.0.0.1:50051")
+        match = re.fullmatch(r"(https?)://(127\.0\.0\.1|localhost|\[::1\]):(\d+)/?", server)
+        if not match:
+            problems.append(f"{probe_name} asks {server!r}, not the pod's own address (127.0.0.1)")
+            continue
+        scheme, port = match.group(1), int(match.group(3))
+        expect(port == listen_port, f"{probe_name} asks port {port}, the server listens on {listen_port}")
+        if tls == "off":
+            expect(scheme == "http", f"{probe_name} asks {server}, but the server speaks no TLS")
+            continue
+        expect(scheme == "https", f"{probe_name} asks {server}, but the server speaks only TLS")
+        service = options.get("--service", SERVICE_NAME)
         expect(service == wanted, f"{probe_name} asks for service {service!r}, not {wanted!r}")
+        ca = options.get("--tls-ca", "")
+        expect(bool(ca), f"{probe_name} names no --tls-ca: the certificate would be checked against public roots")
+        if ca:
+            volume = volumes.get(mount_of(ca) or "", {})
+            expect(
+                "secret" in volume or "configMap" in volume,
+                f"{probe_name}'s --tls-ca {ca} is not in a mounted Secret or ConfigMap",
+            )
+        if tls == "mutual":
+            for option in ("--tls-client-cert", "--tls-client-key"):
+                path = options.get(option, "")
+                expect(
+                    bool(path) and "secret" in volumes.get(mount_of(path) or "", {}),
+                    f"{probe_name}: the server asks for client certificates, and {option} {path!r} is not in a mounted Secret",
+                )
+        timeout = float(options.get("--timeout", 5))
+        expect(
+            timeout <= probe.get("timeoutSeconds", 1),
+            f"{probe_name} lets the check take {timeout:g} s, over its timeoutSeconds {probe.get('timeoutSeconds', 1)}",
+        )
 
     # Drain time.
     grace = float(summary["shutdown_grace_seconds"])
@@ -268,7 +343,11 @@ def check(docs: list[dict], binary: str) -> list[str]:
         if grpc is None:
             problems.append(f"Service {name} has no port named grpc")
             continue
-        expect(grpc.get("appProtocol") == "kubernetes.io/h2c", f"Service {name}'s grpc port is not h2c")
+        app_protocol = "kubernetes.io/h2c" if tls == "off" else "https"
+        expect(
+            grpc.get("appProtocol") == app_protocol,
+            f"Service {name}'s grpc port is {grpc.get('appProtocol')!r}, not {app_protocol} (TLS {tls})",
+        )
         expect(
             port_number(grpc.get("targetPort"), named) == listen_port,
             f"Service {name} sends to {grpc.get('targetPort')}, the server listens on {listen_port}",
@@ -383,7 +462,7 @@ BREAKS = {
         lambda docs: next(
             doc for doc in by_kind(docs, "Service") if doc["metadata"]["name"] == "deeprecall"
         )["spec"]["ports"][0].pop("appProtocol"),
-        "Service deeprecall's grpc port is not h2c",
+        "Service deeprecall's grpc port is None, not kubernetes.io/h2c",
     ),
     "a key file outside its Secret": (
         lambda docs: config_map_of(docs)["data"].__setitem__(
@@ -401,6 +480,63 @@ BREAKS = {
         "does not name a check and a reason",
     ),
 }
+
+
+def set_probe_option(docs: list[dict], probe_name: str, option: str, value: str) -> None:
+    """Sets one `deeprecall health` option of an exec probe, written as --option=value."""
+    command = container_of(docs)[probe_name]["exec"]["command"]
+    command[:] = [arg for arg in command if arg != option and not arg.startswith(option + "=")]
+    command.append(f"{option}={value}")
+
+
+# Breaks of a TLS rendering (components/tls): its exec probes.
+TLS_BREAKS = {
+    "an exec probe on another port": (
+        lambda docs: set_probe_option(docs, "readinessProbe", "--server", "https://127.0.0.1:50052"),
+        "readinessProbe asks port 50052",
+    ),
+    "a probe's CA outside any mounted volume": (
+        lambda docs: set_probe_option(docs, "livenessProbe", "--tls-ca", "/etc/ssl/deeprecall-ca.crt"),
+        "livenessProbe's --tls-ca /etc/ssl/deeprecall-ca.crt is not in a mounted Secret",
+    ),
+    "an exec probe in plaintext against TLS": (
+        lambda docs: set_probe_option(docs, "startupProbe", "--server", "http://127.0.0.1:50051"),
+        "startupProbe asks http://127.0.0.1:50051, but the server speaks only TLS",
+    ),
+    "liveness on the DeepRecall service": (
+        lambda docs: set_probe_option(docs, "livenessProbe", "--service", SERVICE_NAME),
+        f"livenessProbe asks for service {SERVICE_NAME!r}",
+    ),
+    "a gRPC probe against TLS": (
+        lambda docs: container_of(docs).__setitem__(
+            "startupProbe", {"grpc": {"port": 50051, "service": SERVICE_NAME}, "periodSeconds": 2}
+        ),
+        "startupProbe is a gRPC probe, which speaks no TLS",
+    ),
+    "another binary in a probe": (
+        lambda docs: container_of(docs)["readinessProbe"]["exec"]["command"].__setitem__(0, "/bin/grpc_health_probe"),
+        "readinessProbe runs ['/bin/grpc_health_probe', 'health']",
+    ),
+}
+
+
+def has_exec_probes(docs: list[dict]) -> bool:
+    return any("exec" in (container_of(docs).get(probe) or {}) for probe in ("startupProbe", "readinessProbe"))
+
+
+def self_test(name: str, docs: list[dict], breaks: dict, binary: str) -> bool:
+    """Applies each break to a copy of docs; True when every one is reported."""
+    ok = True
+    for what, (apply, expected) in breaks.items():
+        broken = copy.deepcopy(docs)
+        apply(broken)
+        found = check(broken, binary)
+        if any(expected in problem for problem in found):
+            print(f"ok   {name}: caught {what}")
+        else:
+            ok = False
+            print(f"FAIL {name}: {what} went unnoticed (reported: {found})")
+    return ok
 
 
 def dockerfile_env() -> dict[str, str]:
@@ -516,15 +652,24 @@ def main() -> int:
         else:
             print(f"ok   {name}")
         if args.self_test:
-            for what, (apply, expected) in BREAKS.items():
-                broken = copy.deepcopy(docs)
-                apply(broken)
-                found = check(broken, args.binary)
-                if any(expected in problem for problem in found):
-                    print(f"ok   {name}: caught {what}")
-                else:
-                    failed = True
-                    print(f"FAIL {name}: {what} went unnoticed (reported: {found})")
+            if has_exec_probes(docs):
+                failed |= not self_test(name, docs, TLS_BREAKS, args.binary)
+                continue
+            failed |= not self_test(name, docs, BREAKS, args.binary)
+            # The TLS breaks need the rendering with components/tls, which .ci/deploy-check
+            # writes beside each overlay's as NAME-tls.yaml.
+            tls_path = Path(path).with_name(f"{name}-tls.yaml")
+            if not tls_path.exists():
+                failed = True
+                print(f"FAIL {name}: no {tls_path.name} beside it for the TLS breaks")
+                continue
+            tls_docs = load(str(tls_path))
+            problems = check(tls_docs, args.binary)
+            if problems:
+                failed = True
+                print(f"FAIL {tls_path.stem}: {problems}")
+                continue
+            failed |= not self_test(tls_path.stem, tls_docs, TLS_BREAKS, args.binary)
     return 1 if failed else 0
 
 
