@@ -1,7 +1,9 @@
 //! The generated clients against the real server. Each language's `clients/<lang>/run-tests.sh`
 //! installs what it needs (through `clients/tools.sh`, cached under `target/client-tools`), then
 //! runs that client's tests and example against the endpoint it is given. The server requires
-//! an API key, so the clients' bearer metadata is exercised too.
+//! an API key, so the clients' bearer metadata is exercised too. Each language runs again
+//! against a mutual-TLS server that knows the client certificate's subject, with the CA and the
+//! certificate in the scripts' `DEEPRECALL_TLS_*` variables: its TLS tests.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -12,6 +14,7 @@ use deeprecall::config::Config;
 use deeprecall::llm::http::Secret;
 
 use crate::common::TestServer;
+use crate::tls_harness::{Authority, Files, TlsServer};
 
 /// The key the scripts send (`DEEPRECALL_API_KEY`).
 const CLIENT_KEY: &str = "client-tests-key-000001";
@@ -54,15 +57,28 @@ async fn output_of(mut command: Command) -> Output {
         .unwrap_or_else(|error| panic!("{program} cannot start: {error}"))
 }
 
-/// Runs `clients/<language>/run-tests.sh <endpoint>` and fails with its output unless it passes.
-async fn run_client_tests(language: &'static str, server: &TestServer) {
+/// What the scripts read from their environment, besides the endpoint.
+const SCRIPT_VARIABLES: [&str; 4] = [
+    "DEEPRECALL_API_KEY",
+    "DEEPRECALL_TLS_CA",
+    "DEEPRECALL_TLS_CLIENT_CERT",
+    "DEEPRECALL_TLS_CLIENT_KEY",
+];
+
+/// Runs `clients/<language>/run-tests.sh <endpoint>` with `variables` (and none of the other
+/// `SCRIPT_VARIABLES` the test's own environment may hold) and fails with its output unless it
+/// passes.
+async fn run_client_tests(language: &'static str, endpoint: &str, variables: &[(&str, PathBuf)]) {
     let started = Instant::now();
     let mut command = Command::new("timeout");
     command
         .args(["--kill-after=10", SCRIPT_TIMEOUT_SECONDS, "bash"])
         .arg(in_repo(&format!("clients/{language}/run-tests.sh")))
-        .arg(&server.endpoint)
-        .env("DEEPRECALL_API_KEY", CLIENT_KEY);
+        .arg(endpoint);
+    for name in SCRIPT_VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs(variables.iter().map(|(name, value)| (name, value)));
     let output = output_of(command).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -78,22 +94,78 @@ async fn run_client_tests(language: &'static str, server: &TestServer) {
     );
 }
 
+/// Runs a language's script against a server requiring `CLIENT_KEY`.
+async fn run_with_client_key(language: &'static str, configure: impl FnOnce(&mut Config)) {
+    let server = TestServer::start_with(configure).await;
+    let key = [("DEEPRECALL_API_KEY", PathBuf::from(CLIENT_KEY))];
+    run_client_tests(language, &server.endpoint, &key).await;
+}
+
 #[tokio::test]
 async fn python_client_adds_queries_batches_and_raises_status_codes() {
-    let server = TestServer::start_with(with_client_key).await;
-    run_client_tests("python", &server).await;
+    run_with_client_key("python", with_client_key).await;
 }
 
 #[tokio::test]
 async fn typescript_client_works_over_grpc_and_grpc_web() {
-    let server = TestServer::start_with(with_client_key_and_grpc_web).await;
-    run_client_tests("typescript", &server).await;
+    run_with_client_key("typescript", with_client_key_and_grpc_web).await;
 }
 
 #[tokio::test]
 async fn go_example_runs_against_the_server() {
-    let server = TestServer::start_with(with_client_key).await;
-    run_client_tests("go", &server).await;
+    run_with_client_key("go", with_client_key).await;
+}
+
+/// The common name of the client certificate the scripts present over mutual TLS.
+const CLIENT_COMMON_NAME: &str = "client-tests";
+
+/// Runs a language's script against a server requiring a client certificate signed by a
+/// throwaway CA, whose key file lists the certificate's subject instead of a key: the scripts
+/// get the CA, the certificate and its key as files (`DEEPRECALL_TLS_*`) and no API key.
+async fn run_over_mutual_tls(language: &'static str, grpc_web: bool) {
+    let ca = Authority::new("client tests CA");
+    let files = Files::new();
+    files.serve(&ca.server());
+    let client_ca = files.write("client-ca.crt", &ca.pem);
+    let client = files.client(&ca, Some(("client", &ca.client(CLIENT_COMMON_NAME))));
+    let server = TlsServer::start(&files, &client, |config| {
+        config.tls.client_ca = Some(client_ca);
+        config.server.grpc_web = grpc_web;
+        config.auth.keys = vec![KeyEntry {
+            name: "client-tests".into(),
+            key: Secret::default(),
+            sha256: None,
+            subject: Some(format!("CN={CLIENT_COMMON_NAME},O=Example")),
+            scopes: vec![Scope::Admin],
+            collections: None,
+            requests_per_minute: None,
+            burst: None,
+        }];
+    })
+    .await;
+    let file = |path: Option<PathBuf>| path.expect("written by Files::client");
+    let variables = [
+        ("DEEPRECALL_TLS_CA", file(client.ca)),
+        ("DEEPRECALL_TLS_CLIENT_CERT", file(client.cert)),
+        ("DEEPRECALL_TLS_CLIENT_KEY", file(client.key)),
+    ];
+    run_client_tests(language, &server.endpoint, &variables).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn python_client_calls_over_mutual_tls_with_its_certificate() {
+    run_over_mutual_tls("python", false).await;
+}
+
+#[tokio::test]
+async fn typescript_client_calls_over_mutual_tls_with_its_certificate() {
+    run_over_mutual_tls("typescript", true).await;
+}
+
+#[tokio::test]
+async fn go_example_runs_over_mutual_tls_with_its_certificate() {
+    run_over_mutual_tls("go", false).await;
 }
 
 /// What `buf curl` printed: the messages on stdout, a failed call's status on stderr.
