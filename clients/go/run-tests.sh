@@ -3,7 +3,11 @@
 # Debian packages no module cache), then runs the example against the server at the given
 # endpoint and checks what it printed (DEEPRECALL_API_KEY: the key to send, if the server
 # requires one). --build-only stops after the build.
-# Usage: clients/go/run-tests.sh http://127.0.0.1:PORT | --build-only
+# An https:// endpoint is reached over TLS, trusting the CA in DEEPRECALL_TLS_CA (a PEM file)
+# when set, and presenting the client certificate in DEEPRECALL_TLS_CLIENT_CERT and
+# DEEPRECALL_TLS_CLIENT_KEY when set; the script then also checks that the example fails
+# without the CA, and without the client certificate.
+# Usage: clients/go/run-tests.sh http://127.0.0.1:PORT | https://localhost:PORT | --build-only
 set -euo pipefail
 
 endpoint=${1:?usage: run-tests.sh ENDPOINT | --build-only}
@@ -13,6 +17,9 @@ tools_dir=${DEEPRECALL_CLIENT_TOOLS:-$repo/target/client-tools}
 module=github.com/deeprecall/deeprecall/clients/go
 
 "$repo/clients/tools.sh" go
+# One run at a time: runs build the same binary.
+exec {run_lock}> "$tools_dir/.lock-run-go"
+flock "$run_lock"
 
 # GOPATH mode finds packages by import path under $GOPATH/src: link the module there, next to
 # Debian's /usr/share/gocode (grpc, protobuf and their dependencies).
@@ -59,16 +66,33 @@ grep -qE '^batch #0: .*Tampere' <<< "$output" || {
     echo "the example's output lacks the batch's answer" >&2
     exit 1
 }
-if [ -n "${DEEPRECALL_API_KEY:-}" ]; then
-    # The server requires a key: without one the example must stop at its first call.
-    if anonymous=$(DEEPRECALL_API_KEY= "$gopath/bin/deeprecall-example" -endpoint "$endpoint" 2>&1); then
-        echo "the example ran without the API key the server requires" >&2
+
+# Runs the example with the environment changes given first; it must fail, printing the last
+# argument.
+fails_with() {
+    local expected=${*: -1}
+    local refused
+    if refused=$(env "${@:1:$#-1}" "$gopath/bin/deeprecall-example" -endpoint "$endpoint" 2>&1); then
+        echo "the example ran with ${*:1:$#-1}" >&2
         exit 1
     fi
-    grep -q "Unauthenticated" <<< "$anonymous" || {
-        echo "$anonymous"
-        echo "without its API key, the example did not fail with Unauthenticated" >&2
+    grep -qF -- "$expected" <<< "$refused" || {
+        echo "$refused"
+        echo "with ${*:1:$#-1}, the example did not fail with: $expected" >&2
         exit 1
     }
+}
+
+if [[ $endpoint == https://* && -n ${DEEPRECALL_TLS_CA:-} ]]; then
+    # Without the CA the server's certificate is checked against the system's roots.
+    fails_with DEEPRECALL_TLS_CA= "x509: certificate signed by unknown authority"
+fi
+if [[ $endpoint == https://* && -n ${DEEPRECALL_TLS_CLIENT_CERT:-} ]]; then
+    # The server requires the certificate: without one it closes the connection in the
+    # handshake, so the call fails as unavailable, before any key check could refuse it.
+    fails_with DEEPRECALL_TLS_CLIENT_CERT= DEEPRECALL_TLS_CLIENT_KEY= "code = Unavailable"
+elif [ -n "${DEEPRECALL_API_KEY:-}" ]; then
+    # The server requires a key: without one the example must stop at its first call.
+    fails_with DEEPRECALL_API_KEY= "code = Unauthenticated"
 fi
 echo "go example: ok"

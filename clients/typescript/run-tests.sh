@@ -3,14 +3,22 @@
 # and the example (over gRPC and gRPC-Web) against the server at the given endpoint, with Node 20+
 # (DEEPRECALL_API_KEY: the key to send, if the server requires one). --build-only stops after
 # the build.
-# Usage: clients/typescript/run-tests.sh http://127.0.0.1:PORT | --build-only
+# With an https:// endpoint and DEEPRECALL_TLS_CA (the PEM file of the CA that signed the
+# server's certificate) it runs the TLS tests, test/tls.test.ts, and the example over TLS
+# instead; for a server that requires client certificates, DEEPRECALL_TLS_CLIENT_CERT and
+# DEEPRECALL_TLS_CLIENT_KEY name one and its key.
+# Usage: clients/typescript/run-tests.sh http://127.0.0.1:PORT | https://localhost:PORT | --build-only
 set -euo pipefail
 
 endpoint=${1:?usage: run-tests.sh ENDPOINT | --build-only}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+tools_dir=${DEEPRECALL_CLIENT_TOOLS:-$repo/target/client-tools}
 
 "$repo/clients/tools.sh" node
+# One run at a time: runs rebuild the same dist/ and build-test/.
+exec {run_lock}> "$tools_dir/.lock-run-typescript"
+flock "$run_lock"
 cd "$here"
 echo "== node $(node --version), tsc $(node_modules/.bin/tsc --version)"
 
@@ -32,6 +40,14 @@ done
 [ "$endpoint" = --build-only ] && exit 0
 
 export DEEPRECALL_ENDPOINT=$endpoint
+if [[ $endpoint == https://* && -n ${DEEPRECALL_TLS_CA:-} ]]; then
+    # The other tests trust Node.js's roots, which do not know a private CA.
+    echo "== node --test test/tls.test.ts against $endpoint"
+    node --test build-test/test/tls.test.js
+    echo "== example over gRPC and TLS"
+    node build-test/examples/query.js
+    exit 0
+fi
 echo "== node --test against $endpoint"
 node --test build-test/test/
 

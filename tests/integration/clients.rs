@@ -1,7 +1,9 @@
 //! The generated clients against the real server. Each language's `clients/<lang>/run-tests.sh`
 //! installs what it needs (through `clients/tools.sh`, cached under `target/client-tools`), then
 //! runs that client's tests and example against the endpoint it is given. The server requires
-//! an API key, so the clients' bearer metadata is exercised too.
+//! an API key, so the clients' bearer metadata is exercised too. Each language runs again
+//! against a mutual-TLS server that knows the client certificate's subject, with the CA and the
+//! certificate in the scripts' `DEEPRECALL_TLS_*` variables: its TLS tests.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -12,6 +14,7 @@ use deeprecall::config::Config;
 use deeprecall::llm::http::Secret;
 
 use crate::common::TestServer;
+use crate::tls_harness::{Authority, Files, TlsServer};
 
 /// The key the scripts send (`DEEPRECALL_API_KEY`).
 const CLIENT_KEY: &str = "client-tests-key-000001";
@@ -54,15 +57,28 @@ async fn output_of(mut command: Command) -> Output {
         .unwrap_or_else(|error| panic!("{program} cannot start: {error}"))
 }
 
-/// Runs `clients/<language>/run-tests.sh <endpoint>` and fails with its output unless it passes.
-async fn run_client_tests(language: &'static str, server: &TestServer) {
+/// What the scripts read from their environment, besides the endpoint.
+const SCRIPT_VARIABLES: [&str; 4] = [
+    "DEEPRECALL_API_KEY",
+    "DEEPRECALL_TLS_CA",
+    "DEEPRECALL_TLS_CLIENT_CERT",
+    "DEEPRECALL_TLS_CLIENT_KEY",
+];
+
+/// Runs `clients/<language>/run-tests.sh <endpoint>` with `variables` (and none of the other
+/// `SCRIPT_VARIABLES` the test's own environment may hold) and fails with its output unless it
+/// passes.
+async fn run_client_tests(language: &'static str, endpoint: &str, variables: &[(&str, PathBuf)]) {
     let started = Instant::now();
     let mut command = Command::new("timeout");
     command
         .args(["--kill-after=10", SCRIPT_TIMEOUT_SECONDS, "bash"])
         .arg(in_repo(&format!("clients/{language}/run-tests.sh")))
-        .arg(&server.endpoint)
-        .env("DEEPRECALL_API_KEY", CLIENT_KEY);
+        .arg(endpoint);
+    for name in SCRIPT_VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs(variables.iter().map(|(name, value)| (name, value)));
     let output = output_of(command).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -78,22 +94,105 @@ async fn run_client_tests(language: &'static str, server: &TestServer) {
     );
 }
 
+/// Runs a language's script against a server requiring `CLIENT_KEY`.
+async fn run_with_client_key(language: &'static str, configure: impl FnOnce(&mut Config)) {
+    let server = TestServer::start_with(configure).await;
+    let key = [("DEEPRECALL_API_KEY", PathBuf::from(CLIENT_KEY))];
+    run_client_tests(language, &server.endpoint, &key).await;
+}
+
 #[tokio::test]
 async fn python_client_adds_queries_batches_and_raises_status_codes() {
-    let server = TestServer::start_with(with_client_key).await;
-    run_client_tests("python", &server).await;
+    run_with_client_key("python", with_client_key).await;
 }
 
 #[tokio::test]
 async fn typescript_client_works_over_grpc_and_grpc_web() {
-    let server = TestServer::start_with(with_client_key_and_grpc_web).await;
-    run_client_tests("typescript", &server).await;
+    run_with_client_key("typescript", with_client_key_and_grpc_web).await;
 }
 
 #[tokio::test]
 async fn go_example_runs_against_the_server() {
-    let server = TestServer::start_with(with_client_key).await;
-    run_client_tests("go", &server).await;
+    run_with_client_key("go", with_client_key).await;
+}
+
+/// The common name of the client certificate the scripts present over mutual TLS.
+const CLIENT_COMMON_NAME: &str = "client-tests";
+
+/// A server requiring a client certificate signed by a throwaway CA, whose key file lists the
+/// certificate's subject instead of a key, and the PEM files its clients need.
+struct MutualTls {
+    server: TlsServer,
+    /// The CA that signed the server's certificate (and the client's).
+    ca: PathBuf,
+    /// The client certificate, subject `O=Example, CN=client-tests`, and its key.
+    cert: PathBuf,
+    key: PathBuf,
+    _files: Files,
+}
+
+impl MutualTls {
+    async fn start(grpc_web: bool) -> MutualTls {
+        let authority = Authority::new("client tests CA");
+        let files = Files::new();
+        files.serve(&authority.server());
+        let client_ca = files.write("client-ca.crt", &authority.pem);
+        let client = files.client(
+            &authority,
+            Some(("client", &authority.client(CLIENT_COMMON_NAME))),
+        );
+        let server = TlsServer::start(&files, &client, |config| {
+            config.tls.client_ca = Some(client_ca);
+            config.server.grpc_web = grpc_web;
+            config.auth.keys = vec![KeyEntry {
+                name: "client-tests".into(),
+                key: Secret::default(),
+                sha256: None,
+                subject: Some(format!("CN={CLIENT_COMMON_NAME},O=Example")),
+                scopes: vec![Scope::Admin],
+                collections: None,
+                requests_per_minute: None,
+                burst: None,
+            }];
+        })
+        .await;
+        let file = |path: Option<PathBuf>| path.expect("written by Files::client");
+        MutualTls {
+            server,
+            ca: file(client.ca),
+            cert: file(client.cert),
+            key: file(client.key),
+            _files: files,
+        }
+    }
+}
+
+/// Runs a language's script against a `MutualTls` server: the scripts get the CA, the
+/// certificate and its key as files (`DEEPRECALL_TLS_*`) and no API key.
+async fn run_over_mutual_tls(language: &'static str, grpc_web: bool) {
+    let tls = MutualTls::start(grpc_web).await;
+    let variables = [
+        ("DEEPRECALL_TLS_CA", tls.ca.clone()),
+        ("DEEPRECALL_TLS_CLIENT_CERT", tls.cert.clone()),
+        ("DEEPRECALL_TLS_CLIENT_KEY", tls.key.clone()),
+    ];
+    run_client_tests(language, &tls.server.endpoint, &variables).await;
+    tls.server.stop().await;
+}
+
+#[tokio::test]
+async fn python_client_calls_over_mutual_tls_with_its_certificate() {
+    run_over_mutual_tls("python", false).await;
+}
+
+#[tokio::test]
+async fn typescript_client_calls_over_mutual_tls_with_its_certificate() {
+    run_over_mutual_tls("typescript", true).await;
+}
+
+#[tokio::test]
+async fn go_example_runs_over_mutual_tls_with_its_certificate() {
+    run_over_mutual_tls("go", false).await;
 }
 
 /// What `buf curl` printed: the messages on stdout, a failed call's status on stderr.
@@ -138,6 +237,18 @@ fn answer_of(result: &serde_json::Value) -> &str {
     result["answer"].as_str().unwrap_or_default()
 }
 
+/// Installs the TypeScript package's node_modules, buf among them.
+async fn install_buf() {
+    let mut install = Command::new("bash");
+    install.arg(in_repo("clients/tools.sh")).arg("node");
+    let tools = output_of(install).await;
+    assert!(
+        tools.status.success(),
+        "clients/tools.sh node failed:\n{}",
+        String::from_utf8_lossy(&tools.stderr)
+    );
+}
+
 /// Runs `buf curl` (from the TypeScript package's pinned node_modules) with `args`, off the
 /// runtime the server runs on.
 async fn buf_curl(args: Vec<String>) -> Curled {
@@ -161,14 +272,7 @@ async fn buf_curl(args: Vec<String>) -> Curled {
 #[tokio::test]
 async fn buf_curl_finds_and_calls_the_api_through_reflection() {
     let server = TestServer::start_with(with_client_key_and_grpc_web).await;
-    let mut install = Command::new("bash");
-    install.arg(in_repo("clients/tools.sh")).arg("node");
-    let tools = output_of(install).await;
-    assert!(
-        tools.status.success(),
-        "clients/tools.sh node failed:\n{}",
-        String::from_utf8_lossy(&tools.stderr)
-    );
+    install_buf().await;
 
     let endpoint = server.endpoint.as_str();
     let auth = format!("authorization: Bearer {CLIENT_KEY}");
@@ -257,4 +361,65 @@ async fn buf_curl_finds_and_calls_the_api_through_reflection() {
     .await;
     let result = over_web.query_result();
     assert!(answer_of(&result).contains("Tampere"), "{result}");
+}
+
+/// The README's TLS flags of `buf curl` against a mutual-TLS server: reflection and a call with
+/// the CA and the client certificate, and the same call refused without the certificate.
+#[tokio::test]
+async fn buf_curl_calls_over_mutual_tls_with_the_readmes_flags() {
+    let tls = MutualTls::start(false).await;
+    install_buf().await;
+    let endpoint = tls.server.endpoint.as_str();
+    let [ca, cert, key] = [&tls.ca, &tls.cert, &tls.key].map(|path| path.display().to_string());
+    let get_stats = format!("{endpoint}/deeprecall.v1.DeepRecall/GetStats");
+    let with = |flags: &[&str], call: &[&str]| -> Vec<String> {
+        ["--protocol", "grpc"]
+            .iter()
+            .chain(flags)
+            .chain(call)
+            .map(|arg| arg.to_string())
+            .collect()
+    };
+    let identity = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+
+    let services = buf_curl(with(&identity, &["--list-services", endpoint])).await;
+    assert!(services.success, "{}", services.stderr);
+    assert!(
+        services
+            .stdout
+            .lines()
+            .any(|line| line == "deeprecall.v1.DeepRecall"),
+        "{}",
+        services.stdout
+    );
+    let stats = buf_curl(with(&identity, &["-d", "{}", &get_stats])).await;
+    assert!(stats.success, "{}", stats.stderr);
+    assert_eq!(
+        stats.messages()[0]["model"],
+        "extractive",
+        "{}",
+        stats.stdout
+    );
+
+    // Without the certificate the handshake fails, reflection with it: had the connection been
+    // let in, reflection (which needs no key) would answer and the call be refused as
+    // unauthenticated.
+    let anonymous = buf_curl(with(&["--cacert", &ca], &["-d", "{}", &get_stats])).await;
+    assert!(!anonymous.success, "{}", anonymous.stdout);
+    assert!(
+        !anonymous.stderr.contains("unauthenticated"),
+        "the handshake let the call in: {}",
+        anonymous.stderr
+    );
+    // Without the CA, the server's certificate is not trusted (buf says why with -v only).
+    let untrusted = buf_curl(with(&identity[2..], &["-v", "-d", "{}", &get_stats])).await;
+    assert!(!untrusted.success, "{}", untrusted.stdout);
+    assert!(
+        untrusted
+            .stderr
+            .contains("x509: certificate signed by unknown authority"),
+        "{}",
+        untrusted.stderr
+    );
+    tls.server.stop().await;
 }

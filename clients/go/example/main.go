@@ -5,10 +5,17 @@
 //
 // The endpoint also comes from DEEPRECALL_ENDPOINT (host:port or http://host:port) and the
 // API key, sent as a bearer token, from DEEPRECALL_API_KEY.
+//
+// An https://host:port endpoint is reached over TLS. The server's certificate is checked
+// against the system's roots, or against the PEM file of a private CA named by
+// DEEPRECALL_TLS_CA; DEEPRECALL_TLS_CLIENT_CERT and DEEPRECALL_TLS_CLIENT_KEY name a client
+// certificate and its key (PEM files), for a server that requires one (mutual TLS).
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +27,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -28,7 +36,7 @@ import (
 )
 
 func main() {
-	endpoint := flag.String("endpoint", envOr("DEEPRECALL_ENDPOINT", "localhost:50051"), "server address, host:port or http://host:port")
+	endpoint := flag.String("endpoint", envOr("DEEPRECALL_ENDPOINT", "localhost:50051"), "server address, host:port, http://host:port or https://host:port")
 	collection := flag.String("collection", "go-example", "collection to write to and query")
 	timeout := flag.Duration("timeout", time.Minute, "deadline of the whole run")
 	flag.Parse()
@@ -39,10 +47,11 @@ func main() {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 	}
 
-	// WithInsecure rather than credentials/insecure: the latter appeared in grpc-go 1.34 and
-	// this example also builds against Debian's 1.33. Use grpc.WithTransportCredentials with
-	// credentials.NewTLS for a TLS endpoint.
-	conn, err := grpc.DialContext(ctx, strings.TrimPrefix(*endpoint, "http://"), grpc.WithInsecure())
+	target, security, err := dialTarget(*endpoint)
+	if err != nil {
+		log.Fatal(err)
+	}
+	conn, err := grpc.DialContext(ctx, target, security)
 	if err != nil {
 		log.Fatalf("connect to %s: %v", *endpoint, err)
 	}
@@ -52,6 +61,58 @@ func main() {
 	if err := run(ctx, client, *collection); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// dialTarget splits an endpoint into the address to dial and how to secure the connection:
+// TLS for https://host:port (configured by DEEPRECALL_TLS_CA, DEEPRECALL_TLS_CLIENT_CERT and
+// DEEPRECALL_TLS_CLIENT_KEY), plaintext for host:port and http://host:port.
+func dialTarget(endpoint string) (string, grpc.DialOption, error) {
+	caFile := os.Getenv("DEEPRECALL_TLS_CA")
+	certFile := os.Getenv("DEEPRECALL_TLS_CLIENT_CERT")
+	keyFile := os.Getenv("DEEPRECALL_TLS_CLIENT_KEY")
+	if !strings.HasPrefix(endpoint, "https://") {
+		if caFile != "" || certFile != "" || keyFile != "" {
+			return "", nil, fmt.Errorf("DEEPRECALL_TLS_* is set, but the endpoint %s is not https://", endpoint)
+		}
+		// WithInsecure rather than credentials/insecure: the latter appeared in grpc-go 1.34
+		// and this example also builds against Debian's 1.33.
+		return strings.TrimPrefix(endpoint, "http://"), grpc.WithInsecure(), nil
+	}
+	config, err := tlsConfig(caFile, certFile, keyFile)
+	if err != nil {
+		return "", nil, err
+	}
+	// credentials.NewTLS checks the server's certificate against the host of the target.
+	target := strings.TrimSuffix(strings.TrimPrefix(endpoint, "https://"), "/")
+	return target, grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
+}
+
+// tlsConfig trusts the CA in caFile (the system's roots when empty) and presents the client
+// certificate in certFile and keyFile, when given.
+func tlsConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
+	config := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("DEEPRECALL_TLS_CA: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("DEEPRECALL_TLS_CA: no PEM certificate in %s", caFile)
+		}
+		config.RootCAs = roots
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("DEEPRECALL_TLS_CLIENT_CERT and DEEPRECALL_TLS_CLIENT_KEY go together: a client certificate and its key")
+	}
+	if certFile != "" {
+		certificate, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate %s and key %s: %w", certFile, keyFile, err)
+		}
+		config.Certificates = []tls.Certificate{certificate}
+	}
+	return config, nil
 }
 
 func run(ctx context.Context, client deeprecallv1.DeepRecallClient, collection string) error {

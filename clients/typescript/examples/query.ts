@@ -4,7 +4,11 @@
 //   DEEPRECALL_ENDPOINT=http://localhost:50051 node build-test/examples/query.js [--grpc-web]
 //
 // DEEPRECALL_API_KEY, when set, is sent as a bearer token. --grpc-web needs a server started
-// with `[server] grpc_web = true` (or `--grpc-web`).
+// with `[server] grpc_web = true` (or `--grpc-web`). For an https:// endpoint,
+// DEEPRECALL_TLS_CA names the PEM file of a private CA to trust instead of Node.js's roots, and
+// DEEPRECALL_TLS_CLIENT_CERT and DEEPRECALL_TLS_CLIENT_KEY a client certificate (mutual TLS).
+import { readFileSync } from "node:fs";
+
 import { Code, ConnectError, queryResult, type QueryEvent } from "@deeprecall/client";
 import { connect } from "@deeprecall/client/node";
 
@@ -12,9 +16,19 @@ const endpoint = process.env.DEEPRECALL_ENDPOINT ?? "http://localhost:50051";
 const grpcWeb = process.argv.includes("--grpc-web");
 const collection = process.env.DEEPRECALL_COLLECTION ?? "ts-example";
 
+/** The contents of the PEM file an environment variable names, if it names one. */
+function pemFrom(variable: string): Buffer | undefined {
+  const path = process.env[variable];
+  return path ? readFileSync(path) : undefined;
+}
+
+const ca = pemFrom("DEEPRECALL_TLS_CA");
+const cert = pemFrom("DEEPRECALL_TLS_CLIENT_CERT");
+const key = pemFrom("DEEPRECALL_TLS_CLIENT_KEY");
 const client = connect(endpoint, {
   apiKey: process.env.DEEPRECALL_API_KEY,
   protocol: grpcWeb ? "grpc-web" : "grpc",
+  tls: ca || cert || key ? { ca, cert, key } : undefined,
 });
 
 function describe(event: QueryEvent): string {

@@ -17,6 +17,7 @@ from deeprecall_client._common import (
     QueryLike,
     batch_request,
     call_metadata,
+    channel_credentials,
     channel_target,
     document,
     query_request,
@@ -32,7 +33,9 @@ EventCallback = Callable[[pb.QueryEvent], Union[None, Awaitable[None]]]
 
 
 class AsyncClient:
-    """An asyncio DeepRecall client; the same surface as `Client`, awaited.
+    """An asyncio DeepRecall client; the same surface as `Client`, awaited, and the same
+    options (`api_key`, TLS through an `https://` target and `root_certificates`,
+    `certificate_chain`, `private_key`).
 
     Create it inside the event loop that uses it:
 
@@ -47,14 +50,18 @@ class AsyncClient:
         *,
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         address, tls = channel_target(target)
         channel_options = list(DEFAULT_OPTIONS) + list(options)
-        if credentials is None and tls:
-            credentials = grpc.ssl_channel_credentials()
+        credentials = channel_credentials(
+            target, tls, credentials, root_certificates, certificate_chain, private_key
+        )
         self.channel: grpc.aio.Channel = (
             grpc.aio.secure_channel(address, credentials, options=channel_options)
             if credentials is not None

@@ -1,4 +1,5 @@
-"""Pieces shared by the sync and asyncio clients: targets, metadata, request building, errors."""
+"""Pieces shared by the sync and asyncio clients: targets, TLS, metadata, request building,
+errors."""
 
 from __future__ import annotations
 
@@ -79,6 +80,52 @@ def channel_target(target: str) -> tuple[str, bool]:
     if target.startswith("http://"):
         return target[len("http://") :].rstrip("/"), False
     return target, False
+
+
+def channel_credentials(
+    target: str,
+    tls: bool,
+    credentials: grpc.ChannelCredentials | None,
+    root_certificates: bytes | None,
+    certificate_chain: bytes | None,
+    private_key: bytes | None,
+) -> grpc.ChannelCredentials | None:
+    """Returns the credentials of the channel to `target`, or None for a plaintext one.
+
+    `tls` says whether the target asked for TLS (`https://`). The PEM options need an
+    `https://` target; without them such a target trusts the system's roots. `credentials`,
+    made by the caller, are used as they are and exclude the PEM options.
+    """
+    pem = {
+        "root_certificates": root_certificates,
+        "certificate_chain": certificate_chain,
+        "private_key": private_key,
+    }
+    given = [name for name, value in pem.items() if value is not None]
+    for name in given:
+        if not isinstance(pem[name], bytes):
+            raise TypeError(
+                f"{name} takes PEM bytes (e.g. Path(...).read_bytes()), "
+                f"not {type(pem[name]).__name__}"
+            )
+    if given and credentials is not None:
+        raise ValueError(f"pass either credentials or {', '.join(given)}, not both")
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError(
+            "certificate_chain and private_key go together: a client certificate and its key"
+        )
+    if given and not tls:
+        names = ", ".join(given)
+        raise ValueError(f"TLS options ({names}) need an https:// target, not {target!r}")
+    if credentials is not None:
+        return credentials
+    if not tls:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
 
 
 def call_metadata(

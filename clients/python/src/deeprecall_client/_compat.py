@@ -246,7 +246,9 @@ class DeepRecall:
             print(result.answer, result.usage.total_input_tokens)
 
     `collection` is the collection every call uses; `timeout` the deadline of each call, in
-    seconds. Other keyword arguments go to `Client` (`credentials`, `metadata`, `options`).
+    seconds. Other keyword arguments go to `Client`: the TLS options `root_certificates`,
+    `certificate_chain` and `private_key` (PEM bytes, for an `https://` target), `credentials`,
+    `metadata`, `options`.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from deeprecall_client._common import (
     QueryLike,
     batch_request,
     call_metadata,
+    channel_credentials,
     channel_target,
     document,
     query_request,
@@ -31,14 +32,28 @@ class Client:
     """A blocking DeepRecall client.
 
     `target` is `host:port` or `http://host:port` for a plaintext channel, `https://host:port`
-    for TLS with the system's roots (or pass `credentials`). `api_key`, when set, goes with every
-    call as `authorization: Bearer <key>`. `timeout` is the default deadline of each call, in
-    seconds. Failed calls raise `DeepRecallError` carrying the gRPC status code.
+    for TLS. Over TLS the server's certificate is checked against the system's roots, or against
+    `root_certificates` (the PEM of a private CA); `certificate_chain` and `private_key` (PEM)
+    present a client certificate, for a server that requires one (mutual TLS). `credentials`,
+    a `grpc.ChannelCredentials` of your own, replaces all three. `api_key`, when set, goes with
+    every call as `authorization: Bearer <key>`. `timeout` is the default deadline of each call,
+    in seconds. Failed calls raise `DeepRecallError` carrying the gRPC status code.
 
         with Client("localhost:50051") as client:
             client.add_documents([{"id": "k", "content": "Kestrel is in Tampere."}])
             result = client.query("Where is Kestrel?", on_event=print)
             print(result.answer)
+
+        with Client(
+            "https://deeprecall.internal:50051",
+            root_certificates=Path("ca.crt").read_bytes(),
+            certificate_chain=Path("client.crt").read_bytes(),
+            private_key=Path("client.key").read_bytes(),
+        ) as client:
+            print(client.get_stats())
+
+    A call that cannot complete the TLS handshake (an untrusted server certificate, or a
+    missing client certificate) fails with `UNAVAILABLE`.
     """
 
     def __init__(
@@ -47,14 +62,18 @@ class Client:
         *,
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         address, tls = channel_target(target)
         channel_options = list(DEFAULT_OPTIONS) + list(options)
-        if credentials is None and tls:
-            credentials = grpc.ssl_channel_credentials()
+        credentials = channel_credentials(
+            target, tls, credentials, root_certificates, certificate_chain, private_key
+        )
         self.channel: grpc.Channel = (
             grpc.secure_channel(address, credentials, options=channel_options)
             if credentials is not None
