@@ -123,11 +123,11 @@ impl ClientArgs {
             })
         };
         ClientTls {
-            ca: path(&self.tls.tls_ca, "DEEPRECALL_TLS_CA"),
-            cert: path(&self.tls.tls_client_cert, "DEEPRECALL_TLS_CLIENT_CERT"),
-            key: path(&self.tls.tls_client_key, "DEEPRECALL_TLS_CLIENT_KEY"),
+            ca: path(&self.tls.tls_ca, config::CLIENT_TLS_CA_ENV),
+            cert: path(&self.tls.tls_client_cert, config::CLIENT_TLS_CERT_ENV),
+            key: path(&self.tls.tls_client_key, config::CLIENT_TLS_KEY_ENV),
             server_name: self.tls.tls_server_name.clone().or_else(|| {
-                env.get("DEEPRECALL_TLS_SERVER_NAME")
+                env.get(config::CLIENT_TLS_SERVER_NAME_ENV)
                     .filter(|value| !value.is_empty())
                     .cloned()
             }),

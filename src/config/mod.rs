@@ -76,6 +76,14 @@ pub const CONFIG_FILE_ENV: &str = "DEEPRECALL_CONFIG";
 pub const SERVER_ENV: &str = "DEEPRECALL_SERVER";
 /// Environment variable holding the API key the client commands send.
 pub const CLIENT_KEY_ENV: &str = "DEEPRECALL_CLIENT_KEY";
+/// Environment variable naming the CA file the client commands trust (`--tls-ca`).
+pub const CLIENT_TLS_CA_ENV: &str = "DEEPRECALL_TLS_CA";
+/// Environment variable naming the client certificate for mutual TLS (`--tls-client-cert`).
+pub const CLIENT_TLS_CERT_ENV: &str = "DEEPRECALL_TLS_CLIENT_CERT";
+/// Environment variable naming that certificate's private key (`--tls-client-key`).
+pub const CLIENT_TLS_KEY_ENV: &str = "DEEPRECALL_TLS_CLIENT_KEY";
+/// Environment variable naming the server's certificate name (`--tls-server-name`).
+pub const CLIENT_TLS_SERVER_NAME_ENV: &str = "DEEPRECALL_TLS_SERVER_NAME";
 /// Server the client commands talk to by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 

@@ -651,7 +651,7 @@ async fn the_key_file_is_reloaded_on_sighup_and_calls_in_flight_finish() {
     std::fs::write(&keys_file, key_file("alice", READER)).expect("key file written");
     let keys_path = keys_file.display().to_string();
     let base_url = mock.base_url();
-    let (mut child, endpoint, mut log) = spawn_binary_logging(
+    let (child, endpoint, mut log) = spawn_binary_logging(
         &data_dir.path().join("data"),
         &["--keys-file", &keys_path],
         &[
@@ -662,6 +662,7 @@ async fn the_key_file_is_reloaded_on_sighup_and_calls_in_flight_finish() {
             ("DEEPRECALL_CACHE", "none"),
         ],
     );
+    let child = KilledOnDrop(child);
     wait_until_serving(&endpoint).await;
     let mut client = DeepRecallClient::connect(endpoint).await.expect("connects");
     client
@@ -711,17 +712,6 @@ async fn the_key_file_is_reloaded_on_sighup_and_calls_in_flight_finish() {
     stats(&mut client, bearer(pb::GetStatsRequest {}, WRITER))
         .await
         .expect("bob still admitted");
-    child.kill().expect("stopped");
-    child.wait().expect("reaped");
-}
-
-/// Sends SIGHUP to `child`.
-fn hang_up(child: &std::process::Child) {
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(signalled.success());
 }
 
 /// One gRPC-Web frame: flag byte, big-endian length, payload.

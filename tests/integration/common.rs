@@ -407,6 +407,34 @@ pub fn spawn_serving_command(
     (child, format!("http://{address}"), LogLines(receiver))
 }
 
+/// A child process killed and reaped when dropped, so that a failing test leaves no server
+/// behind.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends SIGHUP to `child`.
+pub fn hang_up(child: &std::process::Child) {
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+}
+
 /// A port free now but not held, for a listener configured by number: whoever uses it must
 /// try another when it turns out to be taken.
 pub fn free_port() -> u16 {

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::common::{
-    document, free_port, question, sample, scrape_metrics, spawn_binary_logging, stream_result,
+    KilledOnDrop, document, free_port, hang_up, question, sample, scrape_metrics,
+    spawn_binary_logging, stream_result,
 };
 use crate::tls_harness::{Authority, Files, Issued, TlsServer};
 
@@ -474,24 +475,6 @@ async fn sighup_reloads_the_certificate_and_a_broken_one_keeps_the_old() {
         .expect("answered");
 }
 
-/// A child process killed and reaped when dropped.
-struct KilledOnDrop(std::process::Child);
-
-impl std::ops::Deref for KilledOnDrop {
-    type Target = std::process::Child;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_cli_presents_a_client_certificate_under_mutual_tls() {
     let ca = Authority::new("test CA");
@@ -631,13 +614,4 @@ async fn half_a_tls_configuration_or_unreadable_files_stop_the_start() {
 
 fn path_text(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
-}
-
-/// Sends SIGHUP to `child`.
-fn hang_up(child: &std::process::Child) {
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(signalled.success());
 }
