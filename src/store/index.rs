@@ -461,4 +461,41 @@ mod tests {
         let all = index.search(&query, 1000, &Filter::default());
         assert!(all.iter().all(|(rowid, _)| rowid % 3 == 0));
     }
+
+    #[test]
+    fn compaction_waits_until_a_quarter_of_at_least_the_minimum_slots_are_dead() {
+        let slots = MIN_SLOTS_TO_COMPACT as i64;
+        let mut index = VectorIndex::default();
+        for rowid in 1..=slots {
+            index.insert(rowid, rowid.to_string(), Map::new(), &unit(&[(1, 1.0)]));
+        }
+        // Exactly a quarter dead is not yet more than a quarter.
+        for rowid in 1..=slots / 4 {
+            assert!(index.remove(rowid));
+        }
+        assert_eq!(index.slot_rowids.len(), MIN_SLOTS_TO_COMPACT);
+        assert_eq!(index.dead, MIN_SLOTS_TO_COMPACT / 4);
+        assert!(index.remove(slots / 4 + 1));
+        assert_eq!(index.slot_rowids.len(), index.len());
+        assert_eq!(index.dead, 0);
+
+        // A small index keeps its tombstones however many there are.
+        let mut small = VectorIndex::default();
+        for rowid in 1..=10 {
+            small.insert(rowid, rowid.to_string(), Map::new(), &unit(&[(1, 1.0)]));
+        }
+        for rowid in 1..=9 {
+            assert!(small.remove(rowid));
+        }
+        assert_eq!(small.slot_rowids.len(), 10);
+        assert_eq!(small.dead, 9);
+    }
+
+    #[test]
+    fn candidates_are_equal_exactly_when_they_order_equal() {
+        let candidate = |score: f32, rowid: i64| Candidate { score, rowid };
+        assert_eq!(candidate(0.5, 3), candidate(0.5, 3));
+        assert_ne!(candidate(0.5, 3), candidate(0.5, 4));
+        assert_ne!(candidate(0.5, 3), candidate(0.25, 3));
+    }
 }

@@ -170,4 +170,42 @@ mod tests {
             }
         );
     }
+
+    /// Each input breaks exactly one rule of a well-formed embedding, so none of them may take
+    /// the path that returns a well-formed embedding untouched.
+    #[test]
+    fn sanitize_mends_each_broken_rule_alone() {
+        let embedding = |indices: Vec<u32>, values: Vec<f32>| Embedding { indices, values };
+        let cases = [
+            (
+                embedding(vec![1, 2, 3], vec![0.5, 0.25]),
+                embedding(vec![1, 2], vec![0.5, 0.25]),
+            ),
+            (
+                embedding(vec![4, 4], vec![0.5, 0.25]),
+                embedding(vec![4], vec![0.75]),
+            ),
+            (
+                embedding(vec![3, 1], vec![0.5, 0.25]),
+                embedding(vec![1, 3], vec![0.25, 0.5]),
+            ),
+            (
+                embedding(vec![1, 2], vec![0.5, 0.0]),
+                embedding(vec![1], vec![0.5]),
+            ),
+            (
+                embedding(vec![1, 2], vec![0.0, 0.0]),
+                embedding(vec![], vec![]),
+            ),
+            (
+                embedding(vec![1, 2], vec![f32::INFINITY, 0.5]),
+                embedding(vec![2], vec![0.5]),
+            ),
+        ];
+        for (broken, mended) in cases {
+            assert_eq!(sanitize(broken.clone()), mended, "{broken:?}");
+        }
+        let well_formed = embedding(vec![1, 7], vec![0.6, -0.8]);
+        assert_eq!(sanitize(well_formed.clone()), well_formed);
+    }
 }

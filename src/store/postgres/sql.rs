@@ -349,4 +349,75 @@ mod tests {
         assert_eq!(any_term_query(&terms), "'it''s' | 'a|b' | 'c\\\\'");
         assert_eq!(any_term_query(&[]), "");
     }
+
+    fn sparse_values(text: &str) -> Vec<f32> {
+        let inner = text
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_matches(|c| c == '{' || c == '}');
+        inner
+            .split(',')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| pair.split(':').nth(1).unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn sparse_vectors_drop_indices_past_the_dimension() {
+        let embedding = Embedding {
+            indices: vec![15, 16],
+            values: vec![0.6, 0.8],
+        };
+        assert_eq!(sparsevec_text(&embedding, 16), "{16:0.6}/16");
+    }
+
+    #[test]
+    fn a_cut_sparse_vector_is_normalised_again_and_an_uncut_one_is_left_alone() {
+        let cut = Embedding {
+            indices: (0..20_000).collect(),
+            values: (0..20_000).map(|n| 1.0 + n as f32).collect(),
+        };
+        let values = sparse_values(&sparsevec_text(&cut, 100_000));
+        let norm = values.iter().map(|value| value * value).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+
+        let at_the_limit = Embedding {
+            indices: (0..MAX_STORED_NONZERO as u32).collect(),
+            values: vec![1.0; MAX_STORED_NONZERO],
+        };
+        let values = sparse_values(&sparsevec_text(&at_the_limit, 100_000));
+        assert_eq!(values.len(), MAX_STORED_NONZERO);
+        assert!(values.iter().all(|value| *value == 1.0));
+    }
+
+    #[test]
+    fn a_cut_sparse_vector_without_a_usable_norm_keeps_its_values() {
+        let over = MAX_STORED_NONZERO as u32 + 1;
+        for value in [0.0, 1e30] {
+            let embedding = Embedding {
+                indices: (0..over).collect(),
+                values: vec![value; over as usize],
+            };
+            let values = sparse_values(&sparsevec_text(&embedding, 100_000));
+            assert_eq!(values.len(), MAX_STORED_NONZERO);
+            assert!(values.iter().all(|kept| *kept == value), "{value}");
+        }
+    }
+
+    #[test]
+    fn folding_normalises_a_vector_that_is_not_unit_length() {
+        let embedding = Embedding {
+            indices: vec![1, 1 + FOLDED_DIMENSION as u32, 2],
+            values: vec![0.3, 0.3, 0.4],
+        };
+        let values: Vec<f32> = folded_text(&embedding)
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|value| value.parse().unwrap())
+            .collect();
+        let norm = (0.6f32 * 0.6 + 0.4 * 0.4).sqrt();
+        assert!((values[1] - 0.6 / norm).abs() < 1e-3, "{}", values[1]);
+        assert!((values[2] - 0.4 / norm).abs() < 1e-3, "{}", values[2]);
+    }
 }
