@@ -34,6 +34,10 @@ use prometheus_client::registry::Registry;
 /// Path of the scrape endpoint.
 pub const METRICS_PATH: &str = "/metrics";
 
+/// Live tasks of the server's async runtime, read at each scrape: a task leak shows as a floor
+/// that keeps climbing under steady traffic.
+pub const RUNTIME_TASKS_METRIC: &str = "deeprecall_runtime_alive_tasks";
+
 /// Buckets of durations in seconds: 5 ms to about 164 s, doubling, which covers a cached
 /// answer as well as a long multi-hop run against a slow model.
 fn duration_buckets() -> Histogram {
@@ -160,6 +164,7 @@ struct Inner {
     trace_log_dropped: Counter,
     tls_reloads: Family<OutcomeLabels, Counter>,
     tls_certificate_expiry: Gauge,
+    runtime_tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -194,6 +199,7 @@ impl Metrics {
             trace_log_dropped: Counter::default(),
             tls_reloads: Family::default(),
             tls_certificate_expiry: Gauge::default(),
+            runtime_tasks: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -300,6 +306,11 @@ impl Metrics {
             "deeprecall_tls_certificate_expiry_timestamp_seconds",
             "Unix time at which the served TLS certificate expires; 0 without TLS",
             inner.tls_certificate_expiry.clone(),
+        );
+        registry.register(
+            RUNTIME_TASKS_METRIC,
+            "Tasks alive in the server's async runtime at the scrape",
+            inner.runtime_tasks.clone(),
         );
         Metrics {
             inner: Arc::new(Inner { registry, ..inner }),
@@ -490,6 +501,12 @@ impl Metrics {
 
     /// Returns every series in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.inner
+                .runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         if let Err(error) = prometheus_text::encode(&mut text, &self.inner.registry) {
             // Writing into a String cannot fail; an error would come from a metric's encoder.

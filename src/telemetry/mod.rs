@@ -14,7 +14,7 @@ pub mod otlp_receiver;
 pub mod spans;
 pub mod trace_log;
 
-pub use metrics::{InFlightGuard, Metrics, QueryOutcome, serve_metrics};
+pub use metrics::{InFlightGuard, Metrics, QueryOutcome, RUNTIME_TASKS_METRIC, serve_metrics};
 pub use otel::{
     LogSettings, OtelSettings, OtlpProtocol, TelemetryError, TelemetryGuard, extract_parent,
     init_tracing, inject_current, set_parent, set_remote_parent,

@@ -227,6 +227,11 @@ async fn the_metrics_endpoint_counts_calls_queries_caches_and_refusals() {
         "{text}"
     );
     expect("deeprecall_shed_requests_total", 0.0);
+    // The server's own tasks (its accept loop, at least) are alive at every scrape.
+    assert!(
+        sample(&text, "deeprecall_runtime_alive_tasks").is_some_and(|tasks| tasks >= 1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
