@@ -18,6 +18,7 @@ mod cached;
 mod corpus;
 mod engine;
 mod probes;
+mod process;
 mod protocols;
 mod replicas;
 mod soak;

@@ -1,12 +1,12 @@
-//! `deeprecall bench soak`: mixed traffic against an in-process server for a set time, with a
-//! row per interval of what a leak or a slowdown would show: resident memory, open file
-//! descriptors, live tokio tasks, and p50/p99 per kind of call; then a verdict against the
-//! targets, failing the command when one is missed.
+//! `deeprecall bench soak`: mixed traffic against a server for a set time, with a row per
+//! interval of what a leak or a slowdown would show: the server's resident memory, open file
+//! descriptors, live tokio tasks and threads, and p50/p99 per kind of call; then a verdict
+//! against the targets, failing the command when one is missed.
 //!
-//! Everything runs in this one process (server, scripted model, clients), so the figures are
-//! the server's plus a fixed share for the model and the clients, which keep no state that
-//! grows: the mock keeps no record of requests (`Recording::Off`), writes reuse a bounded set
-//! of ids, and queries come from bounded pools.
+//! The server runs in a process of its own (`deeprecall serve`, as deployed), so the figures
+//! are the server's alone; the scripted model and the clients run in this one, and keep no
+//! state that grows: the mock keeps no record of requests (`Recording::Off`), writes reuse a
+//! bounded set of ids, and queries come from bounded pools.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, BenchServer, Corpus, middle};
+use super::process::{ProcessSample, ServerProcess};
+use super::{BenchArgs, Corpus, middle};
 use crate::api::pb;
 use crate::cli::{CliError, ServerClient, connect};
-use crate::config::Backend;
 use crate::llm::mock_server::{MockLlmServer, MockReply, MockScript, Recording};
 
 /// Collection the queries search; it is only written before the traffic starts, so its
@@ -41,6 +41,10 @@ const RSS_GROWTH: f64 = 0.10;
 const FD_SLACK: u64 = 4;
 /// Tasks that may come and go between samples, at least; 10% of the first value otherwise.
 const TASK_SLACK: u64 = 16;
+/// The memory target, and the traffic it is set for.
+const PEAK_RSS_TARGET_MIB: f64 = 100.0;
+const TARGET_CONCURRENCY: usize = 64;
+const TARGET_DOCUMENTS: usize = 2_000;
 
 /// The kinds of call the traffic makes, in the report's column order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,13 +104,12 @@ struct Window {
     errors: BTreeMap<String, u64>,
 }
 
-/// One interval's sample of the process.
+/// One interval's sample of the server process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Health {
     rss_bytes: u64,
     /// The fewest open descriptors seen in the interval: the model client's pooled
-    /// connections to the mock (two descriptors each, both ends being in this process) open
-    /// and close with demand; a leak raises the floor.
+    /// connections to the mock open and close with demand; a leak raises the floor.
     fds: u64,
     /// The fewest live tasks seen in the interval, for the same reason.
     tasks: u64,
@@ -142,11 +145,16 @@ pub(super) async fn soak(args: &BenchArgs) -> Result<(), CliError> {
         .await
         .map_err(|error| CliError::Io(error.to_string()))?;
     let base_url = mock.base_url();
-    let server = BenchServer::start_with(|config| {
-        config.llm.backend = Backend::Openai;
-        config.llm.model = "mock".into();
-        config.llm.base_url = base_url;
-    })
+    let server = ServerProcess::spawn(&[
+        "--backend",
+        "openai",
+        "--model",
+        "mock",
+        "--base-url",
+        &base_url,
+        "--shutdown-grace-seconds",
+        "1",
+    ])
     .await?;
     let client = connect(&server.endpoint, None).await?;
     let traffic = Traffic::prepare(client.clone(), args, seed).await?;
@@ -158,7 +166,6 @@ pub(super) async fn soak(args: &BenchArgs) -> Result<(), CliError> {
         args.documents,
         latency.as_millis()
     );
-    let runtime = tokio::runtime::Handle::current().metrics();
     let window = Arc::new(Mutex::new(Window::default()));
     let stop = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
@@ -184,16 +191,17 @@ pub(super) async fn soak(args: &BenchArgs) -> Result<(), CliError> {
     let mut next_row = started + interval;
     loop {
         ticks.tick().await;
-        task_floor = task_floor.min(runtime.num_alive_tasks() as u64);
-        fd_floor = fd_floor.min(open_fds());
+        let sample = server.sample().await;
+        task_floor = task_floor.min(sample.tasks);
+        fd_floor = fd_floor.min(sample.fds);
         if tokio::time::Instant::now() < next_row {
             continue;
         }
         let health = Health {
-            rss_bytes: proc_status_kib("VmRSS:").unwrap_or(0) * 1024,
+            rss_bytes: sample.rss_bytes,
             fds: fd_floor,
             tasks: task_floor,
-            threads: proc_status_value("Threads:").unwrap_or(0),
+            threads: sample.threads,
         };
         let seen = std::mem::take(&mut *window.lock());
         println!("{}", row(started.elapsed(), health, &seen));
@@ -211,13 +219,17 @@ pub(super) async fn soak(args: &BenchArgs) -> Result<(), CliError> {
     let late = std::mem::take(&mut *window.lock());
     let errors =
         rows.iter().map(|(_, errors)| errors).sum::<u64>() + late.errors.values().sum::<u64>();
-    let peak = proc_status_kib("VmHWM:").unwrap_or(0) * 1024;
+    let ProcessSample { peak_rss_bytes, .. } = server.sample().await;
     println!(
-        "peak RSS {:.1} MiB (target at concurrency 64 with 2,000 documents: 100 MiB)",
-        mib(peak)
+        "peak RSS of the server {:.1} MiB (target at concurrency {TARGET_CONCURRENCY} with {TARGET_DOCUMENTS} documents: {PEAK_RSS_TARGET_MIB} MiB)",
+        mib(peak_rss_bytes)
     );
     let health: Vec<Health> = rows.iter().map(|(health, _)| *health).collect();
-    let checks = judge(&health, errors);
+    let mut checks = judge(&health, errors);
+    checks.push(judge_peak(
+        peak_rss_bytes,
+        concurrency == TARGET_CONCURRENCY && args.documents == TARGET_DOCUMENTS,
+    ));
     let mut missed = Vec::new();
     for check in &checks {
         let mark = match check.passed {
@@ -440,32 +452,6 @@ fn record(window: &Mutex<Window>, call: Call, took: Duration, outcome: Result<()
     }
 }
 
-/// A value of `/proc/self/status` given in kB, e.g. `VmRSS:`; `None` off Linux.
-fn proc_status_kib(field: &str) -> Option<u64> {
-    proc_status_value(field)
-}
-
-/// The first number of a `/proc/self/status` field; `None` off Linux.
-fn proc_status_value(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_status_value(&status, field)
-}
-
-fn parse_status_value(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Open file descriptors of this process; 0 off Linux.
-fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count() as u64)
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -540,6 +526,20 @@ struct Check {
 /// caches, pools and the allocator fill up.
 fn warm_up(intervals: usize) -> usize {
     intervals.div_ceil(10).max(1)
+}
+
+/// Judges the server's peak resident memory against [`PEAK_RSS_TARGET_MIB`], when the run
+/// sent the traffic the target is set for.
+fn judge_peak(peak_rss_bytes: u64, target_traffic: bool) -> Check {
+    let detail = format!(
+        "{:.1} MiB at its peak (target {PEAK_RSS_TARGET_MIB} MiB at concurrency {TARGET_CONCURRENCY} with {TARGET_DOCUMENTS} documents)",
+        mib(peak_rss_bytes)
+    );
+    Check {
+        name: "peak RSS of the server",
+        passed: target_traffic.then(|| mib(peak_rss_bytes) <= PEAK_RSS_TARGET_MIB),
+        detail,
+    }
 }
 
 /// Judges the run's samples, one per interval in order, and its failed calls. After warm-up:
@@ -727,12 +727,11 @@ mod tests {
     }
 
     #[test]
-    fn status_values_are_read_in_kib() {
-        let status = "Name:\tdeeprecall\nVmHWM:\t  123456 kB\nVmRSS:\t   98765 kB\nThreads:\t67\n";
-        assert_eq!(parse_status_value(status, "VmRSS:"), Some(98_765));
-        assert_eq!(parse_status_value(status, "VmHWM:"), Some(123_456));
-        assert_eq!(parse_status_value(status, "Threads:"), Some(67));
-        assert_eq!(parse_status_value(status, "VmSwap:"), None);
+    fn the_peak_is_judged_only_at_the_traffic_the_target_is_set_for() {
+        let under = judge_peak(99 << 20, true);
+        assert_eq!(under.passed, Some(true), "{under:?}");
+        assert_eq!(judge_peak(101 << 20, true).passed, Some(false));
+        assert_eq!(judge_peak(101 << 20, false).passed, None);
     }
 
     #[test]
