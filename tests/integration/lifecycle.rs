@@ -305,3 +305,30 @@ async fn in_flight_streams_get_the_grace_period_then_end_cleanly() {
     assert_eq!(results + refused, 10_000, "every query got an item");
     stopping.await.expect("joined").expect("clean shutdown");
 }
+
+/// The server keeps its memory in small pages (a huge page is resident whole once touched,
+/// which nearly doubled its memory under load), unless the operator asks for huge pages the
+/// way mimalloc reads it.
+#[test]
+fn the_server_process_runs_without_transparent_huge_pages_unless_asked() {
+    let thp_enabled = |pid: String| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("THP_enabled:"))
+            .map(|value| value.trim().to_string())
+            .expect("the kernel reports THP_enabled")
+    };
+    let server_thp_enabled = |env: &[(&str, &str)]| {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let (child, _endpoint) = spawn_binary_with_env(data_dir.path(), &[], env);
+        let child = KilledOnDrop(child);
+        thp_enabled(child.id().to_string())
+    };
+    assert_eq!(server_thp_enabled(&[]), "0");
+    // Asked for, the server keeps what it inherited.
+    assert_eq!(
+        server_thp_enabled(&[("MIMALLOC_ALLOW_THP", "1")]),
+        thp_enabled("self".into())
+    );
+}
