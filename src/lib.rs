@@ -9,6 +9,7 @@ pub mod config;
 pub mod embed;
 pub mod engine;
 pub mod http;
+pub mod lane;
 pub mod llm;
 pub mod redis_link;
 pub mod secret;

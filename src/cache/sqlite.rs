@@ -17,6 +17,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::task::AbortHandle;
 
 use super::{Cache, CacheError, CacheKey, CacheStats};
+use crate::lane::Lane;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +76,9 @@ impl Default for SqliteCacheConfig {
 pub struct SqliteCache {
     config: SqliteCacheConfig,
     connection: Arc<Mutex<Connection>>,
+    /// The connection's one thread: lookups queue for it rather than each holding a thread
+    /// parked on the connection's lock.
+    thread: Lane,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -101,6 +105,9 @@ impl SqliteCache {
             .await
             .map_err(task_failure)??;
         let connection = Arc::new(Mutex::new(connection));
+        let thread = Lane::new("cache-sqlite", 1).map_err(|error| {
+            CacheError::Unavailable(format!("cannot start the sqlite cache's thread: {error}"))
+        })?;
         let purge = (!config.purge_interval.is_zero()).then(|| {
             tokio::spawn(purge_expired_periodically(
                 Arc::downgrade(&connection),
@@ -111,6 +118,7 @@ impl SqliteCache {
         Ok(SqliteCache {
             config,
             connection,
+            thread,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -118,16 +126,17 @@ impl SqliteCache {
         })
     }
 
-    /// Runs `work` on the connection, on the blocking pool.
+    /// Runs `work` on the connection, on its thread.
     async fn with_connection<T, F>(&self, work: F) -> Result<T, CacheError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let connection = Arc::clone(&self.connection);
-        tokio::task::spawn_blocking(move || work(&mut connection.lock()))
+        self.thread
+            .run(move || work(&mut connection.lock()))
             .await
-            .map_err(task_failure)?
+            .map_err(|error| CacheError::Unavailable(format!("sqlite cache: {error}")))?
             .map_err(sqlite_failure)
     }
 }

@@ -5,13 +5,13 @@
 //! of read-only connections serves searches. A writer takes the collection's state lock for
 //! writing just before `COMMIT` and releases it after updating the in-memory index, while a
 //! search holds it for reading from its first to its last SQL statement; so a search always
-//! sees SQLite and the in-memory index at the same version. A call waits for a turn at its
-//! kind of connection (one turn for the writer, one per reader) before it takes a thread of
-//! the blocking pool, so that threads are not parked in the pool waiting for a connection.
+//! sees SQLite and the in-memory index at the same version. Each kind of connection has
+//! threads of its own (one for the writer, one per reader), and a call queues for one of them
+//! on the async side, so the store's threads are exactly its connections.
 //!
 //! Files: `schema.rs` opens, migrates and loads the database; `rows.rs` holds the SQL of writes
 //! and lookups and the stored vector format; `keyword.rs` the FTS5 side of a search;
-//! `readers.rs` the read connections, the blocking pool and the turns at it.
+//! `readers.rs` the read connections and the connections' threads.
 
 mod keyword;
 mod readers;
@@ -31,7 +31,7 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, TransactionBehavior};
 
 use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
-use self::readers::{ReaderPool, Turns, blocking, with_connection};
+use self::readers::{ReaderPool, Threads, blocking, with_connection};
 use self::rows::{
     bump_version, delete_by_id, fetch_documents, fetch_hits, list_page, upsert_documents,
 };
@@ -83,11 +83,11 @@ struct Inner {
     path: PathBuf,
     embedder: Arc<dyn Embedder>,
     writer: Arc<Mutex<Connection>>,
-    /// Turns for the writer connection: one.
-    write_turns: Turns,
+    /// The writer connection's thread.
+    write_threads: Threads,
     readers: ReaderPool,
-    /// Turns for the read connections: one each.
-    read_turns: Turns,
+    /// One thread per read connection.
+    read_threads: Threads,
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
     /// Documents in all collections; only steers how keyword searches are restricted.
     documents: AtomicUsize,
@@ -186,8 +186,8 @@ impl EmbeddedStore {
                 path,
                 embedder,
                 writer,
-                write_turns: Turns::new(1),
-                read_turns: Turns::new(readers.len()),
+                write_threads: Threads::start("store-writer", 1)?,
+                read_threads: Threads::start("store-reader", readers.len())?,
                 readers: ReaderPool::new(readers),
                 collections: RwLock::new(collections),
                 documents: AtomicUsize::new(documents),
@@ -234,7 +234,7 @@ impl DocumentStore for EmbeddedStore {
         let name = collection.to_string();
         let collection = self
             .inner
-            .write_turns
+            .write_threads
             .run(move || inner.write_documents(&name, prepared))
             .await?;
         Ok(WriteOutcome { ids, collection })
@@ -254,7 +254,7 @@ impl DocumentStore for EmbeddedStore {
         }
         let inner = Arc::clone(&self.inner);
         self.inner
-            .write_turns
+            .write_threads
             .run(move || inner.delete_documents(&handle, ids))
             .await
     }
@@ -293,7 +293,7 @@ impl DocumentStore for EmbeddedStore {
         }
         let inner = Arc::clone(&self.inner);
         self.inner
-            .read_turns
+            .read_threads
             .run(move || inner.search(&handle, &search))
             .await
     }
@@ -325,7 +325,7 @@ impl DocumentStore for EmbeddedStore {
         };
         let inner = Arc::clone(&self.inner);
         self.inner
-            .write_turns
+            .write_threads
             .run(move || inner.delete_collection(&handle).map(Some))
             .await
     }
@@ -339,7 +339,7 @@ impl DocumentStore for EmbeddedStore {
         let handle = self.collection_handle(collection)?;
         let inner = Arc::clone(&self.inner);
         self.inner
-            .read_turns
+            .read_threads
             .run(move || {
                 inner
                     .readers
@@ -356,7 +356,7 @@ impl DocumentStore for EmbeddedStore {
         let handle = self.collection_handle(collection)?;
         let inner = Arc::clone(&self.inner);
         self.inner
-            .read_turns
+            .read_threads
             .run(move || {
                 inner
                     .readers
@@ -474,8 +474,8 @@ impl Inner {
     }
 
     /// Searches on the calling thread, which may be an async worker, when that is sure to be
-    /// quick and to wait for nothing; returns `None` when it is not, leaving the search to the
-    /// blocking pool. Handing a search to the pool and back costs two thread wake-ups, as
+    /// quick and to wait for nothing; returns `None` when it is not, leaving the search to a
+    /// reader thread. Handing a search to a thread and back costs two thread wake-ups, as
     /// much as a whole search of a small collection.
     fn try_search_without_waiting(
         &self,

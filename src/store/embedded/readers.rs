@@ -1,55 +1,44 @@
-//! Read connections handed out one search at a time, and the blocking pool.
+//! The threads of the store's connections, the read connections, and the blocking pool for
+//! the one-off work of opening the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
-use tokio::sync::Semaphore;
 
 use super::super::StoreError;
+use crate::lane::Lane;
 
-/// Turns at the blocking pool for one kind of connection. A call waits for its turn here, on
-/// the async side, and only then takes a blocking thread, so the threads in use stay near the
-/// number of connections: a thread waiting in the pool for a connection holds its stack and
-/// its allocator arena, and under 64 concurrent queries these waiting threads were most of the
-/// process's memory.
-pub(super) struct Turns {
-    free: Arc<Semaphore>,
-    /// Calls waiting for a turn; tests read it to know a call is queued.
-    queued: AtomicUsize,
-}
+/// The threads of one kind of connection: one for the writer, one per reader. A call queues
+/// for one of them on the async side, so the store's threads stay exactly its connections
+/// however many calls wait (see [`Lane`]).
+pub(super) struct Threads(Lane);
 
-impl Turns {
-    pub(super) fn new(connections: usize) -> Self {
-        Turns {
-            free: Arc::new(Semaphore::new(connections.max(1))),
-            queued: AtomicUsize::new(0),
-        }
+impl Threads {
+    pub(super) fn start(name: &str, connections: usize) -> Result<Self, StoreError> {
+        Lane::new(name, connections)
+            .map(Threads)
+            .map_err(|error| StoreError::Task(format!("cannot start the {name} threads: {error}")))
     }
 
-    /// Returns the number of calls waiting for a turn.
+    /// Returns the number of calls waiting for a thread.
     #[cfg(test)]
     pub(super) fn queued(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        self.0.queued()
     }
 
-    /// Runs `work` on the blocking pool once a turn is free; the turn is held until `work`
-    /// ends, even if the caller stops waiting for it.
+    /// Runs `work` on one of the threads once one is free; once started, it runs to its end
+    /// even if the caller stops waiting for it.
     pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        let turn = Arc::clone(&self.free).acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        let turn = turn.map_err(|error| StoreError::Task(error.to_string()))?;
-        blocking(move || {
-            let _turn = turn;
-            work()
-        })
-        .await
+        self.0
+            .run(work)
+            .await
+            .map_err(|error| StoreError::Task(error.to_string()))?
     }
 }
 

@@ -470,7 +470,7 @@ async fn searches_that_would_wait_go_to_the_blocking_pool() {
 }
 
 #[tokio::test]
-async fn searches_beyond_the_reader_count_queue_for_a_turn_not_for_a_thread() {
+async fn searches_beyond_the_reader_count_queue_for_a_reader_thread() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     store.add_documents("docs", corpus()).await.unwrap();
@@ -488,10 +488,10 @@ async fn searches_beyond_the_reader_count_queue_for_a_turn_not_for_a_thread() {
             tokio::spawn(async move { store.search(request("docs", "Toulouse", 2)).await })
         })
         .collect();
-    // One search per reader holds a thread waiting for its connection; the others wait
-    // for a turn without a thread. The bound only ends a hang.
+    // One search per reader holds a reader thread waiting for its connection; the others
+    // queue for a thread. The bound only ends a hang.
     tokio::time::timeout(Duration::from_secs(30), async {
-        while store.inner.readers.waiting() < readers || store.inner.read_turns.queued() < 6 {
+        while store.inner.readers.waiting() < readers || store.inner.read_threads.queued() < 6 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     })
