@@ -41,6 +41,12 @@ const RSS_GROWTH: f64 = 0.10;
 const FD_SLACK: u64 = 4;
 /// Tasks that may come and go between samples, at least; 10% of the first value otherwise.
 const TASK_SLACK: u64 = 16;
+/// Streams the disconnecting client drops on one connection before it opens another. The
+/// server's frames for a stream the client already dropped may arrive after the client's h2
+/// has forgotten the stream, and h2 answers each with a reset of its own, counted over the
+/// connection's life: at 1,024 it closes the connection as abusive, which a 30-minute run
+/// reached in its 29th minute on a connection shared with every other client.
+const DISCONNECTS_PER_CONNECTION: usize = 256;
 /// The memory target, and the traffic it is set for.
 const PEAK_RSS_TARGET_MIB: f64 = 100.0;
 const TARGET_CONCURRENCY: usize = 64;
@@ -176,11 +182,11 @@ pub(super) async fn soak(args: &BenchArgs) -> Result<(), CliError> {
             stop.clone(),
         ));
     }
-    workers.spawn(
-        traffic
-            .clone()
-            .disconnecting(Arc::clone(&window), stop.clone()),
-    );
+    workers.spawn(traffic.clone().disconnecting(
+        server.endpoint.clone(),
+        Arc::clone(&window),
+        stop.clone(),
+    ));
 
     println!("{}", header());
     let started = tokio::time::Instant::now();
@@ -405,25 +411,51 @@ impl Traffic {
                     .await?;
                 Ok(())
             }
-            Call::Disconnect => self.disconnect_once(rng).await,
+            Call::Disconnect => self.disconnect_once(&self.client, rng).await,
         }
     }
 
     /// The client that goes away: starts a query, reads its first event and drops the stream,
-    /// over and over until `stop`.
-    async fn disconnecting(self, window: Arc<Mutex<Window>>, stop: CancellationToken) {
+    /// over and over until `stop`, on connections of its own (a new one every
+    /// [`DISCONNECTS_PER_CONNECTION`] streams).
+    async fn disconnecting(
+        self,
+        endpoint: String,
+        window: Arc<Mutex<Window>>,
+        stop: CancellationToken,
+    ) {
         let mut rng = fastrand::Rng::with_seed(0);
+        let mut connection = None;
+        let mut dropped = 0;
         while !stop.is_cancelled() {
             let began = Instant::now();
-            let outcome = self.disconnect_once(&mut rng).await;
+            if dropped % DISCONNECTS_PER_CONNECTION == 0 {
+                connection = None;
+            }
+            let client = match connection.take() {
+                Some(client) => Ok(client),
+                None => connect(&endpoint, None).await,
+            };
+            let outcome = match client {
+                Ok(client) => {
+                    let outcome = self.disconnect_once(&client, &mut rng).await;
+                    connection = Some(client);
+                    dropped += 1;
+                    outcome
+                }
+                Err(error) => Err(error),
+            };
             record(&window, Call::Disconnect, began.elapsed(), outcome);
         }
     }
 
-    async fn disconnect_once(&self, rng: &mut fastrand::Rng) -> Result<(), CliError> {
+    async fn disconnect_once(
+        &self,
+        client: &ServerClient,
+        rng: &mut fastrand::Rng,
+    ) -> Result<(), CliError> {
         let question = &self.model_questions[rng.usize(..self.model_questions.len())];
-        let mut stream = self
-            .client
+        let mut stream = client
             .clone()
             .query(Self::request(question.clone(), true))
             .await?
