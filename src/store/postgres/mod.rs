@@ -195,17 +195,31 @@ impl DocumentStore for PostgresStore {
         let (ids, prepared) = prepare_documents(self.embedder.as_ref(), documents).await?;
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
-        // The upsert locks the collection's row: writers to one collection take turns, and
-        // each write moves the version exactly once.
-        let row = transaction
-            .query_one(
-                "INSERT INTO deeprecall_collections (name, version) \
-                 VALUES ($1, nextval('deeprecall_versions')) \
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version \
-                 RETURNING id, version",
-                &[&collection],
-            )
-            .await?;
+        // The collection's row is created if missing, then locked by the UPDATE that moves its
+        // version: writers to one collection take turns, and each write moves the version
+        // exactly once, to a value drawn after the lock is held. A single upsert drew the new
+        // version before waiting for the lock, so under concurrent writers the version the
+        // last writer committed could be lower than one committed before it.
+        let row = loop {
+            transaction
+                .execute(
+                    "INSERT INTO deeprecall_collections (name, version) VALUES ($1, 0) \
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&collection],
+                )
+                .await?;
+            let locked = transaction
+                .query_opt(
+                    "UPDATE deeprecall_collections SET version = nextval('deeprecall_versions') \
+                     WHERE name = $1 RETURNING id, version",
+                    &[&collection],
+                )
+                .await?;
+            // None: the collection was deleted between the two statements; create it again.
+            if let Some(row) = locked {
+                break row;
+            }
+        };
         let collection_id: i64 = row.get(0);
         let version: i64 = row.get(1);
         let insert = transaction
