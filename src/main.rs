@@ -21,13 +21,9 @@ fn main() -> std::process::ExitCode {
 fn keep_memory_in_small_pages() {
     #[cfg(target_os = "linux")]
     {
-        let asked = std::env::var("MIMALLOC_ALLOW_THP").is_ok_and(|value| {
-            matches!(
-                value.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "on" | "yes"
-            )
-        });
-        if !asked && let Err(error) = nix::sys::prctl::set_thp_disable(true) {
+        if !deeprecall::config::transparent_huge_pages_asked()
+            && let Err(error) = nix::sys::prctl::set_thp_disable(true)
+        {
             eprintln!("warning: cannot turn transparent huge pages off: {error}");
         }
     }

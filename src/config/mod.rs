@@ -84,6 +84,9 @@ pub const CLIENT_TLS_CERT_ENV: &str = "DEEPRECALL_TLS_CLIENT_CERT";
 pub const CLIENT_TLS_KEY_ENV: &str = "DEEPRECALL_TLS_CLIENT_KEY";
 /// Environment variable naming the server's certificate name (`--tls-server-name`).
 pub const CLIENT_TLS_SERVER_NAME_ENV: &str = "DEEPRECALL_TLS_SERVER_NAME";
+/// Environment variable of the allocator that, set to a true value, keeps transparent huge
+/// pages on for the process (see `main.rs`).
+pub const ALLOW_THP_ENV: &str = "MIMALLOC_ALLOW_THP";
 /// Server the client commands talk to by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
@@ -178,6 +181,19 @@ impl Config {
 }
 
 /// Returns the process environment. The only place that reads it.
+/// Whether the environment asks for transparent huge pages, read as mimalloc reads
+/// [`ALLOW_THP_ENV`]: `1`, `true`, `on` or `yes`, in any case.
+pub fn transparent_huge_pages_asked() -> bool {
+    std::env::var(ALLOW_THP_ENV).is_ok_and(|value| is_true(&value))
+}
+
+fn is_true(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "on" | "yes"
+    )
+}
+
 pub fn process_env() -> HashMap<String, String> {
     std::env::vars()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX) || LIBPQ_ENV.contains(&name.as_str()))

@@ -213,3 +213,13 @@ fn wrong_types_and_unknown_names_are_reported() {
     };
     assert!(Config::load(&bad_backend).is_err());
 }
+
+#[test]
+fn huge_pages_are_asked_for_with_the_values_mimalloc_reads_as_true() {
+    for yes in ["1", "true", "ON", " yes "] {
+        assert!(super::is_true(yes), "{yes:?}");
+    }
+    for no in ["0", "false", "off", "", "2"] {
+        assert!(!super::is_true(no), "{no:?}");
+    }
+}
