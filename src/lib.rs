@@ -12,6 +12,7 @@ pub mod http;
 pub mod lane;
 pub mod llm;
 pub mod redis_link;
+pub mod rerank;
 pub mod secret;
 pub mod server;
 pub mod store;

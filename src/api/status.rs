@@ -84,6 +84,10 @@ fn store_status(error: &StoreError) -> Status {
             tracing::warn!(%reason, "embedding backend failed");
             Status::unavailable("the embedding backend is unavailable")
         }
+        StoreError::Embed(EmbedError::Misconfigured(reason)) => {
+            tracing::error!(%reason, "embedder misconfigured");
+            Status::failed_precondition(format!("the embedder is misconfigured: {reason}"))
+        }
         StoreError::Unavailable(reason) => {
             tracing::warn!(%reason, "document store unavailable");
             Status::unavailable("the document store is unavailable")

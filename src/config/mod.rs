@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::engine::EngineConfig;
 use crate::secret::Secret;
 
+mod retrieval;
 mod sections;
 mod template;
 
+pub use retrieval::*;
 pub use sections::*;
 pub use template::DEFAULT_CONFIG_TOML;
 
@@ -36,6 +38,22 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
         "DEEPRECALL_SHUTDOWN_GRACE_SECONDS",
         "server.shutdown_grace_seconds",
     ),
+    ("DEEPRECALL_EMBEDDER", "embedding.embedder"),
+    ("DEEPRECALL_EMBEDDING_MODEL", "embedding.model"),
+    ("DEEPRECALL_EMBEDDING_BASE_URL", "embedding.base_url"),
+    ("DEEPRECALL_EMBEDDING_DIMENSIONS", "embedding.dimensions"),
+    ("DEEPRECALL_EMBEDDING_MODEL_DIR", "embedding.model_dir"),
+    ("DEEPRECALL_EMBEDDING_API_KEY", "embedding.api_key"),
+    (
+        "DEEPRECALL_EMBEDDING_API_KEY_FILE",
+        "embedding.api_key_file",
+    ),
+    ("DEEPRECALL_RERANKER", "rerank.reranker"),
+    ("DEEPRECALL_RERANKER_MODEL", "rerank.model"),
+    ("DEEPRECALL_RERANKER_BASE_URL", "rerank.base_url"),
+    ("DEEPRECALL_RERANKER_MODEL_DIR", "rerank.model_dir"),
+    ("DEEPRECALL_RERANKER_API_KEY", "rerank.api_key"),
+    ("DEEPRECALL_RERANKER_API_KEY_FILE", "rerank.api_key_file"),
     ("DEEPRECALL_BACKEND", "llm.backend"),
     ("DEEPRECALL_MODEL", "llm.model"),
     ("DEEPRECALL_BASE_URL", "llm.base_url"),
@@ -122,6 +140,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Document storage.
     pub store: StoreConfig,
+    /// The embedder behind the store's vectors.
+    pub embedding: EmbeddingConfig,
+    /// The reranker of search results.
+    pub rerank: RerankConfig,
     /// Reasoning engine limits and default budget.
     pub engine: EngineConfig,
     /// Model backends.

@@ -46,8 +46,7 @@ backend = "embedded"
 data_dir = "./deeprecall-data"
 # SQLite connections used for reads.
 read_connections = 4
-# Dimensions of the feature-hashing embedder. Changing it re-embeds every document at start
-# (embedded store); the postgres store refuses to start instead.
+# Dimensions of the feature-hashing embedder ([embedding] dimensions overrides it).
 embedding_dimension = 4096
 # PostgreSQL of the postgres store: postgres://user@host:5432/database (env
 # DEEPRECALL_DATABASE_URL, flag --database-url). Never logged. The standard PG* variables
@@ -74,6 +73,57 @@ sslmode = "prefer"
 # deeprecall.v1.DeepRecall (readiness) reports NOT_SERVING and the server's ("", liveness)
 # stays SERVING. 0 turns the checks off.
 health_check_interval_ms = 5000
+
+[embedding]
+# What turns text into the store's vectors (env DEEPRECALL_EMBEDDER, flag --embedder):
+# "hashing" (feature hashing of words: offline, lexical), "openai" (any OpenAI-compatible
+# /v1/embeddings: OpenAI, Azure, TEI, Ollama, vLLM, LiteLLM) or "local" (a sentence-transformers
+# model directory, in builds with the local-models feature). Each collection records the
+# embedder that made its vectors: under another one, its queries and writes fail with
+# FAILED_PRECONDITION until `deeprecall reindex --collection NAME` re-embeds it.
+embedder = "hashing"
+# openai: model name and API root, empty for OpenAI's (flags --embedding-model,
+# --embedding-base-url).
+model = ""
+base_url = ""
+# Size of the vectors (flag --embedding-dimensions): openai needs it unless the model is one of
+# OpenAI's; for hashing it overrides store.embedding_dimension.
+# dimensions = 768
+# openai: send "dimensions" with each request; unset sends it to text-embedding-3 models only.
+# send_dimensions = true
+# local: the model's directory (flag --embedding-model-dir).
+# model_dir = "/models/all-minilm-l6-v2"
+# openai: API key; prefer env DEEPRECALL_EMBEDDING_API_KEY or this file (its first line).
+# api_key_file = "/run/secrets/deeprecall/embedding-key"
+# Texts per request (per forward pass for local); estimated tokens per request; requests in
+# flight at once; longest input in tokens (longer texts are cut, with a warning); threads of
+# the local model; seconds per request.
+batch_size = 32
+batch_tokens = 16384
+concurrency = 4
+max_input_tokens = 8191
+threads = 2
+request_timeout_seconds = 60.0
+
+[rerank]
+# Reorders each search's fused candidates before the cut to top_k (env DEEPRECALL_RERANKER,
+# flag --reranker): "none", "cohere" (Cohere's v2 /rerank, also served by TEI, Jina, Voyage,
+# vLLM and Infinity) or "local" (a cross-encoder directory, local-models builds). A reranker
+# that fails leaves the fused order, with a warning and deeprecall_rerank_failures_total.
+reranker = "none"
+# cohere: model and API root, empty for https://api.cohere.com/v2 (flags --reranker-model,
+# --reranker-base-url).
+model = ""
+base_url = ""
+# local: the cross-encoder's directory (flag --reranker-model-dir).
+# model_dir = "/models/ms-marco-minilm-l-6-v2"
+# cohere: API key; prefer env DEEPRECALL_RERANKER_API_KEY or this file (its first line).
+# api_key_file = "/run/secrets/deeprecall/reranker-key"
+# Candidates reordered per search; seconds a rerank request may take before the fused order
+# stands; threads of the local model.
+candidates = 50
+request_timeout_seconds = 10.0
+threads = 2
 
 [engine]
 # Passages per search when a request says 0, and the most a request may ask for.

@@ -1,10 +1,14 @@
 //! Turns text into vectors for the store's vector index.
 
 pub mod hashing;
+#[cfg(feature = "local-models")]
+pub mod local;
+pub mod openai;
 
 use async_trait::async_trait;
 
 pub use hashing::HashingEmbedder;
+pub use openai::{OpenAiEmbedder, OpenAiEmbedderConfig};
 
 /// Errors of the embedding layer.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +19,10 @@ pub enum EmbedError {
     /// The backend answered with something that is not an embedding.
     #[error("embedding backend answered badly: {0}")]
     BadResponse(String),
+    /// The embedder's settings cannot work (no model, a bad URL, a key the backend refuses,
+    /// a model directory missing a file).
+    #[error("embedder misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 /// A vector stored sparsely: the feature-hashing embedder fills few of its dimensions, and
@@ -49,6 +57,11 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     fn id(&self) -> String;
     /// Number of dimensions of the vectors.
     fn dimension(&self) -> usize;
+    /// True when every vector fills (nearly) all of its dimensions, as a neural model's do:
+    /// the store then keeps them in a dense index rather than an inverted one.
+    fn dense(&self) -> bool {
+        false
+    }
     /// Embeds each text; the result has one embedding per input, in order.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Embedding>, EmbedError>;
 }

@@ -199,6 +199,15 @@ fn store_error(error: &StoreError) -> HttpError {
             tracing::warn!(%reason, "embedding backend failed");
             HttpError::unavailable("the embedding backend is unavailable")
         }
+        StoreError::Embed(EmbedError::Misconfigured(reason)) => {
+            tracing::error!(%reason, "embedder misconfigured");
+            HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "embedder_misconfigured",
+                format!("the embedder is misconfigured: {reason}"),
+            )
+        }
         StoreError::Unavailable(reason) => {
             tracing::warn!(%reason, "document store unavailable");
             HttpError::unavailable("the document store is unavailable")

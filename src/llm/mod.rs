@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod extractive;
 pub mod http;
+mod meter;
 pub mod mock_server;
 pub mod openai;
 pub mod scripted;
@@ -29,6 +30,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use extractive::ExtractiveModel;
+pub use meter::UsageMeter;
 pub use scripted::ScriptedModel;
 
 /// Errors of the model layer.

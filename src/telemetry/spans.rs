@@ -112,6 +112,10 @@ pub enum ModelRole {
     Root,
     /// The cheaper sub-model behind `llm_query`.
     Sub,
+    /// The embedding model behind the store's vectors.
+    Embedding,
+    /// The reranker that reorders search results.
+    Rerank,
 }
 
 impl ModelRole {
@@ -120,6 +124,8 @@ impl ModelRole {
         match self {
             ModelRole::Root => "root",
             ModelRole::Sub => "sub",
+            ModelRole::Embedding => "embedding",
+            ModelRole::Rerank => "rerank",
         }
     }
 }

@@ -9,6 +9,13 @@ pub(super) enum Api {
     Anthropic,
 }
 
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    Chat(Api),
+    Service(Service),
+}
+
 /// What a request asked for, as far as the reply depends on it.
 pub(super) struct Exchange {
     pub(super) api: Api,
@@ -36,6 +43,8 @@ pub(super) enum Action {
     Hang,
     MalformedJson,
     TruncatedStream,
+    WrongCount,
+    WrongShape,
 }
 
 /// A successful model answer.
@@ -88,7 +97,7 @@ pub(super) async fn handle(
             )
         })
         .collect();
-    let api = route(&parts.method, parts.uri.path());
+    let route = route(&parts.method, parts.uri.path());
     let bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await;
     let body = bytes
         .as_ref()
@@ -109,6 +118,11 @@ pub(super) async fn handle(
         == Some(true);
     let prompt_tokens = token_count(prompt_chars(&body));
     let first_user_text = first_user_text(&body);
+    // Read before the body may be dropped by a light recording.
+    let service_request = match route {
+        Some(Route::Service(service)) => Some(ServiceRequest::read(service, &body)),
+        _ => None,
+    };
     let (headers, body) = match shared.recording {
         Recording::Full => (headers, body),
         Recording::Light | Recording::Off => (Vec::new(), Value::Null),
@@ -129,15 +143,24 @@ pub(super) async fn handle(
     };
     let arrived = peer.clock.serve(index);
 
-    let Some(api) = api else {
-        let message = format!("no route for {} {}", parts.method, parts.uri.path());
-        return error_response(Api::OpenAi, StatusCode::NOT_FOUND, &message);
+    let api = match route {
+        None => {
+            let message = format!("no route for {} {}", parts.method, parts.uri.path());
+            return error_response(Api::OpenAi, StatusCode::NOT_FOUND, &message);
+        }
+        Some(Route::Chat(api)) => api,
+        Some(Route::Service(service)) => service.error_api(),
     };
     if bytes.is_err() {
         return error_response(api, StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
 
     let guard = AbandonGuard::new(Arc::clone(&shared), arrived);
+    if let Some(request) = service_request {
+        let reply = shared.script.lock().next_service_reply(request.service);
+        let plan = plan_reply(reply, &shared, api);
+        return respond_service(&shared, request, plan, guard).await;
+    }
     let exchange = Exchange {
         api,
         model,
@@ -150,15 +173,18 @@ pub(super) async fn handle(
     respond(&shared, exchange, plan, guard).await
 }
 
-/// Returns the wire format served at `path`, or `None` for an unknown endpoint.
-pub(super) fn route(method: &Method, path: &str) -> Option<Api> {
+/// Returns what is served at `path`, or `None` for an unknown endpoint.
+pub(super) fn route(method: &Method, path: &str) -> Option<Route> {
     if method != Method::POST {
         return None;
     }
     match path {
-        "/v1/chat/completions" => Some(Api::OpenAi),
-        "/v1/messages" => Some(Api::Anthropic),
-        _ => azure_deployment(path).map(|_| Api::OpenAi),
+        "/v1/chat/completions" => Some(Route::Chat(Api::OpenAi)),
+        "/v1/messages" => Some(Route::Chat(Api::Anthropic)),
+        "/v1/embeddings" => Some(Route::Service(Service::Embeddings)),
+        // Cohere serves v2; Jina, Voyage and others the same shape under v1.
+        "/v1/rerank" | "/v2/rerank" => Some(Route::Service(Service::Rerank)),
+        _ => azure_deployment(path).map(|_| Route::Chat(Api::OpenAi)),
     }
 }
 
@@ -201,6 +227,9 @@ pub(super) fn plan_reply(reply: MockReply, shared: &Shared, api: Api) -> Plan {
                 reply = *inner;
             }
             MockReply::Text(text) => break Action::Answer(Answer::Text(text)),
+            MockReply::Correct => break Action::Answer(Answer::Text(FALLBACK_TEXT.to_string())),
+            MockReply::WrongCount => break Action::WrongCount,
+            MockReply::WrongShape => break Action::WrongShape,
             MockReply::ToolCalls(calls) => {
                 let prefix = match api {
                     Api::OpenAi => "call_",
@@ -240,28 +269,33 @@ pub(super) fn plan_reply(reply: MockReply, shared: &Shared, api: Api) -> Plan {
     }
 }
 
+/// Waits until the reply may go: a held reply until released, then the latency and the reply's
+/// own delay. Latency counts from the request's first byte, as a real model's does: the mock's
+/// own parsing and bookkeeping happen within it, not on top of it.
+pub(super) async fn wait_turn(
+    shared: &Shared,
+    plan: &Plan,
+    arrived: Instant,
+) -> Result<(), Stopping> {
+    if plan.held {
+        let mut released = shared.released.subscribe();
+        let mut shutdown = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = released.wait_for(|released| *released) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return Err(Stopping),
+        }
+    }
+    let wait = shared.latency.saturating_add(plan.delay);
+    shared.pause_until(Some(arrived + wait)).await
+}
+
 pub(super) async fn respond(
     shared: &Shared,
     exchange: Exchange,
     plan: Plan,
     mut guard: AbandonGuard,
 ) -> Response {
-    // Latency counts from the request's first byte, as a real model's does: the mock's own
-    // parsing and bookkeeping happen within it, not on top of it.
-    if plan.held {
-        let mut released = shared.released.subscribe();
-        let mut shutdown = shared.shutdown.subscribe();
-        tokio::select! {
-            _ = released.wait_for(|released| *released) => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => return stopping(exchange.api, guard),
-        }
-    }
-    let wait = shared.latency.saturating_add(plan.delay);
-    if shared
-        .pause_until(Some(guard.arrived + wait))
-        .await
-        .is_err()
-    {
+    if wait_turn(shared, &plan, guard.arrived).await.is_err() {
         return stopping(exchange.api, guard);
     }
     let id = match exchange.api {
@@ -311,5 +345,14 @@ pub(super) async fn respond(
         }
         Action::MalformedJson => malformed(&exchange, &id, guard),
         Action::TruncatedStream => truncated(&exchange, &id, guard),
+        Action::WrongCount | Action::WrongShape => {
+            guard.disarm();
+            error_response(
+                exchange.api,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "mock script error: WrongCount and WrongShape are replies of the embeddings \
+                 and rerank endpoints",
+            )
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! A scripted, misbehaving OpenAI- and Anthropic-compatible HTTP server for tests of the HTTP
-//! model backends.
+//! model backends, which also serves OpenAI-style embeddings and Cohere-style reranking.
 //!
 //! It is a real server on `127.0.0.1:0`, so a backend under test goes through its whole HTTP
 //! stack: connection pool, timeouts, retries, SSE parsing. It answers each request from a
@@ -32,6 +32,7 @@ mod anthropic;
 mod exchange;
 mod faults;
 mod openai;
+mod services;
 mod socket;
 mod wire;
 
@@ -39,6 +40,7 @@ use anthropic::*;
 use exchange::*;
 use faults::*;
 use openai::*;
+use services::*;
 use wire::*;
 
 /// Largest request body the server reads; larger ones are recorded with a `null` body and
@@ -60,6 +62,8 @@ const MALFORMED_BODY: &str =
 const FALLBACK_TEXT: &str = "ok";
 /// Model name reported when the request names none.
 const FALLBACK_MODEL: &str = "mock-model";
+/// Dimensions of the mock's embeddings when neither the request nor the script sets them.
+pub const DEFAULT_EMBEDDING_DIMENSION: usize = 64;
 
 /// One request the server received.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,14 +102,22 @@ pub struct MockScript {
     /// marker is a substring of the request's first user message; that conversation's replies
     /// are consumed in order, one per request, and the last one repeats once they run out.
     pub conversations: Vec<(String, Vec<MockReply>)>,
-    /// Replies to requests of no conversation, consumed in order; the last one repeats once
-    /// they run out, and an empty list answers a plain text "ok".
+    /// Replies to chat requests of no conversation, consumed in order; the last one repeats
+    /// once they run out, and an empty list answers a plain text "ok".
     pub default_replies: Vec<MockReply>,
     /// Pause between the events of a streamed reply; `None` is 2 ms, enough for a client to
     /// see the text arrive piece by piece. Benchmarks set zero.
     pub chunk_pause: Option<Duration>,
     /// How much of each request the server keeps.
     pub recording: Recording,
+    /// Replies of `/v1/embeddings`, consumed in order; the last one repeats once they run out,
+    /// and an empty list answers every request correctly.
+    pub embedding_replies: Vec<MockReply>,
+    /// Replies of `/v1/rerank` and `/v2/rerank`, consumed like `embedding_replies`.
+    pub rerank_replies: Vec<MockReply>,
+    /// Dimensions of the embeddings answered to a request that sets no `dimensions`;
+    /// `None` is [`DEFAULT_EMBEDDING_DIMENSION`].
+    pub embedding_dimension: Option<usize>,
 }
 
 /// How much of each request the mock keeps for [`MockLlmServer::requests`].
@@ -150,6 +162,24 @@ impl MockScript {
         self
     }
 
+    /// Returns the script answering `/v1/embeddings` from `replies`, in order.
+    pub fn with_embedding_replies(mut self, replies: Vec<MockReply>) -> Self {
+        self.embedding_replies = replies;
+        self
+    }
+
+    /// Returns the script answering the rerank endpoints from `replies`, in order.
+    pub fn with_rerank_replies(mut self, replies: Vec<MockReply>) -> Self {
+        self.rerank_replies = replies;
+        self
+    }
+
+    /// Returns the script embedding into `dimension` dimensions unless a request asks otherwise.
+    pub fn with_embedding_dimension(mut self, dimension: usize) -> Self {
+        self.embedding_dimension = Some(dimension);
+        self
+    }
+
     /// Returns the script with one more conversation, matched after the ones already added.
     pub fn with_conversation(mut self, marker: impl Into<String>, replies: Vec<MockReply>) -> Self {
         self.conversations.push((marker.into(), replies));
@@ -158,8 +188,20 @@ impl MockScript {
 }
 
 /// One scripted reply.
+///
+/// On the embeddings and rerank endpoints, `Text`, `ToolCalls` and `Correct` all mean the
+/// correct answer: vectors from feature hashing (similar texts get similar vectors) or scores
+/// from their cosine similarity.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MockReply {
+    /// The endpoint's correct answer; on a chat endpoint, the text "ok".
+    Correct,
+    /// Embeddings: one vector fewer than inputs. Rerank: one result fewer than documents. A
+    /// chat endpoint answers 500, naming the script mistake.
+    WrongCount,
+    /// Embeddings: vectors with one dimension more than asked. Rerank: a result whose index
+    /// names no document. A chat endpoint answers 500, naming the script mistake.
+    WrongShape,
     /// Assistant text, finishing with "stop" (`end_turn` on the Anthropic endpoint).
     Text(String),
     /// Tool calls as (tool name, arguments JSON text); the arguments may be deliberately
@@ -274,6 +316,9 @@ impl MockLlmServer {
             chunk_pause: script.chunk_pause.unwrap_or(CHUNK_PAUSE),
             recording: script.recording,
             alarms: AlarmClock::start()?,
+            embedding_dimension: script
+                .embedding_dimension
+                .unwrap_or(DEFAULT_EMBEDDING_DIMENSION),
             script: Mutex::new(ScriptCursor::new(script)),
             requests: Mutex::new(Vec::new()),
             abandoned,
@@ -386,6 +431,7 @@ impl Drop for MockLlmServer {
 /// State shared by the server handle and the request handlers.
 struct Shared {
     latency: Duration,
+    embedding_dimension: usize,
     chunk_pause: Duration,
     alarms: AlarmClock,
     script: Mutex<ScriptCursor>,
@@ -509,6 +555,8 @@ struct ScriptCursor {
     conversations: Vec<(String, Vec<MockReply>, usize)>,
     defaults: Vec<MockReply>,
     next_default: usize,
+    embeddings: ServiceQueue,
+    reranks: ServiceQueue,
     /// The conversation each first user message was found to belong to: every turn of a
     /// conversation repeats that message, and a script may hold thousands of markers.
     matched: HashMap<String, Option<usize>>,
@@ -524,6 +572,8 @@ impl ScriptCursor {
                 .collect(),
             defaults: script.default_replies,
             next_default: 0,
+            embeddings: ServiceQueue::new(script.embedding_replies),
+            reranks: ServiceQueue::new(script.rerank_replies),
             matched: HashMap::new(),
         }
     }
@@ -550,6 +600,36 @@ impl ScriptCursor {
         let reply = replies.get(*next).or_else(|| replies.last()).cloned();
         *next = next.saturating_add(1);
         reply.unwrap_or_else(|| MockReply::text(FALLBACK_TEXT))
+    }
+
+    /// Takes the reply for a request to an embeddings or rerank endpoint.
+    fn next_service_reply(&mut self, service: Service) -> MockReply {
+        match service {
+            Service::Embeddings => self.embeddings.next(),
+            Service::Rerank => self.reranks.next(),
+        }
+    }
+}
+
+/// Replies of one non-chat endpoint, in order, the last repeating.
+struct ServiceQueue {
+    replies: Vec<MockReply>,
+    next: usize,
+}
+
+impl ServiceQueue {
+    fn new(replies: Vec<MockReply>) -> Self {
+        ServiceQueue { replies, next: 0 }
+    }
+
+    fn next(&mut self) -> MockReply {
+        let reply = self
+            .replies
+            .get(self.next)
+            .or_else(|| self.replies.last())
+            .cloned();
+        self.next = self.next.saturating_add(1);
+        reply.unwrap_or(MockReply::Correct)
     }
 }
 
