@@ -1,6 +1,7 @@
 //! Secrets in the configuration: API keys, database URLs and passwords, kept out of logs.
 
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,21 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.trim().is_empty()
     }
+}
+
+/// Returns the key in `file` (its first line, trimmed) when a file is named, else `inline`.
+/// An unreadable or empty file is an error naming the file, never the key.
+pub fn key_from(inline: &Secret, file: Option<&Path>) -> Result<Secret, String> {
+    let Some(path) = file else {
+        return Ok(inline.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read the API key file {}: {error}", path.display()))?;
+    let key = text.lines().next().unwrap_or_default().trim().to_string();
+    if key.is_empty() {
+        return Err(format!("the API key file {} is empty", path.display()));
+    }
+    Ok(Secret::new(key))
 }
 
 impl fmt::Debug for Secret {

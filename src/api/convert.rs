@@ -226,7 +226,11 @@ fn search(record: SearchRecord) -> pb::SearchEvent {
         hits,
         latency,
         cache_hit,
+        reranker,
+        rerank_scores,
+        rerank_failed,
     } = record;
+    let mut rerank_scores = rerank_scores.into_iter();
     pb::SearchEvent {
         step,
         query,
@@ -234,11 +238,17 @@ fn search(record: SearchRecord) -> pb::SearchEvent {
         top_k,
         hits: hits
             .into_iter()
-            .map(|(id, score)| pb::SearchHit { id, score })
+            .map(|(id, score)| pb::SearchHit {
+                id,
+                score,
+                rerank_score: rerank_scores.next(),
+            })
             .collect(),
         latency_seconds: latency.as_secs_f64(),
         cache_hit,
         collection,
+        reranker: reranker.unwrap_or_default(),
+        rerank_failed,
     }
 }
 

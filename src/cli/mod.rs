@@ -8,6 +8,7 @@ pub mod eval;
 mod health;
 pub mod ingest;
 mod output;
+mod retrieval_flags;
 pub mod transfer;
 
 use std::path::PathBuf;
@@ -88,6 +89,8 @@ struct ConfigArgs {
     /// File holding the database password; env DEEPRECALL_DATABASE_PASSWORD_FILE.
     #[arg(long)]
     database_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    embedding: retrieval_flags::EmbeddingFlags,
 }
 
 impl ConfigArgs {
@@ -107,6 +110,7 @@ impl ConfigArgs {
                 file.display().to_string(),
             ));
         }
+        self.embedding.push_to(&mut flags);
         Config::load(&ConfigSources {
             file: self.config.clone(),
             env: config::process_env(),
@@ -201,6 +205,8 @@ struct ServeArgs {
     /// File holding the model API key; else env DEEPRECALL_LLM_API_KEY.
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    rerank: retrieval_flags::RerankFlags,
 }
 
 #[derive(Debug, Args)]
@@ -433,6 +439,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         "llm.api_key_file",
         args.api_key_file.map(|path| path.display().to_string()),
     );
+    args.rerank.push_to(&mut flags);
     let config = args.config.load(flags)?;
     if args.check_config {
         return health::check_config(&config);
@@ -561,8 +568,9 @@ async fn migrate(args: MigrateArgs) -> Result<(), CliError> {
                 .to_string(),
         ));
     }
-    let embedder = crate::embed::HashingEmbedder::new(config.store.embedding_dimension);
-    let report = crate::store::PostgresStore::migrate(&config.store, &embedder)
+    let embedder =
+        server::retrieval::build_embedder(&config, None).map_err(server::ServerError::from)?;
+    let report = crate::store::PostgresStore::migrate(&config.store, embedder.as_ref())
         .await
         .map_err(server::ServerError::from)?;
     if report.applied.is_empty() {

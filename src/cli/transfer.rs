@@ -10,7 +10,6 @@
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,11 +18,7 @@ use serde_json::{Map, Value};
 
 use super::{CliError, ClientArgs, ConfigArgs};
 use crate::api::pb;
-use crate::config::StoreBackend;
-use crate::embed::HashingEmbedder;
-use crate::store::{
-    DEFAULT_COLLECTION, DocumentStore, EmbeddedStore, EmbeddedStoreConfig, PostgresStore,
-};
+use crate::store::{DEFAULT_COLLECTION, DocumentStore};
 
 /// Documents read from the store per page.
 const EXPORT_PAGE: usize = 500;
@@ -77,26 +72,14 @@ pub struct Line {
 
 pub(super) async fn export(args: ExportArgs) -> Result<(), CliError> {
     let config = args.config.load(Vec::new())?;
-    let embedder = Arc::new(HashingEmbedder::new(config.store.embedding_dimension));
     let store_error = |error: crate::store::StoreError| CliError::Io(error.to_string());
-    let store: Arc<dyn DocumentStore> = match config.store.backend {
-        StoreBackend::Embedded => Arc::new(
-            EmbeddedStore::open(
-                EmbeddedStoreConfig {
-                    data_dir: config.store.data_dir.clone(),
-                    read_connections: 1,
-                },
-                embedder,
-            )
-            .await
-            .map_err(store_error)?,
-        ),
-        StoreBackend::Postgres => Arc::new(
-            PostgresStore::connect(&config.store, embedder)
-                .await
-                .map_err(store_error)?,
-        ),
-    };
+    // Export reads stored documents only; the embedder is built all the same, because opening
+    // a store checks it against the stored vectors.
+    let embedder = crate::server::retrieval::build_embedder(&config, None)
+        .map_err(|error| CliError::Io(error.to_string()))?;
+    let store = crate::server::retrieval::open_store(&config, embedder, 1)
+        .await
+        .map_err(store_error)?;
     let collection = args
         .collection
         .unwrap_or_else(|| DEFAULT_COLLECTION.to_string());

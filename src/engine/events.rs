@@ -95,6 +95,12 @@ pub struct SearchRecord {
     pub latency: Duration,
     /// Whether the hits came from a cache.
     pub cache_hit: bool,
+    /// The reranker that ordered the hits, if one is configured.
+    pub reranker: Option<String>,
+    /// The reranker's score of each hit, in the order of `hits`; empty when no reranker ran.
+    pub rerank_scores: Vec<f64>,
+    /// The reranker failed, and the hits keep the fused order.
+    pub rerank_failed: bool,
 }
 
 /// A sub-model call, possibly of several prompts.

@@ -44,6 +44,7 @@ use flight::{Caller, Flight, FlightRun};
 
 use crate::cache::{CacheKey, CacheLevel, CacheStats};
 use crate::llm::{ChatModel, PriceTable};
+use crate::rerank::Reranker;
 use crate::store::{
     CollectionInfo, DocumentStore, Filter, NewDocument, StoreError, StoredDocument, WriteOutcome,
     validate_collection_name,
@@ -131,6 +132,17 @@ pub struct EngineParts {
     pub results: CacheLevel,
     /// Cache of search hits.
     pub searches: CacheLevel,
+    /// The reranker of search hits, if any.
+    pub rerank: Option<RerankStage>,
+}
+
+/// A reranker and how many fused candidates it reorders before the cut to `top_k`.
+#[derive(Debug, Clone)]
+pub struct RerankStage {
+    /// The reranker.
+    pub reranker: Arc<dyn Reranker>,
+    /// Candidates fetched and reordered per search; at least `top_k`.
+    pub candidates: usize,
 }
 
 /// Where an engine reports besides its callers: metrics, and the trace log when one is kept.
@@ -178,6 +190,7 @@ struct EngineInner {
     prices: PriceTable,
     results: CacheLevel,
     searches: CacheLevel,
+    rerank: Option<RerankStage>,
     config: EngineConfig,
     accounting: UsageAccounting,
     metrics: Metrics,
@@ -212,6 +225,7 @@ impl Engine {
                 prices: parts.prices,
                 results: parts.results,
                 searches: parts.searches,
+                rerank: parts.rerank,
                 config,
                 accounting: UsageAccounting::default(),
                 metrics: telemetry.metrics,

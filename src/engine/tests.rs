@@ -38,6 +38,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl DocumentStore for MemoryStore {
+    fn embedder_id(&self) -> String {
+        "test-embedder".into()
+    }
+
     async fn add_documents(
         &self,
         _collection: &str,
@@ -149,6 +153,7 @@ fn engine_with(store: Arc<MemoryStore>, model: Arc<dyn ChatModel>) -> Engine {
             prices: Default::default(),
             results: memory_level("result"),
             searches: memory_level("search"),
+            rerank: None,
         },
         EngineConfig::default(),
     )
@@ -345,6 +350,7 @@ async fn sources_are_cut_to_the_limit_but_never_below_the_cited_ones() {
             prices: Default::default(),
             results: memory_level("result"),
             searches: memory_level("search"),
+            rerank: None,
         },
         config,
     );
@@ -414,6 +420,7 @@ async fn a_batched_call_splits_the_completion_cap_and_takes_at_most_its_limit_of
             prices: Default::default(),
             results: memory_level("result"),
             searches: memory_level("search"),
+            rerank: None,
         },
         config,
     );
@@ -456,6 +463,7 @@ async fn a_sub_model_call_is_planned_against_the_tokens_left() {
             prices: Default::default(),
             results: memory_level("result"),
             searches: memory_level("search"),
+            rerank: None,
         },
         EngineConfig::default(),
     );
@@ -717,6 +725,7 @@ async fn listed_prices_give_the_cost_of_models_that_report_none() {
             prices: crate::llm::PriceTable::new(vec![("priced".into(), 2.0, 10.0)]),
             results: memory_level("result"),
             searches: memory_level("search"),
+            rerank: None,
         },
         EngineConfig::default(),
     );
@@ -800,6 +809,7 @@ async fn one_failed_prompt_does_not_sink_a_batched_sub_model_call() {
             prices: Default::default(),
             results: memory_level("result"),
             searches: memory_level("search"),
+            rerank: None,
         },
         EngineConfig::default(),
     );
@@ -996,6 +1006,7 @@ async fn without_a_search_cache_every_search_reaches_the_store() {
                 cache: Arc::new(crate::cache::NoCache),
                 ttl: Duration::from_secs(60),
             },
+            rerank: None,
         },
         EngineConfig::default(),
     );

@@ -26,14 +26,13 @@ use crate::cache::{
     Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, RedisCache,
     RedisCacheConfig, SqliteCache, SqliteCacheConfig,
 };
-use crate::config::{
-    CacheBackend, CacheConfig, Config, RateLimitStore, StoreBackend, TelemetryConfig,
-};
-use crate::embed::HashingEmbedder;
-use crate::engine::{Engine, EngineParts, EngineTelemetry};
+use crate::config::{CacheBackend, CacheConfig, Config, RateLimitStore, TelemetryConfig};
+use crate::embed::EmbedError;
+use crate::engine::{Engine, EngineParts, EngineTelemetry, RerankStage};
 use crate::http::{HttpServer, HttpSettings, HttpState};
 use crate::llm::LlmError;
-use crate::store::{DocumentStore, EmbeddedStore, EmbeddedStoreConfig, PostgresStore, StoreError};
+use crate::rerank::RerankError;
+use crate::store::StoreError;
 use crate::telemetry::trace_log::{DEFAULT_QUEUE_LINES, TraceLogSettings};
 use crate::telemetry::{self, Metrics, TraceLog};
 use crate::transport::tls::{ALPN_GRPC, ALPN_HTTP, watch};
@@ -50,6 +49,7 @@ const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 pub mod front_door;
 pub mod models;
+pub mod retrieval;
 mod store_health;
 
 use front_door::FrontDoorLayer;
@@ -63,6 +63,12 @@ pub enum ServerError {
     /// A model backend is misconfigured.
     #[error(transparent)]
     Llm(#[from] LlmError),
+    /// The embedder cannot be built.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// The reranker cannot be built.
+    #[error(transparent)]
+    Rerank(#[from] RerankError),
     /// The cache could not be opened.
     #[error("cannot open the cache: {0}")]
     Cache(#[from] CacheError),
@@ -270,27 +276,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The embedder and the reranker, built before anything listens so that a misconfiguration
+/// fails start-up at once.
+struct Retrieval {
+    embedder: Arc<dyn crate::embed::Embedder>,
+    reranker: Option<Arc<dyn crate::rerank::Reranker>>,
+}
+
 /// Builds the engine the configuration describes over the given models, opening the store.
 async fn build_engine(
     config: &Config,
     models: models::Models,
+    retrieval: Retrieval,
     telemetry: EngineTelemetry,
 ) -> Result<Engine, ServerError> {
-    let embedder = Arc::new(HashingEmbedder::new(config.store.embedding_dimension));
-    let store: Arc<dyn DocumentStore> = match config.store.backend {
-        StoreBackend::Embedded => Arc::new(
-            EmbeddedStore::open(
-                EmbeddedStoreConfig {
-                    data_dir: config.store.data_dir.clone(),
-                    read_connections: config.store.read_connections,
-                },
-                embedder,
-            )
-            .await?,
-        ),
-        // Retries while the database cannot be reached; health stays NOT_SERVING meanwhile.
-        StoreBackend::Postgres => Arc::new(PostgresStore::connect(&config.store, embedder).await?),
-    };
+    // Retries while a postgres database cannot be reached; health stays NOT_SERVING meanwhile.
+    let store =
+        retrieval::open_store(config, retrieval.embedder, config.store.read_connections).await?;
     let (results, searches) = cache_levels(&config.cache).await?;
     let engine = Engine::with_telemetry(
         EngineParts {
@@ -300,6 +302,10 @@ async fn build_engine(
             prices: models.prices,
             results,
             searches,
+            rerank: retrieval.reranker.map(|reranker| RerankStage {
+                reranker,
+                candidates: config.rerank.candidates.max(1),
+            }),
         },
         config.engine.clone(),
         telemetry.clone(),
@@ -465,6 +471,11 @@ async fn serve_calls(
 ) -> Result<(), ServerError> {
     // Models first: a missing key or model fails start-up at once, before anything listens.
     let models = models::build(&config.llm)?;
+    let metering = retrieval::Metering::from_config(&config, telemetry.metrics.clone());
+    let retrieval = Retrieval {
+        embedder: retrieval::build_embedder(&config, Some(&metering))?,
+        reranker: retrieval::build_reranker(&config, Some(&metering))?,
+    };
     let door = build_front_door(&config, &telemetry.metrics)?;
     let cors = if config.server.grpc_web {
         cors_layer(&config.server.cors_allow_origins)?
@@ -560,7 +571,7 @@ async fn serve_calls(
         "serving gRPC"
     );
 
-    let opening = build_engine(&config, models, telemetry);
+    let opening = build_engine(&config, models, retrieval, telemetry);
     let mut opening = std::pin::pin!(opening);
     let mut shutdown = std::pin::pin!(shutdown);
     let engine = tokio::select! {

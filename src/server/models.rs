@@ -59,7 +59,17 @@ pub fn build(config: &LlmConfig) -> Result<Models, LlmError> {
             other => other,
         })?
     };
-    let prices = PriceTable::new(
+    let prices = price_table(config);
+    Ok(Models {
+        model,
+        sub_model,
+        prices,
+    })
+}
+
+/// The prices `[llm.prices]` lists, for models whose backend reports no cost.
+pub fn price_table(config: &LlmConfig) -> PriceTable {
+    PriceTable::new(
         config
             .prices
             .iter()
@@ -71,12 +81,7 @@ pub fn build(config: &LlmConfig) -> Result<Models, LlmError> {
                 )
             })
             .collect(),
-    );
-    Ok(Models {
-        model,
-        sub_model,
-        prices,
-    })
+    )
 }
 
 fn build_one(
@@ -170,23 +175,5 @@ fn non_empty(value: &str) -> Option<&str> {
 
 /// Returns the key from the file if one is named, else the configured one.
 fn api_key(config: &LlmConfig, file: Option<&Path>) -> Result<Secret, LlmError> {
-    match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|error| {
-                LlmError::Misconfigured(format!(
-                    "cannot read the API key file {}: {error}",
-                    path.display()
-                ))
-            })?;
-            let key = text.lines().next().unwrap_or_default().trim().to_string();
-            if key.is_empty() {
-                return Err(LlmError::Misconfigured(format!(
-                    "the API key file {} is empty",
-                    path.display()
-                )));
-            }
-            Ok(Secret::new(key))
-        }
-        None => Ok(config.api_key.clone()),
-    }
+    crate::secret::key_from(&config.api_key, file).map_err(LlmError::Misconfigured)
 }

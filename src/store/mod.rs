@@ -156,6 +156,10 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
         ids: Vec<String>,
     ) -> Result<WriteOutcome, StoreError>;
 
+    /// Identifies the embedder the store embeds with, and every setting that changes its
+    /// vectors: part of a search cache key.
+    fn embedder_id(&self) -> String;
+
     /// Returns the best `top_k` documents for the query among those matching the filter.
     async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError>;
 

@@ -130,6 +130,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RerankerLabels {
+    reranker: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CollectionLabels {
     collection: String,
 }
@@ -159,6 +164,7 @@ struct Inner {
     cache_lookups: Family<CacheLabels, Counter>,
     rate_limited: Family<ReasonLabels, Counter>,
     rate_limit_fallbacks: Counter,
+    rerank_failures: Family<RerankerLabels, Counter>,
     shed: Counter,
     documents: Family<CollectionLabels, Gauge>,
     trace_log_dropped: Counter,
@@ -194,6 +200,7 @@ impl Metrics {
             cache_lookups: Family::default(),
             rate_limited: Family::default(),
             rate_limit_fallbacks: Counter::default(),
+            rerank_failures: Family::default(),
             shed: Counter::default(),
             documents: Family::default(),
             trace_log_dropped: Counter::default(),
@@ -266,6 +273,11 @@ impl Metrics {
             "deeprecall_model_cost_usd",
             "Model spend in US dollars, by model and role",
             inner.model_cost.clone(),
+        );
+        registry.register(
+            "deeprecall_rerank_failures",
+            "Searches whose reranker failed and that kept the fused order, by reranker",
+            inner.rerank_failures.clone(),
         );
         registry.register(
             "deeprecall_cache_lookups",
@@ -447,6 +459,16 @@ impl Metrics {
             .rate_limited
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a search whose reranker failed, so that its hits kept the fused order.
+    pub fn rerank_failed(&self, reranker: &str) {
+        self.inner
+            .rerank_failures
+            .get_or_create(&RerankerLabels {
+                reranker: reranker.to_string(),
             })
             .inc();
     }

@@ -354,10 +354,18 @@ pub fn event_json(event: &TraceEvent) -> Value {
                 "hits": search
                     .hits
                     .iter()
-                    .map(|(id, score)| json!({ "id": id, "score": score }))
+                    .enumerate()
+                    .map(|(position, (id, score))| match search.rerank_scores.get(position) {
+                        Some(rerank_score) => {
+                            json!({ "id": id, "score": score, "rerank_score": rerank_score })
+                        }
+                        None => json!({ "id": id, "score": score }),
+                    })
                     .collect::<Vec<_>>(),
                 "latency_ms": millis(search.latency),
                 "cache_hit": search.cache_hit,
+                "reranker": search.reranker,
+                "rerank_failed": search.rerank_failed,
             }),
         ),
         EventKind::SubLlmCall(call) => (
@@ -667,6 +675,9 @@ mod tests {
                 hits: vec![("doc-1".to_string(), 0.5)],
                 latency: Duration::from_millis(3),
                 cache_hit: true,
+                reranker: Some("cohere:rerank-test".to_string()),
+                rerank_scores: vec![0.93],
+                rerank_failed: false,
             }),
         };
         let object = event_json(&event);
@@ -675,6 +686,8 @@ mod tests {
         assert_eq!(object["elapsed_ms"], 1500.0);
         assert_eq!(object["budget_used"]["search_calls"], 2);
         assert_eq!(object["hits"][0]["id"], "doc-1");
+        assert_eq!(object["hits"][0]["rerank_score"], 0.93);
+        assert_eq!(object["reranker"], "cohere:rerank-test");
         assert_eq!(object["cache_hit"], true);
         assert_eq!(object["latency_ms"], 3.0);
 

@@ -29,6 +29,7 @@ mod models;
 mod query;
 mod readme;
 mod replicas;
+mod retrieval;
 mod soak;
 mod telemetry;
 mod tls;

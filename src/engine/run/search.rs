@@ -1,8 +1,9 @@
-//! The `search_db` tool: the store's fused hits, through the search cache, reported as a trace
-//! event.
+//! The `search_db` tool: the store's fused hits, through the search cache, reordered by the
+//! reranker when one is configured, and reported as a trace event.
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -34,10 +35,12 @@ impl Run<'_> {
             .clamp(1, self.inner.config.max_top_k);
         // The caller's filters bound every search: the model's can only narrow them.
         let filter = self.prepared.filter.and(&model_filter);
+        let rerank = self.inner.rerank.as_ref();
         let request = SearchRequest {
             collection: self.prepared.collection.name.clone(),
             query: query.clone(),
-            top_k,
+            // The reranker chooses among more candidates than the search keeps.
+            top_k: rerank.map_or(top_k, |stage| stage.candidates.max(top_k)),
             filter: filter.clone(),
         };
         let started = Instant::now();
@@ -57,6 +60,8 @@ impl Run<'_> {
                     "query": query,
                     "filters": filter.to_json(),
                     "top_k": top_k,
+                    "embedder": self.inner.store.embedder_id(),
+                    "reranker": rerank.map(|stage| (stage.reranker.id(), stage.candidates)),
                 }),
             )
         });
@@ -64,7 +69,7 @@ impl Run<'_> {
             Some(cache_key) if !self.prepared.request.skip_cache => {
                 self.inner
                     .searches
-                    .lookup::<Vec<Hit>>(cache_key)
+                    .lookup::<RankedHits>(cache_key)
                     .instrument(span.clone())
                     .await
             }
@@ -76,27 +81,42 @@ impl Run<'_> {
                 .metrics
                 .cache_lookup(self.inner.searches.name, cache_hit);
         }
-        let hits = match cached {
-            Some(hits) => hits,
-            None => match self
-                .guarded(self.inner.store.search(request))
-                .instrument(span.clone())
-                .await
-            {
-                Guarded::Done(Ok(hits)) => {
-                    if let Some(cache_key) = &cache_key {
-                        self.inner.searches.store(cache_key, &hits).await;
+        let ranked = match cached {
+            Some(ranked) => ranked,
+            None => {
+                let candidates = match self
+                    .guarded(self.inner.store.search(request))
+                    .instrument(span.clone())
+                    .await
+                {
+                    Guarded::Done(Ok(hits)) => hits,
+                    Guarded::Done(Err(error)) => {
+                        spans::record_error(&span, &error.to_string());
+                        return ToolOutcome::failed(&format!("search failed: {error}"));
                     }
-                    hits
+                    Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
+                    Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
+                };
+                let ranked = match self.rerank(&query, candidates, top_k).await {
+                    Guarded::Done(ranked) => ranked,
+                    Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
+                    Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
+                };
+                // A fallback order is kept only for this search: once the reranker is back,
+                // the same search should get its order.
+                if let Some(cache_key) = &cache_key
+                    && !ranked.rerank_failed
+                {
+                    self.inner.searches.store(cache_key, &ranked).await;
                 }
-                Guarded::Done(Err(error)) => {
-                    spans::record_error(&span, &error.to_string());
-                    return ToolOutcome::failed(&format!("search failed: {error}"));
-                }
-                Guarded::Cancelled => return ToolOutcome::failed("cancelled"),
-                Guarded::OutOfTime => return ToolOutcome::exhausted(BudgetResource::Time),
-            },
+                ranked
+            }
         };
+        let RankedHits {
+            hits,
+            rerank_scores,
+            rerank_failed,
+        } = ranked;
         spans::record_search(&span, hits.len(), cache_hit);
         spans::record_search_latency(&span, started.elapsed());
         self.usage.lock().search_calls += 1;
@@ -120,8 +140,75 @@ impl Run<'_> {
             hits: hits.iter().map(|hit| (hit.id.clone(), hit.score)).collect(),
             latency: started.elapsed(),
             cache_hit,
+            reranker: rerank.map(|stage| stage.reranker.id()),
+            rerank_scores,
+            rerank_failed,
         }))
         .await;
         ToolOutcome::ok(tools::search_result(&hits), tools::search_summary(&hits))
+    }
+
+    /// Reorders the fused candidates by the reranker's scores, best first, and keeps `top_k`.
+    /// A reranker that fails leaves the fused order: a worse order beats no answer.
+    async fn rerank(&self, query: &str, mut hits: Vec<Hit>, top_k: usize) -> Guarded<RankedHits> {
+        let Some(stage) = &self.inner.rerank else {
+            hits.truncate(top_k);
+            return Guarded::Done(RankedHits::fused(hits, false));
+        };
+        if hits.is_empty() {
+            return Guarded::Done(RankedHits::fused(hits, false));
+        }
+        let passages: Vec<String> = hits.iter().map(|hit| hit.content.clone()).collect();
+        let scores = match self.guarded(stage.reranker.score(query, &passages)).await {
+            Guarded::Done(Ok(scores)) if scores.len() == hits.len() => scores,
+            Guarded::Done(outcome) => {
+                let reason = match outcome {
+                    Ok(scores) => format!("{} scores for {} passages", scores.len(), hits.len()),
+                    Err(error) => error.to_string(),
+                };
+                let reranker = stage.reranker.id();
+                tracing::warn!(%reranker, %reason, "reranking failed; the fused order stands");
+                self.inner.metrics.rerank_failed(&reranker);
+                hits.truncate(top_k);
+                return Guarded::Done(RankedHits::fused(hits, true));
+            }
+            Guarded::Cancelled => return Guarded::Cancelled,
+            Guarded::OutOfTime => return Guarded::OutOfTime,
+        };
+        let mut scored: Vec<(Hit, f64)> = hits
+            .into_iter()
+            .zip(scores.into_iter().map(f64::from))
+            .collect();
+        // Stable: passages the reranker ties keep their fused order.
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.truncate(top_k);
+        let (hits, rerank_scores) = scored.into_iter().unzip();
+        Guarded::Done(RankedHits {
+            hits,
+            rerank_scores,
+            rerank_failed: false,
+        })
+    }
+}
+
+/// A search's hits in their final order, as the search cache keeps them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RankedHits {
+    hits: Vec<Hit>,
+    /// The reranker's score of each hit, in the same order; empty when no reranker ran.
+    #[serde(default)]
+    rerank_scores: Vec<f64>,
+    /// The reranker failed and the hits keep the fused order.
+    #[serde(default)]
+    rerank_failed: bool,
+}
+
+impl RankedHits {
+    fn fused(hits: Vec<Hit>, rerank_failed: bool) -> Self {
+        RankedHits {
+            hits,
+            rerank_scores: Vec::new(),
+            rerank_failed,
+        }
     }
 }

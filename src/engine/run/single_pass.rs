@@ -160,6 +160,10 @@ mod tests {
 
     #[async_trait]
     impl DocumentStore for OneDocument {
+        fn embedder_id(&self) -> String {
+            "test-embedder".into()
+        }
+
         async fn add_documents(
             &self,
             _collection: &str,
@@ -245,6 +249,7 @@ mod tests {
                 prices: Default::default(),
                 results: level("result"),
                 searches: level("search"),
+                rerank: None,
             },
             EngineConfig::default(),
         );

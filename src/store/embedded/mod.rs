@@ -223,6 +223,10 @@ impl fmt::Debug for EmbeddedStore {
 
 #[async_trait]
 impl DocumentStore for EmbeddedStore {
+    fn embedder_id(&self) -> String {
+        self.inner.embedder.id()
+    }
+
     async fn add_documents(
         &self,
         collection: &str,

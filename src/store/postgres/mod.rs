@@ -179,6 +179,10 @@ fn info(name: &str, version: i64, document_count: i64) -> CollectionInfo {
 
 #[async_trait]
 impl DocumentStore for PostgresStore {
+    fn embedder_id(&self) -> String {
+        self.embedder.id()
+    }
+
     async fn check_reachable(&self) -> Result<(), StoreError> {
         // A pooled connection that died is recycled on `get`, so this reaches the server.
         let client = self.pool.get().await?;

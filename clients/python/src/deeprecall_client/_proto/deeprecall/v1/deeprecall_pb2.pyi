@@ -133,7 +133,7 @@ class LlmCall(_message.Message):
     def __init__(self, step: _Optional[int] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., latency_seconds: _Optional[float] = ..., cost_usd: _Optional[float] = ..., tool_calls: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchEvent(_message.Message):
-    __slots__ = ("step", "query", "filters", "top_k", "hits", "latency_seconds", "cache_hit", "collection")
+    __slots__ = ("step", "query", "filters", "top_k", "hits", "latency_seconds", "cache_hit", "collection", "reranker", "rerank_failed")
     STEP_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,8 @@ class SearchEvent(_message.Message):
     LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    RERANKER_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FAILED_FIELD_NUMBER: _ClassVar[int]
     step: int
     query: str
     filters: _struct_pb2.Struct
@@ -150,15 +152,19 @@ class SearchEvent(_message.Message):
     latency_seconds: float
     cache_hit: bool
     collection: str
-    def __init__(self, step: _Optional[int] = ..., query: _Optional[str] = ..., filters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., top_k: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., latency_seconds: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
+    reranker: str
+    rerank_failed: bool
+    def __init__(self, step: _Optional[int] = ..., query: _Optional[str] = ..., filters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., top_k: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., latency_seconds: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., collection: _Optional[str] = ..., reranker: _Optional[str] = ..., rerank_failed: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score")
+    __slots__ = ("id", "score", "rerank_score")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    rerank_score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ...) -> None: ...
 
 class SubLlmCall(_message.Message):
     __slots__ = ("step", "model", "prompts", "failed", "input_tokens", "output_tokens", "latency_seconds", "cost_usd")
