@@ -92,6 +92,8 @@ fn store_status(error: &StoreError) -> Status {
             tracing::warn!(%reason, "document store unavailable");
             Status::unavailable("the document store is unavailable")
         }
+        StoreError::EmbedderMismatch { .. } => Status::failed_precondition(error.to_string()),
+        StoreError::Unsupported(reason) => Status::unimplemented(reason.clone()),
         StoreError::Full(reason) => {
             tracing::error!(%reason, "document store out of disk space");
             Status::resource_exhausted(

@@ -8,6 +8,7 @@ pub mod eval;
 mod health;
 pub mod ingest;
 mod output;
+mod reindex;
 mod retrieval_flags;
 pub mod transfer;
 
@@ -63,6 +64,9 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Adds JSON Lines documents (as export writes them) through a server.
     Import(transfer::ImportArgs),
+    /// Re-embeds a collection with the configured embedder, on the store directly, while
+    /// servers keep serving it; resumes where a stopped run was.
+    Reindex(reindex::ReindexArgs),
 }
 
 #[derive(Debug, Args)]
@@ -368,6 +372,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Eval(args) => eval::run(*args).await,
         Command::Export(args) => transfer::export(args).await,
         Command::Import(args) => transfer::import(args).await,
+        Command::Reindex(args) => reindex::reindex(args).await,
     }
 }
 

@@ -261,7 +261,7 @@ async fn send(
     Ok(())
 }
 
-fn progress_bar(total: Option<u64>, unit: &str) -> ProgressBar {
+pub(super) fn progress_bar(total: Option<u64>, unit: &str) -> ProgressBar {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();

@@ -287,6 +287,7 @@ impl Engine {
             .collection(&collection_name)
             .await?
             .ok_or(StoreError::CollectionNotFound(collection_name))?;
+        self.inner.store.check_searchable(&collection.name).await?;
 
         let limits = request.budget.or(config.default_budget());
         let cache_key = self.cache_key(&request, &filter, top_k, &collection, &limits);

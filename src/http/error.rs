@@ -212,6 +212,18 @@ fn store_error(error: &StoreError) -> HttpError {
             tracing::warn!(%reason, "document store unavailable");
             HttpError::unavailable("the document store is unavailable")
         }
+        StoreError::EmbedderMismatch { .. } => HttpError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "embedder_mismatch",
+            error.to_string(),
+        ),
+        StoreError::Unsupported(reason) => HttpError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request_error",
+            "unsupported",
+            reason.clone(),
+        ),
         StoreError::Full(reason) => {
             tracing::error!(%reason, "document store out of disk space");
             HttpError::new(

@@ -62,6 +62,24 @@ pub enum StoreError {
         /// Newest version this build knows.
         known: i64,
     },
+    /// The collection's vectors were made by another embedder than the store's: it can be
+    /// neither searched nor written until it is reindexed.
+    #[error(
+        "collection {collection:?} was embedded with {stored}, but this server embeds with \
+         {configured}: run `deeprecall reindex --collection {collection}` with the new \
+         embedder, or configure {stored} again"
+    )]
+    EmbedderMismatch {
+        /// The collection.
+        collection: String,
+        /// The embedder that made its vectors.
+        stored: String,
+        /// The embedder the store is configured with.
+        configured: String,
+    },
+    /// The store cannot do this.
+    #[error("{0}")]
+    Unsupported(String),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -138,6 +156,22 @@ pub struct WriteOutcome {
     pub collection: CollectionInfo,
 }
 
+/// Reports a reindex's progress: documents that have their new vectors so far, and in all.
+pub type ReindexProgress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// What a reindex did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReindexReport {
+    /// The embedder whose vectors were replaced; the store's own when there was nothing to do.
+    pub previous_embedder: String,
+    /// The store's embedder, which made the new vectors.
+    pub embedder: String,
+    /// Documents in the collection.
+    pub documents: u64,
+    /// Documents embedded by this run; a resumed run skips what an earlier one embedded.
+    pub embedded: u64,
+}
+
 /// Stores documents in named collections and searches them.
 #[async_trait]
 pub trait DocumentStore: Send + Sync + std::fmt::Debug {
@@ -189,6 +223,30 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
         collection: &str,
         ids: Vec<String>,
     ) -> Result<Vec<StoredDocument>, StoreError>;
+
+    /// Fails with [`StoreError::EmbedderMismatch`] when another embedder made the collection's
+    /// vectors: a query asks before it starts, rather than have each of its searches fail.
+    async fn check_searchable(&self, collection: &str) -> Result<(), StoreError> {
+        let _ = collection;
+        Ok(())
+    }
+
+    /// Re-embeds every document of the collection with the store's embedder, `batch_size`
+    /// documents at a time, and swaps the new vectors in at once when all are made. Until
+    /// then the collection keeps its old vectors, and writes go on; an interrupted run resumes
+    /// where it stopped.
+    async fn reindex(
+        &self,
+        collection: &str,
+        batch_size: usize,
+        progress: ReindexProgress,
+    ) -> Result<ReindexReport, StoreError> {
+        let _ = (batch_size, progress);
+        Err(StoreError::Unsupported(format!(
+            "this store cannot reindex collection {collection:?}: it keeps one embedder for \
+             every collection"
+        )))
+    }
 
     /// Answers whether the store can serve calls now, in one round trip at most: the server
     /// asks it periodically and reports the answer as its readiness. A store in a local file

@@ -226,3 +226,65 @@ async fn a_failing_reranker_leaves_the_fused_order_and_the_fallback_is_not_cache
     assert!(!search.rerank_failed);
     assert!(search.hits.iter().all(|hit| hit.rerank_score.is_some()));
 }
+
+/// Runs the binary to the end off the runtime; returns its standard output.
+async fn run(args: Vec<String>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
+            .args(&args)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    })
+    .await
+    .expect("the command's thread")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_of_another_embedder_fails_its_queries_until_reindexed_online() {
+    let data_dir = tempfile::tempdir().expect("directory");
+    let mut before = TestServer::start_in(data_dir.path(), |_| {}).await;
+    add(&mut before.client, "", travel_documents()).await;
+    before.stop().await.expect("clean stop");
+
+    // Restarted with another embedder: nothing is re-embedded, and the collection's queries
+    // say why they cannot run.
+    let mut server = TestServer::start_in(data_dir.path(), |config| {
+        config.embedding.dimensions = Some(256);
+    })
+    .await;
+    let refused = server
+        .client
+        .query(question("Who pays for conference travel?"))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for part in ["hashing-v1:4096", "hashing-v1:256", "deeprecall reindex"] {
+        assert!(refused.message().contains(part), "{}", refused.message());
+    }
+
+    // Reindexed by the command while the server runs; the server's next query finds the new
+    // vectors.
+    let output = run(vec![
+        "reindex".into(),
+        "--data-dir".into(),
+        data_dir.path().display().to_string(),
+        "--embedding-dimensions".into(),
+        "256".into(),
+        "--collection".into(),
+        "default".into(),
+    ])
+    .await;
+    assert!(
+        output.contains("5 documents now embedded with hashing-v1:256"),
+        "{output}"
+    );
+    let result = query_result(&mut server.client, question("conference travel reimbursed")).await;
+    assert!(!result.sources.is_empty(), "{result:?}");
+}

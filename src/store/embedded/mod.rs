@@ -15,6 +15,7 @@
 
 mod keyword;
 mod readers;
+mod reindex;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -28,22 +29,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
 use self::readers::{ReaderPool, Threads, blocking, with_connection};
 use self::rows::{
-    bump_version, delete_by_id, fetch_documents, fetch_hits, list_page, upsert_documents,
+    bump_version, claim_embedder, delete_by_id, fetch_documents, fetch_hits, list_page,
+    upsert_documents,
 };
 use self::schema::{
-    configure_writer, ensure_current_embeddings, load_collections, migrate, open_failure,
-    open_reader,
+    configure_writer, load_collections, load_index, migrate, open_failure, open_reader,
 };
 use super::index::VectorIndex;
 use super::prepare::{PreparedDocument, RRF_K, candidates_for, embed_query, prepare_documents};
 use super::{
-    CollectionInfo, DocumentStore, Filter, Hit, NewDocument, SearchRequest, StoreError,
-    StoredDocument, WriteOutcome, validate_collection_name,
+    CollectionInfo, DocumentStore, Filter, Hit, NewDocument, ReindexProgress, ReindexReport,
+    SearchRequest, StoreError, StoredDocument, WriteOutcome, validate_collection_name,
 };
 use crate::embed::{Embedder, Embedding};
 
@@ -103,9 +104,35 @@ struct Collection {
 struct CollectionState {
     version: u64,
     index: VectorIndex,
+    /// Set when another embedder made the collection's vectors: the index is then empty, and
+    /// the collection can be neither searched nor written until it is reindexed.
+    foreign: Option<Foreign>,
+}
+
+/// A collection's vectors made by another embedder than the store's.
+struct Foreign {
+    /// Id of the embedder that made them.
+    embedder: String,
+    /// Documents in the collection, which the empty index does not count.
+    documents: usize,
 }
 
 impl Collection {
+    /// Forgets the index once the collection turns out to hold another embedder's vectors.
+    fn mark_foreign(&self, embedder: &str, documents: &AtomicUsize) {
+        let mut state = self.state.write();
+        let count = match &state.foreign {
+            Some(foreign) => foreign.documents,
+            None => state.index.len(),
+        };
+        documents.fetch_sub(state.index.len(), Ordering::Relaxed);
+        state.index = VectorIndex::default();
+        state.foreign = Some(Foreign {
+            embedder: embedder.to_string(),
+            documents: count,
+        });
+    }
+
     fn new(id: i64, name: String, state: CollectionState) -> Self {
         Self {
             id,
@@ -120,17 +147,23 @@ impl Collection {
     }
 
     fn info_of(name: &str, state: &CollectionState) -> CollectionInfo {
+        let documents = match &state.foreign {
+            Some(foreign) => foreign.documents,
+            None => state.index.len(),
+        };
         CollectionInfo {
             name: name.to_string(),
-            document_count: state.index.len() as u64,
+            document_count: documents as u64,
             version: state.version,
         }
     }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `config.data_dir`, migrates the schema, re-embeds every
-    /// document if the embedder changed since the last run, and loads the vector indexes.
+    /// Opens (or creates) the store in `config.data_dir`, migrates the schema, and loads the
+    /// vector indexes of the collections `embedder` made. Nothing is re-embedded: a collection
+    /// of another embedder is refused until `reindex` re-embeds it, since its vectors may have
+    /// been paid for.
     pub async fn open(
         config: EmbeddedStoreConfig,
         embedder: Arc<dyn Embedder>,
@@ -154,11 +187,21 @@ impl EmbeddedStore {
         })
         .await?;
         let writer = Arc::new(Mutex::new(writer));
-
-        ensure_current_embeddings(&writer, embedder.as_ref()).await?;
-
-        let collections =
-            with_connection(&writer, |connection| load_collections(connection)).await?;
+        let embedder_id = embedder.id();
+        let collections = with_connection(&writer, move |connection| {
+            load_collections(connection, &embedder_id)
+        })
+        .await?;
+        for collection in collections.values() {
+            if let Some(foreign) = &collection.state.read().foreign {
+                tracing::warn!(
+                    collection = %collection.name,
+                    stored = %foreign.embedder,
+                    configured = %embedder.id(),
+                    "collection embedded by another embedder: refused until reindexed"
+                );
+            }
+        }
         let readers = blocking({
             let path = path.clone();
             let count = config.read_connections.max(1);
@@ -200,6 +243,22 @@ impl EmbeddedStore {
         &self.inner.path
     }
 
+    /// Fails with [`StoreError::EmbedderMismatch`] while another embedder's vectors fill the
+    /// collection. A reindex in another process may have swapped in this store's since: the
+    /// stored embedder is read again first, and a collection now in this store's embedder has
+    /// its index loaded.
+    async fn refuse_foreign(&self, handle: &Arc<Collection>) -> Result<(), StoreError> {
+        if handle.state.read().foreign.is_none() {
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        let handle = Arc::clone(handle);
+        self.inner
+            .write_threads
+            .run(move || inner.reload_if_reindexed(&handle))
+            .await
+    }
+
     fn collection_handle(&self, name: &str) -> Result<Arc<Collection>, StoreError> {
         validate_collection_name(name)?;
         self.inner
@@ -233,6 +292,11 @@ impl DocumentStore for EmbeddedStore {
         documents: Vec<NewDocument>,
     ) -> Result<WriteOutcome, StoreError> {
         validate_collection_name(collection)?;
+        // Before embedding: vectors for a collection that cannot take them would be paid for
+        // in vain.
+        if let Ok(handle) = self.collection_handle(collection) {
+            self.refuse_foreign(&handle).await?;
+        }
         let (ids, prepared) = prepare_documents(self.inner.embedder.as_ref(), documents).await?;
         let inner = Arc::clone(&self.inner);
         let name = collection.to_string();
@@ -271,6 +335,7 @@ impl DocumentStore for EmbeddedStore {
             filter,
         } = request;
         let handle = self.collection_handle(&collection)?;
+        self.refuse_foreign(&handle).await?;
         if top_k == 0 {
             return Ok(Vec::new());
         }
@@ -299,6 +364,21 @@ impl DocumentStore for EmbeddedStore {
         self.inner
             .read_threads
             .run(move || inner.search(&handle, &search))
+            .await
+    }
+
+    async fn check_searchable(&self, collection: &str) -> Result<(), StoreError> {
+        let handle = self.collection_handle(collection)?;
+        self.refuse_foreign(&handle).await
+    }
+
+    async fn reindex(
+        &self,
+        collection: &str,
+        batch_size: usize,
+        progress: ReindexProgress,
+    ) -> Result<ReindexReport, StoreError> {
+        self.reindex_collection(collection, batch_size, progress)
             .await
     }
 
@@ -371,6 +451,40 @@ impl DocumentStore for EmbeddedStore {
 }
 
 impl Inner {
+    fn mismatch(&self, collection: &str, stored: &str) -> StoreError {
+        StoreError::EmbedderMismatch {
+            collection: collection.to_string(),
+            stored: stored.to_string(),
+            configured: self.embedder.id(),
+        }
+    }
+
+    /// See [`EmbeddedStore::refuse_foreign`].
+    fn reload_if_reindexed(&self, collection: &Collection) -> Result<(), StoreError> {
+        let connection = self.writer.lock();
+        let stored: Option<(String, i64)> = connection
+            .query_row(
+                "SELECT embedder, version FROM collections WHERE id = ?1",
+                [collection.id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((stored, version)) = stored else {
+            return Err(StoreError::CollectionNotFound(collection.name.clone()));
+        };
+        if stored != self.embedder.id() {
+            return Err(self.mismatch(&collection.name, &stored));
+        }
+        let index = load_index(&connection, collection.id)?;
+        let mut state = collection.state.write();
+        self.documents.fetch_add(index.len(), Ordering::Relaxed);
+        state.index = index;
+        state.foreign = None;
+        state.version = u64::try_from(version).unwrap_or(0);
+        tracing::info!(collection = %collection.name, "reindexed collection loaded");
+        Ok(())
+    }
+
     fn write_documents(
         &self,
         name: &str,
@@ -380,12 +494,22 @@ impl Inner {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read under the writer lock: only writers add collections, so this cannot go stale.
         let existing = self.collections.read().get(name).cloned();
+        let embedder_id = self.embedder.id();
         let collection_id = match &existing {
-            Some(collection) => collection.id,
+            Some(collection) => {
+                // Authoritative inside the write transaction, whatever another process did.
+                let stored = claim_embedder(&transaction, collection.id, &embedder_id)?;
+                if stored != embedder_id {
+                    drop(transaction);
+                    collection.mark_foreign(&stored, &self.documents);
+                    return Err(self.mismatch(name, &stored));
+                }
+                collection.id
+            }
             None => transaction.query_row(
-                "INSERT INTO collections (name, version, created_at) \
-                 VALUES (?1, 0, unixepoch()) RETURNING id",
-                [name],
+                "INSERT INTO collections (name, version, created_at, embedder) \
+                 VALUES (?1, 0, unixepoch(), ?2) RETURNING id",
+                params![name, embedder_id],
                 |row| row.get(0),
             )?,
         };
@@ -403,6 +527,8 @@ impl Inner {
         let info = {
             let mut state = collection.state.write();
             transaction.commit()?;
+            // An emptied collection of another embedder took this one with this write.
+            state.foreign = None;
             let before = state.index.len();
             for (document, rowid) in documents.into_iter().zip(rowids) {
                 state.index.insert(
@@ -450,6 +576,13 @@ impl Inner {
             .filter(|(_, rowid)| state.index.remove(*rowid))
             .count();
         self.documents.fetch_sub(removed, Ordering::Relaxed);
+        if let Some(foreign) = &mut state.foreign {
+            foreign.documents = foreign.documents.saturating_sub(deleted.len());
+            if foreign.documents == 0 {
+                // No vectors left to keep apart: the next write takes the store's embedder.
+                state.foreign = None;
+            }
+        }
         state.version = version;
         Ok(WriteOutcome {
             ids: deleted.into_iter().map(|(id, _)| id).collect(),

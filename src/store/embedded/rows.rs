@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, ToSql, Transaction};
+use rusqlite::{Connection, ToSql, Transaction, params};
 use serde_json::{Map, Value};
 
 use super::super::prepare::PreparedDocument;
@@ -166,6 +166,26 @@ pub(super) fn fetch_hits(
         });
     }
     Ok(hits)
+}
+
+/// Returns the embedder of the collection's vectors, after recording `embedder_id` as it when
+/// the collection holds no documents: an empty collection has no vectors to keep apart.
+pub(super) fn claim_embedder(
+    transaction: &Transaction<'_>,
+    collection_id: i64,
+    embedder_id: &str,
+) -> Result<String, StoreError> {
+    transaction.execute(
+        "UPDATE collections SET embedder = ?2 \
+         WHERE id = ?1 AND embedder <> ?2 \
+           AND NOT EXISTS (SELECT 1 FROM documents WHERE collection_id = ?1)",
+        params![collection_id, embedder_id],
+    )?;
+    Ok(transaction.query_row(
+        "SELECT embedder FROM collections WHERE id = ?1",
+        [collection_id],
+        |row| row.get(0),
+    )?)
 }
 
 pub(super) fn bump_version(

@@ -1,29 +1,23 @@
-//! Opening the database: connection settings, migrations, re-embedding after an embedder
-//! change, and loading every collection's in-memory index.
+//! Opening the database: connection settings, migrations, and loading every collection's
+//! in-memory index.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::super::StoreError;
 use super::super::index::VectorIndex;
-use super::super::prepare::embed_all;
-use super::readers::with_connection;
-use super::rows::{decode_embedding, encode_embedding, parse_metadata};
-use super::{Collection, CollectionState};
-use crate::embed::Embedder;
+use super::rows::{decode_embedding, parse_metadata};
+use super::{Collection, CollectionState, Foreign};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const EMBEDDER_ID_KEY: &str = "embedder_id";
-/// Texts re-embedded per round trip to the writer when the embedder changed.
-const REEMBED_BATCH: usize = 256;
 
 /// Schema migrations; entry `n` moves `user_version` from `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE collections (
     id         INTEGER PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
@@ -77,7 +71,29 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Each collection records the embedder that made its vectors; until now one embedder, kept in
+-- meta, made them all.
+ALTER TABLE collections ADD COLUMN embedder TEXT NOT NULL DEFAULT '';
+UPDATE collections SET embedder = COALESCE((SELECT value FROM meta WHERE key = 'embedder_id'), '');
+
+-- Vectors of another embedder, made by a reindex that has not swapped them in yet. A row
+-- goes with its document, and with its content: a document rewritten meanwhile is embedded
+-- again.
+CREATE TABLE reindex_staging (
+    rowid         INTEGER PRIMARY KEY REFERENCES documents (rowid) ON DELETE CASCADE,
+    collection_id INTEGER NOT NULL,
+    embedder      TEXT NOT NULL,
+    embedding     BLOB NOT NULL
+);
+CREATE INDEX reindex_staging_collection ON reindex_staging (collection_id);
+CREATE TRIGGER reindex_staging_stale AFTER UPDATE OF content ON documents
+WHEN old.content IS NOT new.content BEGIN
+    DELETE FROM reindex_staging WHERE rowid = new.rowid;
+END;
+"#,
+];
 
 /// Reports a failure to open the database, such as a data directory that cannot be created.
 pub(super) fn open_failure(message: String) -> StoreError {
@@ -134,133 +150,29 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Re-embeds every document if the embedder differs from the one that made the stored vectors.
-pub(super) async fn ensure_current_embeddings(
-    writer: &Arc<Mutex<Connection>>,
-    embedder: &dyn Embedder,
-) -> Result<(), StoreError> {
-    let current = embedder.id();
-    let (stored, has_documents) = with_connection(writer, |connection| {
-        let stored: Option<String> = connection
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [EMBEDDER_ID_KEY],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let has_documents: bool =
-            connection.query_row("SELECT EXISTS (SELECT 1 FROM documents)", [], |row| {
-                row.get(0)
-            })?;
-        Ok((stored, has_documents))
-    })
-    .await?;
-    if stored.as_deref() == Some(current.as_str()) {
-        return Ok(());
-    }
-    if !has_documents {
-        return with_connection(writer, move |connection| {
-            write_embedder_id(connection, &current)
-        })
-        .await;
-    }
-
-    tracing::info!(
-        previous = stored.as_deref().unwrap_or("unknown"),
-        current = %current,
-        "embedder changed: re-embedding every document"
-    );
-    with_connection(writer, |connection| {
-        Ok(connection.execute_batch("BEGIN IMMEDIATE")?)
-    })
-    .await?;
-    match reembed_in_transaction(writer, embedder, current).await {
-        Ok(count) => {
-            with_connection(writer, |connection| Ok(connection.execute_batch("COMMIT")?)).await?;
-            tracing::info!(documents = count, "re-embedding done");
-            Ok(())
-        }
-        Err(err) => {
-            let rollback = with_connection(writer, |connection| {
-                Ok(connection.execute_batch("ROLLBACK")?)
-            })
-            .await;
-            if let Err(rollback_err) = rollback {
-                tracing::warn!(error = %rollback_err, "rollback of re-embedding failed");
-            }
-            Err(err)
-        }
-    }
-}
-
-/// Rewrites every stored vector, a batch at a time, inside the transaction the caller opened;
-/// returns the number of documents.
-async fn reembed_in_transaction(
-    writer: &Arc<Mutex<Connection>>,
-    embedder: &dyn Embedder,
-    embedder_id: String,
-) -> Result<u64, StoreError> {
-    let mut after = i64::MIN;
-    let mut count = 0u64;
-    loop {
-        let batch: Vec<(i64, String)> = with_connection(writer, move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT rowid, content FROM documents WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-            )?;
-            let rows = statement
-                .query_map(params![after, REEMBED_BATCH as i64], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
-        .await?;
-        let Some((last, _)) = batch.last() else {
-            break;
-        };
-        after = *last;
-        let (rowids, contents): (Vec<i64>, Vec<String>) = batch.into_iter().unzip();
-        let embeddings = embed_all(embedder, &contents).await?;
-        count += rowids.len() as u64;
-        with_connection(writer, move |connection| {
-            let mut statement = connection
-                .prepare_cached("UPDATE documents SET embedding = ?1 WHERE rowid = ?2")?;
-            for (rowid, embedding) in rowids.into_iter().zip(embeddings) {
-                statement.execute(params![encode_embedding(&embedding), rowid])?;
-            }
-            Ok(())
-        })
-        .await?;
-    }
-    with_connection(writer, move |connection| {
-        write_embedder_id(connection, &embedder_id)
-    })
-    .await?;
-    Ok(count)
-}
-
-fn write_embedder_id(connection: &Connection, embedder_id: &str) -> Result<(), StoreError> {
-    connection.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![EMBEDDER_ID_KEY, embedder_id],
-    )?;
-    Ok(())
-}
-
-/// Builds every collection's in-memory state, streaming the stored vectors and metadata.
+/// Builds every collection's in-memory state, streaming the stored vectors and metadata. A
+/// collection embedded by another embedder than `embedder_id` keeps no index: its vectors are
+/// of no use to this store's queries.
 pub(super) fn load_collections(
     connection: &Connection,
+    embedder_id: &str,
 ) -> Result<BTreeMap<String, Arc<Collection>>, StoreError> {
     let mut states: HashMap<i64, (String, CollectionState)> = HashMap::new();
     {
-        let mut statement = connection.prepare("SELECT id, name, version FROM collections")?;
+        let mut statement = connection.prepare(
+            "SELECT c.id, c.name, c.version, c.embedder, \
+                    (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) \
+             FROM collections c",
+        )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let version: i64 = row.get(2)?;
+            let embedder: String = row.get(3)?;
+            let documents: i64 = row.get(4)?;
             let state = CollectionState {
                 version: u64::try_from(version).unwrap_or(0),
                 index: VectorIndex::default(),
+                foreign: foreign_embedder(embedder, embedder_id, documents),
             };
             states.insert(row.get(0)?, (row.get(1)?, state));
         }
@@ -278,16 +190,10 @@ pub(super) fn load_collections(
                     "document {rowid} belongs to missing collection {collection_id}"
                 )));
             };
-            let metadata = parse_metadata(
-                rowid,
-                row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?,
-            )?;
-            let embedding =
-                decode_embedding(row.get_ref(4)?.as_blob().map_err(rusqlite::Error::from)?)
-                    .map_err(|reason| {
-                        StoreError::Corrupt(format!("vector of document {rowid}: {reason}"))
-                    })?;
-            state.index.insert(rowid, row.get(2)?, metadata, &embedding);
+            if state.foreign.is_some() {
+                continue;
+            }
+            insert_row(&mut state.index, row)?;
         }
     }
     Ok(states
@@ -297,4 +203,47 @@ pub(super) fn load_collections(
             (name, collection)
         })
         .collect())
+}
+
+/// Builds the index of one collection from its stored vectors.
+pub(super) fn load_index(
+    connection: &Connection,
+    collection_id: i64,
+) -> Result<VectorIndex, StoreError> {
+    let mut index = VectorIndex::default();
+    let mut statement = connection.prepare_cached(
+        "SELECT rowid, collection_id, doc_id, metadata, embedding FROM documents \
+         WHERE collection_id = ?1 ORDER BY rowid",
+    )?;
+    let mut rows = statement.query([collection_id])?;
+    while let Some(row) = rows.next()? {
+        insert_row(&mut index, row)?;
+    }
+    Ok(index)
+}
+
+/// Adds a `rowid, collection_id, doc_id, metadata, embedding` row to an index.
+fn insert_row(index: &mut VectorIndex, row: &rusqlite::Row<'_>) -> Result<(), StoreError> {
+    let rowid: i64 = row.get(0)?;
+    let metadata = parse_metadata(
+        rowid,
+        row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?,
+    )?;
+    let embedding = decode_embedding(row.get_ref(4)?.as_blob().map_err(rusqlite::Error::from)?)
+        .map_err(|reason| StoreError::Corrupt(format!("vector of document {rowid}: {reason}")))?;
+    index.insert(rowid, row.get(2)?, metadata, &embedding);
+    Ok(())
+}
+
+/// Returns the collection's embedder when it is not `current`. A collection without documents
+/// has no vectors to be foreign: it takes the current embedder on its next write.
+fn foreign_embedder(stored: String, current: &str, documents: i64) -> Option<Foreign> {
+    (stored != current && documents > 0).then(|| Foreign {
+        embedder: if stored.is_empty() {
+            "an unrecorded embedder".to_string()
+        } else {
+            stored
+        },
+        documents: usize::try_from(documents).unwrap_or(usize::MAX),
+    })
 }

@@ -93,44 +93,6 @@ async fn reopening_keeps_documents_and_rebuilds_the_index() {
     assert_eq!(outcome.collection.document_count, 3);
 }
 
-#[tokio::test]
-async fn changing_the_embedder_re_embeds_every_document() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(&dir).await;
-        store.add_documents("docs", corpus()).await.unwrap();
-    }
-    let store = open_with(&dir, Arc::new(HashingEmbedder::new(64))).await;
-    let connection = Connection::open(store.path()).unwrap();
-    let stored_id: String = connection
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'embedder_id'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
-    assert_eq!(stored_id, "hashing-v1:64");
-    let mut statement = connection
-        .prepare("SELECT embedding FROM documents")
-        .unwrap();
-    let blobs: Vec<Vec<u8>> = statement
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(blobs.len(), 3);
-    for blob in blobs {
-        let embedding = decode_embedding(&blob).unwrap();
-        assert!(!embedding.indices.is_empty());
-        assert!(embedding.indices.iter().all(|index| *index < 64));
-    }
-    let hits = store
-        .search(request("docs", "Northwnd Aerospce", 1))
-        .await
-        .unwrap();
-    assert_eq!(hits[0].id, "northwind");
-}
-
 #[test]
 fn embeddings_round_trip_through_the_stored_format() {
     let embedding = Embedding {
