@@ -1,8 +1,9 @@
 //! In-memory vector index of one collection, rebuilt from SQLite at start.
 //!
-//! Vectors are sparse and L2-normalised, so cosine similarity is a dot product, and an inverted
-//! index (one posting list per dimension) lets a query touch only the documents that share one
-//! of its non-zero dimensions. Deletions leave tombstones that are compacted away once they
+//! Vectors are L2-normalised, so cosine similarity is a dot product. Sparse vectors (the
+//! hashing embedder's) sit in an inverted index, one posting list per dimension, so that a
+//! query touches only the documents that share one of its non-zero dimensions; dense vectors
+//! (a neural embedder's) sit in contiguous rows scanned in full ([`DenseRows`]). Deletions leave tombstones that are compacted away once they
 //! make up a quarter of the slots.
 //!
 //! Ranking reads dense arrays (scores and slot rowids): with feature hashing nearly every
@@ -16,6 +17,7 @@ use std::collections::{BinaryHeap, HashMap};
 use serde_json::{Map, Value};
 
 use super::Filter;
+use super::dense::DenseRows;
 use crate::embed::Embedding;
 
 /// Below this many slots, tombstones cost too little to be worth a compaction pass.
@@ -44,10 +46,25 @@ pub(crate) struct Entry {
     pub(crate) metadata: Map<String, Value>,
 }
 
+/// How an index keeps its vectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Posting lists per dimension, for vectors with few non-zero dimensions.
+    #[default]
+    Sparse,
+    /// One row of `dimension` floats per document, scanned in full.
+    Dense {
+        /// Width of a row.
+        dimension: usize,
+    },
+}
+
 /// The vector index of one collection.
 #[derive(Debug, Default)]
 pub(crate) struct VectorIndex {
     postings: HashMap<u32, Vec<Posting>>,
+    /// The vectors, row by slot, when the layout is dense; `postings` stays empty then.
+    dense: Option<DenseRows>,
     /// Rowid of each slot, or [`TOMBSTONE`] for a deleted document whose postings remain.
     slot_rowids: Vec<i64>,
     /// The entry of each slot, `None` for a deleted document.
@@ -57,6 +74,27 @@ pub(crate) struct VectorIndex {
 }
 
 impl VectorIndex {
+    /// Returns an empty index keeping its vectors as `layout` says.
+    pub(crate) fn with_layout(layout: Layout) -> Self {
+        VectorIndex {
+            dense: match layout {
+                Layout::Sparse => None,
+                Layout::Dense { dimension } => Some(DenseRows::new(dimension)),
+            },
+            ..VectorIndex::default()
+        }
+    }
+
+    /// Returns how the index keeps its vectors.
+    pub(crate) fn layout(&self) -> Layout {
+        match &self.dense {
+            None => Layout::Sparse,
+            Some(rows) => Layout::Dense {
+                dimension: rows.dimension(),
+            },
+        }
+    }
+
     /// Returns the number of live documents.
     pub(crate) fn len(&self) -> usize {
         self.by_rowid.len()
@@ -77,12 +115,17 @@ impl VectorIndex {
             tracing::error!(rowid, "vector index is full");
             return;
         };
-        for (index, value) in embedding.indices.iter().zip(&embedding.values) {
-            if *value != 0.0 {
-                self.postings.entry(*index).or_default().push(Posting {
-                    slot,
-                    value: *value,
-                });
+        match &mut self.dense {
+            Some(rows) => rows.push(embedding),
+            None => {
+                for (index, value) in embedding.indices.iter().zip(&embedding.values) {
+                    if *value != 0.0 {
+                        self.postings.entry(*index).or_default().push(Posting {
+                            slot,
+                            value: *value,
+                        });
+                    }
+                }
             }
         }
         self.slot_rowids.push(rowid);
@@ -154,6 +197,14 @@ impl VectorIndex {
     ) -> Vec<(i64, f32)> {
         scores.clear();
         scores.resize(self.slot_rowids.len(), 0.0);
+        if let Some(rows) = &self.dense {
+            rows.score_into(&rows.spread(query), scores);
+            return self
+                .best(scores, top_k, filter)
+                .into_iter()
+                .map(|candidate| (candidate.rowid, candidate.score))
+                .collect();
+        }
         for (index, weight) in query.indices.iter().zip(&query.values) {
             let Some(postings) = self.postings.get(index) else {
                 continue;
@@ -233,6 +284,9 @@ impl VectorIndex {
                 slot_rowids.push(entry.rowid);
                 entries.push(Some(entry));
             }
+        }
+        if let Some(rows) = &mut self.dense {
+            rows.compact(&remap);
         }
         self.postings.retain(|_, postings| {
             postings.retain_mut(|posting| {

@@ -2,6 +2,7 @@
 
 #[cfg(test)]
 mod conformance;
+mod dense;
 pub mod embedded;
 pub mod filter;
 mod index;

@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// database they share.
     #[arg(long)]
     database_url: Option<String>,
+    /// Search suite: search dense vectors of this many dimensions (random unit vectors from a
+    /// bench embedder: the index's speed, not retrieval quality) instead of hashed text.
+    #[arg(long)]
+    dense_dimensions: Option<usize>,
     /// Vector index of the postgres store: hnsw or exact.
     #[arg(long, default_value = "hnsw")]
     vector_index: String,

@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             every_filter_operator_admits_what_the_filter_matches,
             filter_values_are_data_whatever_they_hold,
             keyword_only_and_vector_only_hits_both_appear,
+            dense_vectors_rank_filter_and_forget_like_sparse_ones,
             queries_without_content_terms_skip_keyword_search,
             concurrent_writes_and_searches_stay_consistent,
         );
@@ -87,6 +88,30 @@ pub(crate) use conformance_suite;
 
 pub(crate) fn hashing() -> Arc<dyn Embedder> {
     Arc::new(HashingEmbedder::default())
+}
+
+/// The hashing embedder's vectors, declared dense as a neural embedder's are: the store keeps
+/// them in its dense layout.
+#[derive(Debug)]
+pub(crate) struct DenseHashing(pub(crate) HashingEmbedder);
+
+#[async_trait]
+impl Embedder for DenseHashing {
+    fn id(&self) -> String {
+        format!("dense-{}", self.0.id())
+    }
+
+    fn dimension(&self) -> usize {
+        self.0.dimension()
+    }
+
+    fn dense(&self) -> bool {
+        true
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Embedding>, EmbedError> {
+        self.0.embed(texts).await
+    }
 }
 
 pub(crate) async fn search_ids(store: &dyn DocumentStore, request: SearchRequest) -> Vec<String> {

@@ -54,6 +54,7 @@ pub(crate) async fn filter_applies_before_the_top_k_cut(open: impl Open) {
     // With no vectors at all, only the keyword side can find documents.
     for embedder in [
         Arc::new(HashingEmbedder::default()) as Arc<dyn Embedder>,
+        Arc::new(DenseHashing(HashingEmbedder::new(256))),
         Arc::new(ScriptedEmbedder(HashMap::new())),
     ] {
         let subject = open.open(embedder).await;
@@ -87,6 +88,69 @@ pub(crate) async fn filter_applies_before_the_top_k_cut(open: impl Open) {
         none.filter = Filter::from_json(&metadata(json!({"team": "nobody"}))).unwrap();
         assert!(store.search(none).await.unwrap().is_empty());
     }
+}
+
+pub(crate) async fn dense_vectors_rank_filter_and_forget_like_sparse_ones(open: impl Open) {
+    let subject = open
+        .open(Arc::new(DenseHashing(HashingEmbedder::new(256))))
+        .await;
+    let store = subject.store.as_ref();
+    store.add_documents("docs", corpus()).await.unwrap();
+    // Misspelt: no keyword matches, so the vector side alone finds it.
+    let hits = search_ids(store, request("docs", "onoin suop recipes", 1)).await;
+    assert_eq!(hits, vec!["soup"]);
+    let mut cities = request("docs", "Northwind Toulouse", 3);
+    cities.filter = Filter::from_json(&metadata(json!({"kind": "city"}))).unwrap();
+    assert_eq!(search_ids(store, cities).await, vec!["toulouse"]);
+
+    // Enough writes and deletes to renumber the index's rows: the survivors keep their vectors.
+    let cities = [
+        "Lisbon",
+        "Oslo",
+        "Nairobi",
+        "Quito",
+        "Hanoi",
+        "Tbilisi",
+        "Reykjavik",
+        "Dakar",
+        "Montevideo",
+        "Yerevan",
+        "Kampala",
+        "Tallinn",
+        "Windhoek",
+        "Asuncion",
+        "Bishkek",
+        "Valletta",
+        "Maputo",
+        "Thimphu",
+        "Ljubljana",
+        "Paramaribo",
+    ];
+    let filler: Vec<NewDocument> = (0..120usize)
+        .map(|n| {
+            let text = match n.checked_sub(100) {
+                Some(city) => format!("Shipment manifest bound for {}", cities[city]),
+                None => format!("Filler note {n} on logistics"),
+            };
+            doc(&format!("filler-{n:03}"), &text)
+        })
+        .collect();
+    store.add_documents("docs", filler).await.unwrap();
+    let gone: Vec<String> = (0..100).map(|n| format!("filler-{n:03}")).collect();
+    store.delete_documents("docs", gone).await.unwrap();
+    store
+        .delete_documents("docs", vec!["northwind".into()])
+        .await
+        .unwrap();
+    let hits = search_ids(store, request("docs", "onoin suop recipes", 1)).await;
+    assert_eq!(hits, vec!["soup"]);
+    let hits = search_ids(store, request("docs", "Northwnd Aerospce Zephyr", 5)).await;
+    assert!(!hits.contains(&"northwind".to_string()), "{hits:?}");
+    // Misspelt again, so that only the vectors, in their renumbered rows, can tell them apart.
+    let hits = search_ids(store, request("docs", "Shipmnt manifst Nairobbi", 1)).await;
+    assert_eq!(hits, vec!["filler-102"]);
+    let hits = search_ids(store, request("docs", "Shipmnt manifst Paramarib", 1)).await;
+    assert_eq!(hits, vec!["filler-119"]);
 }
 
 pub(crate) async fn keyword_only_and_vector_only_hits_both_appear(open: impl Open) {

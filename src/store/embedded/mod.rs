@@ -40,7 +40,7 @@ use self::rows::{
 use self::schema::{
     configure_writer, load_collections, load_index, migrate, open_failure, open_reader,
 };
-use super::index::VectorIndex;
+use super::index::{Layout, VectorIndex};
 use super::prepare::{PreparedDocument, RRF_K, candidates_for, embed_query, prepare_documents};
 use super::{
     CollectionInfo, DocumentStore, Filter, Hit, NewDocument, ReindexProgress, ReindexReport,
@@ -83,6 +83,8 @@ pub struct EmbeddedStore {
 struct Inner {
     path: PathBuf,
     embedder: Arc<dyn Embedder>,
+    /// How indexes keep the embedder's vectors.
+    layout: Layout,
     writer: Arc<Mutex<Connection>>,
     /// The writer connection's thread.
     write_threads: Threads,
@@ -126,7 +128,7 @@ impl Collection {
             None => state.index.len(),
         };
         documents.fetch_sub(state.index.len(), Ordering::Relaxed);
-        state.index = VectorIndex::default();
+        state.index = VectorIndex::with_layout(state.index.layout());
         state.foreign = Some(Foreign {
             embedder: embedder.to_string(),
             documents: count,
@@ -188,8 +190,9 @@ impl EmbeddedStore {
         .await?;
         let writer = Arc::new(Mutex::new(writer));
         let embedder_id = embedder.id();
+        let layout = layout_for(embedder.as_ref());
         let collections = with_connection(&writer, move |connection| {
-            load_collections(connection, &embedder_id)
+            load_collections(connection, &embedder_id, layout)
         })
         .await?;
         for collection in collections.values() {
@@ -227,6 +230,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 path,
+                layout,
                 embedder,
                 writer,
                 write_threads: Threads::start("store-writer", 1)?,
@@ -267,6 +271,17 @@ impl EmbeddedStore {
             .get(name)
             .cloned()
             .ok_or_else(|| StoreError::CollectionNotFound(name.to_string()))
+    }
+}
+
+/// Dense rows for an embedder that fills every dimension, posting lists for one that does not.
+fn layout_for(embedder: &dyn Embedder) -> Layout {
+    if embedder.dense() {
+        Layout::Dense {
+            dimension: embedder.dimension(),
+        }
+    } else {
+        Layout::Sparse
     }
 }
 
@@ -475,7 +490,7 @@ impl Inner {
         if stored != self.embedder.id() {
             return Err(self.mismatch(&collection.name, &stored));
         }
-        let index = load_index(&connection, collection.id)?;
+        let index = load_index(&connection, collection.id, self.layout)?;
         let mut state = collection.state.write();
         self.documents.fetch_add(index.len(), Ordering::Relaxed);
         state.index = index;
@@ -521,7 +536,10 @@ impl Inner {
             Arc::new(Collection::new(
                 collection_id,
                 name.to_string(),
-                CollectionState::default(),
+                CollectionState {
+                    index: VectorIndex::with_layout(self.layout),
+                    ..CollectionState::default()
+                },
             ))
         });
         let info = {
@@ -604,7 +622,7 @@ impl Inner {
         let info = Collection::info_of(&collection.name, &state);
         self.documents
             .fetch_sub(state.index.len(), Ordering::Relaxed);
-        state.index = VectorIndex::default();
+        state.index = VectorIndex::with_layout(self.layout);
         // A writer that looks the collection up after this creates it anew.
         self.collections.write().remove(&collection.name);
         Ok(info)

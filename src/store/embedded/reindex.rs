@@ -240,7 +240,7 @@ impl Inner {
             "DELETE FROM reindex_staging WHERE collection_id = ?1",
             [collection.id],
         )?;
-        let index = load_index(&transaction, collection.id)?;
+        let index = load_index(&transaction, collection.id, self.layout)?;
         let documents = index.len() as u64;
         let mut state = collection.state.write();
         transaction.commit()?;

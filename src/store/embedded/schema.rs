@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::super::StoreError;
-use super::super::index::VectorIndex;
+use super::super::index::{Layout, VectorIndex};
 use super::rows::{decode_embedding, parse_metadata};
 use super::{Collection, CollectionState, Foreign};
 
@@ -156,6 +156,7 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 pub(super) fn load_collections(
     connection: &Connection,
     embedder_id: &str,
+    layout: Layout,
 ) -> Result<BTreeMap<String, Arc<Collection>>, StoreError> {
     let mut states: HashMap<i64, (String, CollectionState)> = HashMap::new();
     {
@@ -171,7 +172,7 @@ pub(super) fn load_collections(
             let documents: i64 = row.get(4)?;
             let state = CollectionState {
                 version: u64::try_from(version).unwrap_or(0),
-                index: VectorIndex::default(),
+                index: VectorIndex::with_layout(layout),
                 foreign: foreign_embedder(embedder, embedder_id, documents),
             };
             states.insert(row.get(0)?, (row.get(1)?, state));
@@ -209,8 +210,9 @@ pub(super) fn load_collections(
 pub(super) fn load_index(
     connection: &Connection,
     collection_id: i64,
+    layout: Layout,
 ) -> Result<VectorIndex, StoreError> {
-    let mut index = VectorIndex::default();
+    let mut index = VectorIndex::with_layout(layout);
     let mut statement = connection.prepare_cached(
         "SELECT rowid, collection_id, doc_id, metadata, embedding FROM documents \
          WHERE collection_id = ?1 ORDER BY rowid",
