@@ -111,37 +111,7 @@ where
     T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
-    let mut summary = IngestSummary::default();
-    let mut chunks = Vec::new();
-    for root in paths {
-        let files = collect_files(root)?;
-        let base = if root.is_dir() {
-            root.as_path()
-        } else {
-            root.parent().unwrap_or(Path::new(""))
-        };
-        for file in files {
-            if !has_text_extension(&file) {
-                summary.skipped += 1;
-                continue;
-            }
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
-                Err(error) => {
-                    eprintln!("skipping {}: {error}", file.display());
-                    summary.skipped += 1;
-                    continue;
-                }
-            };
-            summary.files += 1;
-            let source = file
-                .strip_prefix(base)
-                .unwrap_or(&file)
-                .to_string_lossy()
-                .replace('\\', "/");
-            chunks.extend(chunk_file(&source, &text, chunk_size));
-        }
-    }
+    let (chunks, mut summary) = read_chunks(paths, chunk_size)?;
 
     let progress = if show_progress {
         ProgressBar::new(chunks.len() as u64)
@@ -204,6 +174,46 @@ fn collect_files(root: &Path) -> Result<Vec<PathBuf>, CliError> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Reads every text and Markdown file under `paths` and cuts it into chunks; files that are
+/// not text, or cannot be read, are skipped and counted.
+pub fn read_chunks(
+    paths: &[PathBuf],
+    chunk_size: usize,
+) -> Result<(Vec<Chunk>, IngestSummary), CliError> {
+    let mut summary = IngestSummary::default();
+    let mut chunks = Vec::new();
+    for root in paths {
+        let files = collect_files(root)?;
+        let base = if root.is_dir() {
+            root.as_path()
+        } else {
+            root.parent().unwrap_or(Path::new(""))
+        };
+        for file in files {
+            if !has_text_extension(&file) {
+                summary.skipped += 1;
+                continue;
+            }
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(error) => {
+                    eprintln!("skipping {}: {error}", file.display());
+                    summary.skipped += 1;
+                    continue;
+                }
+            };
+            summary.files += 1;
+            let source = file
+                .strip_prefix(base)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .replace('\\', "/");
+            chunks.extend(chunk_file(&source, &text, chunk_size));
+        }
+    }
+    Ok((chunks, summary))
 }
 
 /// Cuts a file into chunks of at most `chunk_size` characters: whole paragraphs where they

@@ -288,3 +288,58 @@ async fn a_collection_of_another_embedder_fails_its_queries_until_reindexed_onli
     let result = query_result(&mut server.client, question("conference travel reimbursed")).await;
     assert!(!result.sources.is_empty(), "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retrieval_benchmark_scores_every_configured_retriever() {
+    let mock = MockLlmServer::start(MockScript::default().with_embedding_dimension(64))
+        .await
+        .expect("mock");
+    let output = run(vec![
+        "bench".into(),
+        "retrieval".into(),
+        "--dataset".into(),
+        examples().join("questions.json").display().to_string(),
+        "--corpus".into(),
+        examples().join("handbook").display().to_string(),
+        "--embedding-base-url".into(),
+        mock.base_url(),
+        "--embedding-model".into(),
+        "mock-embed".into(),
+        "--embedding-dimensions".into(),
+        "64".into(),
+        "--reranker-base-url".into(),
+        format!("{}/v2", mock.origin()),
+        "--reranker-model".into(),
+        "rerank-mock".into(),
+    ])
+    .await;
+    for row in [
+        "| BM25 |",
+        "| hashing vectors |",
+        "| hybrid: BM25 + hashing |",
+        "| openai:mock-embed:64 vectors |",
+        "| hybrid: BM25 + openai:mock-embed:64 |",
+        "| hybrid + cohere:rerank-mock |",
+    ] {
+        assert!(output.contains(row), "{row} missing from:\n{output}");
+    }
+    // Every question of the set has its answer among the first 20 hits of BM25.
+    let bm25 = output
+        .lines()
+        .find(|line| line.starts_with("| BM25 |"))
+        .expect("a BM25 row");
+    let recall_at_20: f64 = bm25
+        .split('|')
+        .nth(3)
+        .expect("a column")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(recall_at_20 > 0.9, "{bm25}");
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|request| request.path == "/v2/rerank"),
+        "the reranker was asked"
+    );
+}

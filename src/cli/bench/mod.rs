@@ -2,6 +2,7 @@
 //! search latency on the embedded store, and a soak under mixed traffic. Synthetic documents come from a seeded generator, so
 //! runs are comparable. Build with `--release` for numbers worth quoting.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -21,6 +22,7 @@ mod probes;
 mod process;
 mod protocols;
 mod replicas;
+mod retrieval;
 mod soak;
 mod store;
 
@@ -45,6 +47,9 @@ enum Suite {
     /// Queries/s through one replica and through two sharing one PostgreSQL
     /// (`--database-url`) and one Redis (`--redis-url`); not part of `all`.
     Replicas,
+    /// Recall@5, recall@20 and MRR@10 of every configured retriever over `--dataset`; not
+    /// part of `all`.
+    Retrieval,
 }
 
 /// Arguments of `deeprecall bench`.
@@ -111,6 +116,35 @@ pub struct BenchArgs {
     /// Soak: seed of the traffic mix (default: a random one, printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Retrieval: JSONL of questions with the ids of their relevant passages
+    /// (`supporting_ids`, as `deeprecall eval` datasets have, or `relevant_ids`).
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// Retrieval: files or directory the passages come from, read as `deeprecall ingest`
+    /// reads them.
+    #[arg(long, default_value_os_t = retrieval::default_corpus())]
+    corpus: PathBuf,
+    /// Retrieval: a sentence-transformers model directory (local embedder).
+    #[arg(long)]
+    embedding_model_dir: Option<PathBuf>,
+    /// Retrieval: an OpenAI-compatible embeddings API root (openai embedder).
+    #[arg(long)]
+    embedding_base_url: Option<String>,
+    /// Retrieval: the openai embedder's model.
+    #[arg(long)]
+    embedding_model: Option<String>,
+    /// Retrieval: the openai embedder's vector size.
+    #[arg(long)]
+    embedding_dimensions: Option<usize>,
+    /// Retrieval: a cross-encoder model directory (local reranker).
+    #[arg(long)]
+    reranker_model_dir: Option<PathBuf>,
+    /// Retrieval: a Cohere-compatible rerank API root (cohere reranker).
+    #[arg(long)]
+    reranker_base_url: Option<String>,
+    /// Retrieval: the cohere reranker's model.
+    #[arg(long)]
+    reranker_model: Option<String>,
 }
 
 /// Runs the benchmarks and prints one line per measurement.
@@ -153,6 +187,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     }
     if args.suite == Suite::Soak {
         soak::soak(&args).await?;
+    }
+    if args.suite == Suite::Retrieval {
+        return retrieval::run(&args).await;
     }
     if args.suite == Suite::Replicas {
         let (Some(database_url), Some(redis_url)) = (&args.database_url, &args.redis_url) else {

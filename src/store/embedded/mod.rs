@@ -263,6 +263,53 @@ impl EmbeddedStore {
             .await
     }
 
+    /// Searches by one ranking or both: the retrieval benchmark compares them, a query always
+    /// fuses both.
+    pub(crate) async fn search_ranked(
+        &self,
+        request: SearchRequest,
+        ranking: Ranking,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let SearchRequest {
+            collection,
+            query,
+            top_k,
+            filter,
+        } = request;
+        let handle = self.collection_handle(&collection)?;
+        self.refuse_foreign(&handle).await?;
+        if top_k == 0 {
+            return Ok(Vec::new());
+        }
+        // Restricting matches to the collection inside FTS5 walks a doclist as long as the
+        // collection, which only pays off when other collections hold most of the documents;
+        // otherwise the in-memory rowid map rejects other collections' rows for free. A writer
+        // holds the state through its commit's fsync: rather than block an async worker on
+        // it, a collection being written is searched unscoped, which finds the same hits.
+        let in_collection = handle
+            .state
+            .try_read()
+            .map_or(usize::MAX, |state| state.index.len());
+        let scoped = in_collection.saturating_mul(2) < self.inner.documents.load(Ordering::Relaxed);
+        let keyword = keyword_query(handle.id, &query, scoped);
+        let query_embedding = embed_query(self.inner.embedder.as_ref(), query).await?;
+        let search = PreparedSearch {
+            query_embedding,
+            keyword: keyword.filter(|_| ranking != Ranking::Vector),
+            by_vector: ranking != Ranking::Keyword,
+            top_k,
+            filter,
+        };
+        if let Some(hits) = self.inner.try_search_without_waiting(&handle, &search) {
+            return hits;
+        }
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .read_threads
+            .run(move || inner.search(&handle, &search))
+            .await
+    }
+
     fn collection_handle(&self, name: &str) -> Result<Arc<Collection>, StoreError> {
         validate_collection_name(name)?;
         self.inner
@@ -343,43 +390,7 @@ impl DocumentStore for EmbeddedStore {
     }
 
     async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
-        let SearchRequest {
-            collection,
-            query,
-            top_k,
-            filter,
-        } = request;
-        let handle = self.collection_handle(&collection)?;
-        self.refuse_foreign(&handle).await?;
-        if top_k == 0 {
-            return Ok(Vec::new());
-        }
-        // Restricting matches to the collection inside FTS5 walks a doclist as long as the
-        // collection, which only pays off when other collections hold most of the documents;
-        // otherwise the in-memory rowid map rejects other collections' rows for free. A writer
-        // holds the state through its commit's fsync: rather than block an async worker on
-        // it, a collection being written is searched unscoped, which finds the same hits.
-        let in_collection = handle
-            .state
-            .try_read()
-            .map_or(usize::MAX, |state| state.index.len());
-        let scoped = in_collection.saturating_mul(2) < self.inner.documents.load(Ordering::Relaxed);
-        let keyword = keyword_query(handle.id, &query, scoped);
-        let query_embedding = embed_query(self.inner.embedder.as_ref(), query).await?;
-        let search = PreparedSearch {
-            query_embedding,
-            keyword,
-            top_k,
-            filter,
-        };
-        if let Some(hits) = self.inner.try_search_without_waiting(&handle, &search) {
-            return hits;
-        }
-        let inner = Arc::clone(&self.inner);
-        self.inner
-            .read_threads
-            .run(move || inner.search(&handle, &search))
-            .await
+        self.search_ranked(request, Ranking::Hybrid).await
     }
 
     async fn check_searchable(&self, collection: &str) -> Result<(), StoreError> {
@@ -669,6 +680,7 @@ impl Inner {
         let PreparedSearch {
             query_embedding,
             keyword,
+            by_vector,
             top_k,
             filter,
         } = search;
@@ -677,12 +689,16 @@ impl Inner {
         // calls) on its own; in one, they are taken once. Dropped on an error, it rolls back,
         // which ends a read as well as a commit does.
         let transaction = connection.unchecked_transaction()?;
-        let by_vector: Vec<i64> = state
-            .index
-            .search(query_embedding, candidates, filter)
-            .into_iter()
-            .map(|(rowid, _)| rowid)
-            .collect();
+        let by_vector: Vec<i64> = if *by_vector {
+            state
+                .index
+                .search(query_embedding, candidates, filter)
+                .into_iter()
+                .map(|(rowid, _)| rowid)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let by_keyword = match keyword {
             Some(keyword) => {
                 let indexed = self.documents.load(Ordering::Relaxed);
@@ -725,6 +741,18 @@ impl Inner {
 struct PreparedSearch {
     query_embedding: Embedding,
     keyword: Option<KeywordQuery>,
+    by_vector: bool,
     top_k: usize,
     filter: Filter,
+}
+
+/// Which rankings a search fuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ranking {
+    /// Vectors and BM25, fused by reciprocal rank: what every query does.
+    Hybrid,
+    /// BM25 alone.
+    Keyword,
+    /// Vectors alone.
+    Vector,
 }

@@ -341,6 +341,7 @@ fn prepared(collection_id: i64, text: &str, filter: Filter) -> PreparedSearch {
     PreparedSearch {
         query_embedding: HashingEmbedder::default().embed_text(text),
         keyword: keyword_query(collection_id, text, false),
+        by_vector: true,
         top_k: 3,
         filter,
     }
@@ -506,4 +507,28 @@ async fn replacing_and_deleting_keep_the_full_text_index_consistent() {
         .await
         .unwrap();
     assert_fts_consistent(&store);
+}
+
+#[tokio::test]
+async fn a_search_by_one_ranking_leaves_out_what_only_the_other_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.add_documents("docs", corpus()).await.unwrap();
+    // Misspelt: only the vectors' character n-grams match.
+    let misspelt = request("docs", "onoin suop recipys", 3);
+    let by_vector = store
+        .search_ranked(misspelt.clone(), Ranking::Vector)
+        .await
+        .unwrap();
+    assert_eq!(by_vector[0].id, "soup");
+    let by_keyword = store
+        .search_ranked(misspelt.clone(), Ranking::Keyword)
+        .await
+        .unwrap();
+    assert!(by_keyword.is_empty(), "{by_keyword:?}");
+    // Only the keyword ranking: every hit holds one of the words.
+    let exact = request("docs", "Garonne", 3);
+    let by_keyword = store.search_ranked(exact, Ranking::Keyword).await.unwrap();
+    let ids: Vec<&str> = by_keyword.iter().map(|hit| hit.id.as_str()).collect();
+    assert_eq!(ids, ["toulouse"]);
 }
