@@ -3,19 +3,33 @@
 //! list every document under every dimension.
 //!
 //! The scan is memory-bound: a query reads every row once, in order, which the hardware
-//! prefetcher streams. The dot product keeps eight independent sums so that the compiler
-//! turns it into SIMD multiply-adds without reassociating floating-point sums itself.
+//! prefetcher streams. So it reads rows quantised to one byte a dimension (each row scaled by
+//! its largest component), a quarter of the floats' bytes, and only the best candidates of
+//! that pass are scored again on the exact floats. The dot products keep eight independent
+//! sums so that the compiler turns them into SIMD multiply-adds without reassociating sums
+//! itself.
 
 use crate::embed::Embedding;
 
 /// Lanes summed independently by [`dot`].
 const LANES: usize = 8;
 
-/// Rows of `dimension` floats, one per slot of the index.
+/// Rows of `dimension` floats, one per slot of the index, and the same rows quantised.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DenseRows {
     dimension: usize,
     values: Vec<f32>,
+    /// Each row as `round(value / scale)`, with `scale` the row's largest magnitude / 127.
+    codes: Vec<i8>,
+    /// The scale of each row's codes.
+    scales: Vec<f32>,
+}
+
+/// A query spread over a row's width, exact and quantised.
+pub(crate) struct DenseQuery {
+    values: Vec<f32>,
+    codes: Vec<i8>,
+    scale: f32,
 }
 
 impl DenseRows {
@@ -23,6 +37,8 @@ impl DenseRows {
         DenseRows {
             dimension: dimension.max(1),
             values: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
         }
     }
 
@@ -32,20 +48,16 @@ impl DenseRows {
 
     /// Appends a row; dimensions beyond the row's width are dropped, missing ones are zero.
     pub(crate) fn push(&mut self, embedding: &Embedding) {
-        let start = self.values.len();
-        self.values.resize(start + self.dimension, 0.0);
-        let row = &mut self.values[start..];
-        for (index, value) in embedding.indices.iter().zip(&embedding.values) {
-            if let Some(slot) = row.get_mut(*index as usize) {
-                *slot = *value;
-            }
-        }
+        let row = self.spread_values(embedding);
+        let (codes, scale) = quantise(&row);
+        self.values.extend_from_slice(&row);
+        self.codes.extend_from_slice(&codes);
+        self.scales.push(scale);
     }
 
-    /// Spreads a query's embedding over a row's width.
-    pub(crate) fn spread(&self, query: &Embedding) -> Vec<f32> {
+    fn spread_values(&self, embedding: &Embedding) -> Vec<f32> {
         let mut dense = vec![0.0; self.dimension];
-        for (index, value) in query.indices.iter().zip(&query.values) {
+        for (index, value) in embedding.indices.iter().zip(&embedding.values) {
             if let Some(slot) = dense.get_mut(*index as usize) {
                 *slot = *value;
             }
@@ -53,11 +65,32 @@ impl DenseRows {
         dense
     }
 
-    /// Writes each row's dot product with `query` into `scores`, slot by slot.
-    pub(crate) fn score_into(&self, query: &[f32], scores: &mut [f32]) {
-        for (row, score) in self.values.chunks_exact(self.dimension).zip(scores) {
-            *score = dot(row, query);
+    /// Spreads a query's embedding over a row's width.
+    pub(crate) fn spread(&self, query: &Embedding) -> DenseQuery {
+        let values = self.spread_values(query);
+        let (codes, scale) = quantise(&values);
+        DenseQuery {
+            values,
+            codes,
+            scale,
         }
+    }
+
+    /// Writes each row's approximate dot product with `query`, from the quantised rows, into
+    /// `scores`, slot by slot.
+    pub(crate) fn approximate_into(&self, query: &DenseQuery, scores: &mut [f32]) {
+        let rows = self.codes.chunks_exact(self.dimension).zip(&self.scales);
+        for ((row, scale), score) in rows.zip(scores) {
+            *score = dot_codes(row, &query.codes) as f32 * scale * query.scale;
+        }
+    }
+
+    /// Returns the exact dot product of the row in `slot` with `query`.
+    pub(crate) fn exact(&self, slot: usize, query: &DenseQuery) -> f32 {
+        let start = slot * self.dimension;
+        self.values
+            .get(start..start + self.dimension)
+            .map_or(0.0, |row| dot(row, &query.values))
     }
 
     /// Keeps the rows of the slots `remap` keeps, in order: `remap[old]` is the new slot, or
@@ -66,16 +99,57 @@ impl DenseRows {
     pub(crate) fn compact(&mut self, remap: &[u32]) {
         let width = self.dimension;
         for (old, new) in remap.iter().enumerate() {
-            if *new != u32::MAX && *new as usize != old {
+            let new = *new as usize;
+            if new != u32::MAX as usize && new != old {
                 let from = old * width;
-                self.values
-                    .copy_within(from..from + width, *new as usize * width);
+                self.values.copy_within(from..from + width, new * width);
+                self.codes.copy_within(from..from + width, new * width);
+                self.scales.copy_within(old..old + 1, new);
             }
         }
         let kept = remap.iter().filter(|new| **new != u32::MAX).count();
         self.values.truncate(kept * width);
         self.values.shrink_to_fit();
+        self.codes.truncate(kept * width);
+        self.codes.shrink_to_fit();
+        self.scales.truncate(kept);
+        self.scales.shrink_to_fit();
     }
+}
+
+/// Quantises a row to one byte a component, scaled by its largest magnitude.
+fn quantise(row: &[f32]) -> (Vec<i8>, f32) {
+    let largest = row
+        .iter()
+        .fold(0.0f32, |largest, value| largest.max(value.abs()));
+    if largest == 0.0 || !largest.is_finite() {
+        return (vec![0; row.len()], 0.0);
+    }
+    let scale = largest / 127.0;
+    let codes = row
+        .iter()
+        .map(|value| (value / scale).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (codes, scale)
+}
+
+/// The dot product of two quantised rows of equal width.
+fn dot_codes(a: &[i8], b: &[i8]) -> i32 {
+    let mut sums = [0i32; LANES];
+    let chunks_a = a.chunks_exact(LANES);
+    let chunks_b = b.chunks_exact(LANES);
+    let tail: i32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| i32::from(*x) * i32::from(*y))
+        .sum();
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for lane in 0..LANES {
+            sums[lane] += i32::from(x[lane]) * i32::from(y[lane]);
+        }
+    }
+    sums.iter().sum::<i32>() + tail
 }
 
 /// The dot product of two rows of equal width.
@@ -112,20 +186,52 @@ mod tests {
     }
 
     #[test]
+    fn quantised_dot_products_stay_close_to_the_exact_ones() {
+        let mut rows = DenseRows::new(384);
+        let unit = |seed: f32| {
+            let raw: Vec<f32> = (0..384).map(|i| (i as f32 * seed).sin()).collect();
+            let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+            raw.iter().map(|v| v / norm).collect::<Vec<f32>>()
+        };
+        for seed in [0.1, 0.2, 0.3, 0.7] {
+            rows.push(&Embedding::from_dense(&unit(seed)));
+        }
+        let query = rows.spread(&Embedding::from_dense(&unit(0.21)));
+        let mut approximate = vec![0.0; 4];
+        rows.approximate_into(&query, &mut approximate);
+        for (slot, approximate) in approximate.iter().enumerate() {
+            let exact = rows.exact(slot, &query);
+            assert!(
+                (approximate - exact).abs() < 0.01,
+                "{approximate} for {exact}"
+            );
+        }
+    }
+
+    #[test]
     fn rows_are_scored_in_slot_order_and_compaction_keeps_the_live_ones() {
         let mut rows = DenseRows::new(3);
         for values in [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] {
             rows.push(&Embedding::from_dense(&values));
         }
         let query = rows.spread(&Embedding::from_dense(&[0.5, 2.0, 3.0]));
-        let mut scores = vec![0.0; 3];
-        rows.score_into(&query, &mut scores);
-        assert_eq!(scores, [0.5, 2.0, 3.0]);
+        let exact: Vec<f32> = (0..3).map(|slot| rows.exact(slot, &query)).collect();
+        assert_eq!(exact, [0.5, 2.0, 3.0]);
+        let mut approximate = vec![0.0; 3];
+        rows.approximate_into(&query, &mut approximate);
+        for (approximate, exact) in approximate.iter().zip(&exact) {
+            assert!(
+                (approximate - exact).abs() < 0.05,
+                "{approximate} for {exact}"
+            );
+        }
 
         rows.compact(&[u32::MAX, 0, 1]);
-        let mut scores = vec![0.0; 2];
-        rows.score_into(&query, &mut scores);
-        assert_eq!(scores, [2.0, 3.0]);
+        let exact: Vec<f32> = (0..2).map(|slot| rows.exact(slot, &query)).collect();
+        assert_eq!(exact, [2.0, 3.0]);
+        let mut approximate = vec![0.0; 2];
+        rows.approximate_into(&query, &mut approximate);
+        assert!(approximate[0] < approximate[1]);
     }
 
     #[test]
@@ -135,11 +241,9 @@ mod tests {
             indices: vec![1, 5],
             values: vec![1.0, 9.0],
         });
-        let mut scores = vec![0.0; 1];
-        rows.score_into(
-            &rows.spread(&Embedding::from_dense(&[0.0, 2.0])),
-            &mut scores,
+        assert_eq!(
+            rows.exact(0, &rows.spread(&Embedding::from_dense(&[0.0, 2.0]))),
+            2.0
         );
-        assert_eq!(scores, [2.0]);
     }
 }

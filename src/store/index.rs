@@ -23,6 +23,11 @@ use crate::embed::Embedding;
 /// Below this many slots, tombstones cost too little to be worth a compaction pass.
 const MIN_SLOTS_TO_COMPACT: usize = 64;
 
+/// Candidates of the quantised ranking scored again exactly, per hit wanted, and at least
+/// this many more than the hits.
+const DENSE_OVERSAMPLE: usize = 4;
+const DENSE_MIN_EXTRA: usize = 32;
+
 /// Rowid of a deleted slot. SQLite assigns positive rowids, so it never names a document.
 const TOMBSTONE: i64 = i64::MIN;
 
@@ -198,12 +203,7 @@ impl VectorIndex {
         scores.clear();
         scores.resize(self.slot_rowids.len(), 0.0);
         if let Some(rows) = &self.dense {
-            rows.score_into(&rows.spread(query), scores);
-            return self
-                .best(scores, top_k, filter)
-                .into_iter()
-                .map(|candidate| (candidate.rowid, candidate.score))
-                .collect();
+            return self.search_dense(rows, scores, query, top_k, filter);
         }
         for (index, weight) in query.indices.iter().zip(&query.values) {
             let Some(postings) = self.postings.get(index) else {
@@ -217,6 +217,42 @@ impl VectorIndex {
         }
 
         self.best(scores, top_k, filter)
+            .into_iter()
+            .map(|candidate| (candidate.rowid, candidate.score))
+            .collect()
+    }
+
+    /// Ranks by the quantised rows, then scores the best of them again on the exact floats:
+    /// quantisation moves a score by about 0.01, so a few times `top_k` candidates hold the
+    /// exact best.
+    fn search_dense(
+        &self,
+        rows: &DenseRows,
+        scores: &mut [f32],
+        query: &Embedding,
+        top_k: usize,
+        filter: &Filter,
+    ) -> Vec<(i64, f32)> {
+        let query = rows.spread(query);
+        rows.approximate_into(&query, scores);
+        let shortlist = top_k
+            .saturating_mul(DENSE_OVERSAMPLE)
+            .max(top_k + DENSE_MIN_EXTRA);
+        let mut exact: Vec<Candidate> = self
+            .best(scores, shortlist, filter)
+            .into_iter()
+            .filter_map(|candidate| {
+                let slot = *self.by_rowid.get(&candidate.rowid)? as usize;
+                Some(Candidate {
+                    score: rows.exact(slot, &query),
+                    rowid: candidate.rowid,
+                })
+            })
+            .filter(|candidate| candidate.score > 0.0)
+            .collect();
+        exact.sort_by(|a, b| b.cmp(a));
+        exact.truncate(top_k);
+        exact
             .into_iter()
             .map(|candidate| (candidate.rowid, candidate.score))
             .collect()
