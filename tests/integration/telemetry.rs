@@ -48,6 +48,14 @@ async fn a_query_is_traced_from_the_callers_traceparent_down_to_each_model_call_
             &base_url,
             "--cache",
             "none",
+            "--embedder",
+            "openai",
+            "--embedding-model",
+            "mock-embed",
+            "--embedding-base-url",
+            &base_url,
+            "--embedding-dimensions",
+            "64",
         ],
         &[("DEEPRECALL_LLM_API_KEY", "test-key")],
     );
@@ -74,10 +82,19 @@ async fn a_query_is_traced_from_the_callers_traceparent_down_to_each_model_call_
     let mut stream = client.query(request).await.expect("query").into_inner();
     while stream.message().await.expect("events").is_some() {}
 
-    // The model requests carried the trace on to the model's server.
+    // The model requests, and the search's embedding request, carried the trace on to the
+    // model's server (the document's embedding request belongs to AddDocuments' own trace).
     let requests = mock.requests();
-    assert_eq!(requests.len(), 2);
-    for recorded in &requests {
+    let of_path = |path: &str| {
+        requests
+            .iter()
+            .filter(|recorded| recorded.path == path)
+            .collect::<Vec<_>>()
+    };
+    let chats = of_path("/v1/chat/completions");
+    let embeddings = of_path("/v1/embeddings");
+    assert_eq!((chats.len(), embeddings.len()), (2, 2), "{requests:#?}");
+    for recorded in chats.iter().chain(&embeddings[1..]) {
         let traceparent = recorded.header("traceparent").expect("traceparent sent");
         assert!(traceparent.contains(TRACE_ID), "{traceparent}");
     }
