@@ -202,6 +202,26 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (
+                EngineError::Store(StoreError::EmbedderMismatch {
+                    collection: "c".into(),
+                    stored: "a".into(),
+                    configured: "b".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                EngineError::Store(StoreError::Unsupported("no".into())),
+                Code::Unimplemented,
+            ),
+            (
+                EngineError::Store(StoreError::Embed(EmbedError::Misconfigured("key".into()))),
+                Code::FailedPrecondition,
+            ),
+            (
+                EngineError::Store(StoreError::Embed(EmbedError::BadResponse("65".into()))),
+                Code::Unavailable,
+            ),
+            (
                 EngineError::Llm(LlmError::Unavailable("down".into())),
                 Code::Unavailable,
             ),

@@ -384,4 +384,24 @@ mod tests {
         )));
         assert_eq!(error.message, "internal error");
     }
+
+    #[test]
+    fn a_collection_of_another_embedder_is_a_conflict_naming_both() {
+        let error = HttpError::from(EngineError::Store(StoreError::EmbedderMismatch {
+            collection: "handbook".into(),
+            stored: "hashing-v1:4096".into(),
+            configured: "openai:text-embedding-3-small:1536".into(),
+        }));
+        assert_eq!(error.status, StatusCode::CONFLICT);
+        assert!(
+            error.message.contains("hashing-v1:4096"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("deeprecall reindex"),
+            "{}",
+            error.message
+        );
+    }
 }
