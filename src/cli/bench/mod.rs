@@ -124,10 +124,10 @@ pub struct BenchArgs {
     /// reads them.
     #[arg(long, default_value_os_t = retrieval::default_corpus())]
     corpus: PathBuf,
-    /// Retrieval: a sentence-transformers model directory (local embedder).
+    /// Retrieval and ingest: a sentence-transformers model directory (local embedder).
     #[arg(long)]
     embedding_model_dir: Option<PathBuf>,
-    /// Retrieval: an OpenAI-compatible embeddings API root (openai embedder).
+    /// Retrieval and ingest: an OpenAI-compatible embeddings API root (openai embedder).
     #[arg(long)]
     embedding_base_url: Option<String>,
     /// Retrieval: the openai embedder's model.

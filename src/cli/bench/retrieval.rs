@@ -149,7 +149,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), CliError> {
 }
 
 /// The embedder and reranker settings the bench's flags give.
-fn retrieval_config(args: &BenchArgs) -> Config {
+pub(super) fn retrieval_config(args: &BenchArgs) -> Config {
     let mut config = Config::default();
     let embedding = &mut config.embedding;
     if let Some(dir) = &args.embedding_model_dir {

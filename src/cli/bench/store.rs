@@ -28,7 +28,13 @@ async fn ingest_into(
     label: &str,
     store: Option<StoreConfig>,
 ) -> Result<(), CliError> {
+    let embedding = super::retrieval::retrieval_config(args).embedding;
+    let embedder = match embedding.embedder {
+        crate::config::EmbedderKind::Hashing => String::new(),
+        kind => format!(", {} embedder", kind.as_str()),
+    };
     let server = BenchServer::start_with(|config| {
+        config.embedding = embedding;
         if let Some(store) = store {
             config.store = StoreConfig {
                 data_dir: config.store.data_dir.clone(),
@@ -61,7 +67,8 @@ async fn ingest_into(
         })
         .await;
     println!(
-        "ingest ({label}): {} documents in {:.2} s over gRPC, batches of {} = {:.0} documents/s",
+        "ingest ({label}{embedder}): {} documents in {:.2} s over gRPC, batches of {} = {:.0} \
+         documents/s",
         args.ingest_documents,
         elapsed.as_secs_f64(),
         args.batch_size,
