@@ -42,10 +42,6 @@ impl DenseRows {
         }
     }
 
-    pub(crate) fn dimension(&self) -> usize {
-        self.dimension
-    }
-
     /// Appends a row; dimensions beyond the row's width are dropped, missing ones are zero.
     pub(crate) fn push(&mut self, embedding: &Embedding) {
         let row = self.spread_values(embedding);

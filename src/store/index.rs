@@ -90,16 +90,6 @@ impl VectorIndex {
         }
     }
 
-    /// Returns how the index keeps its vectors.
-    pub(crate) fn layout(&self) -> Layout {
-        match &self.dense {
-            None => Layout::Sparse,
-            Some(rows) => Layout::Dense {
-                dimension: rows.dimension(),
-            },
-        }
-    }
-
     /// Returns the number of live documents.
     pub(crate) fn len(&self) -> usize {
         self.by_rowid.len()

@@ -128,7 +128,8 @@ impl Collection {
             None => state.index.len(),
         };
         documents.fetch_sub(state.index.len(), Ordering::Relaxed);
-        state.index = VectorIndex::with_layout(state.index.layout());
+        // Nothing searches it while foreign; a reload builds it anew in the store's layout.
+        state.index = VectorIndex::default();
         state.foreign = Some(Foreign {
             embedder: embedder.to_string(),
             documents: count,
