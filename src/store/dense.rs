@@ -207,17 +207,18 @@ mod tests {
     #[test]
     fn rows_are_scored_in_slot_order_and_compaction_keeps_the_live_ones() {
         let mut rows = DenseRows::new(3);
-        for values in [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] {
+        // Rows of different magnitudes quantise with different scales.
+        for values in [[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.25]] {
             rows.push(&Embedding::from_dense(&values));
         }
-        let query = rows.spread(&Embedding::from_dense(&[0.5, 2.0, 3.0]));
+        let query = rows.spread(&Embedding::from_dense(&[0.5, 2.0, 12.0]));
         let exact: Vec<f32> = (0..3).map(|slot| rows.exact(slot, &query)).collect();
-        assert_eq!(exact, [0.5, 2.0, 3.0]);
+        assert_eq!(exact, [2.0, 2.0, 3.0]);
         let mut approximate = vec![0.0; 3];
         rows.approximate_into(&query, &mut approximate);
         for (approximate, exact) in approximate.iter().zip(&exact) {
             assert!(
-                (approximate - exact).abs() < 0.05,
+                (approximate - exact).abs() < 0.2,
                 "{approximate} for {exact}"
             );
         }
@@ -227,7 +228,13 @@ mod tests {
         assert_eq!(exact, [2.0, 3.0]);
         let mut approximate = vec![0.0; 2];
         rows.approximate_into(&query, &mut approximate);
-        assert!(approximate[0] < approximate[1]);
+        // Each row kept its own scale through the move.
+        for (approximate, exact) in approximate.iter().zip(&exact) {
+            assert!(
+                (approximate - exact).abs() < 0.2,
+                "{approximate} for {exact}"
+            );
+        }
     }
 
     #[test]
