@@ -265,3 +265,39 @@ async fn an_emptied_collection_takes_the_new_embedder_on_its_next_write() {
         ["fresh"]
     );
 }
+
+#[tokio::test]
+async fn a_document_written_between_the_last_batch_and_the_swap_is_embedded_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    written_with_default(&dir).await;
+    let path = dir.path().join("data").join(super::super::DATABASE_FILE);
+    let embedder = Counting::new(usize::MAX);
+    let store = open_with(&dir, embedder.clone()).await;
+    // The last batch's progress report comes just before the swap: a writer in another
+    // process adds a document then.
+    let written = Arc::new(AtomicUsize::new(0));
+    let progress: ReindexProgress = {
+        let written = Arc::clone(&written);
+        Arc::new(move |done, total| {
+            if done == total && written.fetch_add(1, Ordering::SeqCst) == 0 {
+                let connection = rusqlite::Connection::open(&path).unwrap();
+                connection
+                    .busy_timeout(std::time::Duration::from_secs(5))
+                    .unwrap();
+                connection
+                    .execute(
+                        "INSERT INTO documents (collection_id, doc_id, content, metadata, embedding) \
+                         SELECT id, 'late', 'A late note about the Garonne delta.', '{}', ?1 \
+                         FROM collections WHERE name = 'docs'",
+                        [super::super::rows::encode_embedding(&Embedding::default())],
+                    )
+                    .unwrap();
+            }
+        })
+    };
+    let report = store.reindex("docs", 10, progress).await.unwrap();
+    assert_eq!((report.documents, report.embedded), (4, 4));
+    assert_eq!(embedder.embedded.load(Ordering::SeqCst), 4);
+    let hits = search_ids(&store, request("docs", "late note delta", 1)).await;
+    assert_eq!(hits, ["late"]);
+}
