@@ -273,8 +273,8 @@ async fn a_document_written_between_the_last_batch_and_the_swap_is_embedded_befo
     let path = dir.path().join("data").join(super::super::DATABASE_FILE);
     let embedder = Counting::new(usize::MAX);
     let store = open_with(&dir, embedder.clone()).await;
-    // The last batch's progress report comes just before the swap: a writer in another
-    // process adds a document then.
+    // A writer in another process adds a document after the last batch was read, behind the
+    // batches' cursor (a rowid below theirs), so that only the swap's check can find it.
     let written = Arc::new(AtomicUsize::new(0));
     let progress: ReindexProgress = {
         let written = Arc::clone(&written);
@@ -286,8 +286,9 @@ async fn a_document_written_between_the_last_batch_and_the_swap_is_embedded_befo
                     .unwrap();
                 connection
                     .execute(
-                        "INSERT INTO documents (collection_id, doc_id, content, metadata, embedding) \
-                         SELECT id, 'late', 'A late note about the Garonne delta.', '{}', ?1 \
+                        "INSERT INTO documents \
+                         (rowid, collection_id, doc_id, content, metadata, embedding) \
+                         SELECT 0, id, 'late', 'A late note about the Garonne delta.', '{}', ?1 \
                          FROM collections WHERE name = 'docs'",
                         [super::super::rows::encode_embedding(&Embedding::default())],
                     )
