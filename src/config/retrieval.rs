@@ -16,7 +16,8 @@ pub enum EmbedderKind {
     Hashing,
     /// Any OpenAI-compatible `/v1/embeddings` (OpenAI, Azure, TEI, Ollama, vLLM, LiteLLM).
     Openai,
-    /// A sentence-transformers model from a local directory (built with `local-models`).
+    /// A sentence-transformers model from a local directory: reserved, refused at start by
+    /// this build.
     Local,
 }
 
@@ -97,7 +98,7 @@ pub enum RerankerKind {
     None,
     /// Cohere's v2 `/rerank` shape, also served by TEI, Jina, Voyage, vLLM and Infinity.
     Cohere,
-    /// A cross-encoder from a local directory (built with `local-models`).
+    /// A cross-encoder from a local directory: reserved, refused at start by this build.
     Local,
 }
 

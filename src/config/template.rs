@@ -78,7 +78,7 @@ health_check_interval_ms = 5000
 # What turns text into the store's vectors (env DEEPRECALL_EMBEDDER, flag --embedder):
 # "hashing" (feature hashing of words: offline, lexical), "openai" (any OpenAI-compatible
 # /v1/embeddings: OpenAI, Azure, TEI, Ollama, vLLM, LiteLLM) or "local" (a sentence-transformers
-# model directory, in builds with the local-models feature). Each collection records the
+# model directory: reserved, not in this build). Each collection records the
 # embedder that made its vectors: under another one, its queries and writes fail with
 # FAILED_PRECONDITION until `deeprecall reindex --collection NAME` re-embeds it.
 embedder = "hashing"
@@ -108,7 +108,8 @@ request_timeout_seconds = 60.0
 [rerank]
 # Reorders each search's fused candidates before the cut to top_k (env DEEPRECALL_RERANKER,
 # flag --reranker): "none", "cohere" (Cohere's v2 /rerank, also served by TEI, Jina, Voyage,
-# vLLM and Infinity) or "local" (a cross-encoder directory, local-models builds). A reranker
+# vLLM and Infinity) or "local" (a cross-encoder directory: reserved, not in this build). A
+# reranker
 # that fails leaves the fused order, with a warning and deeprecall_rerank_failures_total.
 reranker = "none"
 # cohere: model and API root, empty for https://api.cohere.com/v2 (flags --reranker-model,

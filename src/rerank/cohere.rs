@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{RerankError, Reranker};
-use crate::llm::{LlmError, UsageMeter};
 use crate::llm::http::{HttpClient, RetryPolicy, endpoint, headers};
+use crate::llm::{LlmError, UsageMeter};
 use crate::secret::Secret;
 
 /// Cohere's API root.
@@ -168,10 +168,7 @@ fn scores_in_order(count: usize, results: &[RerankResult]) -> Result<Vec<f32>, R
     let mut scores: Vec<Option<f32>> = vec![None; count];
     for result in results {
         let slot = scores.get_mut(result.index).ok_or_else(|| {
-            RerankError::BadResponse(format!(
-                "a score for passage {} of {count}",
-                result.index
-            ))
+            RerankError::BadResponse(format!("a score for passage {} of {count}", result.index))
         })?;
         if slot.replace(result.relevance_score).is_some() {
             return Err(RerankError::BadResponse(format!(

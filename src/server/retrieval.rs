@@ -96,16 +96,13 @@ pub fn build_embedder(
     }
 }
 
-#[cfg(feature = "local-models")]
-fn local_embedder(config: &Config) -> Result<Arc<dyn Embedder>, EmbedError> {
-    crate::embed::local::from_config(&config.embedding)
-        .map(|embedder| embedder as Arc<dyn Embedder>)
-}
-
-#[cfg(not(feature = "local-models"))]
+/// The in-process model runner is not built yet: the setting is reserved so that a config
+/// naming it fails at start with a clear message rather than as an unknown value.
 fn local_embedder(_config: &Config) -> Result<Arc<dyn Embedder>, EmbedError> {
     Err(EmbedError::Misconfigured(
-        "this build has no local embedder: build with `--features local-models`".into(),
+        "the local embedder is not available in this build: use hashing, or openai against a \
+         local server (Text Embeddings Inference, Ollama, vLLM)"
+            .into(),
     ))
 }
 
@@ -150,15 +147,12 @@ pub fn build_reranker(
     }
 }
 
-#[cfg(feature = "local-models")]
-fn local_reranker(config: &Config) -> Result<Arc<dyn Reranker>, RerankError> {
-    crate::rerank::local::from_config(&config.rerank).map(|reranker| reranker as Arc<dyn Reranker>)
-}
-
-#[cfg(not(feature = "local-models"))]
+/// Reserved like [`local_embedder`].
 fn local_reranker(_config: &Config) -> Result<Arc<dyn Reranker>, RerankError> {
     Err(RerankError::Misconfigured(
-        "this build has no local reranker: build with `--features local-models`".into(),
+        "the local reranker is not available in this build: use cohere against a local \
+         server (Text Embeddings Inference, Infinity, vLLM)"
+            .into(),
     ))
 }
 
@@ -196,4 +190,58 @@ fn seconds(value: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|duration| !duration.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused_embedder(config: &Config) -> String {
+        match build_embedder(config, None) {
+            Err(EmbedError::Misconfigured(reason)) => reason,
+            other => panic!("expected a misconfiguration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_fail_at_start_with_their_reason() {
+        let mut config = Config::default();
+        config.embedding.embedder = EmbedderKind::Local;
+        assert!(refused_embedder(&config).contains("not available in this build"));
+
+        config.embedding.embedder = EmbedderKind::Openai;
+        config.embedding.model = "text-embedding-3-small".into();
+        assert!(refused_embedder(&config).contains("DEEPRECALL_EMBEDDING_API_KEY"));
+        config.embedding.api_key = crate::secret::Secret::new("sk-test");
+        let embedder = build_embedder(&config, None).expect("an openai embedder");
+        assert_eq!(embedder.id(), "openai:text-embedding-3-small:1536");
+
+        config.rerank.reranker = RerankerKind::Cohere;
+        config.rerank.model = "rerank-v3.5".into();
+        assert!(matches!(
+            build_reranker(&config, None),
+            Err(RerankError::Misconfigured(reason)) if reason.contains("DEEPRECALL_RERANKER_API_KEY")
+        ));
+        config.rerank.base_url = "http://localhost:8080/v1".into();
+        let reranker = build_reranker(&config, None)
+            .expect("a reranker")
+            .expect("some");
+        assert_eq!(reranker.id(), "cohere:rerank-v3.5");
+        config.rerank.request_timeout_seconds = 0.0;
+        assert!(build_reranker(&config, None).is_err());
+    }
+
+    #[test]
+    fn the_hashing_embedder_takes_the_embedding_dimensions_over_the_store_setting() {
+        let mut config = Config::default();
+        assert_eq!(
+            build_embedder(&config, None).unwrap().id(),
+            "hashing-v1:4096"
+        );
+        config.embedding.dimensions = Some(256);
+        assert_eq!(
+            build_embedder(&config, None).unwrap().id(),
+            "hashing-v1:256"
+        );
+    }
 }

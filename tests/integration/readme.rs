@@ -66,8 +66,6 @@ fn skipped_because(text: &str) -> Option<&'static str> {
         Some("needs a model provider and its key")
     } else if text.contains("--embedder openai") {
         Some("needs an embeddings provider; tests/integration/retrieval.rs runs these flags")
-    } else if text.contains("--features local-models") {
-        Some("builds the local-models feature, which CI builds and tests on its own")
     } else if text.contains("--tls-") {
         Some("needs certificates from the reader's CA; tests/integration/tls.rs runs these flags")
     } else if text.lines().any(|line| line.trim() == "cargo test") {
