@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{EmbedError, Embedder, Embedding};
-use crate::llm::http::{HttpClient, RetryPolicy, endpoint, headers};
+use crate::llm::http::{HttpClient, RetryPolicy, bearer_client, endpoint};
 use crate::llm::{LlmError, UsageMeter};
 use crate::secret::Secret;
 
@@ -136,17 +136,11 @@ impl OpenAiEmbedder {
                 "embedding base URL {base:?} must start with http:// or https://"
             )));
         }
-        let mut pairs = config.extra_headers.clone();
-        if !config.api_key.is_empty() {
-            pairs.push((
-                "authorization".into(),
-                format!("Bearer {}", config.api_key.expose()),
-            ));
-        }
-        let http = HttpClient::new(
+        let http = bearer_client(
+            &config.api_key,
+            &config.extra_headers,
             config.connect_timeout,
             config.request_timeout,
-            headers(&pairs).map_err(misconfigured)?,
             config.retry,
         )
         .map_err(misconfigured)?;

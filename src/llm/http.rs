@@ -52,6 +52,25 @@ pub fn endpoint(url: &str) -> Result<reqwest::Url, LlmError> {
         .map_err(|error| LlmError::Misconfigured(format!("endpoint {url:?} is not a URL: {error}")))
 }
 
+/// Builds a client that sends `extra` headers and, when a key is set, `Authorization: Bearer`:
+/// the form of OpenAI-compatible and Cohere-compatible services.
+pub fn bearer_client(
+    api_key: &Secret,
+    extra: &[(String, String)],
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+) -> Result<HttpClient, LlmError> {
+    let mut pairs = extra.to_vec();
+    if !api_key.is_empty() {
+        pairs.push((
+            "authorization".into(),
+            format!("Bearer {}", api_key.expose()),
+        ));
+    }
+    HttpClient::new(connect_timeout, request_timeout, headers(&pairs)?, retry)
+}
+
 /// An HTTP client for one backend.
 #[derive(Debug, Clone)]
 pub struct HttpClient {

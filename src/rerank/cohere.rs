@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{RerankError, Reranker};
-use crate::llm::http::{HttpClient, RetryPolicy, endpoint, headers};
+use crate::llm::http::{HttpClient, RetryPolicy, bearer_client, endpoint};
 use crate::llm::{LlmError, UsageMeter};
 use crate::secret::Secret;
 
@@ -74,17 +74,11 @@ impl CohereReranker {
                 "reranker base URL {base:?} must start with http:// or https://"
             )));
         }
-        let mut pairs = Vec::new();
-        if !config.api_key.is_empty() {
-            pairs.push((
-                "authorization".into(),
-                format!("Bearer {}", config.api_key.expose()),
-            ));
-        }
-        let http = HttpClient::new(
+        let http = bearer_client(
+            &config.api_key,
+            &[],
             config.connect_timeout,
             config.request_timeout,
-            headers(&pairs).map_err(misconfigured)?,
             config.retry,
         )
         .map_err(misconfigured)?;
