@@ -11,6 +11,8 @@ pub mod engine;
 pub mod http;
 pub mod lane;
 pub mod llm;
+#[cfg(feature = "local-models")]
+pub mod local_model;
 pub mod redis_link;
 pub mod rerank;
 pub mod secret;

@@ -16,8 +16,8 @@ pub enum EmbedderKind {
     Hashing,
     /// Any OpenAI-compatible `/v1/embeddings` (OpenAI, Azure, TEI, Ollama, vLLM, LiteLLM).
     Openai,
-    /// A sentence-transformers model from a local directory: reserved, refused at start by
-    /// this build.
+    /// A sentence-transformers model of the BERT family from a local directory, run on the
+    /// CPU in-process (the `local-models` cargo feature, on by default).
     Local,
 }
 
@@ -98,7 +98,8 @@ pub enum RerankerKind {
     None,
     /// Cohere's v2 `/rerank` shape, also served by TEI, Jina, Voyage, vLLM and Infinity.
     Cohere,
-    /// A cross-encoder from a local directory: reserved, refused at start by this build.
+    /// A BERT cross-encoder from a local directory, run on the CPU in-process (the
+    /// `local-models` cargo feature, on by default).
     Local,
 }
 
@@ -124,6 +125,8 @@ pub struct RerankConfig {
     pub request_timeout_seconds: f64,
     /// Threads running the model (local).
     pub threads: usize,
+    /// Query-passage pairs per forward pass (local).
+    pub batch_size: usize,
 }
 
 impl Default for RerankConfig {
@@ -138,6 +141,7 @@ impl Default for RerankConfig {
             candidates: 50,
             request_timeout_seconds: 10.0,
             threads: 2,
+            batch_size: 16,
         }
     }
 }

@@ -78,7 +78,7 @@ health_check_interval_ms = 5000
 # What turns text into the store's vectors (env DEEPRECALL_EMBEDDER, flag --embedder):
 # "hashing" (feature hashing of words: offline, lexical), "openai" (any OpenAI-compatible
 # /v1/embeddings: OpenAI, Azure, TEI, Ollama, vLLM, LiteLLM) or "local" (a sentence-transformers
-# model directory: reserved, not in this build). Each collection records the
+# model directory of the BERT family, run in-process on the CPU). Each collection records the
 # embedder that made its vectors: under another one, its queries and writes fail with
 # FAILED_PRECONDITION until `deeprecall reindex --collection NAME` re-embeds it.
 embedder = "hashing"
@@ -108,8 +108,7 @@ request_timeout_seconds = 60.0
 [rerank]
 # Reorders each search's fused candidates before the cut to top_k (env DEEPRECALL_RERANKER,
 # flag --reranker): "none", "cohere" (Cohere's v2 /rerank, also served by TEI, Jina, Voyage,
-# vLLM and Infinity) or "local" (a cross-encoder directory: reserved, not in this build). A
-# reranker
+# vLLM and Infinity) or "local" (a BERT cross-encoder directory, run in-process). A reranker
 # that fails leaves the fused order, with a warning and deeprecall_rerank_failures_total.
 reranker = "none"
 # cohere: model and API root, empty for https://api.cohere.com/v2 (flags --reranker-model,
@@ -121,10 +120,11 @@ base_url = ""
 # cohere: API key; prefer env DEEPRECALL_RERANKER_API_KEY or this file (its first line).
 # api_key_file = "/run/secrets/deeprecall/reranker-key"
 # Candidates reordered per search; seconds a rerank request may take before the fused order
-# stands; threads of the local model.
+# stands; threads of the local model and query-passage pairs per forward pass.
 candidates = 50
 request_timeout_seconds = 10.0
 threads = 2
+batch_size = 16
 
 [engine]
 # Passages per search when a request says 0, and the most a request may ask for.

@@ -1,6 +1,8 @@
 //! Turns text into vectors for the store's vector index.
 
 pub mod hashing;
+#[cfg(feature = "local-models")]
+pub mod local;
 pub mod openai;
 
 use async_trait::async_trait;

@@ -2,6 +2,8 @@
 //! together, which judges relevance better than either ranking that chose the candidates.
 
 pub mod cohere;
+#[cfg(feature = "local-models")]
+pub mod local;
 
 use async_trait::async_trait;
 

@@ -96,12 +96,18 @@ pub fn build_embedder(
     }
 }
 
-/// The in-process model runner is not built yet: the setting is reserved so that a config
-/// naming it fails at start with a clear message rather than as an unknown value.
+#[cfg(feature = "local-models")]
+fn local_embedder(config: &Config) -> Result<Arc<dyn Embedder>, EmbedError> {
+    Ok(crate::embed::local::from_config(&config.embedding)?)
+}
+
+/// A build without the `local-models` feature keeps the setting, so that a config naming it
+/// fails at start with a clear message rather than as an unknown value.
+#[cfg(not(feature = "local-models"))]
 fn local_embedder(_config: &Config) -> Result<Arc<dyn Embedder>, EmbedError> {
     Err(EmbedError::Misconfigured(
-        "the local embedder is not available in this build: use hashing, or openai against a \
-         local server (Text Embeddings Inference, Ollama, vLLM)"
+        "the local embedder is not in this build (built without the local-models feature): \
+         use hashing, or openai against a local server (Text Embeddings Inference, Ollama, vLLM)"
             .into(),
     ))
 }
@@ -147,11 +153,17 @@ pub fn build_reranker(
     }
 }
 
-/// Reserved like [`local_embedder`].
+#[cfg(feature = "local-models")]
+fn local_reranker(config: &Config) -> Result<Arc<dyn Reranker>, RerankError> {
+    Ok(crate::rerank::local::from_config(&config.rerank)?)
+}
+
+/// Kept like [`local_embedder`] in a build without the `local-models` feature.
+#[cfg(not(feature = "local-models"))]
 fn local_reranker(_config: &Config) -> Result<Arc<dyn Reranker>, RerankError> {
     Err(RerankError::Misconfigured(
-        "the local reranker is not available in this build: use cohere against a local \
-         server (Text Embeddings Inference, Infinity, vLLM)"
+        "the local reranker is not in this build (built without the local-models feature): \
+         use cohere against a local server (Text Embeddings Inference, Infinity, vLLM)"
             .into(),
     ))
 }
@@ -207,7 +219,13 @@ mod tests {
     fn settings_that_cannot_work_fail_at_start_with_their_reason() {
         let mut config = Config::default();
         config.embedding.embedder = EmbedderKind::Local;
-        assert!(refused_embedder(&config).contains("not available in this build"));
+        if cfg!(feature = "local-models") {
+            assert!(refused_embedder(&config).contains("--embedding-model-dir"));
+            config.embedding.model_dir = Some("/nonexistent/model".into());
+            assert!(refused_embedder(&config).contains("/nonexistent/model"));
+        } else {
+            assert!(refused_embedder(&config).contains("local-models feature"));
+        }
 
         config.embedding.embedder = EmbedderKind::Openai;
         config.embedding.model = "text-embedding-3-small".into();
