@@ -195,6 +195,13 @@ pub struct StoreConfig {
     /// health reports NOT_SERVING (readiness), the whole server's stays SERVING (liveness).
     /// 0 turns the checks off.
     pub health_check_interval_ms: u64,
+    /// Rank offset k of the fusion of the vector ranking with BM25 (each passage scores
+    /// weight / (k + rank) from each ranking that lists it). Unset: 60 for the hashing
+    /// embedder, 10 for a dense one.
+    pub rrf_k: Option<f64>,
+    /// Weight of the vector ranking against BM25's 1. Unset: 1 for the hashing embedder, 3 for
+    /// a dense one.
+    pub vector_weight: Option<f64>,
     /// The standard `PG*` variables of the environment (`PGHOST`, `PGPASSWORD`, …), which fill
     /// in what the URL leaves out. Filled by [`Config::load`], never from a file.
     #[serde(skip)]
@@ -218,6 +225,8 @@ impl Default for StoreConfig {
             sslmode: SslMode::Prefer,
             ssl_ca_file: None,
             health_check_interval_ms: 5_000,
+            rrf_k: None,
+            vector_weight: None,
             libpq_env: BTreeMap::new(),
         }
     }

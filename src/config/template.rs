@@ -73,6 +73,12 @@ sslmode = "prefer"
 # deeprecall.v1.DeepRecall (readiness) reports NOT_SERVING and the server's ("", liveness)
 # stays SERVING. 0 turns the checks off.
 health_check_interval_ms = 5000
+# Hybrid search fuses the vector ranking with BM25's: a passage scores vector_weight / (rrf_k +
+# rank) from the first and 1 / (rrf_k + rank) from the second. Unset: 60 and 1 for the hashing
+# embedder, 10 and 3 for a dense one (openai, local), whose ranking is the better one on
+# questions worded otherwise than their answers (BENCHMARKS.md).
+# rrf_k = 10.0
+# vector_weight = 3.0
 
 [embedding]
 # What turns text into the store's vectors (env DEEPRECALL_EMBEDDER, flag --embedder):

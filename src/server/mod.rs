@@ -102,6 +102,18 @@ pub fn check_settings(config: &Config) -> Result<(), ServerError> {
                 .into(),
         ));
     }
+    for (name, value) in [
+        ("store.rrf_k", config.store.rrf_k),
+        ("store.vector_weight", config.store.vector_weight),
+    ] {
+        if let Some(value) = value
+            && !(value.is_finite() && value >= 0.0)
+        {
+            return Err(ServerError::Setting(format!(
+                "{name} must be a number of at least 0, not {value}"
+            )));
+        }
+    }
     config
         .engine
         .check_default_budget()
@@ -750,5 +762,24 @@ mod tests {
             };
             assert!(error.to_string().contains(setting), "{setting}: {error}");
         }
+    }
+
+    #[test]
+    fn fusion_settings_must_be_finite_and_not_negative() {
+        let mut config = Config::default();
+        config.store.rrf_k = Some(0.0);
+        config.store.vector_weight = Some(2.5);
+        assert!(check_settings(&config).is_ok());
+        config.store.rrf_k = Some(f64::INFINITY);
+        assert!(
+            check_settings(&config)
+                .unwrap_err()
+                .to_string()
+                .contains("store.rrf_k")
+        );
+        config.store.rrf_k = None;
+        config.store.vector_weight = Some(-1.0);
+        let error = check_settings(&config).unwrap_err().to_string();
+        assert!(error.contains("store.vector_weight"), "{error}");
     }
 }

@@ -181,6 +181,8 @@ pub async fn open_store(
                 EmbeddedStoreConfig {
                     data_dir: config.store.data_dir.clone(),
                     read_connections,
+                    rrf_k: config.store.rrf_k,
+                    vector_weight: config.store.vector_weight,
                 },
                 embedder,
             )

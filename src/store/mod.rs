@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use filter::{Filter, FilterError};
 pub use postgres::PostgresStore;
+pub use prepare::Fusion;
 
 use crate::embed::EmbedError;
 
@@ -194,6 +195,13 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
     /// Identifies the embedder the store embeds with, and every setting that changes its
     /// vectors: part of a search cache key.
     fn embedder_id(&self) -> String;
+
+    /// Names how the store ranks and fuses, when settings can change it (`store.rrf_k`,
+    /// `store.vector_weight`): part of a search cache key, so that replicas sharing a cache
+    /// across a change of those settings do not serve each other's hits.
+    fn ranking_id(&self) -> String {
+        String::new()
+    }
 
     /// Returns the best `top_k` documents for the query among those matching the filter.
     async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError>;

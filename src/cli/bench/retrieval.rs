@@ -207,6 +207,7 @@ impl Loaded {
             EmbeddedStoreConfig {
                 data_dir: dir.path().to_path_buf(),
                 read_connections: 1,
+                ..EmbeddedStoreConfig::default()
             },
             embedder,
         )

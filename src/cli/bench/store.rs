@@ -106,6 +106,7 @@ async fn search_in(
                 EmbeddedStoreConfig {
                     data_dir: data_dir.path().to_path_buf(),
                     read_connections: 4,
+                    ..EmbeddedStoreConfig::default()
                 },
                 embedder,
             )

@@ -61,6 +61,7 @@ impl Run<'_> {
                     "filters": filter.to_json(),
                     "top_k": top_k,
                     "embedder": self.inner.store.embedder_id(),
+                    "ranking": self.inner.store.ranking_id(),
                     "reranker": rerank.map(|stage| (stage.reranker.id(), stage.candidates)),
                 }),
             )

@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             every_filter_operator_admits_what_the_filter_matches,
             filter_values_are_data_whatever_they_hold,
             keyword_only_and_vector_only_hits_both_appear,
+            a_dense_embedders_ranking_outweighs_keyword_overlap,
             dense_vectors_rank_filter_and_forget_like_sparse_ones,
             queries_without_content_terms_skip_keyword_search,
             concurrent_writes_and_searches_stay_consistent,
@@ -193,6 +194,30 @@ impl Embedder for ScriptedEmbedder {
             .iter()
             .map(|text| self.0.get(text).cloned().unwrap_or_default())
             .collect())
+    }
+}
+
+/// A [`ScriptedEmbedder`] declared dense, as a neural embedder is: the store fuses its ranking
+/// as a semantic one's.
+#[derive(Debug)]
+pub(crate) struct DenseScripted(pub(crate) ScriptedEmbedder);
+
+#[async_trait]
+impl Embedder for DenseScripted {
+    fn id(&self) -> String {
+        "dense-scripted".to_string()
+    }
+
+    fn dimension(&self) -> usize {
+        self.0.dimension()
+    }
+
+    fn dense(&self) -> bool {
+        true
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Embedding>, EmbedError> {
+        self.0.embed(texts).await
     }
 }
 

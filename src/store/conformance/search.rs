@@ -183,6 +183,52 @@ pub(crate) async fn keyword_only_and_vector_only_hits_both_appear(open: impl Ope
     assert!((hits[0].score - 1.0 / 61.0).abs() < 1e-12);
 }
 
+pub(crate) async fn a_dense_embedders_ranking_outweighs_keyword_overlap(open: impl Open) {
+    let unit = |along: f32, across: u32| {
+        let norm = (along * along + 1.0).sqrt();
+        Embedding {
+            indices: vec![0, across],
+            values: vec![along / norm, 1.0 / norm],
+        }
+    };
+    let query = "amber lantern";
+    let mut vectors = HashMap::new();
+    vectors.insert(query.to_string(), axis(0));
+    // The vectors' first choice, sharing no word with the query.
+    vectors.insert("quiet harbor evening".to_string(), axis(0));
+    let mut documents = vec![doc("target", "quiet harbor evening")];
+    // Eight passages the vectors rank next, from cosine 0.95 down to 0.6.
+    for n in 1..=8u32 {
+        let text = format!("filler note {n}");
+        let cosine = 0.95 - 0.05 * (n - 1) as f32;
+        vectors.insert(
+            text.clone(),
+            unit(cosine / (1.0 - cosine * cosine).sqrt(), 1),
+        );
+        documents.push(doc(&format!("filler-{n}"), &text));
+    }
+    // The only keyword match, tenth by vector (cosine 0.29).
+    vectors.insert("amber lantern catalogue".to_string(), unit(0.3, 2));
+    documents.push(doc("decoy", "amber lantern catalogue"));
+    let subject = open
+        .open(Arc::new(DenseScripted(ScriptedEmbedder(vectors))))
+        .await;
+    let store = subject.store.as_ref();
+    store.add_documents("docs", documents).await.unwrap();
+
+    let hits = store.search(request("docs", query, 4)).await.unwrap();
+    let ids: Vec<&str> = hits.iter().map(|hit| hit.id.as_str()).collect();
+    // Weight 3 and k 10: the target 3/11, the first filler 3/12, the decoy 3/20 + 1/11, the
+    // second filler 3/13. Fused as a lexical embedder's (1/61 against 1/70 + 1/61), the
+    // keyword match would come first.
+    assert_eq!(ids, vec!["target", "filler-1", "decoy", "filler-2"]);
+    assert!((hits[0].score - 3.0 / 11.0).abs() < 1e-9, "{hits:?}");
+    assert!(
+        (hits[2].score - (3.0 / 20.0 + 1.0 / 11.0)).abs() < 1e-9,
+        "{hits:?}"
+    );
+}
+
 pub(crate) async fn queries_without_content_terms_skip_keyword_search(open: impl Open) {
     let subject = open.open(hashing()).await;
     let store = subject.store.as_ref();

@@ -41,7 +41,7 @@ use self::schema::{
     configure_writer, load_collections, load_index, migrate, open_failure, open_reader,
 };
 use super::index::{Layout, VectorIndex};
-use super::prepare::{PreparedDocument, RRF_K, candidates_for, embed_query, prepare_documents};
+use super::prepare::{Fusion, PreparedDocument, candidates_for, embed_query, prepare_documents};
 use super::{
     CollectionInfo, DocumentStore, Filter, Hit, NewDocument, ReindexProgress, ReindexReport,
     SearchRequest, StoreError, StoredDocument, WriteOutcome, validate_collection_name,
@@ -63,6 +63,10 @@ pub struct EmbeddedStoreConfig {
     pub data_dir: PathBuf,
     /// Number of read-only connections serving searches.
     pub read_connections: usize,
+    /// The fusion's rank offset; unset takes the embedder's default ([`Fusion`]).
+    pub rrf_k: Option<f64>,
+    /// The vector ranking's weight against BM25's; unset takes the embedder's default.
+    pub vector_weight: Option<f64>,
 }
 
 impl Default for EmbeddedStoreConfig {
@@ -70,6 +74,8 @@ impl Default for EmbeddedStoreConfig {
         Self {
             data_dir: PathBuf::from("./data"),
             read_connections: 4,
+            rrf_k: None,
+            vector_weight: None,
         }
     }
 }
@@ -85,6 +91,8 @@ struct Inner {
     embedder: Arc<dyn Embedder>,
     /// How indexes keep the embedder's vectors.
     layout: Layout,
+    /// How searches fuse the vector ranking with BM25.
+    fusion: Fusion,
     writer: Arc<Mutex<Connection>>,
     /// The writer connection's thread.
     write_threads: Threads,
@@ -171,6 +179,7 @@ impl EmbeddedStore {
         config: EmbeddedStoreConfig,
         embedder: Arc<dyn Embedder>,
     ) -> Result<EmbeddedStore, StoreError> {
+        let fusion = Fusion::for_embedder(embedder.as_ref(), config.rrf_k, config.vector_weight);
         let data_dir = config.data_dir;
         let path = data_dir.join(DATABASE_FILE);
         let writer = blocking({
@@ -232,6 +241,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 path,
                 layout,
+                fusion,
                 embedder,
                 writer,
                 write_threads: Threads::start("store-writer", 1)?,
@@ -347,6 +357,10 @@ impl fmt::Debug for EmbeddedStore {
 impl DocumentStore for EmbeddedStore {
     fn embedder_id(&self) -> String {
         self.inner.embedder.id()
+    }
+
+    fn ranking_id(&self) -> String {
+        self.inner.fusion.id()
     }
 
     async fn add_documents(
@@ -717,9 +731,9 @@ impl Inner {
 
         let mut fused: HashMap<i64, f64> =
             HashMap::with_capacity(by_vector.len() + by_keyword.len());
-        for ranking in [&by_vector, &by_keyword] {
+        for (vector, ranking) in [(true, &by_vector), (false, &by_keyword)] {
             for (rank, rowid) in ranking.iter().enumerate() {
-                *fused.entry(*rowid).or_insert(0.0) += 1.0 / (RRF_K + rank as f64 + 1.0);
+                *fused.entry(*rowid).or_insert(0.0) += self.fusion.score(vector, rank);
             }
         }
         let mut ranked: Vec<(i64, f64, &str)> = fused

@@ -14,6 +14,7 @@ fn config(dir: &TempDir) -> EmbeddedStoreConfig {
     EmbeddedStoreConfig {
         data_dir: dir.path().join("data"),
         read_connections: 1,
+        ..EmbeddedStoreConfig::default()
     }
 }
 

@@ -36,6 +36,7 @@ fn config(dir: &TempDir) -> EmbeddedStoreConfig {
     EmbeddedStoreConfig {
         data_dir: dir.path().join("data"),
         read_connections: 2,
+        ..EmbeddedStoreConfig::default()
     }
 }
 

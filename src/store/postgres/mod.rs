@@ -33,7 +33,7 @@ pub use self::migrations::{MigrationReport, known_version};
 use self::sql::{
     any_term_query, compile_filter, filter_start, folded_text, search_statement, sparsevec_text,
 };
-use super::prepare::{RRF_K, candidates_for, embed_query, prepare_documents};
+use super::prepare::{Fusion, candidates_for, embed_query, prepare_documents};
 use super::{
     CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, StoredDocument,
     WriteOutcome, validate_collection_name,
@@ -79,6 +79,8 @@ pub struct PostgresStore {
     dimension: usize,
     /// Whether searches ask the HNSW index over folded vectors.
     indexed: bool,
+    /// How searches fuse the vector ranking with BM25.
+    fusion: Fusion,
     /// The search statement for a filter shape is the same text whatever the values, so it is
     /// built once per shape and prepared once per connection.
     statements: Arc<parking_lot::Mutex<HashMap<String, Arc<str>>>>,
@@ -104,6 +106,7 @@ impl PostgresStore {
         embedder: Arc<dyn Embedder>,
     ) -> Result<PostgresStore, StoreError> {
         let pool = connect::pool(config)?;
+        let fusion = Fusion::for_embedder(embedder.as_ref(), config.rrf_k, config.vector_weight);
         let dimension = embedder.dimension();
         let embedder_id = embedder.id();
         let max_wait = Duration::try_from_secs_f64(config.connect_retry_max_seconds.max(0.1))
@@ -139,6 +142,7 @@ impl PostgresStore {
             embedder,
             dimension,
             indexed: config.vector_index == crate::config::VectorIndex::Hnsw,
+            fusion,
             statements: Arc::default(),
         })
     }
@@ -163,7 +167,13 @@ impl PostgresStore {
         if statements.len() >= 1_024 {
             statements.clear();
         }
-        let statement: Arc<str> = search_statement(self.dimension, filter_sql, self.indexed).into();
+        let statement: Arc<str> = search_statement(
+            self.dimension,
+            filter_sql,
+            self.indexed,
+            self.fusion.vector_weight,
+        )
+        .into();
         statements.insert(filter_sql.to_string(), Arc::clone(&statement));
         statement
     }
@@ -181,6 +191,10 @@ fn info(name: &str, version: i64, document_count: i64) -> CollectionInfo {
 impl DocumentStore for PostgresStore {
     fn embedder_id(&self) -> String {
         self.embedder.id()
+    }
+
+    fn ranking_id(&self) -> String {
+        self.fusion.id()
     }
 
     async fn check_reachable(&self) -> Result<(), StoreError> {
@@ -390,7 +404,7 @@ impl DocumentStore for PostgresStore {
             &by_vector,
             &candidates,
             &keywords,
-            &RRF_K,
+            &self.fusion.k,
             &limit,
         ];
         if self.indexed {

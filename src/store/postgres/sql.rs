@@ -212,7 +212,8 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 }
 
 /// The hybrid search: both rankings with the filter inside them, each cut to `$4`
-/// candidates, fused by reciprocal rank (`$6` is the constant) and cut to `$7` hits, in one
+/// candidates, fused by reciprocal rank (`$6` is k, `vector_weight` the vector ranking's weight,
+/// written into the text as a number) and cut to `$7` hits, in one
 /// statement. Parameters: `$1` collection name, `$2` query vector, `$3` whether to rank by
 /// vector, `$5` the tsquery text (empty skips the keyword ranking); with the HNSW index, `$8`
 /// the folded query vector; then the filter's (from [`filter_start`]). The first column is
@@ -222,7 +223,12 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// With the index, the vector ranking asks HNSW (iterative scan, the filter applied inside it)
 /// for `OVERSAMPLE` times the candidates by folded vector, then orders those by the exact
 /// inner product of the sparse vectors; without it, the collection is ranked exactly.
-pub(super) fn search_statement(dimension: usize, filter_sql: &str, indexed: bool) -> String {
+pub(super) fn search_statement(
+    dimension: usize,
+    filter_sql: &str,
+    indexed: bool,
+    vector_weight: f64,
+) -> String {
     let exact = format!("d.embedding::sparsevec({dimension}) <#> $2::text::sparsevec({dimension})");
     let nearest = if indexed {
         format!(
@@ -266,8 +272,11 @@ by_keyword AS (
     ) matched
 ),
 fused AS (
-    SELECT id, sum(1.0 / ($6::float8 + rank)) AS score
-    FROM (SELECT id, rank FROM by_vector UNION ALL SELECT id, rank FROM by_keyword) ranked
+    SELECT id, sum(weight / ($6::float8 + rank)) AS score
+    FROM (
+        SELECT id, rank, {vector_weight:?}::float8 AS weight FROM by_vector
+        UNION ALL SELECT id, rank, 1.0::float8 AS weight FROM by_keyword
+    ) ranked
     GROUP BY id
 )
 SELECT (SELECT id FROM collection), hit.doc_id, hit.content, hit.metadata, hit.score
