@@ -25,6 +25,8 @@ mod eval;
 mod hostile;
 mod http;
 mod lifecycle;
+#[cfg(feature = "local-models")]
+mod local_models;
 mod models;
 mod query;
 mod readme;
