@@ -17,6 +17,7 @@ use crate::config::{Config, StoreBackend, StoreConfig, VectorIndex};
 use crate::server;
 mod cached;
 mod corpus;
+mod embed;
 mod engine;
 mod probes;
 mod process;
@@ -50,6 +51,9 @@ enum Suite {
     /// Recall@5, recall@20 and MRR@10 of every configured retriever over `--dataset`; not
     /// part of `all`.
     Retrieval,
+    /// Chunks/s of the local embedder (`--embedding-model-dir`), beside sentence-transformers
+    /// with `--python`; not part of `all`.
+    Embed,
 }
 
 /// Arguments of `deeprecall bench`.
@@ -120,11 +124,18 @@ pub struct BenchArgs {
     /// (`supporting_ids`, as `deeprecall eval` datasets have, or `relevant_ids`).
     #[arg(long)]
     dataset: Option<PathBuf>,
-    /// Retrieval: files or directory the passages come from, read as `deeprecall ingest`
+    /// Retrieval and embed: files or directory the passages come from, read as `deeprecall ingest`
     /// reads them.
     #[arg(long, default_value_os_t = retrieval::default_corpus())]
     corpus: PathBuf,
-    /// Retrieval and ingest: a sentence-transformers model directory (local embedder).
+    /// Embed: texts embedded, the passages of `--corpus` cycled.
+    #[arg(long, default_value_t = 1_000)]
+    chunks: usize,
+    /// Embed: a Python with sentence-transformers, to embed the same texts beside the local
+    /// embedder in the same run.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Retrieval, embed and ingest: a sentence-transformers model directory (local embedder).
     #[arg(long)]
     embedding_model_dir: Option<PathBuf>,
     /// Retrieval and ingest: an OpenAI-compatible embeddings API root (openai embedder).
@@ -190,6 +201,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     }
     if args.suite == Suite::Retrieval {
         return retrieval::run(&args).await;
+    }
+    if args.suite == Suite::Embed {
+        return embed::run(&args).await;
     }
     if args.suite == Suite::Replicas {
         let (Some(database_url), Some(redis_url)) = (&args.database_url, &args.redis_url) else {

@@ -27,7 +27,7 @@ use crate::store::{
 };
 
 /// Chunk size of `deeprecall ingest`'s default, so that ids match a dataset written for it.
-const CHUNK_SIZE: usize = 1200;
+pub(super) const CHUNK_SIZE: usize = 1200;
 /// Hits fetched per question: the deepest cut scored.
 const DEPTH: usize = 20;
 /// Candidates a reranker reorders.
