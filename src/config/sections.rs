@@ -202,6 +202,9 @@ pub struct StoreConfig {
     /// Weight of the vector ranking against BM25's 1. Unset: 1 for the hashing embedder, 3 for
     /// a dense one.
     pub vector_weight: Option<f64>,
+    /// Embedded store: live documents from which a collection of dense vectors (openai,
+    /// local) is searched through its HNSW graph instead of a full scan.
+    pub hnsw_min_documents: usize,
     /// The standard `PG*` variables of the environment (`PGHOST`, `PGPASSWORD`, …), which fill
     /// in what the URL leaves out. Filled by [`Config::load`], never from a file.
     #[serde(skip)]
@@ -227,6 +230,7 @@ impl Default for StoreConfig {
             health_check_interval_ms: 5_000,
             rrf_k: None,
             vector_weight: None,
+            hnsw_min_documents: 10_000,
             libpq_env: BTreeMap::new(),
         }
     }

@@ -183,6 +183,7 @@ pub async fn open_store(
                     read_connections,
                     rrf_k: config.store.rrf_k,
                     vector_weight: config.store.vector_weight,
+                    hnsw_min_documents: config.store.hnsw_min_documents,
                 },
                 embedder,
             )

@@ -32,6 +32,13 @@ pub(crate) struct DenseQuery {
     scale: f32,
 }
 
+impl DenseQuery {
+    /// The query's floats.
+    pub(crate) fn values(&self) -> &[f32] {
+        &self.values
+    }
+}
+
 impl DenseRows {
     pub(crate) fn new(dimension: usize) -> Self {
         DenseRows {
@@ -40,6 +47,19 @@ impl DenseRows {
             codes: Vec::new(),
             scales: Vec::new(),
         }
+    }
+
+    /// Returns the number of rows.
+    pub(crate) fn len(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Returns the floats of the row in `slot`, empty past the last row.
+    pub(crate) fn row(&self, slot: usize) -> &[f32] {
+        let start = slot * self.dimension;
+        self.values
+            .get(start..start + self.dimension)
+            .unwrap_or(&[])
     }
 
     /// Appends a row; dimensions beyond the row's width are dropped, missing ones are zero.

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::Filter;
 use super::dense::DenseRows;
+use super::hnsw::Graph;
 use crate::embed::Embedding;
 
 /// Below this many slots, tombstones cost too little to be worth a compaction pass.
@@ -27,6 +28,11 @@ const MIN_SLOTS_TO_COMPACT: usize = 64;
 /// this many more than the hits.
 const DENSE_OVERSAMPLE: usize = 4;
 const DENSE_MIN_EXTRA: usize = 32;
+
+/// Live documents from which a dense search asks the graph rather than scanning every row,
+/// unless the store says otherwise (`store.hnsw_min_documents`): below it the scan is fast
+/// and exact (BENCHMARKS.md has the crossing).
+pub(crate) const GRAPH_MIN_DOCUMENTS: usize = 10_000;
 
 /// Rowid of a deleted slot. SQLite assigns positive rowids, so it never names a document.
 const TOMBSTONE: i64 = i64::MIN;
@@ -57,10 +63,13 @@ pub(crate) enum Layout {
     /// Posting lists per dimension, for vectors with few non-zero dimensions.
     #[default]
     Sparse,
-    /// One row of `dimension` floats per document, scanned in full.
+    /// One row of `dimension` floats per document, scanned in full below `graph_from` live
+    /// documents and searched through an HNSW graph from there.
     Dense {
         /// Width of a row.
         dimension: usize,
+        /// Live documents from which searches ask the graph.
+        graph_from: usize,
     },
 }
 
@@ -70,6 +79,11 @@ pub(crate) struct VectorIndex {
     postings: HashMap<u32, Vec<Posting>>,
     /// The vectors, row by slot, when the layout is dense; `postings` stays empty then.
     dense: Option<DenseRows>,
+    /// The graph over the dense rows, kept from the first document so that it is ready the
+    /// moment the collection grows past `graph_from` documents.
+    graph: Option<Graph>,
+    /// Live documents from which dense searches ask the graph.
+    graph_from: usize,
     /// Rowid of each slot, or [`TOMBSTONE`] for a deleted document whose postings remain.
     slot_rowids: Vec<i64>,
     /// The entry of each slot, `None` for a deleted document.
@@ -84,7 +98,15 @@ impl VectorIndex {
         VectorIndex {
             dense: match layout {
                 Layout::Sparse => None,
-                Layout::Dense { dimension } => Some(DenseRows::new(dimension)),
+                Layout::Dense { dimension, .. } => Some(DenseRows::new(dimension)),
+            },
+            graph: match layout {
+                Layout::Sparse => None,
+                Layout::Dense { .. } => Some(Graph::new()),
+            },
+            graph_from: match layout {
+                Layout::Sparse => usize::MAX,
+                Layout::Dense { graph_from, .. } => graph_from,
             },
             ..VectorIndex::default()
         }
@@ -111,7 +133,12 @@ impl VectorIndex {
             return;
         };
         match &mut self.dense {
-            Some(rows) => rows.push(embedding),
+            Some(rows) => {
+                rows.push(embedding);
+                if let Some(graph) = &mut self.graph {
+                    graph.insert(rows);
+                }
+            }
             None => {
                 for (index, value) in embedding.indices.iter().zip(&embedding.values) {
                     if *value != 0.0 {
@@ -224,6 +251,26 @@ impl VectorIndex {
         filter: &Filter,
     ) -> Vec<(i64, f32)> {
         let query = rows.spread(query);
+        if self.by_rowid.len() >= self.graph_from
+            && let Some(graph) = &self.graph
+        {
+            let accept = |slot: u32| {
+                let slot = slot as usize;
+                self.entries
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|entry| filter.is_empty() || filter.matches(&entry.metadata))
+            };
+            if let Some(found) = graph.search(rows, query.values(), top_k, &accept) {
+                return found
+                    .into_iter()
+                    .filter(|(_, similarity)| *similarity > 0.0)
+                    .filter_map(|(slot, similarity)| {
+                        Some((*self.slot_rowids.get(slot as usize)?, similarity))
+                    })
+                    .collect();
+            }
+        }
         rows.approximate_into(&query, scores);
         let shortlist = top_k
             .saturating_mul(DENSE_OVERSAMPLE)
@@ -313,6 +360,9 @@ impl VectorIndex {
         }
         if let Some(rows) = &mut self.dense {
             rows.compact(&remap);
+            if let Some(graph) = &mut self.graph {
+                graph.compact(&remap, rows);
+            }
         }
         self.postings.retain(|_, postings| {
             postings.retain_mut(|posting| {

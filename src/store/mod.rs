@@ -5,6 +5,7 @@ mod conformance;
 mod dense;
 pub mod embedded;
 pub mod filter;
+mod hnsw;
 mod index;
 pub mod postgres;
 mod prepare;

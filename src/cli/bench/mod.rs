@@ -17,6 +17,7 @@ use crate::config::{Config, StoreBackend, StoreConfig, VectorIndex};
 use crate::server;
 mod cached;
 mod corpus;
+mod dense;
 mod embed;
 mod engine;
 mod probes;

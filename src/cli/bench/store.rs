@@ -79,7 +79,10 @@ async fn ingest_into(
 
 pub(super) async fn search(args: &BenchArgs) -> Result<(), CliError> {
     for (label, store) in bench_stores(args)? {
-        search_in(args, label, store).await?;
+        match (&store, args.dense_dimensions) {
+            (None, Some(dimension)) => super::dense::side_by_side(args, dimension).await?,
+            _ => search_in(args, label, store).await?,
+        }
     }
     Ok(())
 }
@@ -189,8 +192,8 @@ async fn search_in(
 /// Unit vectors drawn at random, the same for the same text: the speed of a dense index at a
 /// given size, with none of a model's cost.
 #[derive(Debug)]
-struct RandomDense {
-    dimension: usize,
+pub(super) struct RandomDense {
+    pub(super) dimension: usize,
 }
 
 #[async_trait::async_trait]

@@ -67,6 +67,9 @@ pub struct EmbeddedStoreConfig {
     pub rrf_k: Option<f64>,
     /// The vector ranking's weight against BM25's; unset takes the embedder's default.
     pub vector_weight: Option<f64>,
+    /// Live documents from which a collection of dense vectors is searched through its HNSW
+    /// graph rather than by a full scan.
+    pub hnsw_min_documents: usize,
 }
 
 impl Default for EmbeddedStoreConfig {
@@ -76,6 +79,7 @@ impl Default for EmbeddedStoreConfig {
             read_connections: 4,
             rrf_k: None,
             vector_weight: None,
+            hnsw_min_documents: super::index::GRAPH_MIN_DOCUMENTS,
         }
     }
 }
@@ -200,7 +204,7 @@ impl EmbeddedStore {
         .await?;
         let writer = Arc::new(Mutex::new(writer));
         let embedder_id = embedder.id();
-        let layout = layout_for(embedder.as_ref());
+        let layout = layout_for(embedder.as_ref(), config.hnsw_min_documents);
         let collections = with_connection(&writer, move |connection| {
             load_collections(connection, &embedder_id, layout)
         })
@@ -333,10 +337,11 @@ impl EmbeddedStore {
 }
 
 /// Dense rows for an embedder that fills every dimension, posting lists for one that does not.
-fn layout_for(embedder: &dyn Embedder) -> Layout {
+fn layout_for(embedder: &dyn Embedder, graph_from: usize) -> Layout {
     if embedder.dense() {
         Layout::Dense {
             dimension: embedder.dimension(),
+            graph_from,
         }
     } else {
         Layout::Sparse

@@ -23,9 +23,27 @@ mod conformance {
     crate::store::conformance::conformance_suite!(super::fresh);
 }
 
+/// The suite again with dense vectors searched through the HNSW graph from the first
+/// document, as a collection past `store.hnsw_min_documents` is.
+mod conformance_through_the_graph {
+    crate::store::conformance::conformance_suite!(super::fresh_with_graph);
+}
+
 async fn fresh(embedder: Arc<dyn Embedder>) -> Subject {
+    fresh_in(embedder, EmbeddedStoreConfig::default().hnsw_min_documents).await
+}
+
+async fn fresh_with_graph(embedder: Arc<dyn Embedder>) -> Subject {
+    fresh_in(embedder, 0).await
+}
+
+async fn fresh_in(embedder: Arc<dyn Embedder>, hnsw_min_documents: usize) -> Subject {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(config(&dir), embedder).await.unwrap();
+    let config = EmbeddedStoreConfig {
+        hnsw_min_documents,
+        ..config(&dir)
+    };
+    let store = EmbeddedStore::open(config, embedder).await.unwrap();
     Subject {
         store: Arc::new(store),
         _keep: Box::new(dir),
