@@ -33,6 +33,7 @@ pub enum LaneError {
 /// Threads that run blocking calls one at a time each, in the order the calls came.
 pub struct Lane {
     name: String,
+    threads: usize,
     jobs: mpsc::Sender<Job>,
     /// Calls sent and not yet taken by a thread.
     queued: Arc<AtomicUsize>,
@@ -72,9 +73,15 @@ impl Lane {
         }
         Ok(Lane {
             name: name.to_string(),
+            threads: threads.max(1),
             jobs,
             queued,
         })
+    }
+
+    /// Returns the number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Returns the number of calls waiting for a thread.

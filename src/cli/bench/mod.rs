@@ -132,6 +132,9 @@ pub struct BenchArgs {
     /// Embed: texts embedded, the passages of `--corpus` cycled.
     #[arg(long, default_value_t = 1_000)]
     chunks: usize,
+    /// Embed, retrieval and ingest: threads running the local model.
+    #[arg(long)]
+    embedding_threads: Option<usize>,
     /// Embed: a Python with sentence-transformers, to embed the same texts beside the local
     /// embedder in the same run.
     #[arg(long)]

@@ -155,6 +155,9 @@ pub(super) fn retrieval_config(args: &BenchArgs) -> Config {
     if let Some(dir) = &args.embedding_model_dir {
         embedding.embedder = EmbedderKind::Local;
         embedding.model_dir = Some(dir.clone());
+        if let Some(threads) = args.embedding_threads {
+            embedding.threads = threads;
+        }
     } else if let Some(url) = &args.embedding_base_url {
         embedding.embedder = EmbedderKind::Openai;
         embedding.base_url = url.clone();
