@@ -3,6 +3,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::*;
+use crate::embed::cosine;
 use crate::local_model::{reference, test_model_dir};
 
 fn options(batch_size: usize) -> LocalModelOptions {
@@ -11,24 +12,6 @@ fn options(batch_size: usize) -> LocalModelOptions {
         batch_size,
         max_tokens: None,
     }
-}
-
-fn dense(embedding: &Embedding, dimension: usize) -> Vec<f32> {
-    let mut vector = vec![0.0; dimension];
-    for (index, value) in embedding.indices.iter().zip(&embedding.values) {
-        vector[*index as usize] = *value;
-    }
-    vector
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
 }
 
 fn reference_embeddings() -> Vec<(String, Vec<f32>)> {
@@ -62,7 +45,7 @@ async fn vectors_match_sentence_transformers_in_any_batching() {
         let embeddings = embedder.embed(&texts).await.unwrap();
         assert_eq!(embeddings.len(), texts.len());
         for ((text, want), got) in expected.iter().zip(&embeddings) {
-            let got = dense(got, 384);
+            let got = got.to_dense(384);
             let similarity = cosine(&got, want);
             assert!(
                 similarity >= 0.9999,

@@ -47,6 +47,28 @@ impl Embedding {
         }
         embedding
     }
+
+    /// Spreads the embedding over `dimension` values; indices beyond it are dropped.
+    pub fn to_dense(&self, dimension: usize) -> Vec<f32> {
+        let mut dense = vec![0.0; dimension];
+        for (index, value) in self.indices.iter().zip(&self.values) {
+            if let Some(slot) = dense.get_mut(*index as usize) {
+                *slot = *value;
+            }
+        }
+        dense
+    }
+}
+
+/// Cosine similarity of two vectors, summed in f64; 0 when either is all zeros.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
 }
 
 /// Turns texts into vectors. Implementations must be deterministic for a given [`Embedder::id`]:

@@ -14,7 +14,7 @@ use super::retrieval::{CHUNK_SIZE, retrieval_config};
 use crate::cli::CliError;
 use crate::cli::ingest::read_chunks;
 use crate::config::EmbedderKind;
-use crate::embed::{Embedder, Embedding};
+use crate::embed::{Embedder, Embedding, cosine};
 use crate::server::retrieval::build_embedder;
 
 /// sentence-transformers' side, run as `PYTHON -c`.
@@ -97,7 +97,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), CliError> {
             .first
             .iter()
             .zip(&vectors)
-            .map(|(theirs, ours)| cosine(theirs, &dense(ours, dimension)))
+            .map(|(theirs, ours)| cosine(theirs, &ours.to_dense(dimension)))
             .fold(f64::INFINITY, f64::min);
         println!(
             "lowest cosine between the two sides' vectors of the first {} chunks: {lowest:.6}",
@@ -160,26 +160,6 @@ fn run_peer(
     })
 }
 
-fn dense(embedding: &Embedding, dimension: usize) -> Vec<f32> {
-    let mut vector = vec![0.0; dimension];
-    for (index, value) in embedding.indices.iter().zip(&embedding.values) {
-        if let Some(slot) = vector.get_mut(*index as usize) {
-            *slot = *value;
-        }
-    }
-    vector
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +167,8 @@ mod tests {
     #[test]
     fn sparse_embeddings_are_compared_as_dense_vectors() {
         let embedding = Embedding::from_dense(&[0.0, 3.0, 0.0, 4.0]);
-        assert_eq!(dense(&embedding, 4), vec![0.0, 3.0, 0.0, 4.0]);
+        assert_eq!(embedding.to_dense(4), vec![0.0, 3.0, 0.0, 4.0]);
+        assert_eq!(embedding.to_dense(2), vec![0.0, 3.0]);
         assert!((cosine(&[0.0, 3.0, 0.0, 4.0], &[0.0, 6.0, 0.0, 8.0]) - 1.0).abs() < 1e-12);
         assert!(cosine(&[1.0, 0.0], &[0.0, 1.0]).abs() < 1e-12);
         assert_eq!(cosine(&[0.0, 0.0], &[0.0, 0.0]), 0.0);

@@ -126,27 +126,9 @@ async fn search_in(
         .delete_collection("bench")
         .await
         .map_err(|error| CliError::Io(error.to_string()))?;
-    let mut corpus = Corpus::new(11, args.zipf_offset);
     let loading = Instant::now();
-    let mut index = 0;
-    while index < args.search_documents {
-        let end = (index + 5_000).min(args.search_documents);
-        let batch = (index..end)
-            .map(|n| {
-                let (content, metadata) = corpus.document(n);
-                NewDocument {
-                    id: Some(format!("doc-{n}")),
-                    content,
-                    metadata,
-                }
-            })
-            .collect();
-        store
-            .add_documents("bench", batch)
-            .await
-            .map_err(|error| CliError::Io(error.to_string()))?;
-        index = end;
-    }
+    let mut corpus =
+        load_search_corpus(store.as_ref(), args.search_documents, args.zipf_offset).await?;
     println!(
         "search ({label}): loaded {} documents in {:.1} s",
         args.search_documents,
@@ -187,6 +169,36 @@ async fn search_in(
         .await
         .map_err(|error| CliError::Io(error.to_string()))?;
     Ok(())
+}
+
+/// Writes the search suite's `documents` into the collection "bench", 5,000 a call, and returns
+/// the corpus, ready to draw queries from the same distribution.
+pub(super) async fn load_search_corpus(
+    store: &dyn DocumentStore,
+    documents: usize,
+    zipf_offset: usize,
+) -> Result<Corpus, CliError> {
+    let mut corpus = Corpus::new(11, zipf_offset);
+    let mut index = 0;
+    while index < documents {
+        let end = (index + 5_000).min(documents);
+        let batch = (index..end)
+            .map(|n| {
+                let (content, metadata) = corpus.document(n);
+                NewDocument {
+                    id: Some(format!("doc-{n}")),
+                    content,
+                    metadata,
+                }
+            })
+            .collect();
+        store
+            .add_documents("bench", batch)
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        index = end;
+    }
+    Ok(corpus)
 }
 
 /// Dense unit vectors with none of a model's cost: each word of the bench corpus stands for a

@@ -91,13 +91,13 @@ pub(crate) fn hashing() -> Arc<dyn Embedder> {
     Arc::new(HashingEmbedder::default())
 }
 
-/// The hashing embedder's vectors, declared dense as a neural embedder's are: the store keeps
-/// them in its dense layout.
+/// Another embedder's vectors, declared dense as a neural embedder's are: the store keeps them
+/// in its dense layout and fuses their ranking as a semantic one's.
 #[derive(Debug)]
-pub(crate) struct DenseHashing(pub(crate) HashingEmbedder);
+pub(crate) struct Dense<E>(pub(crate) E);
 
 #[async_trait]
-impl Embedder for DenseHashing {
+impl<E: Embedder> Embedder for Dense<E> {
     fn id(&self) -> String {
         format!("dense-{}", self.0.id())
     }
@@ -194,30 +194,6 @@ impl Embedder for ScriptedEmbedder {
             .iter()
             .map(|text| self.0.get(text).cloned().unwrap_or_default())
             .collect())
-    }
-}
-
-/// A [`ScriptedEmbedder`] declared dense, as a neural embedder is: the store fuses its ranking
-/// as a semantic one's.
-#[derive(Debug)]
-pub(crate) struct DenseScripted(pub(crate) ScriptedEmbedder);
-
-#[async_trait]
-impl Embedder for DenseScripted {
-    fn id(&self) -> String {
-        "dense-scripted".to_string()
-    }
-
-    fn dimension(&self) -> usize {
-        self.0.dimension()
-    }
-
-    fn dense(&self) -> bool {
-        true
-    }
-
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Embedding>, EmbedError> {
-        self.0.embed(texts).await
     }
 }
 

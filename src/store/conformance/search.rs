@@ -54,7 +54,7 @@ pub(crate) async fn filter_applies_before_the_top_k_cut(open: impl Open) {
     // With no vectors at all, only the keyword side can find documents.
     for embedder in [
         Arc::new(HashingEmbedder::default()) as Arc<dyn Embedder>,
-        Arc::new(DenseHashing(HashingEmbedder::new(256))),
+        Arc::new(Dense(HashingEmbedder::new(256))),
         Arc::new(ScriptedEmbedder(HashMap::new())),
     ] {
         let subject = open.open(embedder).await;
@@ -91,9 +91,7 @@ pub(crate) async fn filter_applies_before_the_top_k_cut(open: impl Open) {
 }
 
 pub(crate) async fn dense_vectors_rank_filter_and_forget_like_sparse_ones(open: impl Open) {
-    let subject = open
-        .open(Arc::new(DenseHashing(HashingEmbedder::new(256))))
-        .await;
+    let subject = open.open(Arc::new(Dense(HashingEmbedder::new(256)))).await;
     let store = subject.store.as_ref();
     store.add_documents("docs", corpus()).await.unwrap();
     // Misspelt: no keyword matches, so the vector side alone finds it.
@@ -210,9 +208,7 @@ pub(crate) async fn a_dense_embedders_ranking_outweighs_keyword_overlap(open: im
     // The only keyword match, tenth by vector (cosine 0.29).
     vectors.insert("amber lantern catalogue".to_string(), unit(0.3, 2));
     documents.push(doc("decoy", "amber lantern catalogue"));
-    let subject = open
-        .open(Arc::new(DenseScripted(ScriptedEmbedder(vectors))))
-        .await;
+    let subject = open.open(Arc::new(Dense(ScriptedEmbedder(vectors)))).await;
     let store = subject.store.as_ref();
     store.add_documents("docs", documents).await.unwrap();
 
