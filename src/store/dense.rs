@@ -49,6 +49,21 @@ impl DenseRows {
         }
     }
 
+    /// Returns the width of a row.
+    pub(crate) fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Appends a row given as floats of the row's width.
+    pub(crate) fn push_row(&mut self, row: &[f32]) {
+        let mut row = row.to_vec();
+        row.resize(self.dimension, 0.0);
+        let (codes, scale) = quantise(&row);
+        self.values.extend_from_slice(&row);
+        self.codes.extend_from_slice(&codes);
+        self.scales.push(scale);
+    }
+
     /// Returns the number of rows.
     pub(crate) fn len(&self) -> usize {
         self.scales.len()
@@ -65,10 +80,7 @@ impl DenseRows {
     /// Appends a row; dimensions beyond the row's width are dropped, missing ones are zero.
     pub(crate) fn push(&mut self, embedding: &Embedding) {
         let row = self.spread_values(embedding);
-        let (codes, scale) = quantise(&row);
-        self.values.extend_from_slice(&row);
-        self.codes.extend_from_slice(&codes);
-        self.scales.push(scale);
+        self.push_row(&row);
     }
 
     fn spread_values(&self, embedding: &Embedding) -> Vec<f32> {

@@ -81,8 +81,7 @@ impl Graph {
     }
 
     /// Returns the number of nodes, deleted ones included.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.links.len()
     }
 

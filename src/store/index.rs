@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde_json::{Map, Value};
 
@@ -29,10 +30,49 @@ const MIN_SLOTS_TO_COMPACT: usize = 64;
 const DENSE_OVERSAMPLE: usize = 4;
 const DENSE_MIN_EXTRA: usize = 32;
 
-/// Live documents from which a dense search asks the graph rather than scanning every row,
-/// unless the store says otherwise (`store.hnsw_min_documents`): below it the scan is fast
-/// and exact (BENCHMARKS.md has the crossing).
-pub(crate) const GRAPH_MIN_DOCUMENTS: usize = 10_000;
+/// Live documents from which a dense collection gets an HNSW graph and its searches ask it
+/// rather than scanning every row, unless the store says otherwise
+/// (`store.hnsw_min_documents`). Measured at 384 dimensions (BENCHMARKS.md): unfiltered, the
+/// graph overtakes the scan between 10,000 and 30,000 documents; with a filter admitting 30%,
+/// between 30,000 and 100,000. Below this the scan is exact and under about 4 ms, and no
+/// graph costs memory or time.
+pub(crate) const GRAPH_MIN_DOCUMENTS: usize = 50_000;
+
+/// Source of index generations: a graph built from one generation's rows is installed only in
+/// the same generation, which a compaction or a reload ends.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, AtomicOrdering::Relaxed)
+}
+
+/// A graph to build away from the index: a copy of the rows it covers.
+pub(crate) struct GraphJob {
+    rows: DenseRows,
+    generation: u64,
+}
+
+/// A graph built by a [`GraphJob`], for [`VectorIndex::install_graph`].
+pub(crate) struct BuiltGraph {
+    graph: Graph,
+    generation: u64,
+}
+
+impl GraphJob {
+    /// Builds the graph over the copied rows: seconds per 10,000 rows, on the caller's thread.
+    pub(crate) fn build(self) -> BuiltGraph {
+        let mut graph = Graph::new();
+        let mut rows = DenseRows::new(self.rows.dimension());
+        for slot in 0..self.rows.len() {
+            rows.push_row(self.rows.row(slot));
+            graph.insert(&rows);
+        }
+        BuiltGraph {
+            graph,
+            generation: self.generation,
+        }
+    }
+}
 
 /// Rowid of a deleted slot. SQLite assigns positive rowids, so it never names a document.
 const TOMBSTONE: i64 = i64::MIN;
@@ -79,11 +119,15 @@ pub(crate) struct VectorIndex {
     postings: HashMap<u32, Vec<Posting>>,
     /// The vectors, row by slot, when the layout is dense; `postings` stays empty then.
     dense: Option<DenseRows>,
-    /// The graph over the dense rows, kept from the first document so that it is ready the
-    /// moment the collection grows past `graph_from` documents.
+    /// The graph over the dense rows, once the collection has reached `graph_from` documents
+    /// and a thread of the store has built it; kept up to date by every write from then on.
     graph: Option<Graph>,
-    /// Live documents from which dense searches ask the graph.
+    /// Live documents from which a dense collection gets a graph.
     graph_from: usize,
+    /// Set while a graph is being built for this index.
+    graph_building: bool,
+    /// Ends with each compaction, so that a graph built over the rows before it is dropped.
+    generation: u64,
     /// Rowid of each slot, or [`TOMBSTONE`] for a deleted document whose postings remain.
     slot_rowids: Vec<i64>,
     /// The entry of each slot, `None` for a deleted document.
@@ -100,10 +144,7 @@ impl VectorIndex {
                 Layout::Sparse => None,
                 Layout::Dense { dimension, .. } => Some(DenseRows::new(dimension)),
             },
-            graph: match layout {
-                Layout::Sparse => None,
-                Layout::Dense { .. } => Some(Graph::new()),
-            },
+            generation: next_generation(),
             graph_from: match layout {
                 Layout::Sparse => usize::MAX,
                 Layout::Dense { graph_from, .. } => graph_from,
@@ -115,6 +156,50 @@ impl VectorIndex {
     /// Returns the number of live documents.
     pub(crate) fn len(&self) -> usize {
         self.by_rowid.len()
+    }
+
+    /// Returns true once searches go through the graph.
+    pub(crate) fn searches_graph(&self) -> bool {
+        self.graph.is_some() && self.by_rowid.len() >= self.graph_from
+    }
+
+    /// Returns the graph to build when the index has grown to need one and none is built or
+    /// being built; the index then counts it as being built until [`Self::install_graph`].
+    pub(crate) fn graph_job(&mut self) -> Option<GraphJob> {
+        let rows = self.dense.as_ref()?;
+        if self.graph.is_some() || self.graph_building || self.by_rowid.len() < self.graph_from {
+            return None;
+        }
+        self.graph_building = true;
+        Some(GraphJob {
+            rows: rows.clone(),
+            generation: self.generation,
+        })
+    }
+
+    /// Forgets the job [`Self::graph_job`] handed out when it could not run: the next write
+    /// hands out another.
+    pub(crate) fn install_graph_failed(&mut self) {
+        self.graph_building = false;
+    }
+
+    /// Installs a graph built by [`GraphJob::build`] and links the rows written since its
+    /// copy was taken. Returns false, installing nothing, when a compaction or a reload has
+    /// renumbered the rows meanwhile; then [`Self::graph_job`] hands out a new job.
+    pub(crate) fn install_graph(&mut self, built: BuiltGraph) -> bool {
+        self.graph_building = false;
+        let Some(rows) = &self.dense else {
+            return false;
+        };
+        if built.generation != self.generation {
+            return false;
+        }
+        let mut graph = built.graph;
+        while graph.len() < rows.len() {
+            graph.insert(rows);
+        }
+        self.graph = Some(graph);
+        true
     }
 
     /// Adds a document, replacing any document already stored under `rowid`.
@@ -251,9 +336,7 @@ impl VectorIndex {
         filter: &Filter,
     ) -> Vec<(i64, f32)> {
         let query = rows.spread(query);
-        if self.by_rowid.len() >= self.graph_from
-            && let Some(graph) = &self.graph
-        {
+        if let Some(graph) = self.graph.as_ref().filter(|_| self.searches_graph()) {
             let accept = |slot: u32| {
                 let slot = slot as usize;
                 self.entries
@@ -376,6 +459,7 @@ impl VectorIndex {
         self.slot_rowids = slot_rowids;
         self.entries = entries;
         self.dead = 0;
+        self.generation = next_generation();
         debug_assert_eq!(self.entries.len(), self.by_rowid.len());
     }
 }
@@ -433,6 +517,82 @@ mod tests {
 
     fn filter(value: Value) -> Filter {
         Filter::from_json(&metadata(value)).unwrap()
+    }
+
+    /// A dense vector of `dimension` values pointing mostly along `axis`, a little along the
+    /// next one by `tilt`.
+    fn leaning(axis: u32, tilt: f32, dimension: u32) -> Embedding {
+        let norm = (1.0 + tilt * tilt).sqrt();
+        unit(&[
+            (axis % dimension, 1.0 / norm),
+            ((axis + 1) % dimension, tilt / norm),
+        ])
+    }
+
+    #[test]
+    fn a_graph_is_built_away_from_the_index_and_catches_up_on_install() {
+        let layout = Layout::Dense {
+            dimension: 16,
+            graph_from: 40,
+        };
+        let mut index = VectorIndex::with_layout(layout);
+        let add = |index: &mut VectorIndex, n: i64| {
+            let group = json!({"group": n % 2});
+            let embedding = leaning(n as u32, (n as f32) / 100.0, 16);
+            index.insert(n + 1, format!("doc-{n}"), metadata(group), &embedding);
+        };
+        for n in 0..39 {
+            add(&mut index, n);
+        }
+        assert!(index.graph_job().is_none(), "not due below graph_from");
+        add(&mut index, 39);
+        let job = index.graph_job().expect("due at graph_from");
+        assert!(index.graph_job().is_none(), "one build at a time");
+        // Written while the graph is built: linked on install.
+        for n in 40..60 {
+            add(&mut index, n);
+        }
+        assert!(!index.searches_graph());
+        assert!(index.install_graph(job.build()));
+        assert!(index.searches_graph());
+        assert_eq!(index.graph.as_ref().map(Graph::len), Some(60));
+        let query = leaning(57, 0.57, 16);
+        let hits = index.search(&query, 1, &Filter::default());
+        assert_eq!(hits[0].0, 58, "a row written during the build is found");
+        let odd = index.search(&query, 3, &filter(json!({"group": 1})));
+        assert_eq!(odd.len(), 3);
+        assert!(odd.iter().all(|(rowid, _)| (rowid - 1) % 2 == 1), "{odd:?}");
+        assert!(index.graph_job().is_none(), "built once");
+
+        // A compaction during a build renumbers the rows: that graph is refused, and the next
+        // job builds over the new rows.
+        let mut index = VectorIndex::with_layout(layout);
+        for n in 0..100 {
+            add(&mut index, n);
+        }
+        let job = index.graph_job().expect("due");
+        for n in 0..30 {
+            index.remove(n + 1);
+        }
+        assert!(!index.install_graph(job.build()));
+        assert!(!index.searches_graph());
+        let job = index.graph_job().expect("due again after the refusal");
+        assert!(index.install_graph(job.build()));
+        let hits = index.search(&leaning(77, 0.77, 16), 1, &Filter::default());
+        assert_eq!(hits[0].0, 78);
+
+        // A job that could not run is forgotten.
+        let mut index = VectorIndex::with_layout(layout);
+        for n in 0..40 {
+            add(&mut index, n);
+        }
+        assert!(index.graph_job().is_some());
+        index.install_graph_failed();
+        assert!(index.graph_job().is_some());
+        // Sparse layouts never get one.
+        let mut sparse = VectorIndex::with_layout(Layout::Sparse);
+        sparse.insert(1, "a".into(), Map::new(), &unit(&[(1, 1.0)]));
+        assert!(sparse.graph_job().is_none());
     }
 
     #[test]

@@ -210,6 +210,7 @@ impl EmbeddedStore {
         })
         .await?;
         for collection in collections.values() {
+            build_graph_when_due(collection);
             if let Some(foreign) = &collection.state.read().foreign {
                 tracing::warn!(
                     collection = %collection.name,
@@ -278,6 +279,13 @@ impl EmbeddedStore {
             .await
     }
 
+    /// Returns true once the collection's dense searches go through its HNSW graph (the
+    /// benchmark waits for it).
+    pub(crate) fn searches_graph(&self, collection: &str) -> bool {
+        self.collection_handle(collection)
+            .is_ok_and(|handle| handle.state.read().index.searches_graph())
+    }
+
     /// Searches by one ranking or both: the retrieval benchmark compares them, a query always
     /// fuses both.
     pub(crate) async fn search_ranked(
@@ -333,6 +341,37 @@ impl EmbeddedStore {
             .get(name)
             .cloned()
             .ok_or_else(|| StoreError::CollectionNotFound(name.to_string()))
+    }
+}
+
+/// Builds the collection's HNSW graph on a thread of its own once its index has grown to need
+/// one: searches scan meanwhile, and writes go on, since the graph is built over a copy of the
+/// rows and the rows written during the build are linked when it is installed. A compaction
+/// or a reload during the build renumbers the rows; the graph is then built again.
+fn build_graph_when_due(collection: &Arc<Collection>) {
+    let Some(job) = collection.state.write().index.graph_job() else {
+        return;
+    };
+    let builder = Arc::clone(collection);
+    let spawned = std::thread::Builder::new()
+        .name("store-graph".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let built = job.build();
+            let installed = builder.state.write().index.install_graph(built);
+            if installed {
+                tracing::info!(
+                    collection = %builder.name,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "vector graph built; searches use it from now on"
+                );
+            } else {
+                build_graph_when_due(&builder);
+            }
+        });
+    if let Err(error) = spawned {
+        collection.state.write().index.install_graph_failed();
+        tracing::warn!(collection = %collection.name, %error, "cannot start the graph builder; searches keep scanning");
     }
 }
 
@@ -506,7 +545,7 @@ impl Inner {
     }
 
     /// See [`EmbeddedStore::refuse_foreign`].
-    fn reload_if_reindexed(&self, collection: &Collection) -> Result<(), StoreError> {
+    fn reload_if_reindexed(&self, collection: &Arc<Collection>) -> Result<(), StoreError> {
         let connection = self.writer.lock();
         let stored: Option<(String, i64)> = connection
             .query_row(
@@ -527,6 +566,8 @@ impl Inner {
         state.index = index;
         state.foreign = None;
         state.version = u64::try_from(version).unwrap_or(0);
+        drop(state);
+        build_graph_when_due(collection);
         tracing::info!(collection = %collection.name, "reindexed collection loaded");
         Ok(())
     }
@@ -592,6 +633,7 @@ impl Inner {
                 .fetch_add(state.index.len().saturating_sub(before), Ordering::Relaxed);
             Collection::info_of(name, &state)
         };
+        build_graph_when_due(&collection);
         self.collections
             .write()
             .entry(name.to_string())
