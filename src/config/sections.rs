@@ -230,7 +230,7 @@ impl Default for StoreConfig {
             health_check_interval_ms: 5_000,
             rrf_k: None,
             vector_weight: None,
-            hnsw_min_documents: 10_000,
+            hnsw_min_documents: 50_000,
             libpq_env: BTreeMap::new(),
         }
     }

@@ -82,7 +82,7 @@ health_check_interval_ms = 5000
 # Embedded store: from this many documents, a collection of dense vectors (openai, local) is
 # searched through its HNSW graph (approximate, flat as it grows) rather than a full scan
 # (exact, linear in its size).
-hnsw_min_documents = 10000
+hnsw_min_documents = 50000
 
 [embedding]
 # What turns text into the store's vectors (env DEEPRECALL_EMBEDDER, flag --embedder):
