@@ -13,6 +13,7 @@
 //! and lookups and the stored vector format; `keyword.rs` the FTS5 side of a search;
 //! `readers.rs` the read connections and the connections' threads.
 
+mod graph;
 mod keyword;
 mod readers;
 mod reindex;
@@ -31,6 +32,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use self::graph::build_graph_when_due;
 use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
 use self::readers::{ReaderPool, Threads, blocking, with_connection};
 use self::rows::{
@@ -341,37 +343,6 @@ impl EmbeddedStore {
             .get(name)
             .cloned()
             .ok_or_else(|| StoreError::CollectionNotFound(name.to_string()))
-    }
-}
-
-/// Builds the collection's HNSW graph on a thread of its own once its index has grown to need
-/// one: searches scan meanwhile, and writes go on, since the graph is built over a copy of the
-/// rows and the rows written during the build are linked when it is installed. A compaction
-/// or a reload during the build renumbers the rows; the graph is then built again.
-fn build_graph_when_due(collection: &Arc<Collection>) {
-    let Some(job) = collection.state.write().index.graph_job() else {
-        return;
-    };
-    let builder = Arc::clone(collection);
-    let spawned = std::thread::Builder::new()
-        .name("store-graph".into())
-        .spawn(move || {
-            let started = std::time::Instant::now();
-            let built = job.build();
-            let installed = builder.state.write().index.install_graph(built);
-            if installed {
-                tracing::info!(
-                    collection = %builder.name,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "vector graph built; searches use it from now on"
-                );
-            } else {
-                build_graph_when_due(&builder);
-            }
-        });
-    if let Err(error) = spawned {
-        collection.state.write().index.install_graph_failed();
-        tracing::warn!(collection = %collection.name, %error, "cannot start the graph builder; searches keep scanning");
     }
 }
 
