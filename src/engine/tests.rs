@@ -19,6 +19,8 @@ use crate::store::{Hit, SearchRequest};
 struct MemoryStore {
     documents: Vec<(String, String, Map<String, Value>)>,
     searches: Mutex<Vec<SearchRequest>>,
+    /// What [`DocumentStore::ranking_id`] says.
+    ranking: String,
 }
 
 impl MemoryStore {
@@ -32,6 +34,7 @@ impl MemoryStore {
                 })
                 .collect(),
             searches: Mutex::new(Vec::new()),
+            ranking: String::new(),
         }
     }
 }
@@ -40,6 +43,10 @@ impl MemoryStore {
 impl DocumentStore for MemoryStore {
     fn embedder_id(&self) -> String {
         "test-embedder".into()
+    }
+
+    fn ranking_id(&self) -> String {
+        self.ranking.clone()
     }
 
     async fn add_documents(
@@ -980,6 +987,52 @@ async fn a_repeated_search_is_served_from_the_search_cache_until_skipped() {
     assert_eq!(search_hit(&events), Some(false));
     let stats = engine.stats().await.unwrap();
     assert_eq!((stats.search_cache.hits, stats.search_cache.misses), (1, 1));
+}
+
+#[tokio::test]
+async fn a_store_ranking_otherwise_does_not_share_cached_searches() {
+    let script = || {
+        Arc::new(ScriptedModel::new(
+            "scripted",
+            Duration::ZERO,
+            vec![
+                ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+                ScriptedModel::text("done"),
+            ],
+        ))
+    };
+    let shared = memory_level("search");
+    let engine_over = |store: Arc<MemoryStore>| {
+        Engine::new(
+            EngineParts {
+                store,
+                sub_model: script(),
+                model: script(),
+                prices: Default::default(),
+                results: memory_level("result"),
+                searches: shared.clone(),
+                rerank: None,
+            },
+            EngineConfig::default(),
+        )
+    };
+    let search_hit = |events: &[TraceEvent]| {
+        events.iter().find_map(|event| match &event.kind {
+            EventKind::Search(search) => Some(search.cache_hit),
+            _ => None,
+        })
+    };
+    let first = engine_over(corpus());
+    let (_, events) = run_collecting(&first, question("Who makes the Zephyr?")).await;
+    assert_eq!(search_hit(&events), Some(false));
+    // The same store settings on another replica share the cached search...
+    let (_, events) = run_collecting(&engine_over(corpus()), question("Who makes it?")).await;
+    assert_eq!(search_hit(&events), Some(true));
+    // ...and a store fusing its rankings otherwise does not.
+    let mut reweighted = Arc::try_unwrap(corpus()).expect("one owner");
+    reweighted.ranking = "rrf:k=10:vector_weight=3".into();
+    let (_, events) = run_collecting(&engine_over(Arc::new(reweighted)), question("Who?")).await;
+    assert_eq!(search_hit(&events), Some(false));
 }
 
 #[tokio::test]
