@@ -1,0 +1,258 @@
+//! Budgets: searches, iterations, tokens, time and dollars, each checked before the call it
+//! would overrun, sub-model calls planned against them like root calls.
+
+use super::*;
+
+#[tokio::test]
+async fn the_search_budget_ends_the_run_with_a_partial_answer() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr blender"})),
+            ScriptedModel::tool("search_db", json!({"query": "klaxon"})),
+        ],
+    ));
+    let engine = engine_with(corpus(), model);
+    let mut request = question("Who manufactures the Zephyr blender?");
+    request.budget.max_search_calls = Some(1);
+    let (result, events) = run_collecting(&engine, request).await;
+
+    assert!(result.partial);
+    assert_eq!(result.budget.exhausted, Some(BudgetResource::SearchCalls));
+    assert!(
+        result
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("max_search_calls")
+    );
+    assert_eq!(result.citations, vec!["zephyr"]);
+    assert!(result.answer.contains("Klaxon Industries"));
+    assert_eq!(result.usage.search_calls, 1);
+    assert_eq!(
+        result.usage.llm_calls(),
+        2,
+        "usage is reported for the stopped run"
+    );
+    assert!(events.iter().any(|event| matches!(
+        &event.kind,
+        EventKind::BudgetWarning(warning) if warning.resource == BudgetResource::SearchCalls
+    )));
+}
+
+#[tokio::test]
+async fn the_iteration_budget_is_checked_before_each_model_call() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedModel::tool("search_db", json!({"query": "klaxon"})),
+            ScriptedModel::text("Klaxon makes it [zephyr], as far as the search got."),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Zephyr?");
+    request.budget.max_iterations = Some(2);
+    let (result, _) = run_collecting(&engine, request).await;
+    assert!(result.partial);
+    assert_eq!(result.budget.exhausted, Some(BudgetResource::Iterations));
+    assert_eq!(result.budget.used.iterations, 2);
+
+    // The third call is not an iteration but the one summing-up call, without tools.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests[2].tools.is_empty());
+    assert!(requests[2].messages[1].content.contains("[zephyr]"));
+    assert_eq!(
+        result.answer,
+        "Klaxon makes it [zephyr], as far as the search got."
+    );
+    assert_eq!(result.citations, vec!["zephyr"]);
+    assert_eq!(
+        result.usage.llm_calls(),
+        3,
+        "the summing-up call is counted"
+    );
+}
+
+#[tokio::test]
+async fn a_token_budget_too_small_for_the_next_prompt_stops_before_the_call() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedReply::Respond(crate::llm::ChatResponse {
+                content: String::new(),
+                tool_calls: vec![crate::llm::ToolCall {
+                    id: "c".into(),
+                    name: "search_db".into(),
+                    arguments: json!({"query": "zephyr"}).to_string(),
+                }],
+                usage: crate::llm::TokenUsage {
+                    input_tokens: 850,
+                    output_tokens: 50,
+                },
+                cost_usd: None,
+            }),
+            ScriptedModel::text("never asked"),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Zephyr blender?");
+    // The first call fits; it reports 900 tokens, and the second prompt (system prompt, tools
+    // and a search result, several hundred tokens) cannot fit in the 100 left.
+    request.budget.max_tokens = Some(1_000);
+    let (result, _) = run_collecting(&engine, request).await;
+    assert!(result.partial);
+    assert_eq!(result.budget.exhausted, Some(BudgetResource::Tokens));
+    assert_eq!(
+        model.requests().len(),
+        1,
+        "the call that could not fit was not made"
+    );
+    assert_eq!(result.usage.llm_calls(), 1);
+    assert_eq!(result.budget.used.tokens, 900);
+}
+
+#[tokio::test]
+async fn completions_are_capped_to_the_token_budget_left() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![ScriptedModel::text("done")],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Zephyr?");
+    request.budget.max_tokens = Some(2_000);
+    run_collecting(&engine, request).await;
+    let sent = &model.requests()[0];
+    // The prompt is estimated at a token per four characters of every message, with four
+    // tokens of framing each, and of every tool's name, description and schema.
+    use crate::llm::estimate_tokens;
+    let messages: u64 = sent
+        .messages
+        .iter()
+        .map(|message| 4 + estimate_tokens(&message.content))
+        .sum();
+    let tools: u64 = sent
+        .tools
+        .iter()
+        .map(|tool| {
+            estimate_tokens(tool.name)
+                + estimate_tokens(tool.description)
+                + estimate_tokens(&tool.parameters.to_string())
+        })
+        .sum();
+    assert!(messages > 100 && tools > 100, "{messages} {tools}");
+    let cap = u64::from(sent.max_tokens.expect("a cap"));
+    assert_eq!(cap, 2_000 - messages - tools);
+}
+
+#[tokio::test]
+async fn listed_prices_give_the_cost_of_models_that_report_none() {
+    let model = Arc::new(ScriptedModel::new(
+        "priced",
+        Duration::ZERO,
+        vec![ScriptedReply::Respond(crate::llm::ChatResponse {
+            content: "done".into(),
+            tool_calls: Vec::new(),
+            usage: crate::llm::TokenUsage {
+                input_tokens: 1_000,
+                output_tokens: 100,
+            },
+            cost_usd: None,
+        })],
+    ));
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            sub_model: model.clone(),
+            model,
+            prices: crate::llm::PriceTable::new(vec![("priced".into(), 2.0, 10.0)]),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+            rerank: None,
+        },
+        EngineConfig::default(),
+    );
+    let (result, _) = run_collecting(&engine, question("Zephyr?")).await;
+    // 1,000 × $2/M + 100 × $10/M = $0.003
+    assert!((result.usage.cost_usd() - 0.003).abs() < 1e-9);
+    assert!((result.budget.used.cost_usd - 0.003).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn the_time_budget_aborts_a_hanging_model_call() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedReply::Hang,
+        ],
+    ));
+    let engine = engine_with(corpus(), model);
+    let mut request = question("Zephyr blender maker?");
+    request.budget.max_time = Some(Duration::from_millis(200));
+    // The model never answers: only the time budget can end the run.
+    let (result, _) = tokio::time::timeout(HANG, run_collecting(&engine, request))
+        .await
+        .expect("the time budget ended the run");
+    assert!(result.partial);
+    assert_eq!(result.budget.exhausted, Some(BudgetResource::Time));
+    assert_eq!(result.citations, vec!["zephyr"]);
+}
+
+#[tokio::test]
+async fn a_sub_model_call_is_planned_against_the_tokens_left() {
+    let root = Arc::new(ScriptedModel::new(
+        "root",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool(
+                "llm_query_batched",
+                json!({"prompts": ["digest the zephyr passage", "and the klaxon one"]}),
+            ),
+            ScriptedModel::text("done"),
+        ],
+    ));
+    let sub = Arc::new(ScriptedModel::new(
+        "sub",
+        Duration::ZERO,
+        vec![ScriptedModel::text("a"), ScriptedModel::text("b")],
+    ));
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            model: root,
+            sub_model: sub.clone(),
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+            rerank: None,
+        },
+        EngineConfig::default(),
+    );
+    let mut request = question("Digest?");
+    request.budget.max_tokens = Some(2_000);
+    run_collecting(&engine, request).await;
+
+    // The root call used 120 tokens. The two prompts, each with the sub-model's system
+    // prompt, and room for the first one's minimal completion, are planned against the rest,
+    // and the completion cap left is shared between them.
+    use crate::llm::estimate_tokens;
+    let system = estimate_tokens(prompts::sub_model_system_prompt());
+    let planned = estimate_tokens("digest the zephyr passage")
+        + estimate_tokens("and the klaxon one")
+        + 2 * system
+        + budget::MIN_COMPLETION_TOKENS;
+    let each = u32::try_from((2_000 - 120 - planned) / 2).unwrap();
+    let caps: Vec<Option<u32>> = sub
+        .requests()
+        .iter()
+        .map(|request| request.max_tokens)
+        .collect();
+    assert_eq!(caps, [Some(each), Some(each)]);
+}
