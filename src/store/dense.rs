@@ -49,21 +49,6 @@ impl DenseRows {
         }
     }
 
-    /// Returns the width of a row.
-    pub(crate) fn dimension(&self) -> usize {
-        self.dimension
-    }
-
-    /// Appends a row given as floats of the row's width.
-    pub(crate) fn push_row(&mut self, row: &[f32]) {
-        let mut row = row.to_vec();
-        row.resize(self.dimension, 0.0);
-        let (codes, scale) = quantise(&row);
-        self.values.extend_from_slice(&row);
-        self.codes.extend_from_slice(&codes);
-        self.scales.push(scale);
-    }
-
     /// Returns the number of rows.
     pub(crate) fn len(&self) -> usize {
         self.scales.len()
@@ -80,7 +65,10 @@ impl DenseRows {
     /// Appends a row; dimensions beyond the row's width are dropped, missing ones are zero.
     pub(crate) fn push(&mut self, embedding: &Embedding) {
         let row = self.spread_values(embedding);
-        self.push_row(&row);
+        let (codes, scale) = quantise(&row);
+        self.values.extend_from_slice(&row);
+        self.codes.extend_from_slice(&codes);
+        self.scales.push(scale);
     }
 
     fn spread_values(&self, embedding: &Embedding) -> Vec<f32> {
@@ -115,10 +103,7 @@ impl DenseRows {
 
     /// Returns the exact dot product of the row in `slot` with `query`.
     pub(crate) fn exact(&self, slot: usize, query: &DenseQuery) -> f32 {
-        let start = slot * self.dimension;
-        self.values
-            .get(start..start + self.dimension)
-            .map_or(0.0, |row| dot(row, &query.values))
+        dot(self.row(slot), &query.values)
     }
 
     /// Keeps the rows of the slots `remap` keeps, in order: `remap[old]` is the new slot, or

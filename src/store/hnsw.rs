@@ -96,7 +96,7 @@ impl Graph {
         (level as usize).min(MAX_LEVEL)
     }
 
-    /// Links the row in slot `len()` of `rows`, which the caller has just pushed.
+    /// Links the row in slot `len()` of `rows`: the next row the graph does not hold yet.
     pub(crate) fn insert(&mut self, rows: &DenseRows) {
         let Ok(node) = u32::try_from(self.links.len()) else {
             return;

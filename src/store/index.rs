@@ -62,10 +62,8 @@ impl GraphJob {
     /// Builds the graph over the copied rows: seconds per 10,000 rows, on the caller's thread.
     pub(crate) fn build(self) -> BuiltGraph {
         let mut graph = Graph::new();
-        let mut rows = DenseRows::new(self.rows.dimension());
-        for slot in 0..self.rows.len() {
-            rows.push_row(self.rows.row(slot));
-            graph.insert(&rows);
+        while graph.len() < self.rows.len() {
+            graph.insert(&self.rows);
         }
         BuiltGraph {
             graph,
