@@ -6,13 +6,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::Map;
-
-use super::store::{RandomDense, load_search_corpus};
+use super::store::{RandomDense, load_search_corpus, search_filters};
 use super::{BenchArgs, Corpus, percentiles};
 use crate::cli::CliError;
 use crate::store::embedded::Ranking;
-use crate::store::{DocumentStore, EmbeddedStore, EmbeddedStoreConfig, Filter, SearchRequest};
+use crate::store::{DocumentStore, EmbeddedStore, EmbeddedStoreConfig, SearchRequest};
 
 fn failed(error: impl std::fmt::Display) -> CliError {
     CliError::Io(error.to_string())
@@ -79,13 +77,7 @@ async fn wait_for_graph(
 pub(super) async fn side_by_side(args: &BenchArgs, dimension: usize) -> Result<(), CliError> {
     let (scan, _scan_dir) = loaded(args, dimension, usize::MAX, "scan").await?;
     let (graph, graph_dir) = loaded(args, dimension, 0, "hnsw").await?;
-    let filtered = Filter::from_json(
-        serde_json::json!({"group": {"$in": [1, 2, 3]}})
-            .as_object()
-            .unwrap_or(&Map::new()),
-    )
-    .map_err(|error| CliError::Usage(error.to_string()))?;
-    for (filter_label, filter) in [("unfiltered", Filter::default()), ("filtered", filtered)] {
+    for (filter_label, filter) in search_filters()? {
         let mut corpus = Corpus::new(23, args.zipf_offset);
         let queries: Vec<String> = (0..args.samples).map(|_| corpus.query()).collect();
         let request = |query: &String| SearchRequest {
