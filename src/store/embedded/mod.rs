@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use self::graph::build_graph_when_due;
+use self::graph::{build_graph, build_graph_when_due};
 use self::keyword::{KeywordQuery, keyword_candidates, keyword_query};
 use self::readers::{ReaderPool, Threads, blocking, with_connection};
 use self::rows::{
@@ -537,8 +537,11 @@ impl Inner {
         state.index = index;
         state.foreign = None;
         state.version = u64::try_from(version).unwrap_or(0);
+        let job = state.index.graph_job();
         drop(state);
-        build_graph_when_due(collection);
+        if let Some(job) = job {
+            build_graph(collection, job);
+        }
         tracing::info!(collection = %collection.name, "reindexed collection loaded");
         Ok(())
     }
@@ -585,7 +588,8 @@ impl Inner {
                 },
             ))
         });
-        let info = {
+        // The graph's job is taken under the write's own lock: no second lock per write.
+        let (info, graph_job) = {
             let mut state = collection.state.write();
             transaction.commit()?;
             // An emptied collection of another embedder took this one with this write.
@@ -602,9 +606,11 @@ impl Inner {
             state.version = version;
             self.documents
                 .fetch_add(state.index.len().saturating_sub(before), Ordering::Relaxed);
-            Collection::info_of(name, &state)
+            (Collection::info_of(name, &state), state.index.graph_job())
         };
-        build_graph_when_due(&collection);
+        if let Some(job) = graph_job {
+            build_graph(&collection, job);
+        }
         self.collections
             .write()
             .entry(name.to_string())
