@@ -148,12 +148,13 @@ pub enum SslMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VectorIndex {
-    /// pgvector's HNSW index: searches stay fast as collections grow, but every document
-    /// written enters the graph, which for hashed text vectors costs milliseconds a document.
+    /// pgvector's HNSW index: searches stay fast as collections grow. Entering the graph
+    /// costs milliseconds a document, so written vectors enter it in the background and are
+    /// ranked exactly until they have.
     #[default]
     Hnsw,
-    /// No vector index: each search scans its collection's vectors exactly. Writes are an
-    /// order of magnitude faster; searches grow with the collection (BENCHMARKS.md).
+    /// No vector index: each search scans its collection's vectors exactly, and grows with
+    /// the collection (BENCHMARKS.md).
     Exact,
 }
 
@@ -186,6 +187,10 @@ pub struct StoreConfig {
     /// Vector index of the postgres store: `hnsw` or `exact`. Every replica must agree: the
     /// index is created, or dropped, at start.
     pub vector_index: VectorIndex,
+    /// Postgres store with `hnsw`: tasks of this replica moving written vectors into the
+    /// graph, each holding one pooled connection while it works. 0 leaves the work to other
+    /// replicas (at least one must do it). Below `pool_size`, so searches keep connections.
+    pub vector_index_workers: usize,
     /// TLS: disable, prefer, require, verify-ca or verify-full.
     pub sslmode: SslMode,
     /// PEM file of the CA certificates that verify-ca and verify-full trust; the system roots
@@ -225,6 +230,7 @@ impl Default for StoreConfig {
             statement_timeout_seconds: 30.0,
             connect_retry_max_seconds: 30.0,
             vector_index: VectorIndex::Hnsw,
+            vector_index_workers: 1,
             sslmode: SslMode::Prefer,
             ssl_ca_file: None,
             health_check_interval_ms: 5_000,

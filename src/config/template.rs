@@ -61,10 +61,14 @@ pool_size = 16
 connect_timeout_seconds = 5.0
 statement_timeout_seconds = 30.0
 connect_retry_max_seconds = 30.0
-# Vector index: "hnsw" (searches stay fast as collections grow; each write enters the graph, a
-# few milliseconds a document for hashed text) or "exact" (no index: writes much faster, each
-# search scans its collection). Every replica must agree: the index is made or dropped at start.
+# Vector index: "hnsw" (searches stay fast as collections grow; written vectors enter the graph
+# in the background, and are ranked exactly until they have) or "exact" (no index: each search
+# scans its collection). Every replica must agree: the index is made or dropped at start.
 vector_index = "hnsw"
+# With "hnsw": tasks of this replica moving written vectors into the graph (each holds one
+# connection and keeps one database core busy while it works); more drain a bulk load sooner
+# on a database with cores to spare; 0 leaves the work to other replicas. Below pool_size.
+vector_index_workers = 1
 # TLS: disable, prefer, require, verify-ca or verify-full; CA certificates (PEM) for the
 # verify modes, the system roots when unset.
 sslmode = "prefer"

@@ -26,7 +26,9 @@ use crate::cache::{
     Cache, CacheError, CacheLevel, MemoryCache, MemoryCacheConfig, NoCache, RedisCache,
     RedisCacheConfig, SqliteCache, SqliteCacheConfig,
 };
-use crate::config::{CacheBackend, CacheConfig, Config, RateLimitStore, TelemetryConfig};
+use crate::config::{
+    CacheBackend, CacheConfig, Config, RateLimitStore, StoreBackend, TelemetryConfig, VectorIndex,
+};
 use crate::embed::EmbedError;
 use crate::engine::{Engine, EngineParts, EngineTelemetry, RerankStage};
 use crate::http::{HttpServer, HttpSettings, HttpState};
@@ -113,6 +115,17 @@ pub fn check_settings(config: &Config) -> Result<(), ServerError> {
                 "{name} must be a number of at least 0, not {value}"
             )));
         }
+    }
+    let store = &config.store;
+    if store.backend == StoreBackend::Postgres
+        && store.vector_index == VectorIndex::Hnsw
+        && store.vector_index_workers >= store.pool_size
+    {
+        return Err(ServerError::Setting(format!(
+            "store.vector_index_workers ({}) must be below store.pool_size ({}): searches and \
+             writes need connections too",
+            store.vector_index_workers, store.pool_size
+        )));
     }
     config
         .engine

@@ -203,6 +203,11 @@ async fn check_config_names_the_setting_it_refuses() {
             "[engine]\nmax_search_calls = 0\n",
             "engine.max_search_calls",
         ),
+        (
+            "[store]\nbackend = \"postgres\"\npool_size = 2\nvector_index_workers = 2\n",
+            "store.vector_index_workers",
+        ),
+        ("[store]\nrrf_k = -1\n", "store.rrf_k"),
     ] {
         let config = dir.path().join("deeprecall.toml");
         std::fs::write(&config, toml).expect("write the config");

@@ -20,9 +20,10 @@ const MIGRATION_LOCK: i64 = 0x6465_6570_7265_6361;
 
 /// The migrations, in order; entry `n` is version `n + 1`. Never edit one that has shipped:
 /// add another.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "collections and documents",
-    r#"
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "collections and documents",
+        r#"
 CREATE EXTENSION IF NOT EXISTS vector;
 
 -- Content versions come from one sequence, so no version is ever used twice, not even by a
@@ -63,7 +64,25 @@ CREATE TABLE deeprecall_meta (
     value text NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        "vector backlog",
+        r#"
+-- A row enters the HNSW graph (a few milliseconds each) after its write is acknowledged: its
+-- folded vector waits here, `folded` stays NULL (pgvector does not index NULL), and searches
+-- rank such rows exactly until an indexer moves the vector over.
+ALTER TABLE deeprecall_documents ALTER COLUMN folded DROP NOT NULL;
+
+CREATE TABLE deeprecall_vector_backlog (
+    document_id bigint PRIMARY KEY REFERENCES deeprecall_documents (id) ON DELETE CASCADE,
+    folded      halfvec NOT NULL
+);
+
+CREATE INDEX deeprecall_documents_ungraphed ON deeprecall_documents (collection_id, id)
+    WHERE folded IS NULL;
+"#,
+    ),
+];
 
 /// What `migrate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]

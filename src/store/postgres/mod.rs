@@ -1,7 +1,7 @@
 //! The PostgreSQL store: documents, collections and their content versions in PostgreSQL,
 //! shared by every replica; keyword ranking from a `tsvector` column with a GIN index, vector
-//! ranking from pgvector's HNSW index over `sparsevec`, fused by reciprocal rank in one SQL
-//! statement.
+//! ranking from pgvector's HNSW index over the vectors folded to 256 dimensions and re-ranked
+//! by the exact `sparsevec` ones, fused by reciprocal rank in one SQL statement.
 //!
 //! Driver: `tokio-postgres` with a `deadpool-postgres` pool. sqlx would add its own runtime
 //! layer, compile-time query checking that needs a database at build time, and a heavier
@@ -10,8 +10,10 @@
 //! against, and deadpool's pool is a thin, well-understood layer over it.
 //!
 //! Files: `connect.rs` settings, TLS, the pool and error mapping; `migrations.rs` the schema;
-//! `sql.rs` filters, the hybrid statement and vector text.
+//! `sql.rs` filters, the hybrid statement and vector text; `backlog.rs` the indexer that
+//! moves written vectors into the HNSW graph after their writes are acknowledged.
 
+mod backlog;
 mod connect;
 mod migrations;
 mod sql;
@@ -29,9 +31,12 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
+pub use self::backlog::BacklogWatch;
+use self::backlog::Indexer;
 pub use self::migrations::{MigrationReport, known_version};
 use self::sql::{
     any_term_query, compile_filter, filter_start, folded_text, search_statement, sparsevec_text,
+    write_statement,
 };
 use super::prepare::{Fusion, candidates_for, embed_query, prepare_documents};
 use super::{
@@ -66,10 +71,10 @@ pub(crate) const HNSW_EF_SEARCH: usize = 100;
 /// connection: operators per condition make 7^n shapes, so past a few, keeping them all
 /// would let callers grow every connection's memory (and the server's) without bound.
 const MAX_CONDITIONS_TO_KEEP_PREPARED: usize = 3;
-/// Rows per insert statement of a write. Each row also enters the HNSW graph, a few
-/// milliseconds a row here (BENCHMARKS.md): 200 rows keep one statement far under the
-/// default statement timeout, which applies to each statement of a write.
-const ROWS_PER_INSERT: usize = 200;
+/// Rows per insert statement of a write: large enough that a statement's round trip and
+/// planning are a small share of its cost, small enough that one statement (the timeout
+/// applies to each) stays far under the statement timeout on a slow database.
+const ROWS_PER_INSERT: usize = 500;
 
 /// A [`DocumentStore`] in PostgreSQL with pgvector, shared by any number of replicas.
 #[derive(Clone)]
@@ -77,8 +82,12 @@ pub struct PostgresStore {
     pool: Pool,
     embedder: Arc<dyn Embedder>,
     dimension: usize,
-    /// Whether searches ask the HNSW index over folded vectors.
+    /// Whether searches ask the HNSW index over folded vectors (and writes go through the
+    /// vector backlog).
     indexed: bool,
+    /// Moves written vectors into the graph; None without the index, or where the caller
+    /// drives the backlog itself.
+    indexer: Option<Arc<Indexer>>,
     /// How searches fuse the vector ranking with BM25.
     fusion: Fusion,
     /// The search statement for a filter shape is the same text whatever the values, so it is
@@ -101,7 +110,27 @@ impl PostgresStore {
     /// `connect_retry_max_seconds` between attempts, for as long as the caller waits: a
     /// replica started before its database waits for it instead of crashing in a loop. Other
     /// failures (a schema newer than this build, bad settings) return at once.
+    ///
+    /// With the HNSW index, the store runs `vector_index_workers` indexer tasks (see
+    /// `backlog.rs`) until the last clone of it is dropped.
     pub async fn connect(
+        config: &StoreConfig,
+        embedder: Arc<dyn Embedder>,
+    ) -> Result<PostgresStore, StoreError> {
+        let mut store = Self::connect_without_indexer(config, embedder).await?;
+        if store.indexed && config.vector_index_workers > 0 {
+            store.indexer = Some(Arc::new(Indexer::spawn(
+                &store.pool,
+                config.vector_index_workers,
+            )));
+        }
+        Ok(store)
+    }
+
+    /// [`PostgresStore::connect`] without the indexer: writes wait in the vector backlog
+    /// (searched exactly) until another store's indexer, or [`PostgresStore::graph_batch`],
+    /// moves them into the graph.
+    pub(crate) async fn connect_without_indexer(
         config: &StoreConfig,
         embedder: Arc<dyn Embedder>,
     ) -> Result<PostgresStore, StoreError> {
@@ -142,6 +171,7 @@ impl PostgresStore {
             embedder,
             dimension,
             indexed: config.vector_index == crate::config::VectorIndex::Hnsw,
+            indexer: None,
             fusion,
             statements: Arc::default(),
         })
@@ -155,6 +185,13 @@ impl PostgresStore {
     ) -> Result<MigrationReport, StoreError> {
         let pool = connect::pool(config)?;
         migrations::migrate(&pool, &embedder.id(), config.vector_index).await
+    }
+
+    /// Moves up to `limit` vectors from the backlog into the graph, as the indexer does;
+    /// returns how many moved.
+    #[cfg(test)]
+    pub(crate) async fn graph_batch(&self, limit: i64) -> Result<u64, StoreError> {
+        backlog::graph_batch(&self.pool, limit).await
     }
 
     fn statement_for(&self, filter_sql: &str) -> Arc<str> {
@@ -241,17 +278,7 @@ impl DocumentStore for PostgresStore {
         let collection_id: i64 = row.get(0);
         let version: i64 = row.get(1);
         let insert = transaction
-            .prepare_cached(
-                "INSERT INTO deeprecall_documents \
-                     (collection_id, doc_id, content, metadata, embedding, folded) \
-                 SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec, \
-                     folded::halfvec \
-                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-                     AS incoming (doc_id, content, metadata, embedding, folded) \
-                 ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content, \
-                     metadata = excluded.metadata, embedding = excluded.embedding, \
-                     folded = excluded.folded",
-            )
+            .prepare_cached(&write_statement(self.indexed))
             .await?;
         // Which ids are new is read before the upsert, under the collection's row lock, so no
         // other writer can change the answer. `xmax = 0` on the upsert's rows was used before
@@ -303,6 +330,9 @@ impl DocumentStore for PostgresStore {
         // Acknowledged only once committed (and, with PostgreSQL's default
         // synchronous_commit, flushed to its WAL).
         transaction.commit().await?;
+        if let Some(indexer) = &self.indexer {
+            indexer.wake();
+        }
         Ok(WriteOutcome {
             ids,
             collection: info(collection, version, document_count),

@@ -196,6 +196,57 @@ pub(super) fn folded_text(embedding: &Embedding) -> String {
 /// exact re-ranking can correct the folding's noise.
 const OVERSAMPLE: usize = 3;
 
+/// The upsert of a write's rows: `$1` the collection's id, then arrays of ids, contents,
+/// metadata, sparse vectors and folded vectors, all text. With the HNSW index (`graphed`), a
+/// row's folded vector goes to the vector backlog and `folded` stays NULL, so the write costs
+/// no graph insertion; without it, `folded` is written at once and any backlog entry of a
+/// replaced row goes, so that no stale vector is moved over later.
+pub(super) fn write_statement(graphed: bool) -> String {
+    let (folded, backlog) = if graphed {
+        (
+            "NULL::halfvec",
+            "INSERT INTO deeprecall_vector_backlog (document_id, folded)
+SELECT written.id, incoming.folded::halfvec
+FROM written JOIN incoming USING (doc_id)
+ON CONFLICT (document_id) DO UPDATE SET folded = excluded.folded",
+        )
+    } else {
+        (
+            "incoming.folded::halfvec",
+            "DELETE FROM deeprecall_vector_backlog b USING written WHERE b.document_id = written.id",
+        )
+    };
+    format!(
+        "WITH incoming AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+        AS incoming (doc_id, content, metadata, embedding, folded)
+),
+written AS (
+    INSERT INTO deeprecall_documents (collection_id, doc_id, content, metadata, embedding, folded)
+    SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec, {folded}
+    FROM incoming
+    ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content,
+        metadata = excluded.metadata, embedding = excluded.embedding, folded = excluded.folded
+    RETURNING id, doc_id
+)
+{backlog}"
+    )
+}
+
+/// Moves up to `$1` vectors from the backlog into the graph, returning one row per vector
+/// moved. The documents' rows are locked first, as a write locks them before it touches the
+/// backlog, so an indexer and a writer replacing the same document never wait on each other
+/// in opposite orders; rows another transaction holds are skipped, so indexers on several
+/// replicas share the backlog instead of queueing on it.
+pub(super) const GRAPH_BACKLOG: &str = "WITH claimed AS (
+    SELECT id FROM deeprecall_documents WHERE folded IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED
+),
+moved AS (
+    DELETE FROM deeprecall_vector_backlog b USING claimed WHERE b.document_id = claimed.id
+    RETURNING b.document_id, b.folded
+)
+UPDATE deeprecall_documents d SET folded = moved.folded FROM moved WHERE d.id = moved.document_id";
+
 /// Returns the position of the filter's first parameter in [`search_statement`].
 pub(super) fn filter_start(indexed: bool) -> usize {
     if indexed { 9 } else { 8 }
@@ -221,8 +272,10 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// whose other columns are NULL.
 ///
 /// With the index, the vector ranking asks HNSW (iterative scan, the filter applied inside it)
-/// for `OVERSAMPLE` times the candidates by folded vector, then orders those by the exact
-/// inner product of the sparse vectors; without it, the collection is ranked exactly.
+/// for `OVERSAMPLE` times the candidates by folded vector, adds the rows still waiting in the
+/// vector backlog (not in the graph yet, so ranked exactly: a write is searched as soon as it
+/// is acknowledged), then orders all of them by the exact inner product of the sparse
+/// vectors; without it, the collection is ranked exactly.
 pub(super) fn search_statement(
     dimension: usize,
     filter_sql: &str,
@@ -235,10 +288,20 @@ pub(super) fn search_statement(
             "SELECT id, distance FROM (
             SELECT d.id, {exact} AS distance
             FROM deeprecall_documents d
-            WHERE $3::bool AND d.collection_id = (SELECT id FROM collection) AND {filter_sql}
+            WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
+              AND d.folded IS NOT NULL AND {filter_sql}
             ORDER BY d.folded::halfvec({FOLDED_DIMENSION}) <#> $8::text::halfvec({FOLDED_DIMENSION})
             LIMIT $4::bigint * {OVERSAMPLE}
         ) proposed
+        UNION ALL
+        SELECT id, distance FROM (
+            SELECT d.id, {exact} AS distance
+            FROM deeprecall_documents d
+            WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
+              AND d.folded IS NULL AND {filter_sql}
+            ORDER BY distance
+            LIMIT $4::bigint
+        ) waiting
         ORDER BY distance
         LIMIT $4::bigint"
         )

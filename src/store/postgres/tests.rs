@@ -13,6 +13,12 @@ mod conformance {
     crate::store::conformance::conformance_suite!(super::fresh);
 }
 
+/// The suite again with every write left in the vector backlog: what a search finds before an
+/// indexer has moved the write's vectors into the graph must be what it finds after.
+mod conformance_before_the_graph {
+    crate::store::conformance::conformance_suite!(super::fresh_without_indexer);
+}
+
 /// Settings for a database of the shared test server.
 pub(crate) fn settings(url: String) -> StoreConfig {
     StoreConfig {
@@ -29,6 +35,18 @@ async fn fresh(embedder: Arc<dyn Embedder>) -> Subject {
     let server = testing::shared();
     let database = server.create_database().await;
     let store = PostgresStore::connect(&settings(server.url(&database)), embedder)
+        .await
+        .unwrap();
+    Subject {
+        store: Arc::new(store),
+        _keep: Box::new(()),
+    }
+}
+
+async fn fresh_without_indexer(embedder: Arc<dyn Embedder>) -> Subject {
+    let server = testing::shared();
+    let database = server.create_database().await;
+    let store = PostgresStore::connect_without_indexer(&settings(server.url(&database)), embedder)
         .await
         .unwrap();
     Subject {
@@ -317,4 +335,208 @@ async fn tls_modes_that_demand_encryption_never_fall_back_to_plain_text() {
             .unwrap_err();
     assert!(matches!(missing, StoreError::Database(_)), "{missing:?}");
     assert!(missing.to_string().contains("missing.pem"), "{missing}");
+}
+
+/// Bounds a wait for something the code guarantees will happen; reached only on a hang.
+const HANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn count(store: &PostgresStore, sql: &str) -> i64 {
+    store
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn ungraphed(store: &PostgresStore) -> i64 {
+    count(
+        store,
+        "SELECT count(*) FROM deeprecall_documents WHERE folded IS NULL",
+    )
+    .await
+}
+
+async fn drain(store: &PostgresStore) -> u64 {
+    let mut moved = 0;
+    loop {
+        match store.graph_batch(7).await.unwrap() {
+            0 => return moved,
+            batch => moved += batch,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_searched_exactly_until_their_vectors_enter_the_graph() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect_without_indexer(&settings(url), hashing())
+        .await
+        .unwrap();
+    let documents = corpus();
+    let written = documents.len() as i64;
+    store.add_documents("docs", documents).await.unwrap();
+    assert_eq!(backlog::pending(&store.pool).await.unwrap(), written);
+    assert_eq!(ungraphed(&store).await, written);
+
+    // A misspelling shares no keyword: only the vector ranking can find it.
+    let misspelt = request("docs", "Northwnd Aerospce", 1);
+    assert_eq!(
+        search_ids(&store, misspelt.clone()).await,
+        vec!["northwind"]
+    );
+
+    assert_eq!(drain(&store).await, written as u64);
+    assert_eq!(backlog::pending(&store.pool).await.unwrap(), 0);
+    assert_eq!(ungraphed(&store).await, 0);
+    assert_eq!(search_ids(&store, misspelt).await, vec!["northwind"]);
+
+    // A replaced document leaves the graph's ranking for the backlog's, with its new vector.
+    store
+        .add_documents(
+            "docs",
+            vec![crate::store::conformance::doc(
+                "northwind",
+                "Quillfeather Balloons sells hot air balloons",
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(backlog::pending(&store.pool).await.unwrap(), 1);
+    let balloon = request("docs", "Quillfeathr Baloons", 1);
+    assert_eq!(search_ids(&store, balloon.clone()).await, vec!["northwind"]);
+    assert_eq!(drain(&store).await, 1);
+    assert_eq!(search_ids(&store, balloon).await, vec!["northwind"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_index_writes_skip_the_backlog_and_clear_a_replaced_documents_entry() {
+    let url = fresh_database().await;
+    let graphed = PostgresStore::connect_without_indexer(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    graphed.add_documents("docs", corpus()).await.unwrap();
+    let mut config = settings(url);
+    config.vector_index = crate::config::VectorIndex::Exact;
+    let exact = PostgresStore::connect(&config, hashing()).await.unwrap();
+    let replaced = crate::store::conformance::doc("northwind", "a zeppelin hangar");
+    exact.add_documents("docs", vec![replaced]).await.unwrap();
+    exact
+        .add_documents(
+            "docs",
+            vec![crate::store::conformance::doc("late", "zeppelin")],
+        )
+        .await
+        .unwrap();
+    // The replaced document's old vector is no longer waiting to be moved over it.
+    assert_eq!(
+        backlog::pending(&exact.pool).await.unwrap(),
+        corpus().len() as i64 - 1
+    );
+    assert_eq!(
+        count(
+            &exact,
+            "SELECT count(*) FROM deeprecall_documents \
+             WHERE doc_id IN ('northwind', 'late') AND folded IS NULL"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_store_moves_its_writes_into_the_graph_by_itself() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect(&settings(url), hashing())
+        .await
+        .unwrap();
+    let documents: Vec<NewDocument> = (0..600)
+        .map(|n| crate::store::conformance::doc(&format!("d{n}"), &format!("note {n} on item{n}")))
+        .collect();
+    store.add_documents("docs", documents).await.unwrap();
+    let deadline = tokio::time::Instant::now() + HANG;
+    while ungraphed(&store).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog never drained"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(backlog::pending(&store.pool).await.unwrap(), 0);
+}
+
+/// Indexers on two replicas and a writer replacing the same documents, all at once: every
+/// vector moves exactly once, nobody deadlocks or fails, and each document ends in the graph
+/// with the vector of its last version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexers_share_the_backlog_with_each_other_and_with_writers() {
+    let url = fresh_database().await;
+    let replicas: Vec<PostgresStore> = futures::future::join_all((0..2).map(|_| {
+        let config = settings(url.clone());
+        async move { PostgresStore::connect_without_indexer(&config, hashing()).await }
+    }))
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    let version = |round: usize| -> Vec<NewDocument> {
+        (0..300)
+            .map(|n| {
+                crate::store::conformance::doc(
+                    &format!("d{n}"),
+                    &format!("round{round} entry{n} text{}", n * round),
+                )
+            })
+            .collect()
+    };
+    replicas[0].add_documents("docs", version(0)).await.unwrap();
+    let writer = {
+        let store = replicas[1].clone();
+        tokio::spawn(async move {
+            for round in 1..=5 {
+                store.add_documents("docs", version(round)).await.unwrap();
+            }
+        })
+    };
+    let indexers = replicas.iter().map(|store| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut moved = 0;
+            for _ in 0..200 {
+                moved += store.graph_batch(25).await.unwrap();
+            }
+            moved
+        })
+    });
+    let moved: Vec<u64> = futures::future::join_all(indexers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    writer.await.unwrap();
+    let left = drain(&replicas[0]).await;
+    assert!(moved.iter().sum::<u64>() + left >= 300, "{moved:?} {left}");
+    assert_eq!(ungraphed(&replicas[0]).await, 0);
+    assert_eq!(backlog::pending(&replicas[0].pool).await.unwrap(), 0);
+
+    // Every stored folded vector is the one of the document's last version.
+    let client = replicas[0].pool.get().await.unwrap();
+    let embedder = HashingEmbedder::default();
+    for document in version(5) {
+        let id = document.id.clone().unwrap();
+        let expected = embedder.embed(&[document.content]).await.unwrap().remove(0);
+        let similarity: f64 = client
+            .query_one(
+                "SELECT -(folded <#> $2::text::halfvec)::float8 FROM deeprecall_documents \
+                 WHERE doc_id = $1",
+                &[&id, &sql::folded_text(&expected)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(similarity > 0.99, "{id}: {similarity}");
+    }
 }

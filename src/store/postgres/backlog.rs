@@ -1,0 +1,142 @@
+//! The vector backlog's indexer: moves the folded vectors of acknowledged writes into the HNSW
+//! graph, in the background.
+//!
+//! A write that inserted into the graph itself spent a few milliseconds a row inside
+//! PostgreSQL (BENCHMARKS.md), so ingest ran at a few hundred documents a second. Writes now
+//! leave `folded` NULL and the vector in `deeprecall_vector_backlog`; searches rank those rows
+//! exactly (`sql::search_statement`), so nothing acknowledged goes unsearched; and each
+//! replica runs one indexer that moves them over in batches. Replicas share the backlog
+//! (`FOR UPDATE SKIP LOCKED`): a replica that dies mid-backlog leaves its rows to the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::super::StoreError;
+use super::sql::GRAPH_BACKLOG;
+use crate::config::StoreConfig;
+
+/// Vectors moved by one statement: about a second of graph insertion on a small machine, far
+/// under the statement timeout, and short enough that a writer replacing one of them waits
+/// little for its row lock.
+pub(super) const BATCH: i64 = 200;
+/// How often an idle indexer looks for rows other replicas left behind; its own writes wake
+/// it at once.
+const POLL: Duration = Duration::from_secs(5);
+/// The longest pause after failures in a row (the database unreachable, say).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A replica's running indexer: `workers` tasks, each moving one batch at a time (graph
+/// insertion runs on one PostgreSQL backend per statement, so workers are how a replica
+/// uses more than one of the database's cores). Dropping the last handle stops them.
+#[derive(Debug)]
+pub(super) struct Indexer {
+    workers: Vec<(Arc<Notify>, JoinHandle<()>)>,
+}
+
+impl Indexer {
+    /// Starts `workers` tasks on the pool; each first drains whatever backlog it finds.
+    pub(super) fn spawn(pool: &Pool, workers: usize) -> Indexer {
+        let workers = (0..workers)
+            .map(|_| {
+                let wake = Arc::new(Notify::new());
+                let task = tokio::spawn(run(pool.clone(), Arc::clone(&wake)));
+                (wake, task)
+            })
+            .collect();
+        Indexer { workers }
+    }
+
+    /// Tells the workers that a write added to the backlog. A wake while one is busy is
+    /// kept, so it looks again after its current batch.
+    pub(super) fn wake(&self) {
+        for (wake, _) in &self.workers {
+            wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        // Mid-statement, the connection goes with the task and PostgreSQL rolls the batch
+        // back: its rows stay in the backlog for the next indexer.
+        for (_, task) in &self.workers {
+            task.abort();
+        }
+    }
+}
+
+async fn run(pool: Pool, wake: Arc<Notify>) {
+    let mut failures: u32 = 0;
+    let mut moved_since_idle: u64 = 0;
+    loop {
+        match graph_batch(&pool, BATCH).await {
+            Ok(0) => {
+                failures = 0;
+                if moved_since_idle > 0 {
+                    tracing::info!(vectors = moved_since_idle, "vector backlog drained");
+                    moved_since_idle = 0;
+                }
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            }
+            Ok(moved) => {
+                failures = 0;
+                moved_since_idle += moved;
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let pause = Duration::from_millis(200)
+                    .saturating_mul(1 << failures.min(8))
+                    .min(MAX_BACKOFF);
+                tracing::warn!(
+                    %error,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "cannot move vectors into the graph; retrying"
+                );
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// Moves up to `limit` vectors from the backlog into the graph; returns how many moved.
+pub(super) async fn graph_batch(pool: &Pool, limit: i64) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(GRAPH_BACKLOG).await?;
+    Ok(client.execute(&statement, &[&limit]).await?)
+}
+
+/// Watches the backlog of a database without serving from it (no migration, no indexer): what
+/// the benchmarks use to tell when every vector written is in the graph.
+pub struct BacklogWatch {
+    pool: Pool,
+}
+
+impl BacklogWatch {
+    /// A watch over the database `config` names; connects on first use.
+    pub fn new(config: &StoreConfig) -> Result<BacklogWatch, StoreError> {
+        Ok(BacklogWatch {
+            pool: super::connect::pool(config)?,
+        })
+    }
+
+    /// Counts the vectors written but not yet in the graph, across collections.
+    pub async fn pending(&self) -> Result<i64, StoreError> {
+        pending(&self.pool).await
+    }
+}
+
+/// Counts the vectors waiting to enter the graph, across collections.
+pub(super) async fn pending(pool: &Pool) -> Result<i64, StoreError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_one("SELECT count(*) FROM deeprecall_vector_backlog", &[])
+        .await?
+        .get(0))
+}
