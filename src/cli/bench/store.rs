@@ -95,6 +95,42 @@ async fn ingest_into(
     Ok(())
 }
 
+/// Queries whose hits the recall of the postgres store's index is measured on.
+const RECALL_QUERIES: usize = 200;
+
+/// The share of the hits `exact` finds (vectors ranked exactly) that `store` finds too.
+async fn recall_against(
+    store: &dyn DocumentStore,
+    exact: &PostgresStore,
+    corpus: &mut Corpus,
+    filter: &Filter,
+    args: &BenchArgs,
+) -> Result<f64, CliError> {
+    let (mut found, mut wanted) = (0usize, 0usize);
+    for _ in 0..RECALL_QUERIES.min(args.samples) {
+        let request = SearchRequest {
+            collection: "bench".into(),
+            query: corpus.query(),
+            top_k: args.top_k,
+            filter: filter.clone(),
+        };
+        let truth = exact
+            .search(request.clone())
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        let hits = store
+            .search(request)
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        wanted += truth.len();
+        found += truth
+            .iter()
+            .filter(|hit| hits.iter().any(|other| other.id == hit.id))
+            .count();
+    }
+    Ok(found as f64 / wanted.max(1) as f64)
+}
+
 /// Waits until the postgres store's vector backlog is empty, and returns how long that took.
 /// Polls: a benchmark, where a second of lag in noticing costs nothing.
 async fn wait_for_graph(backlog: &BacklogWatch) -> Result<Duration, CliError> {
@@ -137,6 +173,7 @@ async fn search_in(
         None => label.to_string(),
     };
     let mut backlog = None;
+    let mut exact_twin = None;
     let store: Arc<dyn DocumentStore> = match postgres {
         None => Arc::new(
             EmbeddedStore::open(
@@ -155,11 +192,13 @@ async fn search_in(
                 backlog =
                     Some(BacklogWatch::new(&config).map_err(|e| CliError::Io(e.to_string()))?);
             }
-            Arc::new(
-                PostgresStore::connect(&config, embedder)
-                    .await
-                    .map_err(|error| CliError::Io(error.to_string()))?,
-            )
+            let store = PostgresStore::connect(&config, embedder)
+                .await
+                .map_err(|error| CliError::Io(error.to_string()))?;
+            if config.vector_index == crate::config::VectorIndex::Hnsw {
+                exact_twin = Some(store.ranking_exactly());
+            }
+            Arc::new(store)
         }
     };
     store
@@ -205,6 +244,16 @@ async fn search_in(
             args.search_documents,
             percentiles(&mut latencies)
         );
+        if let Some(exact) = &exact_twin {
+            let recall = recall_against(store.as_ref(), exact, &mut corpus, &filter, args).await?;
+            println!(
+                "search ({label}): {filter_label}, the hybrid top-{} through the HNSW index holds \
+                 {:.3} of the hits found with vectors ranked exactly ({} queries)",
+                args.top_k,
+                recall,
+                RECALL_QUERIES.min(args.samples)
+            );
+        }
     }
     store
         .delete_collection("bench")

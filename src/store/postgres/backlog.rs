@@ -1,12 +1,14 @@
-//! The vector backlog's indexer: moves the folded vectors of acknowledged writes into the HNSW
-//! graph, in the background.
+//! The indexer: puts the vectors of acknowledged writes into the HNSW graph, in the
+//! background.
 //!
 //! A write that inserted into the graph itself spent a few milliseconds a row inside
 //! PostgreSQL (BENCHMARKS.md), so ingest ran at a few hundred documents a second. Writes now
-//! leave `folded` NULL and the vector in `deeprecall_vector_backlog`; searches rank those rows
-//! exactly (`sql::search_statement`), so nothing acknowledged goes unsearched; and each
-//! replica runs one indexer that moves them over in batches. Replicas share the backlog
-//! (`FOR UPDATE SKIP LOCKED`): a replica that dies mid-backlog leaves its rows to the others.
+//! leave `folded` NULL (pgvector does not index NULL): those rows are the backlog, found
+//! through a partial index. Searches rank them exactly (`sql::search_statement`), so nothing
+//! acknowledged goes unsearched, and each replica's indexer claims them in batches, folds
+//! their sparse vectors and fills `folded` in. Replicas share the backlog (`FOR UPDATE SKIP
+//! LOCKED`): a replica that dies mid-backlog leaves its rows to the others. The same path
+//! folds every row again when the graph's dimension changes (`migrations.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +18,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::super::StoreError;
-use super::sql::GRAPH_BACKLOG;
+use super::sql::{GRAPH_CLAIM, GRAPH_FILL, folded_text, parse_sparsevec};
 use crate::config::StoreConfig;
 
-/// Vectors moved by one statement: about a second of graph insertion on a small machine, far
-/// under the statement timeout, and short enough that a writer replacing one of them waits
-/// little for its row lock.
+/// Rows put into the graph by one transaction: about a second of graph insertion on a small
+/// machine, far under the statement timeout, and short enough that a writer replacing one of
+/// them waits little for its row lock.
 pub(super) const BATCH: i64 = 200;
 /// How often an idle indexer looks for rows other replicas left behind; its own writes wake
 /// it at once.
@@ -38,12 +40,13 @@ pub(super) struct Indexer {
 }
 
 impl Indexer {
-    /// Starts `workers` tasks on the pool; each first drains whatever backlog it finds.
-    pub(super) fn spawn(pool: &Pool, workers: usize) -> Indexer {
+    /// Starts `workers` tasks on the pool, building the graph over vectors of
+    /// `graph_dimension`; each first drains whatever backlog it finds.
+    pub(super) fn spawn(pool: &Pool, workers: usize, graph_dimension: usize) -> Indexer {
         let workers = (0..workers)
             .map(|_| {
                 let wake = Arc::new(Notify::new());
-                let task = tokio::spawn(run(pool.clone(), Arc::clone(&wake)));
+                let task = tokio::spawn(run(pool.clone(), Arc::clone(&wake), graph_dimension));
                 (wake, task)
             })
             .collect();
@@ -69,11 +72,11 @@ impl Drop for Indexer {
     }
 }
 
-async fn run(pool: Pool, wake: Arc<Notify>) {
+async fn run(pool: Pool, wake: Arc<Notify>, graph_dimension: usize) {
     let mut failures: u32 = 0;
     let mut moved_since_idle: u64 = 0;
     loop {
-        match graph_batch(&pool, BATCH).await {
+        match graph_batch(&pool, BATCH, graph_dimension).await {
             Ok(0) => {
                 failures = 0;
                 if moved_since_idle > 0 {
@@ -105,11 +108,35 @@ async fn run(pool: Pool, wake: Arc<Notify>) {
     }
 }
 
-/// Moves up to `limit` vectors from the backlog into the graph; returns how many moved.
-pub(super) async fn graph_batch(pool: &Pool, limit: i64) -> Result<u64, StoreError> {
-    let client = pool.get().await?;
-    let statement = client.prepare_cached(GRAPH_BACKLOG).await?;
-    Ok(client.execute(&statement, &[&limit]).await?)
+/// Puts up to `limit` waiting rows into the graph, their vectors folded to `graph_dimension`;
+/// returns how many went in.
+pub(super) async fn graph_batch(
+    pool: &Pool,
+    limit: i64,
+    graph_dimension: usize,
+) -> Result<u64, StoreError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let claim = transaction.prepare_cached(GRAPH_CLAIM).await?;
+    let claimed = transaction.query(&claim, &[&limit]).await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(claimed.len());
+    let mut vectors = Vec::with_capacity(claimed.len());
+    for row in &claimed {
+        let id: i64 = row.get(0);
+        let text: &str = row.get(1);
+        let embedding = parse_sparsevec(text).ok_or_else(|| {
+            StoreError::Corrupt(format!("document row {id}: unreadable sparse vector"))
+        })?;
+        ids.push(id);
+        vectors.push(folded_text(&embedding, graph_dimension));
+    }
+    let fill = transaction.prepare_cached(GRAPH_FILL).await?;
+    let filled = transaction.execute(&fill, &[&ids, &vectors]).await?;
+    transaction.commit().await?;
+    Ok(filled)
 }
 
 /// Watches the backlog of a database without serving from it (no migration, no indexer): what
@@ -132,11 +159,14 @@ impl BacklogWatch {
     }
 }
 
-/// Counts the vectors waiting to enter the graph, across collections.
+/// Counts the rows waiting to enter the graph, across collections.
 pub(super) async fn pending(pool: &Pool) -> Result<i64, StoreError> {
     let client = pool.get().await?;
     Ok(client
-        .query_one("SELECT count(*) FROM deeprecall_vector_backlog", &[])
+        .query_one(
+            "SELECT count(*) FROM deeprecall_documents WHERE folded IS NULL",
+            &[],
+        )
         .await?
         .get(0))
 }

@@ -11,7 +11,6 @@ use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
 
 use super::super::StoreError;
-use super::sql::FOLDED_DIMENSION;
 use super::{HNSW_EF_CONSTRUCTION, HNSW_M};
 use crate::config::VectorIndex;
 
@@ -66,17 +65,12 @@ CREATE TABLE deeprecall_meta (
 "#,
     ),
     (
-        "vector backlog",
+        "graph backlog",
         r#"
--- A row enters the HNSW graph (a few milliseconds each) after its write is acknowledged: its
--- folded vector waits here, `folded` stays NULL (pgvector does not index NULL), and searches
--- rank such rows exactly until an indexer moves the vector over.
+-- A row enters the HNSW graph (a few milliseconds each) after its write is acknowledged:
+-- `folded` stays NULL (pgvector does not index NULL) until an indexer fills it in, and
+-- searches rank such rows exactly meanwhile. This index finds them.
 ALTER TABLE deeprecall_documents ALTER COLUMN folded DROP NOT NULL;
-
-CREATE TABLE deeprecall_vector_backlog (
-    document_id bigint PRIMARY KEY REFERENCES deeprecall_documents (id) ON DELETE CASCADE,
-    folded      halfvec NOT NULL
-);
 
 CREATE INDEX deeprecall_documents_ungraphed ON deeprecall_documents (collection_id, id)
     WHERE folded IS NULL;
@@ -112,6 +106,7 @@ pub(super) async fn migrate(
     pool: &Pool,
     embedder_id: &str,
     vector_index: VectorIndex,
+    graph_dimension: usize,
 ) -> Result<MigrationReport, StoreError> {
     let mut client = pool.get().await?;
     // DDL on a large table, and waiting for another replica's, may outlast the statement
@@ -120,7 +115,7 @@ pub(super) async fn migrate(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let outcome = migrate_locked(&mut client, embedder_id, vector_index).await;
+    let outcome = migrate_locked(&mut client, embedder_id, vector_index, graph_dimension).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
@@ -136,6 +131,7 @@ async fn migrate_locked(
     client: &mut deadpool_postgres::Object,
     embedder_id: &str,
     vector_index: VectorIndex,
+    graph_dimension: usize,
 ) -> Result<MigrationReport, StoreError> {
     client
         .batch_execute(
@@ -193,29 +189,63 @@ async fn migrate_locked(
         applied.push(version);
     }
     check_embedder(client, embedder_id).await?;
-    ensure_vector_index(client, vector_index).await?;
+    ensure_vector_index(client, vector_index, graph_dimension).await?;
     Ok(MigrationReport {
         applied,
         version: known,
     })
 }
 
-/// Creates the HNSW index over the folded vectors if missing, or, with
+/// Creates the HNSW index over vectors of `graph_dimension` if missing, or, with
 /// [`VectorIndex::Exact`], drops it; any other vector index goes.
+///
+/// Before creating it, rows whose graph vector has another dimension (written by a build
+/// that folded differently, or under `exact` for another embedder) go back to the backlog:
+/// the indexers fold them again in the background, and searches rank them exactly meanwhile,
+/// so a start does not wait for a whole collection to be folded.
 async fn ensure_vector_index(
     client: &deadpool_postgres::Object,
     vector_index: VectorIndex,
+    graph_dimension: usize,
 ) -> Result<(), StoreError> {
     let current = match vector_index {
         VectorIndex::Hnsw => {
-            let sql = format!(
-                "CREATE INDEX IF NOT EXISTS deeprecall_documents_folded_{FOLDED_DIMENSION} \
-                 ON deeprecall_documents \
-                 USING hnsw ((folded::halfvec({FOLDED_DIMENSION})) halfvec_ip_ops) \
-                 WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
-            );
-            client.batch_execute(&sql).await?;
-            format!("deeprecall_documents_folded_{FOLDED_DIMENSION}")
+            let name = format!("deeprecall_documents_folded_{graph_dimension}");
+            let exists: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_indexes \
+                     WHERE tablename = 'deeprecall_documents' AND indexname = $1)",
+                    &[&name],
+                )
+                .await?
+                .get(0);
+            if !exists {
+                let dimension = graph_dimension as i32;
+                let refolded = client
+                    .execute(
+                        "UPDATE deeprecall_documents SET folded = NULL \
+                         WHERE folded IS NOT NULL AND vector_dims(folded) <> $1",
+                        &[&dimension],
+                    )
+                    .await?;
+                if refolded > 0 {
+                    tracing::info!(
+                        documents = refolded,
+                        dimension = graph_dimension,
+                        "documents left for the indexers to fold again"
+                    );
+                }
+                // Partial on the dimension: the build also reads the row versions the UPDATE
+                // above just replaced, and casting those to this dimension would fail it.
+                let sql = format!(
+                    "CREATE INDEX IF NOT EXISTS {name} ON deeprecall_documents \
+                     USING hnsw ((folded::halfvec({graph_dimension})) halfvec_ip_ops) \
+                     WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) \
+                     WHERE vector_dims(folded) = {graph_dimension}"
+                );
+                client.batch_execute(&sql).await?;
+            }
+            name
         }
         // No name matches: every vector index goes.
         VectorIndex::Exact => String::new(),

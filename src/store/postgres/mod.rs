@@ -1,7 +1,7 @@
 //! The PostgreSQL store: documents, collections and their content versions in PostgreSQL,
 //! shared by every replica; keyword ranking from a `tsvector` column with a GIN index, vector
-//! ranking from pgvector's HNSW index over the vectors folded to 256 dimensions and re-ranked
-//! by the exact `sparsevec` ones, fused by reciprocal rank in one SQL statement.
+//! ranking from pgvector's HNSW index (over the hashing embedder's vectors folded to 256
+//! dimensions, or a dense embedder's as they are) re-ranked by the exact `sparsevec` ones, fused by reciprocal rank in one SQL statement.
 //!
 //! Driver: `tokio-postgres` with a `deadpool-postgres` pool. sqlx would add its own runtime
 //! layer, compile-time query checking that needs a database at build time, and a heavier
@@ -35,8 +35,8 @@ pub use self::backlog::BacklogWatch;
 use self::backlog::Indexer;
 pub use self::migrations::{MigrationReport, known_version};
 use self::sql::{
-    any_term_query, compile_filter, filter_start, folded_text, search_statement, sparsevec_text,
-    write_statement,
+    any_term_query, compile_filter, filter_start, folded_text, graph_dimension, search_statement,
+    sparsevec_text, write_statement,
 };
 use super::prepare::{Fusion, candidates_for, embed_query, prepare_documents};
 use super::{
@@ -47,12 +47,10 @@ use crate::config::StoreConfig;
 use crate::embed::Embedder;
 use crate::text;
 
-/// HNSW graph degree, over the folded 256-dimension vectors. pgvector's default: 16 links per
-/// node keeps recall high at a modest index size; more mostly costs memory and insert time.
-/// The graph is built over folded dense vectors rather than the sparse ones because hashed
-/// text is close to orthogonal with hundreds of non-zero values, the slow case for a graph
-/// index: sparse inserts measured 4 to 37 ms a document on the 2-core test machine
-/// (BENCHMARKS.md).
+/// HNSW graph degree. pgvector's default: 16 links per node keeps recall high at a modest
+/// index size; more mostly costs memory and insert time. What the graph is built over is
+/// `sql::graph_dimension`'s choice: the hashing embedder's vectors folded, a dense embedder's
+/// as they are.
 pub(crate) const HNSW_M: usize = 16;
 /// Candidates kept while building the graph: pgvector's default, 64, four times `m`; lower
 /// values build faster at some cost in recall, which the exact re-ranking cannot recover
@@ -82,8 +80,9 @@ pub struct PostgresStore {
     pool: Pool,
     embedder: Arc<dyn Embedder>,
     dimension: usize,
-    /// Whether searches ask the HNSW index over folded vectors (and writes go through the
-    /// vector backlog).
+    /// Dimensions of the vectors the HNSW graph is built over (`sql::graph_dimension`).
+    graph_dimension: usize,
+    /// Whether searches ask the HNSW index (and writes leave their rows to the indexer).
     indexed: bool,
     /// Moves written vectors into the graph; None without the index, or where the caller
     /// drives the backlog itself.
@@ -122,6 +121,7 @@ impl PostgresStore {
             store.indexer = Some(Arc::new(Indexer::spawn(
                 &store.pool,
                 config.vector_index_workers,
+                store.graph_dimension,
             )));
         }
         Ok(store)
@@ -137,12 +137,15 @@ impl PostgresStore {
         let pool = connect::pool(config)?;
         let fusion = Fusion::for_embedder(embedder.as_ref(), config.rrf_k, config.vector_weight);
         let dimension = embedder.dimension();
+        let graph_dimension = graph_dimension(dimension, embedder.dense());
         let embedder_id = embedder.id();
         let max_wait = Duration::try_from_secs_f64(config.connect_retry_max_seconds.max(0.1))
             .unwrap_or(Duration::from_secs(30));
         let mut wait = Duration::from_millis(200).min(max_wait);
         loop {
-            match migrations::migrate(&pool, &embedder_id, config.vector_index).await {
+            match migrations::migrate(&pool, &embedder_id, config.vector_index, graph_dimension)
+                .await
+            {
                 Ok(report) => {
                     tracing::info!(
                         schema_version = report.version,
@@ -170,6 +173,7 @@ impl PostgresStore {
             pool,
             embedder,
             dimension,
+            graph_dimension,
             indexed: config.vector_index == crate::config::VectorIndex::Hnsw,
             indexer: None,
             fusion,
@@ -184,14 +188,26 @@ impl PostgresStore {
         embedder: &dyn Embedder,
     ) -> Result<MigrationReport, StoreError> {
         let pool = connect::pool(config)?;
-        migrations::migrate(&pool, &embedder.id(), config.vector_index).await
+        let graph_dimension = graph_dimension(embedder.dimension(), embedder.dense());
+        migrations::migrate(&pool, &embedder.id(), config.vector_index, graph_dimension).await
+    }
+
+    /// This store, ranking vectors exactly instead of through the HNSW index (which stays):
+    /// what the benchmark measures the index's recall against.
+    pub(crate) fn ranking_exactly(&self) -> PostgresStore {
+        PostgresStore {
+            indexed: false,
+            indexer: None,
+            statements: Arc::default(),
+            ..self.clone()
+        }
     }
 
     /// Moves up to `limit` vectors from the backlog into the graph, as the indexer does;
     /// returns how many moved.
     #[cfg(test)]
     pub(crate) async fn graph_batch(&self, limit: i64) -> Result<u64, StoreError> {
-        backlog::graph_batch(&self.pool, limit).await
+        backlog::graph_batch(&self.pool, limit, self.graph_dimension).await
     }
 
     fn statement_for(&self, filter_sql: &str) -> Arc<str> {
@@ -206,6 +222,7 @@ impl PostgresStore {
         }
         let statement: Arc<str> = search_statement(
             self.dimension,
+            self.graph_dimension,
             filter_sql,
             self.indexed,
             self.fusion.vector_weight,
@@ -299,25 +316,26 @@ impl DocumentStore for PostgresStore {
                 .iter()
                 .map(|d| sparsevec_text(&d.embedding, self.dimension))
                 .collect();
-            let folded: Vec<String> = chunk.iter().map(|d| folded_text(&d.embedding)).collect();
+            // Only without the index: with it, the indexer folds the stored vectors later.
+            let folded: Vec<String> = if self.indexed {
+                Vec::new()
+            } else {
+                chunk
+                    .iter()
+                    .map(|d| folded_text(&d.embedding, self.graph_dimension))
+                    .collect()
+            };
             let existing: i64 = transaction
                 .query_one(&count_existing, &[&collection_id, &doc_ids])
                 .await?
                 .get(0);
             inserted += chunk.len() as i64 - existing;
-            transaction
-                .execute(
-                    &insert,
-                    &[
-                        &collection_id,
-                        &doc_ids,
-                        &contents,
-                        &metadata,
-                        &embeddings,
-                        &folded,
-                    ],
-                )
-                .await?;
+            let mut parameters: Vec<&(dyn ToSql + Sync)> =
+                vec![&collection_id, &doc_ids, &contents, &metadata, &embeddings];
+            if !self.indexed {
+                parameters.push(&folded);
+            }
+            transaction.execute(&insert, &parameters).await?;
         }
         let document_count: i64 = transaction
             .query_one(
@@ -416,7 +434,7 @@ impl DocumentStore for PostgresStore {
         let vector = sparsevec_text(&query_embedding, self.dimension);
         let candidates = candidates_for(top_k) as i64;
         let limit = top_k as i64;
-        let folded_query = folded_text(&query_embedding);
+        let folded_query = folded_text(&query_embedding, self.graph_dimension);
         let compiled = compile_filter(&filter, filter_start(self.indexed));
         let statement = self.statement_for(&compiled.sql);
 

@@ -183,20 +183,39 @@ pub(super) fn sparsevec_text(embedding: &Embedding, dimension: usize) -> String 
     text
 }
 
-/// Dimensions of the folded vectors the HNSW index is built on.
+/// Dimensions the hashing embedder's sparse vectors are folded to for the HNSW index.
 pub(super) const FOLDED_DIMENSION: usize = 256;
+/// The most dimensions pgvector indexes as `halfvec`: a dense embedder's vectors up to this
+/// size enter the graph as they are.
+const MAX_GRAPH_DIMENSION: usize = 4_000;
 
-/// Writes a vector folded to [`FOLDED_DIMENSION`] dense dimensions (dimension `i` adds into
-/// `i % FOLDED_DIMENSION`, then the result is normalised again) in pgvector's `halfvec` text
-/// form. Folding is feature hashing once more: inner products survive it up to noise of about
-/// `1/sqrt(256)`, which the exact re-ranking of the index's candidates by the sparse vector
-/// removes. HNSW builds its graph over these far faster than over the sparse vectors: hashed
-/// text is close to orthogonal and has hundreds of non-zero values, the slow case for a graph
-/// index (BENCHMARKS.md).
-pub(super) fn folded_text(embedding: &Embedding) -> String {
-    let mut folded = [0f32; FOLDED_DIMENSION];
+/// Returns the dimension of the vectors the HNSW graph is built over, for an embedder of
+/// `dimension` dimensions, `dense` or not. A dense vector enters as it is. A sparse one (the
+/// hashing embedder's) is folded to [`FOLDED_DIMENSION`]: HNSW over the sparse vectors
+/// themselves inserted at 4 to 37 ms a row (hashed text is close to orthogonal, with hundreds
+/// of non-zero values). Folding costs recall, which the exact re-ranking cannot give back:
+/// at 256 dimensions the hybrid hits hold about half of those an exact vector ranking gives;
+/// at 1,024 they held 0.71, for four times the insertion cost and twice the search time
+/// (BENCHMARKS.md).
+pub(super) fn graph_dimension(dimension: usize, dense: bool) -> usize {
+    if dense && dimension <= MAX_GRAPH_DIMENSION {
+        dimension
+    } else {
+        FOLDED_DIMENSION.min(dimension.max(1))
+    }
+}
+
+/// Writes a vector folded to `dimension` dense dimensions (dimension `i` adds into
+/// `i % dimension`, then the result is normalised again) in pgvector's `halfvec` text form.
+/// Folding is feature hashing once more: inner products survive it up to noise of about
+/// `1/sqrt(dimension)`, which the exact re-ranking of the index's candidates by the sparse
+/// vector removes from their order (not from which candidates the graph proposes). A vector
+/// of at most `dimension` dimensions is only normalised.
+pub(super) fn folded_text(embedding: &Embedding, dimension: usize) -> String {
+    let dimension = dimension.max(1);
+    let mut folded = vec![0f32; dimension];
     for (index, value) in embedding.indices.iter().zip(&embedding.values) {
-        folded[*index as usize % FOLDED_DIMENSION] += value;
+        folded[*index as usize % dimension] += value;
     }
     let norm = folded.iter().map(|value| value * value).sum::<f32>().sqrt();
     if norm > 0.0 && norm.is_finite() {
@@ -204,7 +223,7 @@ pub(super) fn folded_text(embedding: &Embedding) -> String {
             *value /= norm;
         }
     }
-    let mut text = String::with_capacity(FOLDED_DIMENSION * 8);
+    let mut text = String::with_capacity(dimension * 8);
     text.push('[');
     for (position, value) in folded.iter().enumerate() {
         if position > 0 {
@@ -217,60 +236,56 @@ pub(super) fn folded_text(embedding: &Embedding) -> String {
     text
 }
 
+/// Reads pgvector's `sparsevec` text form (`{index:value,…}/dimension`, 1-based) back into an
+/// embedding; None when the text is not in that form.
+pub(super) fn parse_sparsevec(text: &str) -> Option<Embedding> {
+    let (pairs, _dimension) = text.strip_prefix('{')?.split_once("}/")?;
+    let mut embedding = Embedding::default();
+    for pair in pairs.split(',').filter(|pair| !pair.is_empty()) {
+        let (index, value) = pair.split_once(':')?;
+        let index: u32 = index.trim().parse().ok()?;
+        embedding.indices.push(index.checked_sub(1)?);
+        embedding.values.push(value.trim().parse().ok()?);
+    }
+    Some(embedding)
+}
+
 /// How many more candidates the HNSW index proposes than the vector ranking keeps, so that the
 /// exact re-ranking can correct the folding's noise.
 const OVERSAMPLE: usize = 3;
 
 /// The upsert of a write's rows: `$1` the collection's id, then arrays of ids, contents,
-/// metadata, sparse vectors and folded vectors, all text. With the HNSW index (`graphed`), a
-/// row's folded vector goes to the vector backlog and `folded` stays NULL, so the write costs
-/// no graph insertion; without it, `folded` is written at once and any backlog entry of a
-/// replaced row goes, so that no stale vector is moved over later.
+/// metadata and sparse vectors, all text; without the HNSW index, `$6` the vectors the index
+/// would be built over. With the index (`graphed`), `folded` stays NULL, so the write costs no
+/// graph insertion: an indexer fills it in later ([`graph_claim`]), and searches rank the row
+/// exactly until then. Without it, `folded` is written at once, ready for an index built later.
 pub(super) fn write_statement(graphed: bool) -> String {
-    let (folded, backlog) = if graphed {
-        (
-            "NULL::halfvec",
-            "INSERT INTO deeprecall_vector_backlog (document_id, folded)
-SELECT written.id, incoming.folded::halfvec
-FROM written JOIN incoming USING (doc_id)
-ON CONFLICT (document_id) DO UPDATE SET folded = excluded.folded",
-        )
+    let (folded, folded_array) = if graphed {
+        ("NULL::halfvec", "")
     } else {
-        (
-            "incoming.folded::halfvec",
-            "DELETE FROM deeprecall_vector_backlog b USING written WHERE b.document_id = written.id",
-        )
+        ("incoming.folded::halfvec", ", $6::text[]")
     };
+    let folded_column = if graphed { "" } else { ", folded" };
     format!(
-        "WITH incoming AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS incoming (doc_id, content, metadata, embedding, folded)
-),
-written AS (
-    INSERT INTO deeprecall_documents (collection_id, doc_id, content, metadata, embedding, folded)
-    SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec, {folded}
-    FROM incoming
-    ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content,
-        metadata = excluded.metadata, embedding = excluded.embedding, folded = excluded.folded
-    RETURNING id, doc_id
-)
-{backlog}"
+        "INSERT INTO deeprecall_documents (collection_id, doc_id, content, metadata, embedding, folded)
+SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec, {folded}
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]{folded_array})
+    AS incoming (doc_id, content, metadata, embedding{folded_column})
+ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content,
+    metadata = excluded.metadata, embedding = excluded.embedding, folded = excluded.folded"
     )
 }
 
-/// Moves up to `$1` vectors from the backlog into the graph, returning one row per vector
-/// moved. The documents' rows are locked first, as a write locks them before it touches the
-/// backlog, so an indexer and a writer replacing the same document never wait on each other
-/// in opposite orders; rows another transaction holds are skipped, so indexers on several
-/// replicas share the backlog instead of queueing on it.
-pub(super) const GRAPH_BACKLOG: &str = "WITH claimed AS (
-    SELECT id FROM deeprecall_documents WHERE folded IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED
-),
-moved AS (
-    DELETE FROM deeprecall_vector_backlog b USING claimed WHERE b.document_id = claimed.id
-    RETURNING b.document_id, b.folded
-)
-UPDATE deeprecall_documents d SET folded = moved.folded FROM moved WHERE d.id = moved.document_id";
+/// Claims up to `$1` rows waiting for the graph, with their sparse vectors. The rows stay
+/// locked until the claiming transaction ends; rows another transaction holds (a writer
+/// replacing them, another indexer) are skipped, so indexers on several replicas share the
+/// waiting rows instead of queueing on them.
+pub(super) const GRAPH_CLAIM: &str = "SELECT id, embedding::text FROM deeprecall_documents \
+     WHERE folded IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Fills in the graph's vectors of claimed rows: `$1` their ids, `$2` the vectors, as text.
+pub(super) const GRAPH_FILL: &str = "UPDATE deeprecall_documents d SET folded = v.folded::halfvec \
+     FROM unnest($1::bigint[], $2::text[]) AS v (id, folded) WHERE d.id = v.id";
 
 /// Returns the position of the filter's first parameter in [`search_statement`].
 pub(super) fn filter_start(indexed: bool) -> usize {
@@ -303,6 +318,7 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// vectors; without it, the collection is ranked exactly.
 pub(super) fn search_statement(
     dimension: usize,
+    graph_dimension: usize,
     filter_sql: &str,
     indexed: bool,
     vector_weight: f64,
@@ -314,8 +330,8 @@ pub(super) fn search_statement(
             SELECT d.id, {exact} AS distance
             FROM deeprecall_documents d
             WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
-              AND d.folded IS NOT NULL AND {filter_sql}
-            ORDER BY d.folded::halfvec({FOLDED_DIMENSION}) <#> $8::text::halfvec({FOLDED_DIMENSION})
+              AND vector_dims(d.folded) = {graph_dimension} AND {filter_sql}
+            ORDER BY d.folded::halfvec({graph_dimension}) <#> $8::text::halfvec({graph_dimension})
             LIMIT $4::bigint * {OVERSAMPLE}
         ) proposed
         UNION ALL
@@ -429,7 +445,7 @@ mod tests {
             indices: vec![1, 1 + FOLDED_DIMENSION as u32, 2],
             values: vec![0.3, 0.3, 0.8],
         };
-        let text = folded_text(&embedding);
+        let text = folded_text(&embedding, FOLDED_DIMENSION);
         let values: Vec<f32> = text
             .trim_matches(|c| c == '[' || c == ']')
             .split(',')
@@ -438,7 +454,51 @@ mod tests {
         assert_eq!(values.len(), FOLDED_DIMENSION);
         assert!((values[1] - 0.6).abs() < 1e-3, "{}", values[1]);
         assert!((values[2] - 0.8).abs() < 1e-3, "{}", values[2]);
-        assert!(folded_text(&Embedding::default()).starts_with("[0.0000,"));
+        assert!(folded_text(&Embedding::default(), FOLDED_DIMENSION).starts_with("[0.0000,"));
+    }
+
+    #[test]
+    fn dense_vectors_enter_the_graph_whole_and_sparse_ones_folded() {
+        assert_eq!(graph_dimension(384, true), 384);
+        assert_eq!(
+            graph_dimension(MAX_GRAPH_DIMENSION, true),
+            MAX_GRAPH_DIMENSION
+        );
+        assert_eq!(
+            graph_dimension(MAX_GRAPH_DIMENSION + 1, true),
+            FOLDED_DIMENSION
+        );
+        assert_eq!(graph_dimension(4096, false), FOLDED_DIMENSION);
+        assert_eq!(
+            graph_dimension(FOLDED_DIMENSION + 1, false),
+            FOLDED_DIMENSION
+        );
+        assert_eq!(
+            graph_dimension(FOLDED_DIMENSION / 2, false),
+            FOLDED_DIMENSION / 2
+        );
+        assert_eq!(graph_dimension(0, false), 1);
+    }
+
+    #[test]
+    fn sparse_vector_text_reads_back_into_the_embedding_it_was_written_from() {
+        let embedding = Embedding {
+            indices: vec![0, 7, 4095],
+            values: vec![0.5, -0.25, 0.125],
+        };
+        let text = sparsevec_text(&embedding, 4096);
+        assert_eq!(parse_sparsevec(&text), Some(embedding));
+        assert_eq!(parse_sparsevec("{}/16"), Some(Embedding::default()));
+        for malformed in [
+            "",
+            "[1,2]",
+            "{1:0.5/16",
+            "{0:0.5}/16",
+            "{x:1}/16",
+            "{1:y}/16",
+        ] {
+            assert_eq!(parse_sparsevec(malformed), None, "{malformed:?}");
+        }
     }
 
     #[test]
@@ -509,7 +569,7 @@ mod tests {
             indices: vec![1, 1 + FOLDED_DIMENSION as u32, 2],
             values: vec![0.3, 0.3, 0.4],
         };
-        let values: Vec<f32> = folded_text(&embedding)
+        let values: Vec<f32> = folded_text(&embedding, FOLDED_DIMENSION)
             .trim_matches(|c| c == '[' || c == ']')
             .split(',')
             .map(|value| value.parse().unwrap())

@@ -413,7 +413,7 @@ async fn writes_are_searched_exactly_until_their_vectors_enter_the_graph() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_index_writes_skip_the_backlog_and_clear_a_replaced_documents_entry() {
+async fn without_the_index_writes_fill_in_their_graph_vectors_at_once() {
     let url = fresh_database().await;
     let graphed = PostgresStore::connect_without_indexer(&settings(url.clone()), hashing())
         .await
@@ -431,7 +431,7 @@ async fn without_the_index_writes_skip_the_backlog_and_clear_a_replaced_document
         )
         .await
         .unwrap();
-    // The replaced document's old vector is no longer waiting to be moved over it.
+    // The replaced document no longer waits for an indexer; the new one never did.
     assert_eq!(
         backlog::pending(&exact.pool).await.unwrap(),
         corpus().len() as i64 - 1
@@ -532,11 +532,74 @@ async fn indexers_share_the_backlog_with_each_other_and_with_writers() {
             .query_one(
                 "SELECT -(folded <#> $2::text::halfvec)::float8 FROM deeprecall_documents \
                  WHERE doc_id = $1",
-                &[&id, &sql::folded_text(&expected)],
+                &[
+                    &id,
+                    &sql::folded_text(&expected, replicas[0].graph_dimension),
+                ],
             )
             .await
             .unwrap()
             .get(0);
         assert!(similarity > 0.99, "{id}: {similarity}");
     }
+}
+
+/// A database whose graph vectors have another dimension (folded by another build) gets its
+/// index for this build's dimension at start, and its rows folded again by the indexers, while
+/// searches keep finding them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_vectors_of_another_dimension_are_folded_again() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect_without_indexer(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    store.add_documents("docs", corpus()).await.unwrap();
+    drain(&store).await;
+    let client = store.pool.get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "DROP INDEX deeprecall_documents_folded_{dimension};
+             UPDATE deeprecall_documents SET folded = '[0.6,0.8,0,0]';
+             CREATE INDEX deeprecall_documents_folded_4 ON deeprecall_documents
+                 USING hnsw ((folded::halfvec(4)) halfvec_ip_ops) WHERE vector_dims(folded) = 4;",
+            dimension = store.graph_dimension
+        ))
+        .await
+        .unwrap();
+    drop(client);
+
+    let reopened = PostgresStore::connect_without_indexer(&settings(url), hashing())
+        .await
+        .unwrap();
+    let written = corpus().len() as i64;
+    assert_eq!(backlog::pending(&reopened.pool).await.unwrap(), written);
+    let indexes: Vec<String> = reopened
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query(
+            "SELECT indexname FROM pg_indexes \
+             WHERE indexname LIKE 'deeprecall_documents_folded%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        vec![format!(
+            "deeprecall_documents_folded_{}",
+            reopened.graph_dimension
+        )]
+    );
+    let misspelt = request("docs", "Northwnd Aerospce", 1);
+    assert_eq!(
+        search_ids(&reopened, misspelt.clone()).await,
+        vec!["northwind"]
+    );
+    assert_eq!(drain(&reopened).await, written as u64);
+    assert_eq!(search_ids(&reopened, misspelt).await, vec!["northwind"]);
 }
