@@ -188,14 +188,12 @@ async fn search_in(
             .map_err(|error| CliError::Io(error.to_string()))?,
         ),
         Some(config) => {
-            if config.vector_index == crate::config::VectorIndex::Hnsw {
-                backlog =
-                    Some(BacklogWatch::new(&config).map_err(|e| CliError::Io(e.to_string()))?);
-            }
             let store = PostgresStore::connect(&config, embedder)
                 .await
                 .map_err(|error| CliError::Io(error.to_string()))?;
             if config.vector_index == crate::config::VectorIndex::Hnsw {
+                backlog =
+                    Some(BacklogWatch::new(&config).map_err(|e| CliError::Io(e.to_string()))?);
                 exact_twin = Some(store.ranking_exactly());
             }
             Arc::new(store)

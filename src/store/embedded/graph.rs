@@ -39,6 +39,10 @@ pub(super) fn build_graph(collection: &Arc<Collection>, job: GraphJob) {
         });
     if let Err(error) = spawned {
         collection.state.write().index.install_graph_failed();
-        tracing::warn!(collection = %collection.name, %error, "cannot start the graph builder; searches keep scanning");
+        tracing::warn!(
+            collection = %collection.name,
+            %error,
+            "cannot start the graph builder; searches keep scanning"
+        );
     }
 }

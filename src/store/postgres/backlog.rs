@@ -24,7 +24,7 @@ use crate::config::StoreConfig;
 /// Rows put into the graph by one transaction: about a second of graph insertion on a small
 /// machine, far under the statement timeout, and short enough that a writer replacing one of
 /// them waits little for its row lock.
-pub(super) const BATCH: i64 = 200;
+const BATCH: i64 = 200;
 /// How often an idle indexer looks for rows other replicas left behind; its own writes wake
 /// it at once.
 const POLL: Duration = Duration::from_secs(5);

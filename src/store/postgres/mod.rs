@@ -1,7 +1,8 @@
 //! The PostgreSQL store: documents, collections and their content versions in PostgreSQL,
 //! shared by every replica; keyword ranking from a `tsvector` column with a GIN index, vector
 //! ranking from pgvector's HNSW index (over the hashing embedder's vectors folded to 256
-//! dimensions, or a dense embedder's as they are) re-ranked by the exact `sparsevec` ones, fused by reciprocal rank in one SQL statement.
+//! dimensions, or a dense embedder's as they are) re-ranked by the exact `sparsevec` ones,
+//! fused by reciprocal rank in one SQL statement.
 //!
 //! Driver: `tokio-postgres` with a `deadpool-postgres` pool. sqlx would add its own runtime
 //! layer, compile-time query checking that needs a database at build time, and a heavier

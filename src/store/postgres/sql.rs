@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::super::Filter;
 use super::super::filter::{Condition, Operator};
@@ -52,21 +52,16 @@ fn compile_condition(condition: &Condition, first: usize, parameters: &mut Vec<S
         parameters.push(value);
         format!("${}", first + parameters.len() - 1)
     };
-    // Equality tests are jsonb containment: `{"k": v}` is contained in the metadata when its
-    // value for k equals v (numbers numerically), and `{"k": [v]}` when that value is an array
-    // holding v; so the operand's probes cover both cases in one C-level test a row. The probes
-    // become an array once per statement (an InitPlan); the per-row subquery over the row's
-    // elements that equality used before cost more than the ranking on filtered searches.
-    if let Some(probes) = equality_probes(condition) {
-        let probes = parameter(probes);
-        let contains = format!(
-            "d.metadata @> ANY (ARRAY(SELECT jsonb_array_elements({probes}::text::jsonb)))"
-        );
-        return match condition.operator {
-            Operator::Ne => format!("(NOT {contains})"),
-            _ => format!("({contains})"),
-        };
-    }
+    let symbol = match condition.operator {
+        Operator::Eq | Operator::In => {
+            return format!("({})", containment(condition, &mut parameter));
+        }
+        Operator::Ne => return format!("(NOT {})", containment(condition, &mut parameter)),
+        Operator::Gt => ">",
+        Operator::Gte => ">=",
+        Operator::Lt => "<",
+        Operator::Lte => "<=",
+    };
     let key = parameter(condition.key.clone());
     let present = format!("(d.metadata ? {key}::text)");
     // The value itself, or each element of an array value.
@@ -75,72 +70,58 @@ fn compile_condition(condition: &Condition, first: usize, parameters: &mut Vec<S
          WHEN 'array' THEN d.metadata -> {key}::text \
          ELSE jsonb_build_array(d.metadata -> {key}::text) END) AS element(value)"
     );
-    let any = |test: String| format!("EXISTS (SELECT 1 FROM {elements} WHERE {test})");
-    match condition.operator {
-        // Compiled above, as containment.
-        Operator::Eq | Operator::Ne | Operator::In => "FALSE".to_string(),
-        Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte => {
-            let symbol = match condition.operator {
-                Operator::Gt => ">",
-                Operator::Gte => ">=",
-                Operator::Lt => "<",
-                _ => "<=",
-            };
-            let test = match &condition.value {
-                Value::Number(number) => {
-                    let value = parameter(number.to_string());
-                    // CASE, not AND: SQL does not promise to test the type before the cast.
-                    format!(
-                        "CASE WHEN jsonb_typeof(element.value) = 'number' \
-                         THEN (element.value)::numeric {symbol} {value}::text::numeric \
-                         ELSE FALSE END"
-                    )
-                }
-                Value::String(text) => {
-                    let value = parameter(text.clone());
-                    format!(
-                        "CASE WHEN jsonb_typeof(element.value) = 'string' \
-                         THEN (element.value #>> '{{}}') COLLATE \"C\" {symbol} {value}::text \
-                         ELSE FALSE END"
-                    )
-                }
-                // The parser admits only numbers and strings here.
-                _ => "FALSE".to_string(),
-            };
-            format!("({present} AND {})", any(test))
+    let test = match &condition.value {
+        Value::Number(number) => {
+            let value = parameter(number.to_string());
+            // CASE, not AND: SQL does not promise to test the type before the cast.
+            format!(
+                "CASE WHEN jsonb_typeof(element.value) = 'number' \
+                 THEN (element.value)::numeric {symbol} {value}::text::numeric \
+                 ELSE FALSE END"
+            )
         }
-    }
+        Value::String(text) => {
+            let value = parameter(text.clone());
+            format!(
+                "CASE WHEN jsonb_typeof(element.value) = 'string' \
+                 THEN (element.value #>> '{{}}') COLLATE \"C\" {symbol} {value}::text \
+                 ELSE FALSE END"
+            )
+        }
+        // The parser admits only numbers and strings here.
+        _ => "FALSE".to_string(),
+    };
+    format!("({present} AND EXISTS (SELECT 1 FROM {elements} WHERE {test}))")
 }
 
-/// For `$eq`, `$ne` and `$in`: a JSON array of the objects whose containment in a row's
-/// metadata means its value for the key equals an operand, `{"k": v}` and `{"k": [v]}` for
-/// each operand v. None for the orderings.
-fn equality_probes(condition: &Condition) -> Option<String> {
+/// Whether the row's value for the key equals an operand of `$eq`, `$ne` or `$in`, as jsonb
+/// containment: `{"k": v}` is contained in the metadata when its value for k equals v
+/// (numbers numerically), and `{"k": [v]}` when that value is an array holding v, so one
+/// C-level test a row covers both. The probes become an array once per statement (an
+/// InitPlan); the per-row subquery over the row's elements that equality used before cost
+/// more than the ranking on filtered searches.
+fn containment(condition: &Condition, parameter: &mut impl FnMut(String) -> String) -> String {
     let operands: Vec<&Value> = match condition.operator {
-        Operator::Eq | Operator::Ne => vec![&condition.value],
         // The parser admits only an array here; anything else matches nothing.
         Operator::In => condition
             .value
             .as_array()
             .map(|values| values.iter().collect())
             .unwrap_or_default(),
-        _ => return None,
+        _ => vec![&condition.value],
     };
-    let key = &condition.key;
+    let probe = |value: Value| Value::Object(Map::from_iter([(condition.key.clone(), value)]));
     let probes: Vec<Value> = operands
         .into_iter()
         .flat_map(|operand| {
             [
-                Value::Object([(key.clone(), operand.clone())].into_iter().collect()),
-                Value::Object(
-                    [(key.clone(), Value::Array(vec![operand.clone()]))]
-                        .into_iter()
-                        .collect(),
-                ),
+                probe(operand.clone()),
+                probe(Value::Array(vec![operand.clone()])),
             ]
         })
         .collect();
-    Some(Value::Array(probes).to_string())
+    let probes = parameter(Value::Array(probes).to_string());
+    format!("d.metadata @> ANY (ARRAY(SELECT jsonb_array_elements({probes}::text::jsonb)))")
 }
 
 /// Writes a vector in pgvector's `sparsevec` text form, `{index:value,…}/dimension`, with
@@ -257,15 +238,14 @@ const OVERSAMPLE: usize = 3;
 /// The upsert of a write's rows: `$1` the collection's id, then arrays of ids, contents,
 /// metadata and sparse vectors, all text; without the HNSW index, `$6` the vectors the index
 /// would be built over. With the index (`graphed`), `folded` stays NULL, so the write costs no
-/// graph insertion: an indexer fills it in later ([`graph_claim`]), and searches rank the row
+/// graph insertion: an indexer fills it in later ([`GRAPH_CLAIM`]), and searches rank the row
 /// exactly until then. Without it, `folded` is written at once, ready for an index built later.
 pub(super) fn write_statement(graphed: bool) -> String {
-    let (folded, folded_array) = if graphed {
-        ("NULL::halfvec", "")
+    let (folded, folded_array, folded_column) = if graphed {
+        ("NULL::halfvec", "", "")
     } else {
-        ("incoming.folded::halfvec", ", $6::text[]")
+        ("incoming.folded::halfvec", ", $6::text[]", ", folded")
     };
-    let folded_column = if graphed { "" } else { ", folded" };
     format!(
         "INSERT INTO deeprecall_documents (collection_id, doc_id, content, metadata, embedding, folded)
 SELECT $1, doc_id, content, metadata::jsonb, embedding::sparsevec, {folded}
