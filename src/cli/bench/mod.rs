@@ -106,6 +106,12 @@ pub struct BenchArgs {
     /// bench embedder: the index's speed, not retrieval quality) instead of hashed text.
     #[arg(long)]
     dense_dimensions: Option<usize>,
+    /// Search suite on postgres: keep the searched collection after the run, and search one
+    /// an earlier run kept (the same documents: same `--search-documents` and
+    /// `--zipf-offset`) instead of loading it again, which at 100,000 documents spares minutes
+    /// of graph building between two measurements.
+    #[arg(long)]
+    keep_search_collection: bool,
     /// Vector index of the postgres store: hnsw or exact.
     #[arg(long, default_value = "hnsw")]
     vector_index: String,

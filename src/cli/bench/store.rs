@@ -199,18 +199,30 @@ async fn search_in(
             Arc::new(store)
         }
     };
-    store
-        .delete_collection("bench")
+    let keep = args.keep_search_collection && backlog.is_some();
+    let kept = store
+        .collection("bench")
         .await
-        .map_err(|error| CliError::Io(error.to_string()))?;
-    let loading = Instant::now();
-    let mut corpus =
-        load_search_corpus(store.as_ref(), args.search_documents, args.zipf_offset).await?;
-    println!(
-        "search ({label}): loaded {} documents in {:.1} s",
-        args.search_documents,
-        loading.elapsed().as_secs_f64()
-    );
+        .map_err(|error| CliError::Io(error.to_string()))?
+        .is_some_and(|info| info.document_count == args.search_documents as u64);
+    let mut corpus = if keep && kept {
+        println!("search ({label}): searching the collection an earlier run kept");
+        skip_search_corpus(args.search_documents, args.zipf_offset)
+    } else {
+        store
+            .delete_collection("bench")
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+        let loading = Instant::now();
+        let corpus =
+            load_search_corpus(store.as_ref(), args.search_documents, args.zipf_offset).await?;
+        println!(
+            "search ({label}): loaded {} documents in {:.1} s",
+            args.search_documents,
+            loading.elapsed().as_secs_f64()
+        );
+        corpus
+    };
     if let Some(backlog) = &backlog {
         // Searches are measured on the steady state, every vector in the graph.
         let graphed = wait_for_graph(backlog).await?;
@@ -253,11 +265,23 @@ async fn search_in(
             );
         }
     }
-    store
-        .delete_collection("bench")
-        .await
-        .map_err(|error| CliError::Io(error.to_string()))?;
+    if !keep {
+        store
+            .delete_collection("bench")
+            .await
+            .map_err(|error| CliError::Io(error.to_string()))?;
+    }
     Ok(())
+}
+
+/// The corpus as [`load_search_corpus`] leaves it after `documents`, without writing them:
+/// the queries drawn next are the ones a run that loaded the collection would draw.
+fn skip_search_corpus(documents: usize, zipf_offset: usize) -> Corpus {
+    let mut corpus = Corpus::new(11, zipf_offset);
+    for n in 0..documents {
+        corpus.document(n);
+    }
+    corpus
 }
 
 /// The search suites' two cases: no filter, and `group $in [1,2,3]`, which admits 30% of
