@@ -76,6 +76,18 @@ CREATE INDEX deeprecall_documents_ungraphed ON deeprecall_documents (collection_
     WHERE folded IS NULL;
 "#,
     ),
+    (
+        "vectors stored in the row",
+        r#"
+-- A search reads the sparse vector of every row it ranks exactly: the graph's proposals, the
+-- backlog, and every keyword match when the graph's vectors are folded. Past about 2 kB a row
+-- (a typical chunk with the hashing embedder's vector is 2.3 kB) PostgreSQL moves the largest
+-- values to the TOAST table, and each such read then costs an index lookup and another page:
+-- about ten times the inner product itself. Rows up to a page stay whole. Rows written before
+-- keep their layout until they are written again.
+ALTER TABLE deeprecall_documents SET (toast_tuple_target = 8160);
+"#,
+    ),
 ];
 
 /// What `migrate` did.

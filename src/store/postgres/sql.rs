@@ -174,10 +174,11 @@ const MAX_GRAPH_DIMENSION: usize = 4_000;
 /// `dimension` dimensions, `dense` or not. A dense vector enters as it is. A sparse one (the
 /// hashing embedder's) is folded to [`FOLDED_DIMENSION`]: HNSW over the sparse vectors
 /// themselves inserted at 4 to 37 ms a row (hashed text is close to orthogonal, with hundreds
-/// of non-zero values). Folding costs recall, which the exact re-ranking cannot give back:
-/// at 256 dimensions the hybrid hits hold about half of those an exact vector ranking gives;
-/// at 1,024 they held 0.71, for four times the insertion cost and twice the search time
-/// (BENCHMARKS.md).
+/// of non-zero values). Folding costs the graph recall, which the exact re-ranking cannot
+/// give back: at 256 dimensions its proposals hold about an eighth of the exact top 10, and
+/// the hybrid hits held half of an exact ranking's until the keyword matches were ranked by
+/// vector beside them ([`search_statement`]); 1,024 dimensions cost four times the insertion
+/// time and twice the search time for 0.71 (BENCHMARKS.md).
 pub(super) fn graph_dimension(dimension: usize, dense: bool) -> usize {
     if dense && dimension <= MAX_GRAPH_DIMENSION {
         dimension
@@ -292,10 +293,20 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// whose other columns are NULL.
 ///
 /// With the index, the vector ranking asks HNSW (iterative scan, the filter applied inside it)
-/// for `OVERSAMPLE` times the candidates by folded vector, adds the rows still waiting in the
+/// for `OVERSAMPLE` times the candidates by graph vector, adds the rows still waiting in the
 /// vector backlog (not in the graph yet, so ranked exactly: a write is searched as soon as it
-/// is acknowledged), then orders all of them by the exact inner product of the sparse
+/// is acknowledged), then orders all of them by the exact inner product of the stored
 /// vectors; without it, the collection is ranked exactly.
+///
+/// Where the graph holds folded vectors (the hashing embedder's), the rows the keyword
+/// ranking reads anyway are ranked exactly by vector too, and join the graph's proposals.
+/// Folding to 256 dimensions leaves the graph's proposals holding about an eighth of the exact
+/// top 10 (BENCHMARKS.md), while the hashing embedder's nearest neighbours are mostly texts
+/// sharing a word with the query, which are exactly the keyword matches; the graph still adds
+/// the neighbours found through character n-grams alone (misspellings). The keyword matches
+/// are read from the table once for both rankings (`matched`), so this costs an inner product
+/// a row, not another scan. A dense embedder's graph is exact enough without it, and its
+/// neighbours share no words with the query by design.
 pub(super) fn search_statement(
     dimension: usize,
     graph_dimension: usize,
@@ -303,27 +314,49 @@ pub(super) fn search_statement(
     indexed: bool,
     vector_weight: f64,
 ) -> String {
-    let exact = format!("d.embedding::sparsevec({dimension}) <#> $2::text::sparsevec({dimension})");
+    // The query vector is parsed once (an InitPlan), not for every row ranked, as a generic
+    // plan of a prepared statement would otherwise do.
+    let exact = "d.embedding <#> (SELECT vector FROM query_vector)";
+    let with_keyword_matches = indexed && graph_dimension != dimension;
+    let matched_distance = if with_keyword_matches {
+        format!(", CASE WHEN $3::bool THEN {exact} END AS distance")
+    } else {
+        String::new()
+    };
+    let keyword_matches = if with_keyword_matches {
+        "
+            UNION ALL
+            SELECT id, distance FROM (
+                SELECT id, distance FROM matched WHERE $3::bool
+                ORDER BY distance, id
+                LIMIT $4::bigint
+            ) shared"
+    } else {
+        ""
+    };
     let nearest = if indexed {
         format!(
-            "SELECT id, distance FROM (
-            SELECT d.id, {exact} AS distance
-            FROM deeprecall_documents d
-            WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
-              AND vector_dims(d.folded) = {graph_dimension} AND {filter_sql}
-            ORDER BY d.folded::halfvec({graph_dimension}) <#> $8::text::halfvec({graph_dimension})
-            LIMIT $4::bigint * {OVERSAMPLE}
-        ) proposed
-        UNION ALL
-        SELECT id, distance FROM (
-            SELECT d.id, {exact} AS distance
-            FROM deeprecall_documents d
-            WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
-              AND d.folded IS NULL AND {filter_sql}
-            ORDER BY distance
-            LIMIT $4::bigint
-        ) waiting
-        ORDER BY distance
+            "SELECT id, min(distance) AS distance FROM (
+            SELECT id, distance FROM (
+                SELECT d.id, {exact} AS distance
+                FROM deeprecall_documents d
+                WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
+                  AND vector_dims(d.folded) = {graph_dimension} AND {filter_sql}
+                ORDER BY d.folded::halfvec({graph_dimension}) <#> $8::text::halfvec({graph_dimension})
+                LIMIT $4::bigint * {OVERSAMPLE}
+            ) proposed
+            UNION ALL
+            SELECT id, distance FROM (
+                SELECT d.id, {exact} AS distance
+                FROM deeprecall_documents d
+                WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
+                  AND d.folded IS NULL AND {filter_sql}
+                ORDER BY distance
+                LIMIT $4::bigint
+            ) waiting{keyword_matches}
+        ) candidates
+        GROUP BY id
+        ORDER BY distance, id
         LIMIT $4::bigint"
         )
     } else {
@@ -337,6 +370,15 @@ pub(super) fn search_statement(
     };
     format!(
         "WITH collection AS (SELECT id FROM deeprecall_collections WHERE name = $1::text),
+query_vector AS (SELECT $2::text::sparsevec({dimension}) AS vector),
+matched AS MATERIALIZED (
+    SELECT d.id, ts_rank(d.keywords, search.query) AS score{matched_distance}
+    FROM deeprecall_documents d,
+         (SELECT CASE WHEN $5::text = '' THEN NULL
+                      ELSE to_tsquery('english', $5::text) END AS query) search
+    WHERE d.collection_id = (SELECT id FROM collection)
+      AND d.keywords @@ search.query AND {filter_sql}
+),
 by_vector AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM (
         {nearest}
@@ -345,15 +387,10 @@ by_vector AS (
 ),
 by_keyword AS (
     SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM (
-        SELECT d.id, ts_rank(d.keywords, search.query) AS score
-        FROM deeprecall_documents d,
-             (SELECT CASE WHEN $5::text = '' THEN NULL
-                          ELSE to_tsquery('english', $5::text) END AS query) search
-        WHERE d.collection_id = (SELECT id FROM collection)
-          AND d.keywords @@ search.query AND {filter_sql}
-        ORDER BY score DESC, d.id
+        SELECT id, score FROM matched
+        ORDER BY score DESC, id
         LIMIT $4::bigint
-    ) matched
+    ) best
 ),
 fused AS (
     SELECT id, sum(weight / ($6::float8 + rank)) AS score

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::testing::{self, PASSWORD};
 use super::*;
 use crate::config::{SslMode, StoreBackend};
-use crate::embed::HashingEmbedder;
+use crate::embed::{Embedding, HashingEmbedder};
 use crate::store::conformance::{Subject, corpus, hashing, request, search_ids};
 
 mod conformance {
@@ -602,4 +602,88 @@ async fn graph_vectors_of_another_dimension_are_folded_again() {
     );
     assert_eq!(drain(&reopened).await, written as u64);
     assert_eq!(search_ids(&reopened, misspelt).await, vec!["northwind"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_matches_are_ranked_by_vector_whatever_the_folded_graph_proposes() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect_without_indexer(&settings(url), hashing())
+        .await
+        .unwrap();
+    let mut documents: Vec<NewDocument> = (0..400)
+        .map(|n| crate::store::conformance::doc(&format!("filler-{n}"), &format!("filler {n}")))
+        .collect();
+    documents.push(crate::store::conformance::doc(
+        "hangar",
+        "The zeppelin hangar stands in Friedrichshafen",
+    ));
+    documents.push(crate::store::conformance::doc(
+        "rides",
+        "Zeppelin rides leave at noon, weather permitting",
+    ));
+    store.add_documents("docs", documents).await.unwrap();
+    drain(&store).await;
+
+    // The worst graph folding can give: every filler exactly where the query points, the
+    // documents that share its words exactly opposite, so that no proposal of the graph
+    // is one of them.
+    let query = "zeppelin hangar";
+    let embedding = HashingEmbedder::default().embed_text(query);
+    let towards = folded_text(&embedding, store.graph_dimension);
+    let away = folded_text(
+        &Embedding {
+            values: embedding.values.iter().map(|value| -value).collect(),
+            ..embedding.clone()
+        },
+        store.graph_dimension,
+    );
+    let client = store.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE deeprecall_documents SET folded = CASE WHEN doc_id LIKE 'filler-%' \
+             THEN $1::text::halfvec ELSE $2::text::halfvec END",
+            &[&towards, &away],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ungraphed(&store).await, 0);
+
+    let exact = store.ranking_exactly();
+    let through_the_graph = store.search(request("docs", query, 3)).await.unwrap();
+    assert_eq!(
+        through_the_graph,
+        exact.search(request("docs", query, 3)).await.unwrap()
+    );
+    assert_eq!(through_the_graph[0].id, "hangar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_up_to_a_page_keep_their_vectors_out_of_the_toast_table() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect(&settings(url), hashing())
+        .await
+        .unwrap();
+    // Sixty distinct words: a few hundred hashed features, a row of about 4 kB, which
+    // PostgreSQL's default target of 2 kB would cut up.
+    let content: String = (0..60).map(|n| format!("wordnumber{n} ")).collect();
+    store
+        .add_documents(
+            "docs",
+            vec![crate::store::conformance::doc("long", &content)],
+        )
+        .await
+        .unwrap();
+    let row_bytes = count(
+        &store,
+        "SELECT pg_column_size(d.*)::bigint FROM deeprecall_documents d",
+    )
+    .await;
+    assert!(row_bytes > 2_100, "the row is {row_bytes} bytes");
+    let toasted = count(
+        &store,
+        "SELECT pg_relation_size(reltoastrelid) FROM pg_class \
+         WHERE relname = 'deeprecall_documents'",
+    )
+    .await;
+    assert_eq!(toasted, 0);
 }
