@@ -191,6 +191,11 @@ pub struct StoreConfig {
     /// graph, each holding one pooled connection while it works. 0 leaves the work to other
     /// replicas (at least one must do it). Below `pool_size`, so searches keep connections.
     pub vector_index_workers: usize,
+    /// Postgres store with `hnsw`: `hnsw.ef_search`, the candidates the graph keeps while
+    /// searching, 1 to 1,000; more finds more of the true neighbours, more slowly. Unset: 40
+    /// for the hashing embedder, whose folded graph only adds to the keyword matches ranked
+    /// exactly, 100 for a dense embedder, whose neighbours the graph alone finds.
+    pub hnsw_ef_search: Option<usize>,
     /// TLS: disable, prefer, require, verify-ca or verify-full.
     pub sslmode: SslMode,
     /// PEM file of the CA certificates that verify-ca and verify-full trust; the system roots
@@ -231,6 +236,7 @@ impl Default for StoreConfig {
             connect_retry_max_seconds: 30.0,
             vector_index: VectorIndex::Hnsw,
             vector_index_workers: 1,
+            hnsw_ef_search: None,
             sslmode: SslMode::Prefer,
             ssl_ca_file: None,
             health_check_interval_ms: 5_000,

@@ -69,6 +69,11 @@ vector_index = "hnsw"
 # connection and keeps one database core busy while it works); more drain a bulk load sooner
 # on a database with cores to spare; 0 leaves the work to other replicas. Below pool_size.
 vector_index_workers = 1
+# With "hnsw": candidates the graph keeps while searching (pgvector's hnsw.ef_search, 1 to
+# 1000); more finds more of the true neighbours, more slowly. Unset: 40 for the hashing
+# embedder, whose folded graph only adds to the keyword matches ranked exactly, 100 for a
+# dense one (openai, local), whose neighbours the graph alone finds.
+# hnsw_ef_search = 100
 # TLS: disable, prefer, require, verify-ca or verify-full; CA certificates (PEM) for the
 # verify modes, the system roots when unset.
 sslmode = "prefer"

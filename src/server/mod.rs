@@ -35,6 +35,7 @@ use crate::http::{HttpServer, HttpSettings, HttpState};
 use crate::llm::LlmError;
 use crate::rerank::RerankError;
 use crate::store::StoreError;
+use crate::store::postgres::MAX_HNSW_EF_SEARCH;
 use crate::telemetry::trace_log::{DEFAULT_QUEUE_LINES, TraceLogSettings};
 use crate::telemetry::{self, Metrics, TraceLog};
 use crate::transport::tls::{ALPN_GRPC, ALPN_HTTP, watch};
@@ -125,6 +126,13 @@ pub fn check_settings(config: &Config) -> Result<(), ServerError> {
             "store.vector_index_workers ({}) must be below store.pool_size ({}): searches and \
              writes need connections too",
             store.vector_index_workers, store.pool_size
+        )));
+    }
+    if let Some(ef_search) = store.hnsw_ef_search
+        && !(1..=MAX_HNSW_EF_SEARCH).contains(&ef_search)
+    {
+        return Err(ServerError::Setting(format!(
+            "store.hnsw_ef_search must be from 1 to {MAX_HNSW_EF_SEARCH}, not {ef_search}"
         )));
     }
     config

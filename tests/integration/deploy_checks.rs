@@ -208,6 +208,8 @@ async fn check_config_names_the_setting_it_refuses() {
             "store.vector_index_workers",
         ),
         ("[store]\nrrf_k = -1\n", "store.rrf_k"),
+        ("[store]\nhnsw_ef_search = 0\n", "store.hnsw_ef_search"),
+        ("[store]\nhnsw_ef_search = 1001\n", "store.hnsw_ef_search"),
     ] {
         let config = dir.path().join("deeprecall.toml");
         std::fs::write(&config, toml).expect("write the config");

@@ -149,7 +149,8 @@ impl BacklogWatch {
     /// A watch over the database `config` names; connects on first use.
     pub fn new(config: &StoreConfig) -> Result<BacklogWatch, StoreError> {
         Ok(BacklogWatch {
-            pool: super::connect::pool(config)?,
+            // Nothing is searched through this pool.
+            pool: super::connect::pool(config, super::HNSW_EF_SEARCH_DENSE)?,
         })
     }
 

@@ -15,13 +15,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::super::StoreError;
-use super::HNSW_EF_SEARCH;
 use crate::config::{SslMode, StoreConfig};
 
-/// Builds the pool the settings describe. Connections are opened lazily, so this does not
-/// reach the database.
-pub(super) fn pool(config: &StoreConfig) -> Result<Pool, StoreError> {
-    let pg_config = pg_config(config)?;
+/// Builds the pool the settings describe, its sessions searching the HNSW graph with
+/// `ef_search`. Connections are opened lazily, so this does not reach the database.
+pub(super) fn pool(config: &StoreConfig, ef_search: usize) -> Result<Pool, StoreError> {
+    let pg_config = pg_config(config, ef_search)?;
     let tls = tls_connector(config)?;
     let manager = Manager::from_config(
         pg_config,
@@ -45,7 +44,10 @@ pub(super) fn pool(config: &StoreConfig) -> Result<Pool, StoreError> {
 
 /// Describes the connection: the URL, completed by the password file and the `PG*` variables
 /// for what it leaves out, with the session settings every search relies on.
-pub(super) fn pg_config(config: &StoreConfig) -> Result<tokio_postgres::Config, StoreError> {
+pub(super) fn pg_config(
+    config: &StoreConfig,
+    ef_search: usize,
+) -> Result<tokio_postgres::Config, StoreError> {
     let url = config.database_url.expose().trim();
     let mut pg: tokio_postgres::Config = if url.is_empty() {
         tokio_postgres::Config::new()
@@ -110,7 +112,7 @@ pub(super) fn pg_config(config: &StoreConfig) -> Result<tokio_postgres::Config, 
     // pgvector 0.8's; 0.7 warns about it and goes on without.
     let statement_timeout_ms = (config.statement_timeout_seconds.max(0.0) * 1000.0) as u64;
     pg.options(format!(
-        "-c statement_timeout={statement_timeout_ms} -c hnsw.ef_search={HNSW_EF_SEARCH} \
+        "-c statement_timeout={statement_timeout_ms} -c hnsw.ef_search={ef_search} \
          -c hnsw.iterative_scan=relaxed_order"
     ));
     Ok(pg)

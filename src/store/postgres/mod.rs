@@ -57,15 +57,33 @@ pub(crate) const HNSW_M: usize = 16;
 /// values build faster at some cost in recall, which the exact re-ranking cannot recover
 /// (it only reorders what the graph proposes).
 pub(crate) const HNSW_EF_CONSTRUCTION: usize = 64;
-/// Candidates kept while searching (`hnsw.ef_search`, default 40). A search asks the index for
-/// 90 candidates at top-10 (three per hit, three times over for the re-ranking), and with
-/// pgvector 0.8's iterative scans
-/// (`hnsw.iterative_scan = relaxed_order`) the scan continues past `ef_search` until enough
-/// rows pass the collection and metadata filters, so 100 buys recall for the common case
-/// without making every search visit a large share of the graph. Without iterative scans
-/// (pgvector 0.7) a selective filter may leave fewer than `top_k` vector candidates; the
-/// keyword ranking is unaffected.
-pub(crate) const HNSW_EF_SEARCH: usize = 100;
+/// Candidates kept while searching a dense embedder's graph (`hnsw.ef_search`, pgvector's
+/// default 40), unless `store.hnsw_ef_search` says otherwise. A search asks the index for 90
+/// candidates at top-10 (three per hit, three times over for the re-ranking), and with
+/// pgvector 0.8's iterative scans (`hnsw.iterative_scan = relaxed_order`) the scan continues
+/// past `ef_search` until enough rows pass the collection and metadata filters, so 100 buys
+/// recall for the common case without making every search visit a large share of the graph.
+/// Without iterative scans (pgvector 0.7) a selective filter may leave fewer than `top_k`
+/// vector candidates; the keyword ranking is unaffected.
+pub(crate) const HNSW_EF_SEARCH_DENSE: usize = 100;
+/// The same for the hashing embedder's folded graph: its proposals hold about an eighth of
+/// the exact top 10 whatever `ef_search` from 40 to 200, and only add to the keyword matches
+/// ranked exactly ([`sql::search_statement`]), so pgvector's default is spent on it, not more.
+pub(crate) const HNSW_EF_SEARCH_FOLDED: usize = 40;
+/// The largest `hnsw.ef_search` pgvector accepts.
+pub const MAX_HNSW_EF_SEARCH: usize = 1_000;
+
+/// Returns the `hnsw.ef_search` of the store's sessions: the configured one, or the default
+/// for a graph of `graph_dimension` over vectors of `dimension`.
+fn ef_search(config: &StoreConfig, dimension: usize, graph_dimension: usize) -> usize {
+    config
+        .hnsw_ef_search
+        .unwrap_or(if graph_dimension == dimension {
+            HNSW_EF_SEARCH_DENSE
+        } else {
+            HNSW_EF_SEARCH_FOLDED
+        })
+}
 /// Filters of up to this many conditions have their search statement kept prepared on each
 /// connection: operators per condition make 7^n shapes, so past a few, keeping them all
 /// would let callers grow every connection's memory (and the server's) without bound.
@@ -135,10 +153,10 @@ impl PostgresStore {
         config: &StoreConfig,
         embedder: Arc<dyn Embedder>,
     ) -> Result<PostgresStore, StoreError> {
-        let pool = connect::pool(config)?;
         let fusion = Fusion::for_embedder(embedder.as_ref(), config.rrf_k, config.vector_weight);
         let dimension = embedder.dimension();
         let graph_dimension = graph_dimension(dimension, embedder.dense());
+        let pool = connect::pool(config, ef_search(config, dimension, graph_dimension))?;
         let embedder_id = embedder.id();
         let max_wait = Duration::try_from_secs_f64(config.connect_retry_max_seconds.max(0.1))
             .unwrap_or(Duration::from_secs(30));
@@ -188,8 +206,9 @@ impl PostgresStore {
         config: &StoreConfig,
         embedder: &dyn Embedder,
     ) -> Result<MigrationReport, StoreError> {
-        let pool = connect::pool(config)?;
         let graph_dimension = graph_dimension(embedder.dimension(), embedder.dense());
+        // Nothing is searched through this pool.
+        let pool = connect::pool(config, HNSW_EF_SEARCH_DENSE)?;
         migrations::migrate(&pool, &embedder.id(), config.vector_index, graph_dimension).await
     }
 

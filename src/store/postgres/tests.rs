@@ -687,3 +687,34 @@ async fn rows_up_to_a_page_keep_their_vectors_out_of_the_toast_table() {
     .await;
     assert_eq!(toasted, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_keep_the_configured_or_the_graphs_own_ef_search() {
+    async fn session_ef_search(config: StoreConfig, embedder: Arc<dyn Embedder>) -> String {
+        let store = PostgresStore::connect_without_indexer(&config, embedder)
+            .await
+            .unwrap();
+        let client = store.pool.get().await.unwrap();
+        client
+            .query_one("SELECT current_setting('hnsw.ef_search')", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    let url = fresh_database().await;
+    assert_eq!(
+        session_ef_search(settings(url.clone()), hashing()).await,
+        HNSW_EF_SEARCH_FOLDED.to_string()
+    );
+    let configured = StoreConfig {
+        hnsw_ef_search: Some(77),
+        ..settings(url)
+    };
+    assert_eq!(session_ef_search(configured, hashing()).await, "77");
+    let dense: Arc<dyn Embedder> =
+        Arc::new(crate::store::conformance::Dense(HashingEmbedder::new(64)));
+    assert_eq!(
+        session_ef_search(settings(fresh_database().await), dense).await,
+        HNSW_EF_SEARCH_DENSE.to_string()
+    );
+}
