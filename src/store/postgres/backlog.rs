@@ -27,7 +27,7 @@ use crate::config::StoreConfig;
 const BATCH: i64 = 200;
 /// How often an idle indexer looks for rows other replicas left behind; its own writes wake
 /// it at once.
-const POLL: Duration = Duration::from_secs(5);
+pub(super) const POLL: Duration = Duration::from_secs(5);
 /// The longest pause after failures in a row (the database unreachable, say).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -41,12 +41,19 @@ pub(super) struct Indexer {
 
 impl Indexer {
     /// Starts `workers` tasks on the pool, building the graph over vectors of
-    /// `graph_dimension`; each first drains whatever backlog it finds.
-    pub(super) fn spawn(pool: &Pool, workers: usize, graph_dimension: usize) -> Indexer {
+    /// `graph_dimension` and looking for others' rows every `poll` when idle; each first
+    /// drains whatever backlog it finds.
+    pub(super) fn spawn(
+        pool: &Pool,
+        workers: usize,
+        graph_dimension: usize,
+        poll: Duration,
+    ) -> Indexer {
         let workers = (0..workers)
             .map(|_| {
                 let wake = Arc::new(Notify::new());
-                let task = tokio::spawn(run(pool.clone(), Arc::clone(&wake), graph_dimension));
+                let task =
+                    tokio::spawn(run(pool.clone(), Arc::clone(&wake), graph_dimension, poll));
                 (wake, task)
             })
             .collect();
@@ -72,7 +79,7 @@ impl Drop for Indexer {
     }
 }
 
-async fn run(pool: Pool, wake: Arc<Notify>, graph_dimension: usize) {
+async fn run(pool: Pool, wake: Arc<Notify>, graph_dimension: usize, poll: Duration) {
     let mut failures: u32 = 0;
     let mut moved_since_idle: u64 = 0;
     loop {
@@ -85,7 +92,7 @@ async fn run(pool: Pool, wake: Arc<Notify>, graph_dimension: usize) {
                 }
                 tokio::select! {
                     () = wake.notified() => {}
-                    () = tokio::time::sleep(POLL) => {}
+                    () = tokio::time::sleep(poll) => {}
                 }
             }
             Ok(moved) => {
@@ -94,9 +101,7 @@ async fn run(pool: Pool, wake: Arc<Notify>, graph_dimension: usize) {
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let pause = Duration::from_millis(200)
-                    .saturating_mul(1 << failures.min(8))
-                    .min(MAX_BACKOFF);
+                let pause = backoff(failures);
                 tracing::warn!(
                     %error,
                     retry_in_ms = pause.as_millis() as u64,
@@ -106,6 +111,14 @@ async fn run(pool: Pool, wake: Arc<Notify>, graph_dimension: usize) {
             }
         }
     }
+}
+
+/// The pause after `failures` failed batches in a row: 400 ms after the first, doubling up
+/// to [`MAX_BACKOFF`], so that a database that is down is not asked again at once.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(200)
+        .saturating_mul(1 << failures.min(8))
+        .min(MAX_BACKOFF)
 }
 
 /// Puts up to `limit` waiting rows into the graph, their vectors folded to `graph_dimension`;
@@ -170,4 +183,21 @@ pub(super) async fn pending(pool: &Pool) -> Result<i64, StoreError> {
         )
         .await?
         .get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_a_row_double_the_pause_up_to_its_bound() {
+        let pauses: Vec<u64> = (1..=9).map(|n| backoff(n).as_millis() as u64).collect();
+        assert_eq!(
+            pauses,
+            [
+                400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000
+            ]
+        );
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
 }

@@ -141,6 +141,7 @@ impl PostgresStore {
                 &store.pool,
                 config.vector_index_workers,
                 store.graph_dimension,
+                backlog::POLL,
             )));
         }
         Ok(store)

@@ -373,13 +373,15 @@ async fn drain(store: &PostgresStore) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_searched_exactly_until_their_vectors_enter_the_graph() {
     let url = fresh_database().await;
-    let store = PostgresStore::connect_without_indexer(&settings(url), hashing())
+    let store = PostgresStore::connect_without_indexer(&settings(url.clone()), hashing())
         .await
         .unwrap();
+    let watch = BacklogWatch::new(&settings(url)).unwrap();
     let documents = corpus();
     let written = documents.len() as i64;
     store.add_documents("docs", documents).await.unwrap();
     assert_eq!(backlog::pending(&store.pool).await.unwrap(), written);
+    assert_eq!(watch.pending().await.unwrap(), written);
     assert_eq!(ungraphed(&store).await, written);
 
     // A misspelling shares no keyword: only the vector ranking can find it.
@@ -391,6 +393,7 @@ async fn writes_are_searched_exactly_until_their_vectors_enter_the_graph() {
 
     assert_eq!(drain(&store).await, written as u64);
     assert_eq!(backlog::pending(&store.pool).await.unwrap(), 0);
+    assert_eq!(watch.pending().await.unwrap(), 0);
     assert_eq!(ungraphed(&store).await, 0);
     assert_eq!(search_ids(&store, misspelt).await, vec!["northwind"]);
 
@@ -717,4 +720,84 @@ async fn searches_keep_the_configured_or_the_graphs_own_ef_search() {
         session_ef_search(settings(fresh_database().await), dense).await,
         HNSW_EF_SEARCH_DENSE.to_string()
     );
+}
+
+/// Waits until `done` holds, for at most [`HANG`].
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + HANG;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_wakes_its_replicas_indexer_without_waiting_for_the_poll() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect_without_indexer(&settings(url.clone()), hashing())
+        .await
+        .unwrap();
+    // Polling once an hour, on a pool of its own: once the worker has had its first look
+    // (a connection opened and given back), only the write's wake can move its rows.
+    let indexer_pool = connect::pool(&settings(url), HNSW_EF_SEARCH_FOLDED).unwrap();
+    let store = PostgresStore {
+        indexer: Some(Arc::new(Indexer::spawn(
+            &indexer_pool,
+            1,
+            store.graph_dimension,
+            std::time::Duration::from_secs(3_600),
+        ))),
+        ..store
+    };
+    eventually("the indexer never had its first look", || async {
+        let status = indexer_pool.status();
+        status.size == 1 && status.available == 1
+    })
+    .await;
+    store.add_documents("docs", corpus()).await.unwrap();
+    eventually("the write did not wake the indexer", || async {
+        ungraphed(&store).await == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_stops_with_the_last_clone_of_its_store() {
+    let url = fresh_database().await;
+    let config = StoreConfig {
+        database_url: crate::secret::Secret::new(format!(
+            "{url}?application_name=indexer-that-stops"
+        )),
+        ..settings(url.clone())
+    };
+    let store = PostgresStore::connect(&config, hashing()).await.unwrap();
+    store.add_documents("docs", corpus()).await.unwrap();
+    let clone = store.clone();
+    drop(store);
+    eventually("the indexer never drained", || async {
+        ungraphed(&clone).await == 0
+    })
+    .await;
+    drop(clone);
+
+    let observer = PostgresStore::connect_without_indexer(&settings(url), hashing())
+        .await
+        .unwrap();
+    eventually(
+        "the dropped store's indexer kept its connection",
+        || async {
+            count(
+                &observer,
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'indexer-that-stops'",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
 }
