@@ -16,6 +16,8 @@
 
 mod backlog;
 mod connect;
+#[cfg(test)]
+mod graph_tests;
 mod migrations;
 mod sql;
 #[cfg(test)]
@@ -36,8 +38,8 @@ pub use self::backlog::BacklogWatch;
 use self::backlog::Indexer;
 pub use self::migrations::{MigrationReport, known_version};
 use self::sql::{
-    any_term_query, compile_filter, filter_start, folded_text, graph_dimension, search_statement,
-    sparsevec_text, write_statement,
+    any_term_query, compile_filter, filter_start, folded_text, folds, graph_dimension,
+    search_statement, sparsevec_text, write_statement,
 };
 use super::prepare::{Fusion, candidates_for, embed_query, prepare_documents};
 use super::{
@@ -78,10 +80,10 @@ pub const MAX_HNSW_EF_SEARCH: usize = 1_000;
 fn ef_search(config: &StoreConfig, dimension: usize, graph_dimension: usize) -> usize {
     config
         .hnsw_ef_search
-        .unwrap_or(if graph_dimension == dimension {
-            HNSW_EF_SEARCH_DENSE
-        } else {
+        .unwrap_or(if folds(dimension, graph_dimension) {
             HNSW_EF_SEARCH_FOLDED
+        } else {
+            HNSW_EF_SEARCH_DENSE
         })
 }
 /// Filters of up to this many conditions have their search statement kept prepared on each

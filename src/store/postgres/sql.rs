@@ -187,6 +187,12 @@ pub(super) fn graph_dimension(dimension: usize, dense: bool) -> usize {
     }
 }
 
+/// Whether a graph of `graph_dimension` over vectors of `dimension` holds them folded (the
+/// hashing embedder's) rather than whole.
+pub(super) fn folds(dimension: usize, graph_dimension: usize) -> bool {
+    graph_dimension != dimension
+}
+
 /// Writes a vector folded to `dimension` dense dimensions (dimension `i` adds into
 /// `i % dimension`, then the result is normalised again) in pgvector's `halfvec` text form.
 /// Folding is feature hashing once more: inner products survive it up to noise of about
@@ -317,7 +323,7 @@ pub(super) fn search_statement(
     // The query vector is parsed once (an InitPlan), not for every row ranked, as a generic
     // plan of a prepared statement would otherwise do.
     let exact = "d.embedding <#> (SELECT vector FROM query_vector)";
-    let with_keyword_matches = indexed && graph_dimension != dimension;
+    let with_keyword_matches = indexed && folds(dimension, graph_dimension);
     let matched_distance = if with_keyword_matches {
         format!(", CASE WHEN $3::bool THEN {exact} END AS distance")
     } else {
