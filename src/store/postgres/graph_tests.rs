@@ -331,11 +331,13 @@ async fn keyword_matches_are_ranked_by_vector_whatever_the_folded_graph_proposes
         .unwrap();
     assert_eq!(ungraphed(&store).await, 0);
 
+    // The two documents that share the query's words; past them, fillers tie on hash
+    // collisions, and which of them the graph proposes is arbitrary.
     let exact = store.ranking_exactly();
-    let through_the_graph = store.search(request("docs", query, 3)).await.unwrap();
+    let through_the_graph = store.search(request("docs", query, 2)).await.unwrap();
     assert_eq!(
         through_the_graph,
-        exact.search(request("docs", query, 3)).await.unwrap()
+        exact.search(request("docs", query, 2)).await.unwrap()
     );
     assert_eq!(through_the_graph[0].id, "hangar");
 }
