@@ -126,6 +126,16 @@ descendant_serving() {
     echo "$found"
 }
 
+# A second `buildah run` in the same container while the first still sets up its root (bind
+# mounts of /dev and the like) makes one of them fail with "file exists": the probes start
+# once the server process is running.
+deadline=$((SECONDS + 60))
+until [ -n "$(descendant_serving)" ]; do
+    kill -0 "$runner" 2> /dev/null || fail "the server exited before it started"
+    [ $SECONDS -lt $deadline ] || fail "the server process did not start within 60 s"
+    sleep 0.2
+done
+
 echo "== deeprecall health, inside the image"
 deadline=$((SECONDS + 60))
 until buildah run --isolation chroot "$container" -- \
