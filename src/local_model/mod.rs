@@ -378,7 +378,7 @@ pub(crate) fn test_model_dir() -> PathBuf {
 #[cfg(test)]
 pub(crate) fn reference() -> serde_json::Value {
     serde_json::from_str(include_str!(
-        "../tests/fixtures/local-models-reference.json"
+        "../../tests/fixtures/local-models-reference.json"
     ))
     .expect("the reference fixture is JSON")
 }
