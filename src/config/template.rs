@@ -116,12 +116,15 @@ base_url = ""
 # api_key_file = "/run/secrets/deeprecall/embedding-key"
 # Texts per request (per forward pass for local); estimated tokens per request; requests in
 # flight at once; longest input in tokens (longer texts are cut, with a warning); threads of
-# the local model; seconds per request.
+# the local model; tokens per forward pass of the local model, padding included (a longer
+# text runs alone: passes of a few hundred tokens keep their activations in the processor's
+# caches); seconds per request.
 batch_size = 32
 batch_tokens = 16384
 concurrency = 4
 max_input_tokens = 8191
 threads = 2
+pass_tokens = 512
 request_timeout_seconds = 60.0
 
 [rerank]
@@ -139,11 +142,13 @@ base_url = ""
 # cohere: API key; prefer env DEEPRECALL_RERANKER_API_KEY or this file (its first line).
 # api_key_file = "/run/secrets/deeprecall/reranker-key"
 # Candidates reordered per search; seconds a rerank request may take before the fused order
-# stands; threads of the local model and query-passage pairs per forward pass.
+# stands; threads of the local model, query-passage pairs per forward pass and tokens per
+# forward pass, padding included (a longer pair runs alone).
 candidates = 50
 request_timeout_seconds = 10.0
 threads = 2
 batch_size = 16
+pass_tokens = 512
 
 [engine]
 # Passages per search when a request says 0, and the most a request may ask for.

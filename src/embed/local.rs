@@ -213,7 +213,7 @@ impl Inner {
 pub struct LocalEmbedder {
     inner: Arc<Inner>,
     lane: Lane,
-    batch_size: usize,
+    options: LocalModelOptions,
     id: String,
     dimension: usize,
 }
@@ -223,7 +223,7 @@ impl std::fmt::Debug for LocalEmbedder {
         formatter
             .debug_struct("LocalEmbedder")
             .field("id", &self.id)
-            .field("batch_size", &self.batch_size)
+            .field("options", &self.options)
             .field("lane", &self.lane)
             .finish_non_exhaustive()
     }
@@ -282,7 +282,7 @@ impl LocalEmbedder {
                 normalize: pipeline.normalize,
             }),
             lane,
-            batch_size: options.batch_size.max(1),
+            options: options.clone(),
             id,
             dimension,
         })
@@ -306,7 +306,7 @@ impl LocalEmbedder {
             &self.lane,
             &self.inner,
             encodings,
-            self.batch_size,
+            &self.options,
             Inner::forward,
         )
         .await?;
@@ -358,6 +358,7 @@ pub fn from_config(config: &EmbeddingConfig) -> Result<Arc<LocalEmbedder>, Embed
         LocalModelOptions {
             threads: config.threads,
             batch_size: config.batch_size,
+            pass_tokens: config.pass_tokens,
             max_tokens: None,
         },
     )?;

@@ -10,6 +10,8 @@ fn options(batch_size: usize) -> LocalModelOptions {
     LocalModelOptions {
         threads: 2,
         batch_size,
+        // Whole batches, so that the short texts are padded to the longest.
+        pass_tokens: usize::MAX,
         max_tokens: None,
     }
 }
@@ -36,10 +38,20 @@ fn reference_embeddings() -> Vec<(String, Vec<f32>)> {
 async fn vectors_match_sentence_transformers_in_any_batching() {
     let expected = reference_embeddings();
     let texts: Vec<String> = expected.iter().map(|(text, _)| text.clone()).collect();
-    // One text per pass, then batches that mix short texts with the one cut at 256 tokens:
-    // padding and the reordering by length must change nothing.
-    for batch_size in [1, 3, 32] {
-        let embedder = LocalEmbedder::load(&test_model_dir(), options(batch_size)).unwrap();
+    // One text per pass, then batches that mix short texts with the one cut at 256 tokens,
+    // then passes cut by their tokens: padding and the reordering by length must change
+    // nothing.
+    let by_tokens = LocalModelOptions {
+        pass_tokens: 300,
+        ..options(32)
+    };
+    for (batch_size, options) in [
+        (1, options(1)),
+        (3, options(3)),
+        (32, options(32)),
+        (32, by_tokens),
+    ] {
+        let embedder = LocalEmbedder::load(&test_model_dir(), options).unwrap();
         assert_eq!(embedder.dimension(), 384);
         assert!(embedder.dense());
         let embeddings = embedder.embed(&texts).await.unwrap();
@@ -153,6 +165,25 @@ fn a_model_directory_that_cannot_work_is_refused_naming_the_file() {
     )
     .unwrap();
     assert!(refused(copy.path()).contains("xlm-roberta"));
+
+    // BERT checkpoints whose encoder computes something else than this one.
+    for (field, value) in [
+        ("hidden_act", "\"gelu_new\""),
+        ("position_embedding_type", "\"relative_key\""),
+        ("num_attention_heads", "5"),
+    ] {
+        let copy = model_copy();
+        let path = copy.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config[field] = serde_json::from_str(value).unwrap();
+        std::fs::write(&path, config.to_string()).unwrap();
+        let reason = refused(copy.path());
+        assert!(
+            reason.contains("config.json") && reason.contains(field),
+            "{field}: {reason}"
+        );
+    }
 
     let copy = model_copy();
     std::fs::remove_file(copy.path().join("model.safetensors")).unwrap();

@@ -10,12 +10,15 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tokenizers::{EncodeInput, Encoding, Tokenizer, TruncationParams, TruncationStrategy};
 
 use crate::lane::Lane;
+use encoder::{Encoder, EncoderConfig};
+
+mod encoder;
+mod kernels;
 
 /// Settings of a model run from a local directory, for the embedder and the reranker alike.
 #[derive(Debug, Clone)]
@@ -23,9 +26,12 @@ pub struct LocalModelOptions {
     /// Threads that run forward passes, each one batch at a time. The matrix products of one
     /// pass also spread over candle's own pool of one thread per core.
     pub threads: usize,
-    /// Texts (or query-passage pairs) in one forward pass; shorter ones are padded to the
-    /// longest of their batch, so batches are made of texts of similar length.
+    /// Texts (or query-passage pairs) in one forward pass at most; shorter ones are padded to
+    /// the longest of their batch, so batches are made of texts of similar length.
     pub batch_size: usize,
+    /// Tokens in one forward pass at most, padding included, unless one text alone is longer
+    /// (see [`crate::config::DEFAULT_PASS_TOKENS`]).
+    pub pass_tokens: usize,
     /// Longest input in tokens, special tokens included; longer inputs are cut with a warning.
     /// `None` takes the model's own limit (`sentence_bert_config.json`'s `max_seq_length`, or
     /// else `config.json`'s `max_position_embeddings`).
@@ -37,6 +43,7 @@ impl Default for LocalModelOptions {
         LocalModelOptions {
             threads: 2,
             batch_size: 32,
+            pass_tokens: crate::config::DEFAULT_PASS_TOKENS,
             max_tokens: None,
         }
     }
@@ -134,8 +141,8 @@ struct ModelKind {
 /// A BERT encoder with its tokenizer, loaded from a directory holding `config.json`,
 /// `model.safetensors` and `tokenizer.json`.
 pub(crate) struct Bert {
-    pub model: BertModel,
-    pub config: BertConfig,
+    pub encoder: Encoder,
+    pub config: EncoderConfig,
     pub tokenizer: Tokenizer,
     pub max_tokens: usize,
     pub pad_id: u32,
@@ -152,7 +159,7 @@ impl Bert {
         dir: &Path,
         declared_max: Option<usize>,
         requested_max: Option<usize>,
-        extra: impl FnOnce(VarBuilder<'_>, &BertConfig) -> candle_core::Result<T>,
+        extra: impl FnOnce(VarBuilder<'_>, &EncoderConfig) -> candle_core::Result<T>,
     ) -> Result<(Bert, T), ModelError> {
         let kind: ModelKind = read_json(dir, "config.json")?;
         match kind.model_type.as_deref() {
@@ -164,7 +171,10 @@ impl Bert {
                 )));
             }
         }
-        let config: BertConfig = read_json(dir, "config.json")?;
+        let config: EncoderConfig = read_json(dir, "config.json")?;
+        config.check().map_err(|reason| {
+            ModelError::Misconfigured(format!("{}: {reason}", dir.join("config.json").display()))
+        })?;
         let limit = config.max_position_embeddings;
         let max_tokens = requested_max.or(declared_max).unwrap_or(limit);
         // [CLS] and [SEP] twice for a pair; fewer tokens leave no room for text.
@@ -184,7 +194,7 @@ impl Bert {
         let pad_id = tokenizer
             .get_padding()
             .map(|padding| padding.pad_id)
-            .unwrap_or(config.pad_token_id as u32);
+            .unwrap_or(config.pad_token_id);
         // tokenizer.json's own settings are what the model was exported with (all-MiniLM-L6-v2
         // ships truncation at 128 and fixed padding to 128), not what sentence-transformers
         // uses: truncation follows max_tokens and each batch is padded here.
@@ -220,11 +230,11 @@ impl Bert {
         } else {
             builder.clone()
         };
-        let model = BertModel::load(encoder, &config).map_err(weights_error)?;
+        let encoder = Encoder::load(encoder, &config).map_err(weights_error)?;
         let extra = extra(builder, &config).map_err(weights_error)?;
         Ok((
             Bert {
-                model,
+                encoder,
                 config,
                 tokenizer,
                 max_tokens,
@@ -261,20 +271,22 @@ impl Bert {
         let mut ids = Vec::with_capacity(batch.len() * width);
         let mut type_ids = Vec::with_capacity(batch.len() * width);
         let mut mask = Vec::with_capacity(batch.len() * width);
+        let mut lengths = Vec::with_capacity(batch.len());
         for encoding in batch {
             let padding = width - encoding.len();
             ids.extend_from_slice(encoding.get_ids());
             ids.extend(std::iter::repeat_n(self.pad_id, padding));
             type_ids.extend_from_slice(encoding.get_type_ids());
             type_ids.extend(std::iter::repeat_n(0, padding));
-            mask.extend(encoding.get_attention_mask().iter().map(|&bit| bit as f32));
+            let attended = encoding.get_attention_mask();
+            // The tokenizer pads nothing here, so every token is attended to; the encoder
+            // counts on padding only at the end.
+            lengths.push(attended.iter().take_while(|&&bit| bit == 1).count());
+            mask.extend(attended.iter().map(|&bit| bit as f32));
             mask.extend(std::iter::repeat_n(0.0, padding));
         }
-        let shape = (batch.len(), width);
-        let ids = Tensor::from_vec(ids, shape, &Device::Cpu)?;
-        let type_ids = Tensor::from_vec(type_ids, shape, &Device::Cpu)?;
-        let mask = Tensor::from_vec(mask, shape, &Device::Cpu)?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = self.encoder.forward(ids, &type_ids, width, &lengths)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), width), &Device::Cpu)?;
         Ok((hidden, mask))
     }
 }
@@ -307,14 +319,29 @@ fn on_own_pool<T: Send>(shared_threads: bool, work: impl FnOnce() -> T + Send) -
     })
 }
 
-/// Runs `forward` over `encodings` in batches of at most `batch_size`, each batch a call on
+/// How many texts each forward pass takes, for texts of `lengths` tokens sorted longest
+/// first: at most `texts`, and no more than `tokens` once padded to the pass's longest (its
+/// first), except that a pass always takes one.
+fn pass_sizes(lengths: &[usize], texts: usize, tokens: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let longest = lengths[start].max(1);
+        let size = texts.min(tokens / longest).clamp(1, lengths.len() - start);
+        sizes.push(size);
+        start += size;
+    }
+    sizes
+}
+
+/// Runs `forward` over `encodings` in passes that [`pass_sizes`] bounds, each a call on
 /// `lane`, and returns the outputs in the encodings' order. Encodings are grouped by length
-/// first, so that a batch pads its short members little: on mixed texts that halves the work.
+/// first, so that a pass pads its short members little: on mixed texts that halves the work.
 pub(crate) async fn run_batches<M, T>(
     lane: &Lane,
     model: &Arc<M>,
     encodings: Vec<Encoding>,
-    batch_size: usize,
+    options: &LocalModelOptions,
     forward: fn(&M, &[Encoding]) -> Result<Vec<T>, ModelError>,
 ) -> Result<Vec<T>, ModelError>
 where
@@ -324,10 +351,11 @@ where
     let total = encodings.len();
     let mut order: Vec<(usize, Encoding)> = encodings.into_iter().enumerate().collect();
     order.sort_by_key(|(_, encoding)| std::cmp::Reverse(encoding.len()));
+    let lengths: Vec<usize> = order.iter().map(|(_, encoding)| encoding.len()).collect();
     let mut batches = Vec::new();
-    let mut order = order.into_iter().peekable();
-    while order.peek().is_some() {
-        let batch: Vec<(usize, Encoding)> = order.by_ref().take(batch_size.max(1)).collect();
+    let mut order = order.into_iter();
+    for size in pass_sizes(&lengths, options.batch_size.max(1), options.pass_tokens) {
+        let batch: Vec<(usize, Encoding)> = order.by_ref().take(size).collect();
         let model = Arc::clone(model);
         batches.push(async move {
             let (positions, batch): (Vec<usize>, Vec<Encoding>) = batch.into_iter().unzip();
@@ -357,6 +385,19 @@ where
         .into_iter()
         .collect::<Option<Vec<T>>>()
         .ok_or_else(|| ModelError::BadOutput("a batch left an input without output".into()))
+}
+
+#[cfg(test)]
+#[test]
+fn passes_are_bounded_by_texts_and_by_padded_tokens() {
+    // Ten texts of 100 tokens, then five of 10: by texts alone, by tokens alone, by both.
+    let lengths: Vec<usize> = [vec![100; 10], vec![10; 5]].concat();
+    assert_eq!(pass_sizes(&lengths, 4, usize::MAX), [4, 4, 4, 3]);
+    assert_eq!(pass_sizes(&lengths, 100, 300), [3, 3, 3, 3, 3]);
+    assert_eq!(pass_sizes(&lengths, 100, 250), [2, 2, 2, 2, 2, 5]);
+    // A text longer than the pass's tokens runs alone rather than not at all.
+    assert_eq!(pass_sizes(&[600, 600, 5], 32, 512), [1, 1, 1]);
+    assert_eq!(pass_sizes(&[], 32, 512), Vec::<usize>::new());
 }
 
 /// The model the tests run: all-MiniLM-L6-v2 as `scripts/install-models.sh` unpacks it.

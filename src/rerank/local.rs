@@ -108,7 +108,7 @@ impl Inner {
 pub struct LocalReranker {
     inner: Arc<Inner>,
     lane: Lane,
-    batch_size: usize,
+    options: LocalModelOptions,
     id: String,
 }
 
@@ -117,7 +117,7 @@ impl std::fmt::Debug for LocalReranker {
         formatter
             .debug_struct("LocalReranker")
             .field("id", &self.id)
-            .field("batch_size", &self.batch_size)
+            .field("options", &self.options)
             .field("lane", &self.lane)
             .finish_non_exhaustive()
     }
@@ -159,7 +159,7 @@ impl LocalReranker {
                 sigmoid,
             }),
             lane,
-            batch_size: options.batch_size.max(1),
+            options: options.clone(),
             id,
         })
     }
@@ -197,7 +197,7 @@ impl Reranker for LocalReranker {
             &self.lane,
             &self.inner,
             encodings,
-            self.batch_size,
+            &self.options,
             Inner::forward,
         )
         .await?)
@@ -216,6 +216,7 @@ pub fn from_config(config: &RerankConfig) -> Result<Arc<LocalReranker>, RerankEr
         LocalModelOptions {
             threads: config.threads,
             batch_size: config.batch_size,
+            pass_tokens: config.pass_tokens,
             max_tokens: None,
         },
     )?))

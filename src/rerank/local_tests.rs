@@ -43,6 +43,7 @@ fn options() -> LocalModelOptions {
     LocalModelOptions {
         threads: 2,
         batch_size: 3,
+        pass_tokens: usize::MAX,
         max_tokens: None,
     }
 }
