@@ -1,7 +1,8 @@
 //! `deeprecall bench embed`: chunks/s of the configured embedder over the passages of
 //! `--corpus`, cycled to `--chunks` texts; with `--python`, sentence-transformers embeds the
-//! same texts with the same model, batch size and threads in the same run, and the two are
-//! printed side by side with how far their vectors are apart.
+//! same texts with the same model, batch size and threads in the same run, round after round
+//! (`--rounds`), the two sides alternating; the medians are compared, and a round whose
+//! vectors disagree (cosine below 0.9999) fails the bench.
 
 use std::path::Path;
 use std::process::Command;
@@ -68,17 +69,22 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), CliError> {
         settings.threads
     );
 
-    let (seconds, vectors) = embed_timed(embedder.as_ref(), &texts).await?;
-    println!("| embedder | chunks/s | seconds |");
-    println!("|---|---:|---:|");
-    println!(
-        "| {} (candle) | {:.1} | {:.2} |",
-        embedder.id(),
-        texts.len() as f64 / seconds,
-        seconds
-    );
-
-    if let Some(python) = &args.python {
+    if args.rounds == 0 {
+        return Err(CliError::Usage("--rounds must be at least 1".into()));
+    }
+    let dimension = embedder.dimension();
+    println!("| round | local (candle) chunks/s | sentence-transformers chunks/s | ratio |");
+    println!("|---:|---:|---:|---:|");
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peer_torch = None;
+    for round in 1..=args.rounds {
+        let (seconds, vectors) = embed_timed(embedder.as_ref(), &texts).await?;
+        let local = texts.len() as f64 / seconds;
+        ours.push(local);
+        let Some(python) = &args.python else {
+            println!("| {round} | {local:.1} | | |");
+            continue;
+        };
         let peer = run_peer(
             python,
             &model_dir,
@@ -86,25 +92,53 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), CliError> {
             settings.batch_size,
             settings.threads,
         )?;
+        let peer_rate = peer.texts as f64 / peer.seconds;
+        theirs.push(peer_rate);
+        ratios.push(local / peer_rate);
         println!(
-            "| sentence-transformers (torch {}) | {:.1} | {:.2} |",
-            peer.torch,
-            peer.texts as f64 / peer.seconds,
-            peer.seconds
+            "| {round} | {local:.1} | {peer_rate:.1} | {:.2} |",
+            local / peer_rate
         );
-        let dimension = embedder.dimension();
         let lowest = peer
             .first
             .iter()
             .zip(&vectors)
             .map(|(theirs, ours)| cosine(theirs, &ours.to_dense(dimension)))
             .fold(f64::INFINITY, f64::min);
+        if lowest < 0.9999 {
+            return Err(CliError::Io(format!(
+                "the two sides computed different vectors: lowest cosine {lowest:.6} over the \
+                 first {} chunks",
+                peer.first.len().min(vectors.len())
+            )));
+        }
+        peer_torch = Some(peer.torch);
+    }
+    println!();
+    println!(
+        "{} (candle): median {:.1} chunks/s",
+        embedder.id(),
+        median(&mut ours)
+    );
+    if let Some(torch) = peer_torch {
         println!(
-            "lowest cosine between the two sides' vectors of the first {} chunks: {lowest:.6}",
-            peer.first.len().min(vectors.len())
+            "sentence-transformers (torch {torch}): median {:.1} chunks/s; median ratio {:.2}; \
+             the vectors agree (cosine >= 0.9999 over the first chunks of every round)",
+            median(&mut theirs),
+            median(&mut ratios)
         );
     }
     Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        count if count % 2 == 1 => values[count / 2],
+        count => (values[count / 2 - 1] + values[count / 2]) / 2.0,
+    }
 }
 
 /// Embeds `texts` after a warm-up batch; returns the seconds the whole set took.
@@ -163,6 +197,13 @@ fn run_peer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
 
     #[test]
     fn sparse_embeddings_are_compared_as_dense_vectors() {

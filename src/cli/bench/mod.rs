@@ -141,10 +141,19 @@ pub struct BenchArgs {
     /// Embed, retrieval and ingest: threads running the local model.
     #[arg(long)]
     embedding_threads: Option<usize>,
+    /// Embed, retrieval and ingest: texts per forward pass of the local model (and per
+    /// sentence-transformers batch beside it).
+    #[arg(long)]
+    embedding_batch_size: Option<usize>,
     /// Embed: a Python with sentence-transformers, to embed the same texts beside the local
     /// embedder in the same run.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Embed: rounds, each timing the local embedder and then sentence-transformers over all
+    /// the texts; the medians are compared, so that a slow spell on a shared machine weighs
+    /// on both sides alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Retrieval, embed and ingest: a sentence-transformers model directory (local embedder).
     #[arg(long)]
     embedding_model_dir: Option<PathBuf>,

@@ -158,6 +158,9 @@ pub(super) fn retrieval_config(args: &BenchArgs) -> Config {
         if let Some(threads) = args.embedding_threads {
             embedding.threads = threads;
         }
+        if let Some(batch_size) = args.embedding_batch_size {
+            embedding.batch_size = batch_size;
+        }
     } else if let Some(url) = &args.embedding_base_url {
         embedding.embedder = EmbedderKind::Openai;
         embedding.base_url = url.clone();
