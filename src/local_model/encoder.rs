@@ -86,6 +86,8 @@ impl EncoderConfig {
 struct Product(Tensor);
 
 impl Product {
+    /// Reads the weight of `outputs × inputs` and its bias, which stays apart: the kernel
+    /// after the product adds it.
     fn load(
         weights: &VarBuilder<'_>,
         inputs: usize,
@@ -115,6 +117,8 @@ fn norm_params(
     })
 }
 
+/// One encoder layer: self-attention, then the feed-forward pair, each closed by a layer
+/// normalisation of its output plus its input.
 struct Layer {
     query_key_value: Product,
     query_key_value_bias: Vec<f32>,

@@ -5,8 +5,9 @@
 //! reading and writing the whole activation again: the bias after each product, the residual,
 //! the scaling and masking of attention scores, and GELU through a scalar `erff`. Profiled on two
 //! cores, that chain took more time than the matrix products. Here each row is read once and
-//! written once, `exp` and `erf` are written so that the compiler vectorises them, and no
-//! tensor is allocated between the product and the next one.
+//! written once, in the product's own output, and `exp` and `erf` are written so that the
+//! compiler vectorises them; the only copies left are the heads' split and merge around the
+//! attention products, which need each head's rows side by side.
 //!
 //! Rows are spread over rayon's current pool: a model thread that runs in a one-thread pool of
 //! its own (see `on_own_pool`) keeps its rows to itself.
@@ -14,7 +15,7 @@
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Shape};
 use rayon::prelude::*;
 
-/// `e^x` to within two units in the last place over the range where `f32` holds it; below
+/// `e^x` to within about two units in the last place over the range where `f32` holds it; below
 /// about -87.3 it returns the smallest normal number's neighbourhood rather than a subnormal.
 ///
 /// `x = n ln2 + r` with `|r| ≤ ln2/2`, `e^r` by its Taylor series to the sixth power (the

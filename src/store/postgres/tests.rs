@@ -207,6 +207,46 @@ async fn a_statement_past_its_timeout_is_unavailable_not_a_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sqlstate_maps_to_unavailable_full_or_a_failed_statement() {
+    let store = PostgresStore::connect(&settings(fresh_database().await), hashing())
+        .await
+        .unwrap();
+    let client = store.pool.get().await.unwrap();
+    // The database raises each code itself, as a server shutting down, full or refusing a
+    // statement would.
+    let cases = [
+        ("57014", "unavailable"), // query_canceled: the statement timeout
+        ("57P01", "unavailable"), // admin_shutdown
+        ("57P02", "unavailable"), // crash_shutdown
+        ("57P03", "unavailable"), // cannot_connect_now
+        ("53300", "unavailable"), // too_many_connections
+        ("08006", "unavailable"), // connection_failure, and the rest of class 08
+        ("08P01", "unavailable"), // protocol_violation
+        ("53100", "full"),        // disk_full
+        ("53200", "database"),    // out_of_memory: not retried as if the server were away
+        ("23505", "database"),    // unique_violation
+        ("42P01", "database"),    // undefined_table
+    ];
+    for (code, expected) in cases {
+        let error: StoreError = client
+            .batch_execute(&format!(
+                "DO $$ BEGIN RAISE EXCEPTION 'raised on purpose' USING ERRCODE = '{code}'; END $$"
+            ))
+            .await
+            .unwrap_err()
+            .into();
+        let kind = match &error {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Full(_) => "full",
+            StoreError::Database(_) => "database",
+            _ => "other",
+        };
+        assert_eq!(kind, expected, "SQLSTATE {code}: {error:?}");
+        assert!(error.to_string().contains(code), "{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_documents_are_found_through_the_folded_index() {
     let url = fresh_database().await;
     let store = PostgresStore::connect(&settings(url), hashing())
