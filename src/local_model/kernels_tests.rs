@@ -86,36 +86,40 @@ fn naive_norm(row: &[f32], params: &NormParams) -> Vec<f32> {
 
 #[test]
 fn bias_residual_norm_normalises_the_sum_of_product_bias_and_residual() {
-    let (rows, width) = (4, 16);
-    let params = NormParams {
-        bias: values(width, 3),
-        weight: values(width, 4),
-        shift: values(width, 5),
-        epsilon: 1e-12,
-    };
-    let input = values(rows * width, 6);
-    let residual = values(rows * width, 7);
-    let mut output = input.clone();
-    bias_residual_norm(&mut output, &residual, &params);
-    let mut expected = Vec::new();
-    for row in 0..rows {
-        let sum: Vec<f32> = (0..width)
-            .map(|column| {
-                let index = row * width + column;
-                input[index] + params.bias[column] + residual[index]
-            })
-            .collect();
-        expected.extend(naive_norm(&sum, &params));
-    }
-    close(&output, &expected, 1e-5);
+    // A width the lanes divide, and one they leave a remainder of with an epsilon large
+    // enough to move the result.
+    for (width, epsilon) in [(16, 1e-12), (13, 0.5)] {
+        let rows = 4;
+        let params = NormParams {
+            bias: values(width, 3),
+            weight: values(width, 4),
+            shift: values(width, 5),
+            epsilon,
+        };
+        let input = values(rows * width, 6);
+        let residual = values(rows * width, 7);
+        let mut output = input.clone();
+        bias_residual_norm(&mut output, &residual, &params);
+        let mut expected = Vec::new();
+        for row in 0..rows {
+            let sum: Vec<f32> = (0..width)
+                .map(|column| {
+                    let index = row * width + column;
+                    input[index] + params.bias[column] + residual[index]
+                })
+                .collect();
+            expected.extend(naive_norm(&sum, &params));
+        }
+        close(&output, &expected, 1e-5);
 
-    let mut alone = input.clone();
-    norm(&mut alone, &params);
-    let expected: Vec<f32> = input
-        .chunks(width)
-        .flat_map(|row| naive_norm(row, &params))
-        .collect();
-    close(&alone, &expected, 1e-5);
+        let mut alone = input.clone();
+        norm(&mut alone, &params);
+        let expected: Vec<f32> = input
+            .chunks(width)
+            .flat_map(|row| naive_norm(row, &params))
+            .collect();
+        close(&alone, &expected, 1e-5);
+    }
 }
 
 #[test]
