@@ -252,7 +252,7 @@ impl LocalEmbedder {
             options.max_tokens,
             |_, _| Ok(()),
         )?;
-        let dimension = bert.config.hidden_size;
+        let dimension = bert.encoder.hidden_size();
         if let Some(declared) = pooling_config.word_embedding_dimension
             && declared != dimension
         {

@@ -259,6 +259,11 @@ impl Encoder {
         })
     }
 
+    /// The width of each token's vector.
+    pub(crate) fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
     /// Runs texts of `lengths` tokens, padded at the end to `tokens`: `ids` and `type_ids` are
     /// `batch · tokens` long. Returns the hidden states `(batch, tokens, hidden)`.
     pub(crate) fn forward(

@@ -252,14 +252,21 @@ fn rows_of<'a>(
     layout: &Layout,
     op: &str,
 ) -> candle_core::Result<&'a mut [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the tensor is not contiguous")))?;
-    match storage {
-        CpuStorage::F32(values) => Ok(&mut values[start..end]),
-        _ => Err(candle_core::Error::Msg(format!(
-            "{op}: the tensor is not f32"
-        ))),
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
+        _ => candle_core::bail!("{op}: the tensor is not contiguous f32"),
+    }
+}
+
+/// [`rows_of`] for reading.
+fn values_of<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("{op}: the tensor is not contiguous f32"),
     }
 }
 
@@ -293,10 +300,7 @@ impl InplaceOp2 for BiasResidualNorm<'_> {
         residual_layout: &Layout,
     ) -> candle_core::Result<()> {
         let rows = rows_of(storage, layout, self.name())?;
-        let residual = match (residual, residual_layout.contiguous_offsets()) {
-            (CpuStorage::F32(values), Some((start, end))) => &values[start..end],
-            _ => candle_core::bail!("bias-residual-norm: the residual is not contiguous f32"),
-        };
+        let residual = values_of(residual, residual_layout, "bias-residual-norm's residual")?;
         if residual.len() != rows.len() {
             candle_core::bail!("bias-residual-norm: the residual's size differs");
         }
@@ -408,11 +412,9 @@ pub(crate) fn with_values<T>(
     work: impl FnOnce(&[f32]) -> T,
 ) -> candle_core::Result<T> {
     let (storage, layout) = tensor.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) => {
-            Ok(work(&values[start..end]))
-        }
-        _ => candle_core::bail!("expected a contiguous f32 tensor on the CPU"),
+    match &*storage {
+        candle_core::Storage::Cpu(storage) => Ok(work(values_of(storage, layout, "read")?)),
+        _ => candle_core::bail!("expected a tensor on the CPU"),
     }
 }
 

@@ -142,7 +142,6 @@ struct ModelKind {
 /// `model.safetensors` and `tokenizer.json`.
 pub(crate) struct Bert {
     pub encoder: Encoder,
-    pub config: EncoderConfig,
     pub tokenizer: Tokenizer,
     pub max_tokens: usize,
     pub pad_id: u32,
@@ -235,7 +234,6 @@ impl Bert {
         Ok((
             Bert {
                 encoder,
-                config,
                 tokenizer,
                 max_tokens,
                 pad_id,
