@@ -9,6 +9,7 @@ mod hnsw;
 mod index;
 pub mod postgres;
 mod prepare;
+mod reindex;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

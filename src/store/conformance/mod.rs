@@ -21,10 +21,12 @@ use super::{
 use crate::embed::{EmbedError, Embedder, Embedding, HashingEmbedder};
 
 mod collections;
+mod reindex;
 mod search;
 mod writes;
 
 pub(crate) use self::collections::*;
+pub(crate) use self::reindex::*;
 pub(crate) use self::search::*;
 pub(crate) use self::writes::*;
 

@@ -11,18 +11,16 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use async_trait::async_trait;
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::super::prepare::embed_all;
+use super::super::reindex::{self, Batch, Pending, ReindexSteps, Start, Swap};
 use super::super::{ReindexProgress, ReindexReport, StoreError};
 use super::rows::encode_embedding;
 use super::schema::load_index;
 use super::{Collection, EmbeddedStore, Inner};
 use crate::embed::Embedding;
-
-/// Rounds of "embed what was written meanwhile, then swap" before giving up on a collection
-/// that writers never leave alone.
-const SWAP_ATTEMPTS: usize = 8;
 
 impl EmbeddedStore {
     pub(super) async fn reindex_collection(
@@ -33,96 +31,54 @@ impl EmbeddedStore {
     ) -> Result<ReindexReport, StoreError> {
         let handle = self.collection_handle(name)?;
         let target = self.inner.embedder.id();
-        let batch_size = batch_size.max(1);
-        let (previous, total) = self
-            .on_writer({
-                let handle = Arc::clone(&handle);
-                move |inner| inner.embedder_and_count(&handle)
-            })
-            .await?;
-        if previous == target {
-            progress(total, total);
-            return Ok(ReindexReport {
-                previous_embedder: previous,
-                embedder: target,
-                documents: total,
-                embedded: 0,
-            });
-        }
-        tracing::info!(
-            collection = %name,
-            from = %previous,
-            to = %target,
-            documents = total,
-            "reindexing"
-        );
+        let (previous, documents) = on_writer(&self.inner, {
+            let handle = Arc::clone(&handle);
+            move |inner| inner.embedder_and_count(&handle)
+        })
+        .await?;
+        let steps = Steps {
+            inner: Arc::clone(&self.inner),
+            collection: handle,
+            target: target.clone(),
+        };
+        let start = Start {
+            collection: name,
+            previous,
+            target,
+            documents,
+        };
+        reindex::run(&steps, start, batch_size, progress).await
+    }
+}
 
-        let mut embedded = 0u64;
-        let mut done = 0u64;
-        let mut after = i64::MIN;
-        loop {
-            let Batch { rowids, pending } = self
-                .on_writer({
-                    let handle = Arc::clone(&handle);
-                    let target = target.clone();
-                    move |inner| inner.next_batch(&handle, &target, after, batch_size)
-                })
-                .await?;
-            let Some(last) = rowids.last() else {
-                break;
-            };
-            after = *last;
-            embedded += self.stage(&handle, &target, pending).await?;
-            done += rowids.len() as u64;
-            progress(done.min(total), total);
-        }
+async fn on_writer<T, F>(inner: &Arc<Inner>, work: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+{
+    let worker = Arc::clone(inner);
+    inner.write_threads.run(move || work(&worker)).await
+}
 
-        for _ in 0..SWAP_ATTEMPTS {
-            let swapped = self
-                .on_writer({
-                    let handle = Arc::clone(&handle);
-                    let target = target.clone();
-                    move |inner| inner.swap(&handle, &target)
-                })
-                .await?;
-            match swapped {
-                Swap::Done { documents } => {
-                    progress(documents, documents);
-                    tracing::info!(collection = %name, embedded, "reindex complete");
-                    return Ok(ReindexReport {
-                        previous_embedder: previous,
-                        embedder: target,
-                        documents,
-                        embedded,
-                    });
-                }
-                Swap::Missing(pending) => {
-                    embedded += self.stage(&handle, &target, pending).await?;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "collection {name:?} kept changing: the new vectors were not swapped in after \
-             {SWAP_ATTEMPTS} rounds; run the reindex again, it resumes"
-        )))
+/// One collection's reindex to `target`, on the store's writer.
+struct Steps {
+    inner: Arc<Inner>,
+    collection: Arc<Collection>,
+    target: String,
+}
+
+#[async_trait]
+impl ReindexSteps for Steps {
+    async fn next_batch(&self, after: i64, limit: usize) -> Result<Batch, StoreError> {
+        let collection = Arc::clone(&self.collection);
+        let target = self.target.clone();
+        on_writer(&self.inner, move |inner| {
+            inner.next_batch(&collection, &target, after, limit)
+        })
+        .await
     }
 
-    async fn on_writer<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        self.inner.write_threads.run(move || work(&inner)).await
-    }
-
-    /// Embeds `(rowid, content)` pairs and stages their vectors; returns how many were staged.
-    async fn stage(
-        &self,
-        collection: &Arc<Collection>,
-        target: &str,
-        pending: Pending,
-    ) -> Result<u64, StoreError> {
+    async fn stage(&self, pending: Pending) -> Result<u64, StoreError> {
         if pending.is_empty() {
             return Ok(0);
         }
@@ -130,32 +86,21 @@ impl EmbeddedStore {
         let embeddings = embed_all(self.inner.embedder.as_ref(), &contents).await?;
         drop(contents);
         let count = rowids.len() as u64;
-        let collection_id = collection.id;
-        let target = target.to_string();
-        self.on_writer(move |inner| {
+        let collection_id = self.collection.id;
+        let target = self.target.clone();
+        on_writer(&self.inner, move |inner| {
             let mut connection = inner.writer.lock();
             stage_rows(&mut connection, collection_id, &target, rowids, embeddings)
         })
         .await?;
         Ok(count)
     }
-}
 
-/// A document waiting for a vector: its rowid and content.
-type Pending = Vec<(i64, String)>;
-
-/// A batch of a reindex: the rowids read, and those among them still waiting for a vector.
-struct Batch {
-    rowids: Vec<i64>,
-    pending: Pending,
-}
-
-/// What a swap attempt found.
-enum Swap {
-    /// The new vectors are in; the collection holds this many documents.
-    Done { documents: u64 },
-    /// These documents, written since they were staged, need vectors first.
-    Missing(Pending),
+    async fn swap(&self) -> Result<Swap, StoreError> {
+        let collection = Arc::clone(&self.collection);
+        let target = self.target.clone();
+        on_writer(&self.inner, move |inner| inner.swap(&collection, &target)).await
+    }
 }
 
 impl Inner {
@@ -187,7 +132,7 @@ impl Inner {
              WHERE d.collection_id = ?1 AND d.rowid > ?3 \
              ORDER BY d.rowid LIMIT ?4",
         )?;
-        let mut rowids = Vec::new();
+        let mut read = Vec::new();
         let mut pending = Vec::new();
         let mut rows = statement.query(params![
             collection.id,
@@ -197,12 +142,12 @@ impl Inner {
         ])?;
         while let Some(row) = rows.next()? {
             let rowid: i64 = row.get(0)?;
-            rowids.push(rowid);
+            read.push(rowid);
             if let Some(content) = row.get::<_, Option<String>>(1)? {
                 pending.push((rowid, content));
             }
         }
-        Ok(Batch { rowids, pending })
+        Ok(Batch { read, pending })
     }
 
     /// Swaps the staged vectors in, in one transaction, if every document has one.
@@ -250,7 +195,7 @@ impl Inner {
         state.index = index;
         state.foreign = None;
         state.version = u64::try_from(version).unwrap_or(0);
-        Ok(Swap::Done { documents })
+        Ok(Swap::Done(documents))
     }
 }
 
