@@ -254,6 +254,89 @@ async fn a_filter_value_holding_sql_is_only_data() {
     assert_eq!(documents_in(&mut client, "default").await, Some(2));
 }
 
+/// Moving a shared database to another embedder, as a rollout would: replicas on the new
+/// settings refuse the collection until `deeprecall reindex` has re-embedded it beside the
+/// old vectors, which replicas on the old settings serve until the swap, and refuse after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_is_reindexed_online_while_replicas_on_both_embedders_serve() {
+    let url = fresh_database().await;
+    let old = Replica::serving(&url, &[]).await;
+    let mut on_old = old.client().await;
+    add(
+        &mut on_old,
+        "",
+        vec![
+            document("tampere", "Kestrel is in Tampere.", json!({})),
+            document("oulu", "Osprey is in Oulu.", json!({})),
+        ],
+    )
+    .await;
+    let new = Replica::serving(&url, &["--embedding-dimensions", "256"]).await;
+    let mut on_new = new.client().await;
+    let refused = on_new
+        .query(question("Where is Kestrel?"))
+        .await
+        .expect_err("another embedder's collection");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for part in ["hashing-v1:4096", "hashing-v1:256", "deeprecall reindex"] {
+        assert!(refused.message().contains(part), "{}", refused.message());
+    }
+    assert!(
+        !query_result(&mut on_old, question("Where is Kestrel?"))
+            .await
+            .sources
+            .is_empty()
+    );
+
+    let output = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_deeprecall"))
+                .args(["reindex", "--store", "postgres", "--database-url", &url])
+                .args(["--embedding-dimensions", "256", "--collection", "default"])
+                .env("DEEPRECALL_STORE__SSLMODE", "disable")
+                .output()
+                .expect("the binary runs")
+        }
+    })
+    .await
+    .expect("the command's thread");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("2 documents now embedded with hashing-v1:256"),
+        "{stdout}"
+    );
+
+    let answered = query_result(&mut on_new, question("Where is Kestrel?")).await;
+    assert!(
+        answered.sources.iter().any(|source| source.id == "tampere"),
+        "{:?}",
+        answered.sources
+    );
+    let refused = on_old
+        .add_documents(pb::AddDocumentsRequest {
+            collection: String::new(),
+            documents: vec![document("late", "Written the old way.", json!({}))],
+        })
+        .await
+        .expect_err("the collection moved to the new embedder");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(documents_in(&mut on_new, "default").await, Some(2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_before_its_database_waits_not_serving_then_serves() {
     let postgres = TestPostgres::start();

@@ -40,20 +40,13 @@ pub(super) struct Indexer {
 }
 
 impl Indexer {
-    /// Starts `workers` tasks on the pool, building the graph over vectors of
-    /// `graph_dimension` and looking for others' rows every `poll` when idle; each first
-    /// drains whatever backlog it finds.
-    pub(super) fn spawn(
-        pool: &Pool,
-        workers: usize,
-        graph_dimension: usize,
-        poll: Duration,
-    ) -> Indexer {
+    /// Starts `workers` tasks on the pool, building `graph` and looking for others' rows
+    /// every `poll` when idle; each first drains whatever backlog it finds.
+    pub(super) fn spawn(pool: &Pool, workers: usize, graph: Graph, poll: Duration) -> Indexer {
         let workers = (0..workers)
             .map(|_| {
                 let wake = Arc::new(Notify::new());
-                let task =
-                    tokio::spawn(run(pool.clone(), Arc::clone(&wake), graph_dimension, poll));
+                let task = tokio::spawn(run(pool.clone(), Arc::clone(&wake), graph.clone(), poll));
                 (wake, task)
             })
             .collect();
@@ -79,11 +72,11 @@ impl Drop for Indexer {
     }
 }
 
-async fn run(pool: Pool, wake: Arc<Notify>, graph_dimension: usize, poll: Duration) {
+async fn run(pool: Pool, wake: Arc<Notify>, graph: Graph, poll: Duration) {
     let mut failures: u32 = 0;
     let mut moved_since_idle: u64 = 0;
     loop {
-        match graph_batch(&pool, BATCH, graph_dimension).await {
+        match graph_batch(&pool, BATCH, &graph).await {
             Ok(0) => {
                 failures = 0;
                 if moved_since_idle > 0 {
@@ -121,17 +114,23 @@ fn backoff(failures: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// Puts up to `limit` waiting rows into the graph, their vectors folded to `graph_dimension`;
-/// returns how many went in.
-pub(super) async fn graph_batch(
-    pool: &Pool,
-    limit: i64,
-    graph_dimension: usize,
-) -> Result<u64, StoreError> {
+/// Which rows an indexer puts into which graph: those of the collections `embedder_id` made
+/// the vectors of, folded to `dimension`. Rows of other embedders' collections are left to
+/// replicas embedding as they were: folded here, they would land in the wrong graph.
+#[derive(Debug, Clone)]
+pub(super) struct Graph {
+    pub(super) dimension: usize,
+    pub(super) embedder_id: String,
+}
+
+/// Puts up to `limit` waiting rows into the graph; returns how many went in.
+pub(super) async fn graph_batch(pool: &Pool, limit: i64, graph: &Graph) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
     let claim = transaction.prepare_cached(GRAPH_CLAIM).await?;
-    let claimed = transaction.query(&claim, &[&limit]).await?;
+    let claimed = transaction
+        .query(&claim, &[&limit, &graph.embedder_id])
+        .await?;
     if claimed.is_empty() {
         return Ok(0);
     }
@@ -144,7 +143,7 @@ pub(super) async fn graph_batch(
             StoreError::Corrupt(format!("document row {id}: unreadable sparse vector"))
         })?;
         ids.push(id);
-        vectors.push(folded_text(&embedding, graph_dimension));
+        vectors.push(folded_text(&embedding, graph.dimension));
     }
     let fill = transaction.prepare_cached(GRAPH_FILL).await?;
     let filled = transaction.execute(&fill, &[&ids, &vectors]).await?;

@@ -24,7 +24,7 @@ where
     }
 }
 
-async fn count(store: &PostgresStore, sql: &str) -> i64 {
+pub(super) async fn count(store: &PostgresStore, sql: &str) -> i64 {
     store
         .pool
         .get()
@@ -44,7 +44,7 @@ async fn ungraphed(store: &PostgresStore) -> i64 {
     .await
 }
 
-async fn drain(store: &PostgresStore) -> u64 {
+pub(super) async fn drain(store: &PostgresStore) -> u64 {
     let mut moved = 0;
     loop {
         match store.graph_batch(7).await.unwrap() {
@@ -417,7 +417,7 @@ async fn a_write_wakes_its_replicas_indexer_without_waiting_for_the_poll() {
         indexer: Some(Arc::new(Indexer::spawn(
             &indexer_pool,
             1,
-            store.graph_dimension,
+            store.graph(),
             std::time::Duration::from_secs(3_600),
         ))),
         ..store

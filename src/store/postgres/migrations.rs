@@ -88,6 +88,33 @@ CREATE INDEX deeprecall_documents_ungraphed ON deeprecall_documents (collection_
 ALTER TABLE deeprecall_documents SET (toast_tuple_target = 8160);
 "#,
     ),
+    (
+        "an embedder per collection",
+        r#"
+-- Each collection records the embedder that made its vectors, as in the embedded store: one
+-- database holds collections of several embedders, each searched and written only by servers
+-- embedding as it was, and `deeprecall reindex` moves a collection from one to another.
+ALTER TABLE deeprecall_collections ADD COLUMN embedder text NOT NULL DEFAULT '';
+UPDATE deeprecall_collections
+    SET embedder = COALESCE((SELECT value FROM deeprecall_meta WHERE key = 'embedder_id'), '');
+DELETE FROM deeprecall_meta WHERE key = 'embedder_id';
+
+-- Vectors of another embedder, made by a reindex that has not swapped them in yet. A staged
+-- vector holds while its document still has the content it was made from (`content_md5`, a
+-- change detector compared at the swap, so writes pay nothing for it); a deleted document
+-- takes it along.
+CREATE TABLE deeprecall_reindex_staging (
+    document_id   bigint PRIMARY KEY REFERENCES deeprecall_documents (id) ON DELETE CASCADE,
+    collection_id bigint NOT NULL REFERENCES deeprecall_collections (id) ON DELETE CASCADE,
+    embedder      text NOT NULL,
+    content_md5   text NOT NULL,
+    embedding     sparsevec NOT NULL,
+    -- Written only without the HNSW index, where writes fold their vectors themselves.
+    folded        halfvec
+);
+CREATE INDEX deeprecall_reindex_staging_collection ON deeprecall_reindex_staging (collection_id);
+"#,
+    ),
 ];
 
 /// What `migrate` did.
@@ -111,8 +138,8 @@ fn checksum(sql: &str) -> String {
         .collect()
 }
 
-/// Brings the schema to the newest version, creates (or drops) the vector index, and
-/// checks the embedder, all under one session advisory lock: the first replica to take it
+/// Brings the schema to the newest version and creates (or drops) the vector index for
+/// `embedder_id`'s graph, all under one session advisory lock: the first replica to take it
 /// does the work, and the others find it done.
 pub(super) async fn migrate(
     pool: &Pool,
@@ -200,8 +227,7 @@ async fn migrate_locked(
         tracing::info!(version, name, "database schema migrated");
         applied.push(version);
     }
-    check_embedder(client, embedder_id).await?;
-    ensure_vector_index(client, vector_index, graph_dimension).await?;
+    ensure_vector_index(client, vector_index, graph_dimension, embedder_id).await?;
     Ok(MigrationReport {
         applied,
         version: known,
@@ -209,20 +235,23 @@ async fn migrate_locked(
 }
 
 /// Creates the HNSW index over vectors of `graph_dimension` if missing, or, with
-/// [`VectorIndex::Exact`], drops it; any other vector index goes.
+/// [`VectorIndex::Exact`], drops it; any other vector index goes once no row is in its graph.
 ///
-/// Before creating it, rows whose graph vector has another dimension (written by a build
-/// that folded differently, or under `exact` for another embedder) go back to the backlog:
-/// the indexers fold them again in the background, and searches rank them exactly meanwhile,
-/// so a start does not wait for a whole collection to be folded.
+/// Before creating it, rows of this embedder's collections whose graph vector has another
+/// dimension (written by a build that folded differently, or under `exact` for another
+/// embedder) go back to the backlog: the indexers fold them again in the background, and
+/// searches rank them exactly meanwhile, so a start does not wait for a whole collection to be
+/// folded. Other embedders' collections keep their rows and their index: replicas still
+/// embedding that way serve them (a rollout, a collection not reindexed yet).
 async fn ensure_vector_index(
     client: &deadpool_postgres::Object,
     vector_index: VectorIndex,
     graph_dimension: usize,
+    embedder_id: &str,
 ) -> Result<(), StoreError> {
     let current = match vector_index {
         VectorIndex::Hnsw => {
-            let name = format!("deeprecall_documents_folded_{graph_dimension}");
+            let name = graph_index_name(graph_dimension);
             let exists: bool = client
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM pg_indexes \
@@ -236,8 +265,10 @@ async fn ensure_vector_index(
                 let refolded = client
                     .execute(
                         "UPDATE deeprecall_documents SET folded = NULL \
-                         WHERE folded IS NOT NULL AND vector_dims(folded) <> $1",
-                        &[&dimension],
+                         WHERE folded IS NOT NULL AND vector_dims(folded) <> $1 \
+                         AND collection_id IN ( \
+                             SELECT id FROM deeprecall_collections WHERE embedder = $2)",
+                        &[&dimension, &embedder_id],
                     )
                     .await?;
                 if refolded > 0 {
@@ -257,66 +288,64 @@ async fn ensure_vector_index(
                 );
                 client.batch_execute(&sql).await?;
             }
-            name
+            Some(name)
         }
-        // No name matches: every vector index goes.
-        VectorIndex::Exact => String::new(),
+        VectorIndex::Exact => None,
     };
-    let stale = client
+    let others = client
         .query(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'deeprecall_documents' \
-             AND indexname LIKE 'deeprecall\\_documents\\_folded\\_%' AND indexname <> $1",
-            &[&current],
+             AND indexname LIKE 'deeprecall\\_documents\\_folded\\_%'",
+            &[],
         )
         .await?;
-    for row in stale {
+    for row in others {
         let name: String = row.get(0);
-        // The name comes from the catalogue and matched the pattern above.
-        client
-            .batch_execute(&format!(
-                "DROP INDEX IF EXISTS \"{}\"",
-                name.replace('"', "")
-            ))
-            .await?;
+        let Some(current) = &current else {
+            drop_index(client, &name).await?;
+            continue;
+        };
+        if &name == current {
+            continue;
+        }
+        let in_use = match graph_index_dimension(&name) {
+            Some(dimension) => client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM deeprecall_documents \
+                     WHERE folded IS NOT NULL AND vector_dims(folded) = $1)",
+                    &[&dimension],
+                )
+                .await?
+                .get(0),
+            None => false,
+        };
+        if !in_use {
+            drop_index(client, &name).await?;
+        }
     }
     Ok(())
 }
 
-/// Records the embedder on first use; refuses another one while documents exist, because
-/// their vectors would not be comparable with the queries'. Re-embedding a shared database
-/// is an operation to run on purpose, not something each replica should start by itself.
-async fn check_embedder(
-    client: &deadpool_postgres::Object,
-    embedder_id: &str,
-) -> Result<(), StoreError> {
-    let stored: Option<String> = client
-        .query_opt(
-            "SELECT value FROM deeprecall_meta WHERE key = 'embedder_id'",
-            &[],
-        )
-        .await?
-        .map(|row| row.get(0));
-    if stored.as_deref() == Some(embedder_id) {
-        return Ok(());
-    }
-    let has_documents: bool = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM deeprecall_documents)", &[])
-        .await?
-        .get(0);
-    if let Some(stored) = stored
-        && has_documents
-    {
-        return Err(StoreError::Database(format!(
-            "the documents in this database were embedded by {stored}, and this server is \
-             configured with {embedder_id}: configure the same embedder"
-        )));
-    }
+/// The name of the HNSW index over graph vectors of `dimension`: one per dimension, each
+/// partial on it, so that collections of embedders with different dimensions share the table.
+fn graph_index_name(dimension: usize) -> String {
+    format!("deeprecall_documents_folded_{dimension}")
+}
+
+/// The dimension an index named by [`graph_index_name`] is built over.
+fn graph_index_dimension(name: &str) -> Option<i32> {
+    name.strip_prefix("deeprecall_documents_folded_")?
+        .parse()
+        .ok()
+}
+
+async fn drop_index(client: &deadpool_postgres::Object, name: &str) -> Result<(), StoreError> {
+    // The name comes from the catalogue and matched the index names' pattern.
     client
-        .execute(
-            "INSERT INTO deeprecall_meta (key, value) VALUES ('embedder_id', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&embedder_id],
-        )
+        .batch_execute(&format!(
+            "DROP INDEX IF EXISTS \"{}\"",
+            name.replace('"', "")
+        ))
         .await?;
     Ok(())
 }

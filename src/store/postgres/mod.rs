@@ -19,6 +19,9 @@ mod connect;
 #[cfg(test)]
 mod graph_tests;
 mod migrations;
+mod reindex;
+#[cfg(test)]
+mod reindex_tests;
 mod sql;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -35,7 +38,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 pub use self::backlog::BacklogWatch;
-use self::backlog::Indexer;
+use self::backlog::{Graph, Indexer};
 pub use self::migrations::{MigrationReport, known_version};
 use self::sql::{
     any_term_query, compile_filter, filter_start, folded_text, folds, graph_dimension,
@@ -43,8 +46,8 @@ use self::sql::{
 };
 use super::prepare::{Fusion, candidates_for, embed_query, prepare_documents};
 use super::{
-    CollectionInfo, DocumentStore, Hit, NewDocument, SearchRequest, StoreError, StoredDocument,
-    WriteOutcome, validate_collection_name,
+    CollectionInfo, DocumentStore, Hit, NewDocument, ReindexProgress, ReindexReport, SearchRequest,
+    StoreError, StoredDocument, WriteOutcome, validate_collection_name,
 };
 use crate::config::StoreConfig;
 use crate::embed::Embedder;
@@ -100,6 +103,9 @@ const ROWS_PER_INSERT: usize = 500;
 pub struct PostgresStore {
     pool: Pool,
     embedder: Arc<dyn Embedder>,
+    /// What each collection records as the embedder of its vectors: a collection another
+    /// embedder made is neither searched nor written until it is reindexed.
+    embedder_id: String,
     dimension: usize,
     /// Dimensions of the vectors the HNSW graph is built over (`sql::graph_dimension`).
     graph_dimension: usize,
@@ -142,7 +148,7 @@ impl PostgresStore {
             store.indexer = Some(Arc::new(Indexer::spawn(
                 &store.pool,
                 config.vector_index_workers,
-                store.graph_dimension,
+                store.graph(),
                 backlog::POLL,
             )));
         }
@@ -194,6 +200,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             embedder,
+            embedder_id,
             dimension,
             graph_dimension,
             indexed: config.vector_index == crate::config::VectorIndex::Hnsw,
@@ -230,7 +237,46 @@ impl PostgresStore {
     /// returns how many moved.
     #[cfg(test)]
     pub(crate) async fn graph_batch(&self, limit: i64) -> Result<u64, StoreError> {
-        backlog::graph_batch(&self.pool, limit, self.graph_dimension).await
+        backlog::graph_batch(&self.pool, limit, &self.graph()).await
+    }
+
+    /// The graph this store's indexers build: its embedder's collections, at its dimension.
+    fn graph(&self) -> Graph {
+        Graph {
+            dimension: self.graph_dimension,
+            embedder_id: self.embedder_id.clone(),
+        }
+    }
+
+    /// Fails with [`StoreError::EmbedderMismatch`] when the collection holds documents
+    /// another embedder made the vectors of.
+    async fn refuse_foreign(&self, collection: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT embedder FROM deeprecall_collections \
+                 WHERE name = $1 AND document_count > 0 AND embedder <> $2",
+            )
+            .await?;
+        match client
+            .query_opt(&statement, &[&collection, &self.embedder_id])
+            .await?
+        {
+            Some(row) => Err(self.mismatch(collection, row.get(0))),
+            None => Ok(()),
+        }
+    }
+
+    fn mismatch(&self, collection: &str, stored: String) -> StoreError {
+        StoreError::EmbedderMismatch {
+            collection: collection.to_string(),
+            stored: if stored.is_empty() {
+                "an unrecorded embedder".to_string()
+            } else {
+                stored
+            },
+            configured: self.embedder_id.clone(),
+        }
     }
 
     fn statement_for(&self, filter_sql: &str) -> Arc<str> {
@@ -267,11 +313,25 @@ fn info(name: &str, version: i64, document_count: i64) -> CollectionInfo {
 #[async_trait]
 impl DocumentStore for PostgresStore {
     fn embedder_id(&self) -> String {
-        self.embedder.id()
+        self.embedder_id.clone()
     }
 
     fn ranking_id(&self) -> String {
         self.fusion.id()
+    }
+
+    async fn check_searchable(&self, collection: &str) -> Result<(), StoreError> {
+        self.refuse_foreign(collection).await
+    }
+
+    async fn reindex(
+        &self,
+        collection: &str,
+        batch_size: usize,
+        progress: ReindexProgress,
+    ) -> Result<ReindexReport, StoreError> {
+        self.reindex_collection(collection, batch_size, progress)
+            .await
     }
 
     async fn check_reachable(&self) -> Result<(), StoreError> {
@@ -287,6 +347,9 @@ impl DocumentStore for PostgresStore {
         documents: Vec<NewDocument>,
     ) -> Result<WriteOutcome, StoreError> {
         validate_collection_name(collection)?;
+        // Before embedding: vectors for a collection that cannot take them would be paid for
+        // in vain. The lock below decides; this spares the embedding in the common case.
+        self.refuse_foreign(collection).await?;
         let (ids, prepared) = prepare_documents(self.embedder.as_ref(), documents).await?;
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
@@ -298,16 +361,19 @@ impl DocumentStore for PostgresStore {
         let row = loop {
             transaction
                 .execute(
-                    "INSERT INTO deeprecall_collections (name, version) VALUES ($1, 0) \
-                     ON CONFLICT (name) DO NOTHING",
-                    &[&collection],
+                    "INSERT INTO deeprecall_collections (name, version, embedder) \
+                     VALUES ($1, 0, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&collection, &self.embedder_id],
                 )
                 .await?;
+            // An emptied collection takes this store's embedder; one holding another
+            // embedder's documents keeps it, and the write is refused below.
             let locked = transaction
                 .query_opt(
-                    "UPDATE deeprecall_collections SET version = nextval('deeprecall_versions') \
-                     WHERE name = $1 RETURNING id, version",
-                    &[&collection],
+                    "UPDATE deeprecall_collections SET version = nextval('deeprecall_versions'), \
+                     embedder = CASE WHEN document_count = 0 THEN $2 ELSE embedder END \
+                     WHERE name = $1 RETURNING id, version, embedder",
+                    &[&collection, &self.embedder_id],
                 )
                 .await?;
             // None: the collection was deleted between the two statements; create it again.
@@ -317,6 +383,11 @@ impl DocumentStore for PostgresStore {
         };
         let collection_id: i64 = row.get(0);
         let version: i64 = row.get(1);
+        let stored: String = row.get(2);
+        if stored != self.embedder_id {
+            // Dropping the transaction rolls the version back.
+            return Err(self.mismatch(collection, stored));
+        }
         let insert = transaction
             .prepare_cached(&write_statement(self.indexed))
             .await?;
@@ -477,6 +548,7 @@ impl DocumentStore for PostgresStore {
             &keywords,
             &self.fusion.k,
             &limit,
+            &self.embedder_id,
         ];
         if self.indexed {
             parameters.push(&folded_query);
@@ -487,6 +559,9 @@ impl DocumentStore for PostgresStore {
         for row in rows {
             if row.get::<_, Option<i64>>(0).is_none() {
                 return Err(StoreError::CollectionNotFound(collection));
+            }
+            if let Some(stored) = row.get::<_, Option<String>>(5) {
+                return Err(self.mismatch(&collection, stored));
             }
             let Some(id) = row.get::<_, Option<String>>(1) else {
                 continue;

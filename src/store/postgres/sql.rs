@@ -263,12 +263,15 @@ ON CONFLICT (collection_id, doc_id) DO UPDATE SET content = excluded.content,
     )
 }
 
-/// Claims up to `$1` rows waiting for the graph, with their sparse vectors. The rows stay
-/// locked until the claiming transaction ends; rows another transaction holds (a writer
-/// replacing them, another indexer) are skipped, so indexers on several replicas share the
-/// waiting rows instead of queueing on them.
+/// Claims up to `$1` rows waiting for the graph, with their sparse vectors, among the
+/// collections embedder `$2` made. The rows stay locked until the claiming transaction ends;
+/// rows another transaction holds (a writer replacing them, another indexer, a reindex
+/// swapping vectors in) are skipped, so indexers on several replicas share the waiting rows
+/// instead of queueing on them.
 pub(super) const GRAPH_CLAIM: &str = "SELECT id, embedding::text FROM deeprecall_documents \
-     WHERE folded IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED";
+     WHERE folded IS NULL \
+     AND collection_id IN (SELECT id FROM deeprecall_collections WHERE embedder = $2) \
+     LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 /// Fills in the graph's vectors of claimed rows: `$1` their ids, `$2` the vectors, as text.
 pub(super) const GRAPH_FILL: &str = "UPDATE deeprecall_documents d SET folded = v.folded::halfvec \
@@ -276,7 +279,7 @@ pub(super) const GRAPH_FILL: &str = "UPDATE deeprecall_documents d SET folded = 
 
 /// Returns the position of the filter's first parameter in [`search_statement`].
 pub(super) fn filter_start(indexed: bool) -> usize {
-    if indexed { 9 } else { 8 }
+    if indexed { 10 } else { 9 }
 }
 
 /// Builds a `to_tsquery` input matching any of the terms, each quoted so that nothing in
@@ -293,10 +296,13 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// candidates, fused by reciprocal rank (`$6` is k, `vector_weight` the vector ranking's weight,
 /// written into the text as a number) and cut to `$7` hits, in one
 /// statement. Parameters: `$1` collection name, `$2` query vector, `$3` whether to rank by
-/// vector, `$5` the tsquery text (empty skips the keyword ranking); with the HNSW index, `$8`
-/// the folded query vector; then the filter's (from [`filter_start`]). The first column is
-/// the collection's id, NULL when it does not exist; a collection without hits yields one row
-/// whose other columns are NULL.
+/// vector, `$5` the tsquery text (empty skips the keyword ranking), `$8` the store's embedder;
+/// with the HNSW index, `$9` the folded query vector; then the filter's (from
+/// [`filter_start`]). The first column is the collection's id, NULL when it does not exist;
+/// the sixth, the embedder that made the collection's vectors when it is not `$8` and the
+/// collection holds documents, which are then left unsearched (their vectors do not compare
+/// with the query's); a collection without hits yields one row whose columns but those two
+/// are NULL.
 ///
 /// With the index, the vector ranking asks HNSW (iterative scan, the filter applied inside it)
 /// for `OVERSAMPLE` times the candidates by graph vector, adds the rows still waiting in the
@@ -346,16 +352,16 @@ pub(super) fn search_statement(
             SELECT id, distance FROM (
                 SELECT d.id, {exact} AS distance
                 FROM deeprecall_documents d
-                WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
+                WHERE $3::bool AND d.collection_id = (SELECT id FROM searched)
                   AND vector_dims(d.folded) = {graph_dimension} AND {filter_sql}
-                ORDER BY d.folded::halfvec({graph_dimension}) <#> $8::text::halfvec({graph_dimension})
+                ORDER BY d.folded::halfvec({graph_dimension}) <#> $9::text::halfvec({graph_dimension})
                 LIMIT $4::bigint * {OVERSAMPLE}
             ) proposed
             UNION ALL
             SELECT id, distance FROM (
                 SELECT d.id, {exact} AS distance
                 FROM deeprecall_documents d
-                WHERE $3::bool AND d.collection_id = (SELECT id FROM collection)
+                WHERE $3::bool AND d.collection_id = (SELECT id FROM searched)
                   AND d.folded IS NULL AND {filter_sql}
                 ORDER BY distance
                 LIMIT $4::bigint
@@ -369,20 +375,26 @@ pub(super) fn search_statement(
         format!(
             "SELECT d.id, {exact} AS distance
         FROM deeprecall_documents d
-        WHERE $3::bool AND d.collection_id = (SELECT id FROM collection) AND {filter_sql}
+        WHERE $3::bool AND d.collection_id = (SELECT id FROM searched) AND {filter_sql}
         ORDER BY {exact}
         LIMIT $4::bigint"
         )
     };
     format!(
-        "WITH collection AS (SELECT id FROM deeprecall_collections WHERE name = $1::text),
+        "WITH collection AS (
+    SELECT id,
+        CASE WHEN document_count > 0 AND embedder <> $8::text THEN embedder END
+            AS foreign_embedder
+    FROM deeprecall_collections WHERE name = $1::text
+),
+searched AS (SELECT id FROM collection WHERE foreign_embedder IS NULL),
 query_vector AS (SELECT $2::text::sparsevec({dimension}) AS vector),
 matched AS MATERIALIZED (
     SELECT d.id, ts_rank(d.keywords, search.query) AS score{matched_distance}
     FROM deeprecall_documents d,
          (SELECT CASE WHEN $5::text = '' THEN NULL
                       ELSE to_tsquery('english', $5::text) END AS query) search
-    WHERE d.collection_id = (SELECT id FROM collection)
+    WHERE d.collection_id = (SELECT id FROM searched)
       AND d.keywords @@ search.query AND {filter_sql}
 ),
 by_vector AS (
@@ -406,7 +418,8 @@ fused AS (
     ) ranked
     GROUP BY id
 )
-SELECT (SELECT id FROM collection), hit.doc_id, hit.content, hit.metadata, hit.score
+SELECT (SELECT id FROM collection), hit.doc_id, hit.content, hit.metadata, hit.score,
+    (SELECT foreign_embedder FROM collection)
 FROM (SELECT 1) AS always
 LEFT JOIN LATERAL (
     SELECT d.doc_id, d.content, d.metadata, fused.score::float8 AS score

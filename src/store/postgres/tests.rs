@@ -130,32 +130,63 @@ async fn a_schema_newer_than_this_build_is_refused() {
     }
 }
 
+/// A database from before collections recorded their embedder kept one for all of them: each
+/// collection takes it on migrating, so a server on another embedder refuses them, and one on
+/// the same embedder serves them as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_embedder_over_existing_documents_is_refused() {
+async fn collections_take_the_databases_embedder_when_migrated_to_an_embedder_each() {
     let url = fresh_database().await;
     let store = PostgresStore::connect(&settings(url.clone()), hashing())
         .await
         .unwrap();
     store.add_documents("docs", corpus()).await.unwrap();
-    let other = Arc::new(HashingEmbedder::new(512));
-    let error = PostgresStore::connect(&settings(url), other)
+    // Back to schema 3, as that build left it.
+    store
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "DROP TABLE deeprecall_reindex_staging;
+             ALTER TABLE deeprecall_collections DROP COLUMN embedder;
+             INSERT INTO deeprecall_meta (key, value) VALUES ('embedder_id', 'hashing-v1:4096');
+             DELETE FROM deeprecall_schema_migrations WHERE version = 4;",
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    let other = PostgresStore::connect(&settings(url.clone()), Arc::new(HashingEmbedder::new(512)))
+        .await
+        .unwrap();
+    let refused = other
+        .search(request("docs", "garonne", 1))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("embedded by"), "{error}");
-
-    // Over an empty database, the new embedder takes over, vector index included.
-    let url = fresh_database().await;
-    PostgresStore::connect(&settings(url.clone()), hashing())
+    assert!(
+        matches!(&refused, StoreError::EmbedderMismatch { stored, .. } if stored == "hashing-v1:4096"),
+        "{refused:?}"
+    );
+    let store = PostgresStore::connect(&settings(url), hashing())
         .await
         .unwrap();
-    let other = PostgresStore::connect(&settings(url), Arc::new(HashingEmbedder::new(512)))
-        .await
-        .unwrap();
-    other.add_documents("docs", corpus()).await.unwrap();
     assert_eq!(
-        search_ids(&other, request("docs", "garonne river", 1)).await,
+        search_ids(&store, request("docs", "garonne river", 1)).await,
         vec!["toulouse"]
     );
+    let left: i64 = store
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM deeprecall_meta WHERE key = 'embedder_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the database-wide embedder is gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
