@@ -158,6 +158,35 @@ pub enum VectorIndex {
     Exact,
 }
 
+/// Whether pgvector's HNSW scans go back into the graph until enough rows pass a search's
+/// filter (`hnsw.iterative_scan`, pgvector 0.8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IterativeScan {
+    /// The scan continues past `hnsw.ef_search` until enough rows pass, returning them in
+    /// roughly the graph's order; the exact re-ranking restores the order.
+    #[default]
+    RelaxedOrder,
+    /// The same, in exact order: slower, and nothing the re-ranking needs.
+    StrictOrder,
+    /// No iterative scans: one pass of the graph, so a selective filter may leave fewer vector
+    /// candidates (the keyword ranking is unaffected). The setting is then not sent at all,
+    /// which is what pgvector 0.7, without iterative scans, needs to start sessions without a
+    /// warning.
+    Off,
+}
+
+impl IterativeScan {
+    /// The value of `hnsw.iterative_scan`, or None where nothing is sent.
+    pub fn setting(self) -> Option<&'static str> {
+        match self {
+            IterativeScan::RelaxedOrder => Some("relaxed_order"),
+            IterativeScan::StrictOrder => Some("strict_order"),
+            IterativeScan::Off => None,
+        }
+    }
+}
+
 /// Settings of the document store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -196,6 +225,9 @@ pub struct StoreConfig {
     /// for the hashing embedder, whose folded graph only adds to the keyword matches ranked
     /// exactly, 100 for a dense embedder, whose neighbours the graph alone finds.
     pub hnsw_ef_search: Option<usize>,
+    /// Postgres store with `hnsw`: pgvector's `hnsw.iterative_scan`, `relaxed_order` (the
+    /// default), `strict_order` or `off`; `off` on pgvector 0.7, which has no iterative scans.
+    pub hnsw_iterative_scan: IterativeScan,
     /// TLS: disable, prefer, require, verify-ca or verify-full.
     pub sslmode: SslMode,
     /// PEM file of the CA certificates that verify-ca and verify-full trust; the system roots
@@ -237,6 +269,7 @@ impl Default for StoreConfig {
             vector_index: VectorIndex::Hnsw,
             vector_index_workers: 1,
             hnsw_ef_search: None,
+            hnsw_iterative_scan: IterativeScan::RelaxedOrder,
             sslmode: SslMode::Prefer,
             ssl_ca_file: None,
             health_check_interval_ms: 5_000,

@@ -74,6 +74,11 @@ vector_index_workers = 1
 # embedder, whose folded graph only adds to the keyword matches ranked exactly, 100 for a
 # dense one (openai, local), whose neighbours the graph alone finds.
 # hnsw_ef_search = 100
+# With "hnsw": pgvector 0.8's iterative scans, which go back into the graph until enough rows
+# pass a search's filter: "relaxed_order", "strict_order" or "off". Set "off" on pgvector 0.7,
+# which has none (searches work the same, but a selective filter may find fewer neighbours
+# through the graph).
+hnsw_iterative_scan = "relaxed_order"
 # TLS: disable, prefer, require, verify-ca or verify-full; CA certificates (PEM) for the
 # verify modes, the system roots when unset.
 sslmode = "prefer"

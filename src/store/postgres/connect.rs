@@ -109,12 +109,15 @@ pub(super) fn pg_config(
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3);
     // Sent with the startup message, so they cost no round trip. `hnsw.iterative_scan` is
-    // pgvector 0.8's; 0.7 warns about it and goes on without.
+    // pgvector 0.8's; 0.7 warns about it on every session and goes on without, unless the
+    // setting is `off`, which sends nothing.
     let statement_timeout_ms = (config.statement_timeout_seconds.max(0.0) * 1000.0) as u64;
-    pg.options(format!(
-        "-c statement_timeout={statement_timeout_ms} -c hnsw.ef_search={ef_search} \
-         -c hnsw.iterative_scan=relaxed_order"
-    ));
+    let mut options =
+        format!("-c statement_timeout={statement_timeout_ms} -c hnsw.ef_search={ef_search}");
+    if let Some(scan) = config.hnsw_iterative_scan.setting() {
+        options.push_str(&format!(" -c hnsw.iterative_scan={scan}"));
+    }
+    pg.options(options);
     Ok(pg)
 }
 

@@ -405,6 +405,46 @@ async fn searches_keep_the_configured_or_the_graphs_own_ef_search() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_scan_iteratively_as_configured_and_send_nothing_when_off() {
+    use crate::config::IterativeScan;
+
+    let url = fresh_database().await;
+    for (scan, expected) in [
+        (IterativeScan::RelaxedOrder, "relaxed_order"),
+        (IterativeScan::StrictOrder, "strict_order"),
+        // pgvector 0.8's own default: nothing was sent.
+        (IterativeScan::Off, "off"),
+    ] {
+        let config = StoreConfig {
+            hnsw_iterative_scan: scan,
+            ..settings(url.clone())
+        };
+        let store = PostgresStore::connect_without_indexer(&config, hashing())
+            .await
+            .unwrap();
+        let client = store.pool.get().await.unwrap();
+        // Loads pgvector into the session, which defines its settings.
+        client.simple_query("SELECT '[1]'::vector").await.unwrap();
+        let (setting, source): (String, String) = {
+            let row = client
+                .query_one(
+                    "SELECT setting, source FROM pg_settings WHERE name = 'hnsw.iterative_scan'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(setting, expected, "{scan:?}");
+        assert_eq!(
+            source == "client",
+            scan != IterativeScan::Off,
+            "{scan:?}: {source}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_wakes_its_replicas_indexer_without_waiting_for_the_poll() {
     let url = fresh_database().await;
     let store = PostgresStore::connect_without_indexer(&settings(url.clone()), hashing())

@@ -19,6 +19,12 @@ mod conformance_before_the_graph {
     crate::store::conformance::conformance_suite!(super::fresh_without_indexer);
 }
 
+/// The suite again without iterative scans, as on pgvector 0.7, which has none: the same
+/// statements, the graph read in one pass.
+mod conformance_without_iterative_scans {
+    crate::store::conformance::conformance_suite!(super::fresh_without_iterative_scans);
+}
+
 /// Settings for a database of the shared test server.
 pub(crate) fn settings(url: String) -> StoreConfig {
     StoreConfig {
@@ -49,6 +55,18 @@ async fn fresh_without_indexer(embedder: Arc<dyn Embedder>) -> Subject {
     let store = PostgresStore::connect_without_indexer(&settings(server.url(&database)), embedder)
         .await
         .unwrap();
+    Subject {
+        store: Arc::new(store),
+        _keep: Box::new(()),
+    }
+}
+
+async fn fresh_without_iterative_scans(embedder: Arc<dyn Embedder>) -> Subject {
+    let config = StoreConfig {
+        hnsw_iterative_scan: crate::config::IterativeScan::Off,
+        ..settings(fresh_database().await)
+    };
+    let store = PostgresStore::connect(&config, embedder).await.unwrap();
     Subject {
         store: Arc::new(store),
         _keep: Box::new(()),
