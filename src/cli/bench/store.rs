@@ -16,6 +16,10 @@ use crate::store::{
     SearchRequest, postgres::BacklogWatch,
 };
 
+/// The ingest suite's collection: another than the search suite's, whose collection
+/// `--keep-search-collection` keeps between runs in the same database.
+const INGEST_COLLECTION: &str = "bench-ingest";
+
 pub(super) async fn ingest(args: &BenchArgs) -> Result<(), CliError> {
     for (label, store) in bench_stores(args)? {
         ingest_into(args, label, store).await?;
@@ -50,10 +54,10 @@ async fn ingest_into(
     })
     .await?;
     let mut client = connect(&server.endpoint, None).await?;
-    // Not left behind in a shared database; no-op on an empty one.
+    // Left behind by a stopped run; no-op on an empty database.
     let _ = client
         .delete_collection(pb::DeleteCollectionRequest {
-            collection: "bench".into(),
+            collection: INGEST_COLLECTION.into(),
         })
         .await;
     let documents = Corpus::new(7, args.zipf_offset).proto_documents(args.ingest_documents);
@@ -61,7 +65,7 @@ async fn ingest_into(
     for batch in documents.chunks(args.batch_size) {
         client
             .add_documents(pb::AddDocumentsRequest {
-                collection: "bench".into(),
+                collection: INGEST_COLLECTION.into(),
                 documents: batch.to_vec(),
             })
             .await?;
@@ -89,7 +93,7 @@ async fn ingest_into(
     }
     let _ = client
         .delete_collection(pb::DeleteCollectionRequest {
-            collection: "bench".into(),
+            collection: INGEST_COLLECTION.into(),
         })
         .await;
     Ok(())

@@ -510,3 +510,73 @@ async fn the_indexer_stops_with_the_last_clone_of_its_store() {
     )
     .await;
 }
+
+/// The graph holds every collection's rows, so a scan of it for a collection holding a small
+/// share of them reads many other rows for each of its own: such a collection is ranked
+/// exactly instead, and a large one through the graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_share_of_the_database_is_ranked_exactly_and_a_large_one_through_the_graph() {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect_without_indexer(&settings(url), hashing())
+        .await
+        .unwrap();
+    let fillers: Vec<NewDocument> = (0..400)
+        .map(|n| crate::store::conformance::doc(&format!("filler-{n}"), &format!("filler {n}")))
+        .collect();
+    store.add_documents("big", fillers).await.unwrap();
+    store.add_documents("small", corpus()).await.unwrap();
+    drain(&store).await;
+
+    // 3 documents of 403: 3² <= 4 * 30 * 403. 400 documents: 400² > 4 * 30 * 403.
+    for (collection, through_the_graph) in [("small", false), ("big", true)] {
+        let search = store
+            .search_query(request(collection, "filler Toulouse river", 10))
+            .await
+            .unwrap();
+        let client = store.pool.get().await.unwrap();
+        let plan: Vec<String> = client
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF) {}", search.statement),
+                &search.parameters(),
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        // Each branch is gated by the plan's choice: the graph's and the backlog's on `NOT
+        // exactly`, the whole collection's on `exactly`. What runs below a gate shows.
+        let gated: Vec<(bool, bool)> = plan
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.contains("One-Time Filter:"))
+            .map(|(at, line)| {
+                let node = plan[at..]
+                    .iter()
+                    .find(|below| below.contains("->"))
+                    .unwrap_or_else(|| panic!("nothing below {line}: {plan:#?}"));
+                (line.contains("(NOT "), !node.contains("never executed"))
+            })
+            .collect();
+        assert_eq!(gated.len(), 3, "{plan:#?}");
+        for (on_the_graph, ran) in gated {
+            assert_eq!(
+                ran,
+                on_the_graph == through_the_graph,
+                "{collection}: {plan:#?}"
+            );
+        }
+        assert!(
+            plan.iter().all(|line| !line.contains("Gather")),
+            "no parallel workers: {plan:#?}"
+        );
+    }
+    assert_eq!(
+        search_ids(&store, request("small", "Garonne river", 1)).await,
+        ["toulouse"]
+    );
+    assert_eq!(
+        search_ids(&store, request("big", "filler 17", 1)).await,
+        ["filler-17"]
+    );
+}

@@ -302,6 +302,74 @@ impl PostgresStore {
     }
 }
 
+/// A search's statement and its parameters, in the statement's order.
+struct SearchQuery {
+    statement: Arc<str>,
+    collection: String,
+    vector: String,
+    by_vector: bool,
+    candidates: i64,
+    keywords: String,
+    rrf_k: f64,
+    limit: i64,
+    embedder_id: String,
+    /// With the HNSW index only.
+    folded_query: Option<String>,
+    filter: Vec<String>,
+}
+
+impl SearchQuery {
+    fn parameters(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.collection,
+            &self.vector,
+            &self.by_vector,
+            &self.candidates,
+            &self.keywords,
+            &self.rrf_k,
+            &self.limit,
+            &self.embedder_id,
+        ];
+        if let Some(folded_query) = &self.folded_query {
+            parameters.push(folded_query);
+        }
+        parameters.extend(self.filter.iter().map(|p| p as &(dyn ToSql + Sync)));
+        parameters
+    }
+}
+
+impl PostgresStore {
+    /// Embeds the query and builds its statement and parameters.
+    async fn search_query(&self, request: SearchRequest) -> Result<SearchQuery, StoreError> {
+        let SearchRequest {
+            collection,
+            query,
+            top_k,
+            filter,
+        } = request;
+        validate_collection_name(&collection)?;
+        let mut terms = text::content_terms(&query);
+        terms.truncate(64);
+        let query_embedding = embed_query(self.embedder.as_ref(), query).await?;
+        let compiled = compile_filter(&filter, filter_start(self.indexed));
+        Ok(SearchQuery {
+            statement: self.statement_for(&compiled.sql),
+            collection,
+            vector: sparsevec_text(&query_embedding, self.dimension),
+            by_vector: !query_embedding.indices.is_empty(),
+            candidates: candidates_for(top_k) as i64,
+            keywords: any_term_query(&terms),
+            rrf_k: self.fusion.k,
+            limit: top_k as i64,
+            embedder_id: self.embedder_id.clone(),
+            folded_query: self
+                .indexed
+                .then(|| folded_text(&query_embedding, self.graph_dimension)),
+            filter: compiled.parameters,
+        })
+    }
+}
+
 fn info(name: &str, version: i64, document_count: i64) -> CollectionInfo {
     CollectionInfo {
         name: name.to_string(),
@@ -513,55 +581,25 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
-        let SearchRequest {
-            collection,
-            query,
-            top_k,
-            filter,
-        } = request;
-        validate_collection_name(&collection)?;
-        let mut terms = text::content_terms(&query);
-        terms.truncate(64);
-        let keywords = any_term_query(&terms);
-        let query_embedding = embed_query(self.embedder.as_ref(), query).await?;
-        let by_vector = !query_embedding.indices.is_empty();
-        let vector = sparsevec_text(&query_embedding, self.dimension);
-        let candidates = candidates_for(top_k) as i64;
-        let limit = top_k as i64;
-        let folded_query = folded_text(&query_embedding, self.graph_dimension);
-        let compiled = compile_filter(&filter, filter_start(self.indexed));
-        let statement = self.statement_for(&compiled.sql);
-
+        let many_conditions = request.filter.conditions().len() > MAX_CONDITIONS_TO_KEEP_PREPARED;
+        let search = self.search_query(request).await?;
         let client = self.pool.get().await?;
         // Each connection keeps what it prepared, with no bound: only the common shapes (a
         // few conditions) are kept; a rarer, larger filter is prepared for its one use.
-        let prepared = if filter.conditions().len() <= MAX_CONDITIONS_TO_KEEP_PREPARED {
-            client.prepare_cached(&statement).await?
+        let prepared = if many_conditions {
+            client.prepare(&search.statement).await?
         } else {
-            client.prepare(&statement).await?
+            client.prepare_cached(&search.statement).await?
         };
-        let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![
-            &collection,
-            &vector,
-            &by_vector,
-            &candidates,
-            &keywords,
-            &self.fusion.k,
-            &limit,
-            &self.embedder_id,
-        ];
-        if self.indexed {
-            parameters.push(&folded_query);
-        }
-        parameters.extend(compiled.parameters.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let parameters = search.parameters();
         let rows = client.query(&prepared, &parameters).await?;
         let mut hits = Vec::with_capacity(rows.len());
         for row in rows {
             if row.get::<_, Option<i64>>(0).is_none() {
-                return Err(StoreError::CollectionNotFound(collection));
+                return Err(StoreError::CollectionNotFound(search.collection.clone()));
             }
             if let Some(stored) = row.get::<_, Option<String>>(5) {
-                return Err(self.mismatch(&collection, stored));
+                return Err(self.mismatch(&search.collection, stored));
             }
             let Some(id) = row.get::<_, Option<String>>(1) else {
                 continue;

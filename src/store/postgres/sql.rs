@@ -238,6 +238,12 @@ pub(super) fn parse_sparsevec(text: &str) -> Option<Embedding> {
     Some(embedding)
 }
 
+/// What reading one row through the HNSW graph costs against ranking one exactly: a graph
+/// candidate of another collection is fetched from the heap only to be rejected by the
+/// collection's condition (about 10 µs a row), a row ranked exactly is read by the
+/// collection's index and its inner product taken (2–3 µs).
+const GRAPH_TO_EXACT_COST: usize = 4;
+
 /// How many more candidates a dense embedder's HNSW graph proposes than the vector ranking
 /// keeps, so that the exact re-ranking can correct the graph's approximation. A folded graph
 /// proposes only the candidates kept (see [`search_statement`]).
@@ -311,6 +317,13 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// is acknowledged), then orders all of them by the exact inner product of the stored
 /// vectors; without it, the collection is ranked exactly.
 ///
+/// The graph holds every collection's rows, and a scan of it filtered to one collection
+/// reads, for each candidate, about as many rows as the database holds for each of that
+/// collection's. So a collection holding a small share of the database (`plan`: its
+/// documents squared at most [`GRAPH_TO_EXACT_COST`] times the proposals times the
+/// database's documents, about 2,000 beside 100,000 at top-10) is ranked exactly through its
+/// own index instead, which reads fewer rows (BENCHMARKS.md).
+///
 /// Where the graph holds folded vectors (the hashing embedder's), the rows the keyword
 /// ranking reads anyway are ranked exactly by vector too, and join the graph's proposals.
 /// Folding to 256 dimensions leaves the graph's proposals holding about an eighth of the exact
@@ -363,7 +376,8 @@ pub(super) fn search_statement(
             SELECT id, distance FROM (
                 SELECT d.id, {exact} AS distance
                 FROM deeprecall_documents d
-                WHERE $3::bool AND d.collection_id = (SELECT id FROM searched)
+                WHERE $3::bool AND NOT (SELECT exactly FROM plan)
+                  AND d.collection_id = (SELECT id FROM searched)
                   AND vector_dims(d.folded) = {graph_dimension} AND {filter_sql}
                 ORDER BY d.folded::halfvec({graph_dimension}) <#> $9::text::halfvec({graph_dimension})
                 LIMIT {proposals}
@@ -372,11 +386,21 @@ pub(super) fn search_statement(
             SELECT id, distance FROM (
                 SELECT d.id, {exact} AS distance
                 FROM deeprecall_documents d
-                WHERE $3::bool AND d.collection_id = (SELECT id FROM searched)
+                WHERE $3::bool AND NOT (SELECT exactly FROM plan)
+                  AND d.collection_id = (SELECT id FROM searched)
                   AND d.folded IS NULL AND {filter_sql}
                 ORDER BY distance
                 LIMIT $4::bigint
-            ) waiting{keyword_matches}
+            ) waiting
+            UNION ALL
+            SELECT id, distance FROM (
+                SELECT d.id, {exact} AS distance
+                FROM deeprecall_documents d
+                WHERE $3::bool AND (SELECT exactly FROM plan)
+                  AND d.collection_id = (SELECT id FROM searched) AND {filter_sql}
+                ORDER BY distance
+                LIMIT $4::bigint
+            ) small{keyword_matches}
         ) candidates
         GROUP BY id
         ORDER BY distance, id
@@ -393,10 +417,17 @@ pub(super) fn search_statement(
     };
     format!(
         "WITH collection AS (
-    SELECT id,
+    SELECT id, document_count,
         CASE WHEN document_count > 0 AND embedder <> $8::text THEN embedder END
             AS foreign_embedder
     FROM deeprecall_collections WHERE name = $1::text
+),
+plan AS (
+    SELECT c.document_count::float8 * c.document_count
+        <= {GRAPH_TO_EXACT_COST}::float8 * {proposals} * sum(all_collections.document_count)
+        AS exactly
+    FROM collection c, deeprecall_collections all_collections
+    GROUP BY c.document_count
 ),
 searched AS (SELECT id FROM collection WHERE foreign_embedder IS NULL),
 query_vector AS (SELECT $2::text::sparsevec({dimension}) AS vector),
