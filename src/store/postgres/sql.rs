@@ -321,8 +321,10 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
 /// reads, for each candidate, about as many rows as the database holds for each of that
 /// collection's. So a collection holding a small share of the database (`plan`: its
 /// documents squared at most [`GRAPH_TO_EXACT_COST`] times the proposals times the
-/// database's documents, about 2,000 beside 100,000 at top-10) is ranked exactly through its
-/// own index instead, which reads fewer rows (BENCHMARKS.md).
+/// database's documents, about 2,000 beside 100,000 at top-10) is ranked exactly instead,
+/// which reads fewer rows when its own index is used. The generic plan of the prepared
+/// statement, not knowing the collection, may scan the table instead (BENCHMARKS.md: still
+/// faster than the graph beside 100,000 documents, and the next thing to change).
 ///
 /// Where the graph holds folded vectors (the hashing embedder's), the rows the keyword
 /// ranking reads anyway are ranked exactly by vector too, and join the graph's proposals.
