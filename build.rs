@@ -25,6 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Writes `demo_examples.rs`: the handbook's files and the demo questions as `include_str!`s,
 /// so that an installed binary or a container image runs the demo without the source tree.
+/// The paths are written relative to `CARGO_MANIFEST_DIR`, resolved when the crate compiles:
+/// cargo does not run this script again when the checkout moves (a copy for a mutation run,
+/// a renamed directory), and an absolute path written here would keep naming the old place.
 fn embed_examples(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=examples");
     let examples = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("examples");
@@ -41,16 +44,15 @@ fn embed_examples(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("file name")?;
         writeln!(
             code,
-            "    ({name:?}, include_str!({:?})),",
-            file.display().to_string()
+            "    ({name:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?}))),",
+            format!("/examples/handbook/{name}")
         )?;
     }
     code.push_str("];\n/// The demo questions (`questions.json`).\n");
-    writeln!(
-        code,
-        "pub const QUESTIONS: &str = include_str!({:?});",
-        examples.join("questions.json").display().to_string()
-    )?;
+    code.push_str(
+        "pub const QUESTIONS: &str = \
+         include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/examples/questions.json\"));\n",
+    );
     std::fs::write(out_dir.join("demo_examples.rs"), code)?;
     Ok(())
 }
