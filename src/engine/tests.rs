@@ -650,3 +650,5 @@ async fn bad_requests_name_the_field() {
 mod budgets;
 mod caching;
 mod concurrency;
+mod documents;
+mod lifecycle;
