@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{AccessError, Caller, Credentials, Rate, Scope};
-use crate::llm::http::Secret;
+use crate::secret::Secret;
 use crate::transport::Subject;
 
 /// Shortest key accepted in clear: anything shorter can be guessed.

@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use serde::Serialize;
 
 use super::LlmError;
-pub use crate::secret::Secret;
+use crate::secret::Secret;
 
 /// How a backend retries one call.
 #[derive(Debug, Clone, Copy, PartialEq)]

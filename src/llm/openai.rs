@@ -9,10 +9,11 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use super::http::{HttpClient, RetryPolicy, Secret, headers};
+use super::http::{HttpClient, RetryPolicy, headers};
 use super::{
     ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, TokenUsage, ToolCall, ToolSpec,
 };
+use crate::secret::Secret;
 
 /// Settings of an OpenAI-compatible backend.
 #[derive(Debug, Clone)]

@@ -8,9 +8,10 @@ use std::time::Duration;
 use crate::config::{Backend, LlmConfig};
 use crate::llm::anthropic::{AnthropicConfig, AnthropicModel};
 use crate::llm::extractive::{ExtractiveConfig, ExtractiveModel};
-use crate::llm::http::{RetryPolicy, Secret};
+use crate::llm::http::RetryPolicy;
 use crate::llm::openai::{OpenAiConfig, OpenAiModel};
 use crate::llm::{ChatModel, LlmError, PriceTable};
+use crate::secret::Secret;
 
 /// Public endpoints used when `base_url` is empty.
 const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";

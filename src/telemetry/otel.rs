@@ -37,7 +37,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
-use crate::llm::http::Secret;
+use crate::secret::Secret;
 
 /// Service name reported when none is set.
 pub const DEFAULT_SERVICE_NAME: &str = "deeprecall";

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use deeprecall::api::pb;
 use deeprecall::config::{Backend, CacheBackend, Config};
-use deeprecall::llm::http::Secret;
 use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
+use deeprecall::secret::Secret;
 use serde_json::json;
 
 use crate::common::*;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use deeprecall::access::{KeyEntry, Scope};
 use deeprecall::config::Config;
-use deeprecall::llm::http::Secret;
+use deeprecall::secret::Secret;
 
 use crate::common::TestServer;
 use crate::tls_harness::{Authority, Files, TlsServer};

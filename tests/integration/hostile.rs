@@ -79,7 +79,7 @@ async fn on_postgres(config: &mut deeprecall::config::Config) {
     let postgres = crate::pg_harness::shared();
     let url = postgres.url(&postgres.create_database().await);
     config.store.backend = deeprecall::config::StoreBackend::Postgres;
-    config.store.database_url = deeprecall::llm::http::Secret::new(url);
+    config.store.database_url = deeprecall::secret::Secret::new(url);
     config.store.sslmode = deeprecall::config::SslMode::Disable;
     config.store.pool_size = 4;
 }
@@ -640,7 +640,7 @@ async fn a_document_telling_the_model_to_leave_the_callers_scope_does_not_widen_
         config.llm.backend = deeprecall::config::Backend::Openai;
         config.llm.model = "mock-model".into();
         config.llm.base_url = mock.base_url();
-        config.llm.api_key = deeprecall::llm::http::Secret::new("test-key");
+        config.llm.api_key = deeprecall::secret::Secret::new("test-key");
         config.cache.backend = deeprecall::config::CacheBackend::None;
     })
     .await;

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use deeprecall::api::pb;
 use deeprecall::api::pb::query_event::Event;
 use deeprecall::config::{Backend, Config};
-use deeprecall::llm::http::Secret;
 use deeprecall::llm::mock_server::{MockLlmServer, MockReply, MockScript};
+use deeprecall::secret::Secret;
 use serde_json::json;
 use tonic::Code;
 

@@ -121,7 +121,7 @@ async fn server_with_mock(mock: &MockLlmServer, configure: impl FnOnce(&mut Conf
         config.llm.backend = Backend::Openai;
         config.llm.model = "mock-model".into();
         config.llm.base_url = mock.base_url();
-        config.llm.api_key = deeprecall::llm::http::Secret::new("test-key");
+        config.llm.api_key = deeprecall::secret::Secret::new("test-key");
         config.cache.backend = CacheBackend::None;
         configure(config);
     })

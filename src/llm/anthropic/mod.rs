@@ -12,8 +12,9 @@ use serde_json::{Map, Value, json};
 
 mod stream;
 
-use super::http::{HttpClient, RetryPolicy, Secret, headers};
+use super::http::{HttpClient, RetryPolicy, headers};
 use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Message, Role, TokenUsage, ToolCall};
+use crate::secret::Secret;
 use stream::*;
 
 /// API root used when the settings name none.
