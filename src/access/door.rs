@@ -310,7 +310,7 @@ mod tests {
             FrontDoorSettings {
                 keys: vec![KeyEntry {
                     name: "reader".into(),
-                    key: crate::llm::http::Secret::new("reader-key-0123456789"),
+                    key: crate::secret::Secret::new("reader-key-0123456789"),
                     sha256: None,
                     subject: None,
                     scopes: vec![Scope::Query],
@@ -433,6 +433,289 @@ mod tests {
         let elsewhere: Option<IpAddr> = "192.0.2.8".parse().ok();
         assert!(matches!(
             door.admit(stats, guess, elsewhere).await,
+            Err(AccessError::UnknownKey)
+        ));
+    }
+
+    fn key_entry(name: &str, key: &str, scopes: Vec<Scope>) -> KeyEntry {
+        KeyEntry {
+            name: name.into(),
+            key: crate::secret::Secret::new(key),
+            sha256: None,
+            subject: None,
+            scopes,
+            collections: None,
+            requests_per_minute: None,
+            burst: None,
+        }
+    }
+
+    fn door_with(
+        keys: Vec<KeyEntry>,
+        keys_file: Option<PathBuf>,
+        rate: Option<Rate>,
+        metrics: &Metrics,
+    ) -> FrontDoor {
+        FrontDoor::new(
+            FrontDoorSettings {
+                keys,
+                keys_file,
+                exempt_services: vec![],
+                default_rate: rate,
+                refused_rate: None,
+            },
+            RateLimiter::in_memory(1_000),
+            QuerySlots::new(SlotSettings {
+                max_running: 4,
+                max_waiting: 0,
+                max_wait: Duration::ZERO,
+            }),
+        )
+        .expect("front door")
+        .with_metrics(metrics.clone())
+    }
+
+    fn api_key(key: &str) -> Credentials<'_> {
+        Credentials {
+            api_key: Some(key.as_bytes()),
+            ..Credentials::default()
+        }
+    }
+
+    fn admitted(admission: Result<Admission, AccessError>) -> (Caller, Option<QuerySlot>) {
+        match admission {
+            Ok(Admission::Caller { caller, slot }) => (caller, slot),
+            other => panic!("expected a caller, got {other:?}"),
+        }
+    }
+
+    fn counted(metrics: &Metrics, reason: &str) -> bool {
+        let series = format!("reason=\"{reason}\"");
+        metrics
+            .render()
+            .lines()
+            .any(|line| line.starts_with("deeprecall_rate_limited") && line.contains(&series))
+    }
+
+    const QUERY: &str = "/deeprecall.v1.DeepRecall/Query";
+    const STATS: &str = "/deeprecall.v1.DeepRecall/GetStats";
+
+    #[tokio::test]
+    async fn without_keys_every_call_is_anonymous_and_limited_per_address() {
+        let metrics = Metrics::new();
+        let rate = Rate {
+            per_minute: 60,
+            burst: 2,
+        };
+        let door = door_with(vec![], None, Some(rate), &metrics);
+        assert!(!door.auth_enabled());
+        let here: Option<IpAddr> = "192.0.2.1".parse().ok();
+        let (caller, slot) = admitted(door.admit(QUERY, Credentials::default(), here).await);
+        assert!(!caller.authenticated);
+        assert_eq!(&*caller.limit_key, "peer:192.0.2.1");
+        assert!(slot.is_some());
+        admitted(door.admit(STATS, Credentials::default(), here).await);
+        match door.admit(STATS, Credentials::default(), here).await {
+            Err(AccessError::RateLimited { per_minute, .. }) => assert_eq!(per_minute, 60),
+            other => panic!("expected the third call limited, got {other:?}"),
+        }
+        assert!(counted(&metrics, "peer"));
+        assert!(!counted(&metrics, "key"));
+        // Another address has a bucket of its own.
+        let there: Option<IpAddr> = "192.0.2.2".parse().ok();
+        admitted(door.admit(STATS, Credentials::default(), there).await);
+    }
+
+    #[tokio::test]
+    async fn only_methods_that_run_queries_hold_a_slot() {
+        let door = door_with(vec![], None, None, &Metrics::new());
+        for (path, holds) in [
+            (QUERY, true),
+            ("/deeprecall.v1.DeepRecall/QueryBatch", true),
+            (STATS, false),
+            ("/deeprecall.v1.DeepRecall/AddDocuments", false),
+            ("/deeprecall.v1.DeepRecall/NotYetAMethod", false),
+        ] {
+            let (_, slot) = admitted(door.admit(path, Credentials::default(), None).await);
+            assert_eq!(slot.is_some(), holds, "{path}");
+        }
+        let (_, slot) = admitted(door.admit(QUERY, Credentials::default(), None).await);
+        assert_eq!(door.slots().running(), 1);
+        drop(slot);
+        assert_eq!(door.slots().running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_keys_scope_is_checked_and_a_call_naming_no_method_needs_none() {
+        let metrics = Metrics::new();
+        let door = door_with(
+            vec![key_entry(
+                "writer",
+                "writer-key-0123456789",
+                vec![Scope::Write],
+            )],
+            None,
+            None,
+            &metrics,
+        );
+        assert!(door.auth_enabled());
+        assert_eq!(door.key_count(), 1);
+        let key = api_key("writer-key-0123456789");
+        assert!(matches!(
+            door.admit(QUERY, key, None).await,
+            Err(AccessError::MissingScope { .. })
+        ));
+        let (caller, slot) = admitted(
+            door.admit("/deeprecall.v1.DeepRecall/AddDocuments", key, None)
+                .await,
+        );
+        assert_eq!(&*caller.name, "writer");
+        assert!(caller.authenticated);
+        assert!(slot.is_none());
+        admitted(door.admit_call(None, key, None).await);
+        assert!(matches!(
+            door.admit_call(None, api_key("wrong-key-0123456789"), None)
+                .await,
+            Err(AccessError::UnknownKey)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_key_over_its_rate_is_limited_and_counted_as_a_key() {
+        let metrics = Metrics::new();
+        let mut entry = key_entry("reader", "reader-key-0123456789", vec![Scope::Query]);
+        entry.requests_per_minute = Some(30);
+        entry.burst = Some(1);
+        let door = door_with(vec![entry], None, None, &metrics);
+        let key = api_key("reader-key-0123456789");
+        admitted(door.admit(STATS, key, None).await);
+        match door.admit(STATS, key, None).await {
+            Err(AccessError::RateLimited { per_minute, .. }) => assert_eq!(per_minute, 30),
+            other => panic!("expected the key limited, got {other:?}"),
+        }
+        assert!(counted(&metrics, "key"));
+        assert!(!counted(&metrics, "peer"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_pays_for_its_other_queries_and_never_past_the_burst() {
+        let metrics = Metrics::new();
+        let rate = Rate {
+            per_minute: 60,
+            burst: 4,
+        };
+        let door = door_with(vec![], None, Some(rate), &metrics);
+        let (caller, _) = admitted(door.admit(QUERY, Credentials::default(), None).await);
+        match door.charge_batch(&caller, 5).await {
+            Err(AccessError::BatchOverBurst { cost, burst }) => {
+                assert_eq!((cost, burst), (5, 4));
+            }
+            other => panic!("expected a batch over the burst, got {other:?}"),
+        }
+        assert!(counted(&metrics, "batch_over_burst"));
+        // The call paid one; a batch of three pays two more, leaving one of the four.
+        door.charge_batch(&caller, 3)
+            .await
+            .expect("within the burst");
+        door.charge_batch(&caller, 1)
+            .await
+            .expect("a batch of one paid already");
+        door.charge(&caller, 1)
+            .await
+            .expect("the last of the burst");
+        assert!(matches!(
+            door.charge(&caller, 1).await,
+            Err(AccessError::RateLimited { .. })
+        ));
+
+        let unlimited = Caller::anonymous(None, None);
+        door.charge_batch(&unlimited, 10_000)
+            .await
+            .expect("no rate, no charge");
+        door.charge(&unlimited, 10_000)
+            .await
+            .expect("no rate, no charge");
+    }
+
+    #[tokio::test]
+    async fn a_reload_takes_the_new_key_file_and_a_broken_one_keeps_the_old_keys() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("keys.toml");
+        let entry = |name: &str, key: &str| {
+            format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nscopes = [\"query\"]\n")
+        };
+        std::fs::write(&path, entry("first", "first-key-0123456789")).expect("written");
+        let door = door_with(vec![], Some(path.clone()), None, &Metrics::new());
+        assert!(door.auth_enabled());
+        assert_eq!(door.key_count(), 1);
+        admitted(
+            door.admit(STATS, api_key("first-key-0123456789"), None)
+                .await,
+        );
+
+        let two =
+            entry("first", "first-key-0123456789") + &entry("second", "second-key-0123456789");
+        std::fs::write(&path, two).expect("written");
+        assert_eq!(door.reload_keys().expect("reloaded"), 2);
+        assert_eq!(door.key_count(), 2);
+        admitted(
+            door.admit(STATS, api_key("second-key-0123456789"), None)
+                .await,
+        );
+
+        std::fs::write(&path, "[[keys]]\nname = ").expect("written");
+        assert!(matches!(
+            door.reload_keys(),
+            Err(AccessError::InvalidKeys(_))
+        ));
+        assert_eq!(door.key_count(), 2);
+        admitted(
+            door.admit(STATS, api_key("second-key-0123456789"), None)
+                .await,
+        );
+
+        // An empty key file lets nobody in: auth stays on.
+        std::fs::write(&path, "").expect("written");
+        let empty = door_with(vec![], Some(path), None, &Metrics::new());
+        assert!(empty.auth_enabled());
+        assert!(matches!(
+            empty.admit(STATS, Credentials::default(), None).await,
+            Err(AccessError::MissingKey)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_certificate_identifies_a_call_without_a_key_but_never_rescues_a_wrong_one() {
+        let mut entry = key_entry("indexer", "", vec![Scope::Write]);
+        entry.key = crate::secret::Secret::default();
+        entry.subject = Some("CN=indexer,O=Example".into());
+        let door = door_with(vec![entry], None, None, &Metrics::new());
+        let known = crate::transport::Subject::parse("O=Example,CN=indexer").expect("subject");
+        let unknown = crate::transport::Subject::parse("CN=stranger").expect("subject");
+        let by_certificate = |subject| Credentials {
+            certificate_subject: Some(subject),
+            ..Credentials::default()
+        };
+        let (caller, _) = admitted(
+            door.admit(
+                "/deeprecall.v1.DeepRecall/AddDocuments",
+                by_certificate(&known),
+                None,
+            )
+            .await,
+        );
+        assert_eq!(&*caller.name, "indexer");
+        assert!(matches!(
+            door.admit(STATS, by_certificate(&unknown), None).await,
+            Err(AccessError::UnknownSubject(_))
+        ));
+        let wrong_key_and_certificate = Credentials {
+            api_key: Some(b"wrong-key-0123456789"),
+            certificate_subject: Some(&known),
+            ..Credentials::default()
+        };
+        assert!(matches!(
+            door.admit(STATS, wrong_key_and_certificate, None).await,
             Err(AccessError::UnknownKey)
         ));
     }

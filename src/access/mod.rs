@@ -401,6 +401,154 @@ mod tests {
     }
 
     #[test]
+    fn each_method_needs_its_scope_and_only_queries_take_a_slot() {
+        let needs: Vec<(&str, Scope, bool)> = Method::ALL
+            .into_iter()
+            .map(|method| (method.name(), method.scope(), method.runs_queries()))
+            .collect();
+        assert_eq!(
+            needs,
+            vec![
+                ("Query", Scope::Query, true),
+                ("QueryBatch", Scope::Query, true),
+                ("AddDocuments", Scope::Write, false),
+                ("DeleteDocuments", Scope::Write, false),
+                ("ClearCache", Scope::Write, false),
+                ("GetStats", Scope::Query, false),
+                ("ListCollections", Scope::Query, false),
+                ("DeleteCollection", Scope::Write, false),
+                ("GetDocuments", Scope::Query, false),
+            ]
+        );
+        for method in Method::ALL {
+            let path = format!("/{SERVICE_PATH}/{}", method.name());
+            assert_eq!(Method::from_path(&path), Some(method));
+        }
+        let scopes: Vec<String> = [Scope::Query, Scope::Write, Scope::Admin]
+            .iter()
+            .map(Scope::to_string)
+            .collect();
+        assert_eq!(scopes, vec!["query", "write", "admin"]);
+    }
+
+    #[test]
+    fn a_write_key_is_refused_nothing_outside_admin() {
+        let mut caller = Caller::anonymous(None, None);
+        caller.scopes = BTreeSet::from([Scope::Write]);
+        assert!(caller.has_scope(Scope::Write));
+        assert!(!caller.has_scope(Scope::Query));
+        assert!(!caller.is_admin());
+        assert!(caller.check_method(Method::DeleteCollection).is_ok());
+        match caller.check_method(Method::GetStats) {
+            Err(error @ AccessError::MissingScope { .. }) => assert_eq!(
+                error.to_string(),
+                "key \"anonymous\" lacks the \"query\" scope that GetStats needs"
+            ),
+            other => panic!("expected a missing scope, got {other:?}"),
+        }
+        // No list of collections: every one, and clearing them all, is allowed.
+        assert!(caller.check_collection("hr").is_ok());
+        assert!(caller.check_clear("").is_ok());
+        assert!(caller.may_see("anything"));
+    }
+
+    #[test]
+    fn a_denied_collection_is_named_as_resolved() {
+        let mut caller = Caller::anonymous(None, None);
+        caller.collections = Some(Arc::new(BTreeSet::from(["hr".to_string()])));
+        match caller.check_collection("") {
+            Err(AccessError::CollectionDenied { collection, .. }) => {
+                assert_eq!(collection, DEFAULT_COLLECTION)
+            }
+            other => panic!("expected the default collection denied, got {other:?}"),
+        }
+        assert!(caller.check_clear("hr").is_ok());
+        assert!(caller.check_clear("finance").is_err());
+    }
+
+    #[test]
+    fn anonymous_callers_are_limited_per_address() {
+        let address: IpAddr = [10, 0, 0, 7].into();
+        let caller = Caller::anonymous(Some(address), None);
+        assert_eq!(&*caller.limit_key, "peer:10.0.0.7");
+        assert!(!caller.authenticated);
+        assert_eq!(&*caller.name, "anonymous");
+        assert!(caller.is_admin());
+        assert_eq!(&*Caller::anonymous(None, None).limit_key, "peer:unknown");
+    }
+
+    fn stats_of_two_accounts() -> EngineStats {
+        let usage = |queries| crate::engine::UsageTotals {
+            queries,
+            ..Default::default()
+        };
+        let collection = |name: &str| crate::store::CollectionInfo {
+            name: name.to_string(),
+            document_count: 1,
+            version: 1,
+        };
+        EngineStats {
+            collections: vec![collection("default"), collection("hr")],
+            result_cache: Default::default(),
+            search_cache: Default::default(),
+            cache_backend: "memory".into(),
+            usage: usage(5),
+            accounts: vec![("alice".into(), usage(2)), ("bob".into(), usage(3))],
+            model: "m".into(),
+        }
+    }
+
+    #[test]
+    fn statistics_are_narrowed_to_the_callers_collections_and_own_usage() {
+        let mut alice = Caller::anonymous(None, None);
+        alice.name = Arc::from("alice");
+        alice.scopes = BTreeSet::from([Scope::Query]);
+        alice.collections = Some(Arc::new(BTreeSet::from(["hr".to_string()])));
+        let mut stats = stats_of_two_accounts();
+        alice.restrict_stats(&mut stats);
+        let names: Vec<&str> = stats.collections.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["hr"]);
+        assert_eq!(stats.usage.queries, 2);
+        assert_eq!(stats.accounts.len(), 1);
+        assert_eq!(stats.accounts[0].0, "alice");
+        assert_eq!(stats.accounts[0].1.queries, 2);
+
+        // A caller with no usage yet sees zeros, not someone else's.
+        let mut carol = alice.clone();
+        carol.name = Arc::from("carol");
+        let mut stats = stats_of_two_accounts();
+        carol.restrict_stats(&mut stats);
+        assert_eq!(stats.usage.queries, 0);
+        assert_eq!(stats.accounts[0].0, "carol");
+
+        let admin = Caller::anonymous(None, None);
+        let mut stats = stats_of_two_accounts();
+        admin.restrict_stats(&mut stats);
+        assert_eq!(stats.collections.len(), 2);
+        assert_eq!(stats.usage.queries, 5);
+        assert_eq!(stats.accounts.len(), 2);
+    }
+
+    #[test]
+    fn refusals_that_pass_with_time_say_when() {
+        let limited = AccessError::RateLimited {
+            per_minute: 60,
+            retry_after: Duration::from_millis(1_500),
+        };
+        assert_eq!(limited.retry_after(), Some(Duration::from_millis(1_500)));
+        assert_eq!(
+            limited.to_string(),
+            "rate limit of 60 requests per minute exceeded; retry in 2 seconds"
+        );
+        let refusals = AccessError::TooManyRefusals {
+            retry_after: Duration::from_millis(300),
+        };
+        assert_eq!(refusals.retry_after(), Some(Duration::from_millis(300)));
+        assert!(refusals.to_string().ends_with("retry in 1 second"));
+        assert_eq!(AccessError::UnknownKey.retry_after(), None);
+    }
+
+    #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
         assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_seconds(Duration::from_secs(2)), 2);

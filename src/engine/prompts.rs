@@ -180,3 +180,63 @@ fn tool_specs() -> Vec<ToolSpec> {
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_instructions_follow_the_system_prompts_and_blank_ones_add_nothing() {
+        for (prompt, base) in [
+            (system_prompt as fn(&str) -> String, SYSTEM_PROMPT),
+            (single_pass_system_prompt, SINGLE_PASS_PROMPT),
+        ] {
+            assert_eq!(prompt(" \n "), base);
+            let with_extra = prompt("  Answer in French.  ");
+            assert!(with_extra.starts_with(base));
+            assert!(
+                with_extra
+                    .ends_with("\n\nAdditional instructions from the caller:\nAnswer in French.")
+            );
+        }
+        assert!(SINGLE_PASS_PROMPT.contains("There is no further search"));
+        assert!(sub_model_system_prompt().contains("from the text you are given only"));
+    }
+
+    #[test]
+    fn the_user_message_names_the_collection_and_carries_context_only_when_given() {
+        assert_eq!(
+            user_message(" Who? ", "handbook", 42, "  "),
+            format!("Collection: handbook (42 documents)\n\n{QUESTION_MARKER} Who?")
+        );
+        assert_eq!(
+            user_message("Who?", "handbook", 42, " The 2024 edition. "),
+            format!(
+                "Collection: handbook (42 documents)\nContext: The 2024 edition.\n\n{QUESTION_MARKER} Who?"
+            )
+        );
+    }
+
+    #[test]
+    fn the_summing_up_shows_each_passage_cut_to_its_limit() {
+        let long = "é".repeat(SYNTHESIS_PASSAGE_CHARS + 10);
+        let message = synthesis_user_message(" Who? ", &[("a", "short"), ("b", &long)]);
+        let expected_long = "é".repeat(SYNTHESIS_PASSAGE_CHARS);
+        assert_eq!(
+            message,
+            format!("{QUESTION_MARKER} Who?\n\nPassages:\n\n[a]\nshort\n\n[b]\n{expected_long}\n")
+        );
+    }
+
+    #[test]
+    fn a_single_pass_is_offered_submit_alone_and_the_loop_every_tool() {
+        let names = |tools: Arc<[ToolSpec]>| -> Vec<&'static str> {
+            tools.iter().map(|tool| tool.name).collect()
+        };
+        assert_eq!(names(single_pass_tools()), vec![SUBMIT]);
+        assert_eq!(
+            names(tools()),
+            vec![SEARCH_DB, LLM_QUERY, LLM_QUERY_BATCHED, SUBMIT]
+        );
+    }
+}

@@ -200,3 +200,42 @@ async fn aborting_runs_ends_the_running_ones_partial_and_refuses_new_ones() {
         Err(EngineError::ShuttingDown)
     ));
 }
+
+#[tokio::test]
+async fn a_batch_is_checked_against_its_size_and_concurrency_limits() {
+    let engine = engine_with(corpus(), Arc::new(ExtractiveModel::default()));
+    let config = engine.config().clone();
+    assert_eq!(
+        refused(engine.validate_batch(0, 1)),
+        "queries",
+        "an empty batch"
+    );
+    assert_eq!(
+        refused(engine.validate_batch(config.max_batch_queries + 1, 1)),
+        "queries"
+    );
+    assert_eq!(
+        engine
+            .validate_batch(config.max_batch_queries, 0)
+            .expect("at the limit"),
+        config.default_batch_concurrency
+    );
+    assert_eq!(
+        refused(engine.validate_batch(1, config.max_batch_concurrency + 1)),
+        "max_concurrency"
+    );
+    assert_eq!(
+        engine
+            .validate_batch(1, config.max_batch_concurrency)
+            .expect("at the limit"),
+        config.max_batch_concurrency
+    );
+    assert_eq!(engine.validate_batch(1, 2).expect("within"), 2);
+}
+
+fn refused(outcome: Result<usize, EngineError>) -> String {
+    match outcome {
+        Err(EngineError::InvalidArgument { field, .. }) => field,
+        other => panic!("expected an invalid argument, got {other:?}"),
+    }
+}
