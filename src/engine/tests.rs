@@ -21,6 +21,8 @@ struct MemoryStore {
     searches: Mutex<Vec<SearchRequest>>,
     /// What [`DocumentStore::ranking_id`] says.
     ranking: String,
+    /// Why [`DocumentStore::check_reachable`] fails, if it does.
+    unreachable: Option<String>,
 }
 
 impl MemoryStore {
@@ -35,6 +37,7 @@ impl MemoryStore {
                 .collect(),
             searches: Mutex::new(Vec::new()),
             ranking: String::new(),
+            unreachable: None,
         }
     }
 }
@@ -120,6 +123,13 @@ impl DocumentStore for MemoryStore {
 
     async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
         Ok(self.collection("default").await?.into_iter().collect())
+    }
+
+    async fn check_reachable(&self) -> Result<(), StoreError> {
+        match &self.unreachable {
+            Some(why) => Err(StoreError::Unavailable(why.clone())),
+            None => Ok(()),
+        }
     }
 }
 

@@ -137,6 +137,8 @@ async fn a_write_is_checked_whole_and_one_bad_document_refuses_it_all() {
         .expect("at the limits");
     assert_eq!(written.ids, ids(LIMIT));
     assert_eq!(written.collection.document_count, LIMIT as u64);
+    let listed = engine.list_collections().await.expect("listed");
+    assert_eq!(listed, vec![written.collection]);
 }
 
 #[tokio::test]
@@ -321,4 +323,19 @@ async fn the_store_is_reported_reachable() {
         .await
         .expect("answered")
         .expect("reachable");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_reported_so() {
+    let store = MemoryStore {
+        unreachable: Some("connection refused".into()),
+        ..MemoryStore::default()
+    };
+    let engine = engine_with(Arc::new(store), Arc::new(ExtractiveModel::default()));
+    match engine.check_store().await {
+        Err(EngineError::Store(StoreError::Unavailable(why))) => {
+            assert_eq!(why, "connection refused")
+        }
+        other => panic!("expected the store unavailable, got {other:?}"),
+    }
 }
