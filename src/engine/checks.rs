@@ -180,4 +180,13 @@ mod tests {
         let error = check(json!({"a": "x".repeat(1_000)})).unwrap_err();
         assert!(error.contains("over the limit of 1000"), "{error}");
     }
+
+    #[test]
+    fn metadata_of_exactly_the_limit_is_accepted() {
+        let metadata = json!({"note": "x".repeat(10)});
+        let metadata = metadata.as_object().expect("object");
+        let size = serde_json::to_string(metadata).expect("json").len();
+        assert!(super::metadata("m", metadata, size).is_ok());
+        assert!(super::metadata("m", metadata, size - 1).is_err());
+    }
 }

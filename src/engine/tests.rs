@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::cache::MemoryCache;
+use crate::engine::events::SubModelCallRecord;
 use crate::llm::scripted::{ScriptedModel, ScriptedReply};
 use crate::llm::{ExtractiveModel, LlmError};
 use crate::store::{Hit, SearchRequest};
@@ -557,11 +558,89 @@ async fn one_failed_prompt_does_not_sink_a_batched_sub_model_call() {
             .unwrap_or("")
             .starts_with("error:")
     );
+    let records: Vec<&SubModelCallRecord> = events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::SubLlmCall(record) => Some(record),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 1);
+    let record = records[0];
+    assert_eq!((record.prompts, record.failed), (2, 1));
+    // Only the answered prompt's usage counts.
+    assert_eq!((record.input_tokens, record.output_tokens), (100, 20));
+    assert_eq!(record.cost_usd, 0.001);
+    assert_eq!(result.usage.models.len(), 2);
+    // One prompt answered: the call is not a failed turn, and its trace says so.
+    let step = result
+        .reasoning_trace
+        .iter()
+        .find(|step| step.action == "llm_query_batched")
+        .expect("the sub-model call's step");
+    assert_eq!(step.output, "2 response(s)");
+}
+
+#[tokio::test]
+async fn a_batched_call_whose_prompts_all_fail_is_a_failed_turn() {
+    let root = Arc::new(ScriptedModel::new(
+        "root",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("llm_query_batched", json!({"prompts": ["a", "b"]})),
+            ScriptedModel::text("done"),
+        ],
+    ));
+    let sub = Arc::new(ScriptedModel::new(
+        "sub",
+        Duration::ZERO,
+        vec![
+            ScriptedReply::Fail(LlmError::Unavailable("boom".into())),
+            ScriptedReply::Fail(LlmError::Unavailable("bang".into())),
+        ],
+    ));
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            model: root,
+            sub_model: sub,
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+            rerank: None,
+        },
+        EngineConfig {
+            max_consecutive_tool_errors: 1,
+            ..EngineConfig::default()
+        },
+    );
+    let (result, events) = run_collecting(&engine, question("Digest?")).await;
+    // One failed turn is the limit here: the run stops instead of asking the model again.
+    assert!(result.partial);
+    assert!(
+        result
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("1 turns in a row"),
+        "{:?}",
+        result.error
+    );
+    let step = result
+        .reasoning_trace
+        .iter()
+        .find(|step| step.action == "llm_query_batched")
+        .expect("the sub-model call's step");
+    assert!(
+        step.output.starts_with("{\"responses\":[\"error:"),
+        "{}",
+        step.output
+    );
     assert!(events.iter().any(|event| matches!(
         &event.kind,
-        EventKind::SubLlmCall(record) if record.prompts == 2 && record.failed == 1
+        EventKind::SubLlmCall(record) if record.prompts == 2 && record.failed == 2
+            && record.input_tokens == 0 && record.cost_usd == 0.0
     )));
-    assert_eq!(result.usage.models.len(), 2);
 }
 
 #[tokio::test]

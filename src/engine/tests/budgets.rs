@@ -256,3 +256,64 @@ async fn a_sub_model_call_is_planned_against_the_tokens_left() {
         .collect();
     assert_eq!(caps, [Some(each), Some(each)]);
 }
+
+#[tokio::test]
+async fn a_batched_call_reserves_a_minimal_completion_for_each_prompt_but_the_first() {
+    let root = Arc::new(ScriptedModel::new(
+        "root",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool(
+                "llm_query_batched",
+                json!({"prompts": ["one", "two", "three"]}),
+            ),
+            ScriptedModel::text("done"),
+        ],
+    ));
+    let sub = Arc::new(ScriptedModel::new(
+        "sub",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::text("a"),
+            ScriptedModel::text("b"),
+            ScriptedModel::text("c"),
+        ],
+    ));
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            model: root,
+            sub_model: sub.clone(),
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+            rerank: None,
+        },
+        EngineConfig::default(),
+    );
+    let mut request = question("Digest?");
+    request.budget.max_tokens = Some(2_000);
+    let (_, events) = run_collecting(&engine, request).await;
+
+    use crate::llm::estimate_tokens;
+    let system = estimate_tokens(prompts::sub_model_system_prompt());
+    let planned = ["one", "two", "three"]
+        .iter()
+        .map(|prompt| estimate_tokens(prompt) + system)
+        .sum::<u64>()
+        + 2 * budget::MIN_COMPLETION_TOKENS;
+    let each = u32::try_from((2_000 - 120 - planned) / 3).unwrap();
+    let caps: Vec<Option<u32>> = sub
+        .requests()
+        .iter()
+        .map(|request| request.max_tokens)
+        .collect();
+    assert_eq!(caps, [Some(each), Some(each), Some(each)]);
+    // The call's record adds up its prompts' usage.
+    assert!(events.iter().any(|event| matches!(
+        &event.kind,
+        EventKind::SubLlmCall(record) if record.prompts == 3 && record.failed == 0
+            && record.input_tokens == 300 && record.output_tokens == 60
+            && (record.cost_usd - 0.003).abs() < 1e-12
+    )));
+}
