@@ -189,4 +189,19 @@ mod tests {
         assert!(super::metadata("m", metadata, size).is_ok());
         assert!(super::metadata("m", metadata, size - 1).is_err());
     }
+
+    #[test]
+    fn a_document_id_is_refused_for_each_bracket_a_control_character_or_its_length() {
+        for id in ["a[b", "a]b", "a\u{7}b", "tab\there"] {
+            assert!(check_document_id("id", id).is_err(), "{id:?}");
+        }
+        assert!(check_document_id("id", &"i".repeat(MAX_DOCUMENT_ID_BYTES)).is_ok());
+        assert!(check_document_id("id", &"i".repeat(MAX_DOCUMENT_ID_BYTES + 1)).is_err());
+        assert!(check_document_id("id", "plain-id_1.2 with spaces/é").is_ok());
+        match check_lookup_ids(&["fine".into(), "also fine".into(), "no]".into()]) {
+            Err(EngineError::InvalidArgument { field, .. }) => assert_eq!(field, "ids[2]"),
+            other => panic!("expected ids[2] refused, got {other:?}"),
+        }
+        assert!(check_lookup_ids(&["fine".into()]).is_ok());
+    }
 }
