@@ -317,3 +317,54 @@ async fn a_batched_call_reserves_a_minimal_completion_for_each_prompt_but_the_fi
             && (record.cost_usd - 0.003).abs() < 1e-12
     )));
 }
+
+#[tokio::test]
+async fn a_run_that_stopped_with_nothing_found_is_not_summed_up() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedModel::text("A summary of nothing."),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Zephyr blender maker?");
+    request.budget.max_search_calls = Some(0);
+    let (result, _) = run_collecting(&engine, request).await;
+    assert!(result.partial);
+    assert_eq!(result.budget.exhausted, Some(BudgetResource::SearchCalls));
+    // There is nothing to sum up from: no second call, and no summary.
+    assert_eq!(model.requests().len(), 1);
+    assert_ne!(result.answer, "A summary of nothing.");
+    assert!(result.citations.is_empty());
+}
+
+#[tokio::test]
+async fn a_run_that_stopped_with_passages_is_summed_up_by_the_model_in_one_call() {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr blender"})),
+            ScriptedModel::tool("search_db", json!({"query": "klaxon"})),
+            ScriptedModel::text("Klaxon makes it [zephyr] [invented]."),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Who manufactures the Zephyr blender?");
+    request.budget.max_search_calls = Some(1);
+    let (result, _) = run_collecting(&engine, request).await;
+    assert!(result.partial);
+    assert_eq!(result.answer, "Klaxon makes it [zephyr].");
+    assert_eq!(result.citations, vec!["zephyr"]);
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3);
+    let summing_up = &requests[2];
+    assert!(summing_up.tools.is_empty());
+    assert_eq!(
+        summing_up.messages[0].content,
+        prompts::synthesis_system_prompt()
+    );
+    assert!(summing_up.messages[1].content.contains("[zephyr]"));
+}
