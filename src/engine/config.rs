@@ -118,3 +118,41 @@ impl EngineConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_budget_is_the_configured_limits() {
+        let config = EngineConfig {
+            max_iterations: 7,
+            max_search_calls: 3,
+            max_tokens: Some(5_000),
+            max_time_seconds: 12.5,
+            max_cost_usd: Some(0.25),
+            ..EngineConfig::default()
+        };
+        assert_eq!(
+            config.default_budget(),
+            BudgetLimits {
+                max_iterations: Some(7),
+                max_search_calls: Some(3),
+                max_tokens: Some(5_000),
+                max_time: Some(Duration::from_millis(12_500)),
+                max_cost_usd: Some(0.25),
+            }
+        );
+        assert_eq!(config.check_default_budget(), Ok(()));
+    }
+
+    #[test]
+    fn a_default_budget_of_zero_is_refused_as_its_setting() {
+        let config = EngineConfig {
+            max_iterations: 0,
+            ..EngineConfig::default()
+        };
+        let refusal = config.check_default_budget().expect_err("refused");
+        assert!(refusal.starts_with("engine.max_iterations "), "{refusal}");
+    }
+}

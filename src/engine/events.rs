@@ -210,3 +210,38 @@ impl EventSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sink_is_closed_once_its_reader_leaves_and_numbers_what_it_sends() {
+        let (sink, mut receiver) = EventSink::channel(4, Instant::now());
+        assert!(!sink.is_closed());
+        sink.emit(BudgetUsage::default(), EventKind::StepStarted { step: 1 })
+            .await;
+        sink.clone()
+            .emit(BudgetUsage::default(), EventKind::StepStarted { step: 2 })
+            .await;
+        let first = receiver.recv().await.expect("first event");
+        let second = receiver.recv().await.expect("second event");
+        assert_eq!((first.sequence, second.sequence), (0, 1));
+
+        drop(receiver);
+        // Seen at once, before anything else is sent.
+        assert!(sink.is_closed());
+        // Sending to a gone reader neither waits nor fails, and is remembered.
+        sink.emit(BudgetUsage::default(), EventKind::StepStarted { step: 3 })
+            .await;
+        assert!(sink.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_discarding_sink_is_never_closed() {
+        let sink = EventSink::discard(Instant::now());
+        sink.emit(BudgetUsage::default(), EventKind::StepStarted { step: 1 })
+            .await;
+        assert!(!sink.is_closed());
+    }
+}

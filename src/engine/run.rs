@@ -896,6 +896,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_prompt_is_estimated_with_its_framing_text_and_tool_calls() {
+        use crate::llm::{ToolCall, estimate_tokens};
+        let call = ToolCall {
+            id: "call_0".into(),
+            name: "search_db".into(),
+            arguments: r#"{"query": "zephyr blender maker"}"#.into(),
+        };
+        let messages = [
+            Message::system("You answer questions."),
+            Message::assistant(String::new(), vec![call.clone()]),
+        ];
+        let expected = 4
+            + estimate_tokens("You answer questions.")
+            + 4
+            + estimate_tokens(&call.name)
+            + estimate_tokens(&call.arguments);
+        assert_eq!(estimate_prompt_tokens(&messages), expected);
+    }
+
+    #[test]
     fn confidence_follows_how_the_answer_was_made() {
         assert_eq!(Sureness::Stated(Some(0.8)).confidence(true), 0.8);
         assert_eq!(Sureness::Stated(Some(7.0)).confidence(false), 1.0);

@@ -255,4 +255,17 @@ mod tests {
             "{error}"
         );
     }
+
+    #[test]
+    fn sub_model_answers_reach_the_model_as_json() {
+        assert_eq!(
+            serde_json::from_str::<Value>(&llm_query_result("Porto, \"mostly\"")).unwrap(),
+            json!({"response": "Porto, \"mostly\""})
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&llm_query_batched_result(&["a".into(), "b".into()]))
+                .unwrap(),
+            json!({"responses": ["a", "b"]})
+        );
+    }
 }
