@@ -581,6 +581,60 @@ async fn one_failed_prompt_does_not_sink_a_batched_sub_model_call() {
     assert_eq!(step.output, "2 response(s)");
 }
 
+/// Runs a batched sub-model call of two prompts, the second answered by `second`, and returns
+/// the fields recorded on the spans of the run.
+async fn sub_model_spans(second: ScriptedReply) -> crate::telemetry::spans::recorded::Fields {
+    use tracing_subscriber::layer::SubscriberExt;
+    let fields = crate::telemetry::spans::recorded::Fields::default();
+    // The test runtime has one thread: every span of the run is recorded here.
+    let _recording =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(fields.clone()));
+    let root = Arc::new(ScriptedModel::new(
+        "root",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("llm_query_batched", json!({"prompts": ["a", "b"]})),
+            ScriptedModel::text("done"),
+        ],
+    ));
+    let sub = Arc::new(ScriptedModel::new(
+        "sub",
+        Duration::ZERO,
+        vec![ScriptedModel::text("first digest"), second],
+    ));
+    let engine = Engine::new(
+        EngineParts {
+            store: corpus(),
+            model: root,
+            sub_model: sub,
+            prices: Default::default(),
+            results: memory_level("result"),
+            searches: memory_level("search"),
+            rerank: None,
+        },
+        EngineConfig::default(),
+    );
+    run_collecting(&engine, question("Digest?")).await;
+    fields
+}
+
+#[tokio::test]
+async fn a_sub_model_call_with_a_failed_prompt_is_an_error_in_its_span() {
+    let failed = sub_model_spans(ScriptedReply::Fail(LlmError::Unavailable("boom".into()))).await;
+    assert_eq!(
+        failed.get("model.call", "otel.status_code").as_deref(),
+        Some("\"ERROR\"")
+    );
+    assert_eq!(
+        failed
+            .get("model.call", "otel.status_description")
+            .as_deref(),
+        Some("\"1 of 2 prompts failed\"")
+    );
+    let answered = sub_model_spans(ScriptedModel::text("second digest")).await;
+    assert_eq!(answered.get("model.call", "otel.status_code"), None);
+}
+
 #[tokio::test]
 async fn a_batched_call_whose_prompts_all_fail_is_a_failed_turn() {
     let root = Arc::new(ScriptedModel::new(

@@ -214,20 +214,19 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+/// Test equipment: a tracing layer that keeps every field recorded on a span.
 #[cfg(test)]
-mod tests {
+pub(crate) mod recorded {
     use std::sync::Arc;
 
     use parking_lot::Mutex;
     use tracing::field::{Field, Visit};
-    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::layer::Context;
     use tracing_subscriber::registry::LookupSpan;
-
-    use super::*;
 
     /// Collects the fields recorded on spans, by span name.
     #[derive(Clone, Default)]
-    struct Fields(Arc<Mutex<Vec<(String, String, String)>>>);
+    pub(crate) struct Fields(Arc<Mutex<Vec<(String, String, String)>>>);
 
     struct Visitor<'a> {
         span: &'a str,
@@ -272,7 +271,8 @@ mod tests {
     }
 
     impl Fields {
-        fn get(&self, span: &str, field: &str) -> Option<String> {
+        /// The last value recorded for `field` on a span named `span`, as its `Debug` text.
+        pub(crate) fn get(&self, span: &str, field: &str) -> Option<String> {
             self.0
                 .lock()
                 .iter()
@@ -281,6 +281,14 @@ mod tests {
                 .map(|(_, _, value)| value.clone())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::recorded::Fields;
+    use super::*;
 
     #[test]
     fn recorded_values_land_on_declared_fields() {
