@@ -628,6 +628,17 @@ mod tests {
             Err(AccessError::RateLimited { .. })
         ));
 
+        // A batch of exactly the burst fits a fresh bucket.
+        let there: Option<IpAddr> = "192.0.2.9".parse().ok();
+        let (fresh, _) = admitted(door.admit(QUERY, Credentials::default(), there).await);
+        door.charge_batch(&fresh, 4)
+            .await
+            .expect("exactly the burst");
+        assert!(matches!(
+            door.charge(&fresh, 1).await,
+            Err(AccessError::RateLimited { .. })
+        ));
+
         let unlimited = Caller::anonymous(None, None);
         door.charge_batch(&unlimited, 10_000)
             .await
