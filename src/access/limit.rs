@@ -370,6 +370,84 @@ mod tests {
         burst: 5,
     };
 
+    /// One request a second, no burst beyond it: a caller is busy for a second after a call.
+    const ONE_A_SECOND: Rate = Rate {
+        per_minute: 60,
+        burst: 1,
+    };
+
+    fn is_tracked(limiter: &MemoryLimiter, key: &str) -> bool {
+        limiter.buckets.lock().contains_key(key)
+    }
+
+    #[test]
+    fn a_full_table_forgets_idle_callers_first() {
+        let limiter = MemoryLimiter::new(10);
+        let start = limiter.origin;
+        for caller in 0..5 {
+            limiter.check_at(&format!("idle-{caller}"), ONE_A_SECOND, 1, start);
+        }
+        let later = start + Duration::from_millis(500);
+        for caller in 0..5 {
+            limiter.check_at(&format!("busy-{caller}"), ONE_A_SECOND, 1, later);
+        }
+        // A second after the first five called, they are idle (their bucket is full again,
+        // to the nanosecond); the other five are still busy.
+        let now = start + Duration::from_secs(1);
+        assert_eq!(
+            limiter.check_at("new", ONE_A_SECOND, 1, now),
+            Decision::Allowed
+        );
+        assert_eq!(limiter.tracked(), 6);
+        for caller in 0..5 {
+            assert!(!is_tracked(&limiter, &format!("idle-{caller}")));
+            assert!(matches!(
+                limiter.check_at(&format!("busy-{caller}"), ONE_A_SECOND, 1, now),
+                Decision::Limited { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_full_table_of_busy_callers_forgets_the_nearest_to_idle_down_to_nine_tenths() {
+        // The table's order differs from one map to the next: several rounds make sure the
+        // choice never depends on it.
+        for _ in 0..16 {
+            let limiter = MemoryLimiter::new(20);
+            let start = limiter.origin;
+            for caller in 0..20u64 {
+                let at = start + Duration::from_millis(10 * caller);
+                limiter.check_at(&format!("caller-{caller}"), ONE_A_SECOND, 1, at);
+            }
+            let now = start + Duration::from_millis(200);
+            assert_eq!(
+                limiter.check_at("new", ONE_A_SECOND, 1, now),
+                Decision::Allowed
+            );
+            // Two went to make room for 18 of 20, then the new caller came in.
+            assert_eq!(limiter.tracked(), 19);
+            assert!(!is_tracked(&limiter, "caller-0"));
+            assert!(!is_tracked(&limiter, "caller-1"));
+            for caller in 2..20 {
+                assert!(
+                    is_tracked(&limiter, &format!("caller-{caller}")),
+                    "{caller}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn callers_equally_near_to_idle_are_forgotten_only_as_many_as_needed() {
+        let limiter = MemoryLimiter::new(20);
+        let start = limiter.origin;
+        for caller in 0..20 {
+            limiter.check_at(&format!("caller-{caller}"), ONE_A_SECOND, 1, start);
+        }
+        limiter.check_at("new", ONE_A_SECOND, 1, start);
+        assert_eq!(limiter.tracked(), 19);
+    }
+
     #[test]
     fn a_burst_then_one_per_interval() {
         let limiter = MemoryLimiter::new(100);
