@@ -27,6 +27,7 @@ pub struct ScriptedModel {
     latency: Duration,
     replies: Mutex<VecDeque<ScriptedReply>>,
     requests: Mutex<Vec<ChatRequest>>,
+    writes_summaries: bool,
 }
 
 impl ScriptedModel {
@@ -37,7 +38,14 @@ impl ScriptedModel {
             latency,
             replies: Mutex::new(replies.into()),
             requests: Mutex::new(Vec::new()),
+            writes_summaries: true,
         }
+    }
+
+    /// The same model, saying it cannot sum up a stopped run (as the extractive one says).
+    pub fn without_summaries(mut self) -> Self {
+        self.writes_summaries = false;
+        self
     }
 
     /// Returns the requests received so far.
@@ -107,6 +115,10 @@ impl ScriptedModel {
 impl ChatModel for ScriptedModel {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn writes_summaries(&self) -> bool {
+        self.writes_summaries
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {

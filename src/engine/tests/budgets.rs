@@ -368,3 +368,52 @@ async fn a_run_that_stopped_with_passages_is_summed_up_by_the_model_in_one_call(
     );
     assert!(summing_up.messages[1].content.contains("[zephyr]"));
 }
+
+#[tokio::test]
+async fn a_model_that_writes_no_summaries_is_not_asked_to_sum_up() {
+    let model = Arc::new(
+        ScriptedModel::new(
+            "scripted",
+            Duration::ZERO,
+            vec![
+                ScriptedModel::tool("search_db", json!({"query": "zephyr blender"})),
+                ScriptedModel::tool("search_db", json!({"query": "klaxon"})),
+                ScriptedModel::text("A summary."),
+            ],
+        )
+        .without_summaries(),
+    );
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Who manufactures the Zephyr blender?");
+    request.budget.max_search_calls = Some(1);
+    let (result, _) = run_collecting(&engine, request).await;
+    assert!(result.partial);
+    assert_eq!(model.requests().len(), 2);
+    assert_ne!(result.answer, "A summary.");
+    assert_eq!(result.citations, vec!["zephyr"]);
+}
+
+#[tokio::test]
+async fn a_run_with_no_time_left_for_a_summary_stitches_its_answer() {
+    // Each call takes 400 ms and the run has 600: after the first, neither a second call nor
+    // a summing-up call fits. A slower machine only leaves less time.
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::from_millis(400),
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr blender"})),
+            ScriptedModel::text("A summary."),
+        ],
+    ));
+    let engine = engine_with(corpus(), model.clone());
+    let mut request = question("Who manufactures the Zephyr blender?");
+    request.budget.max_time = Some(Duration::from_millis(600));
+    let (result, _) = tokio::time::timeout(HANG, run_collecting(&engine, request))
+        .await
+        .expect("the run ended");
+    assert!(result.partial);
+    assert_eq!(result.budget.exhausted, Some(BudgetResource::Time));
+    assert_eq!(model.requests().len(), 1);
+    assert_ne!(result.answer, "A summary.");
+    assert_eq!(result.citations, vec!["zephyr"]);
+}
