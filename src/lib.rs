@@ -14,6 +14,8 @@ pub mod llm;
 #[cfg(feature = "local-models")]
 pub mod local_model;
 pub mod redis_link;
+#[cfg(test)]
+pub(crate) mod redis_test_server;
 pub mod rerank;
 pub mod secret;
 pub mod server;
