@@ -614,4 +614,52 @@ mod tests {
         );
         assert_eq!(Rate::from_settings(0, 10), None);
     }
+
+    #[tokio::test]
+    async fn redis_admits_the_burst_then_one_per_interval_and_refuses_a_cost_over_it() {
+        let server = crate::redis_test_server::RedisServer::start();
+        let redis = RedisLimiter::open(&server.url(), "limit-test", Duration::from_secs(5))
+            .expect("limiter opens");
+        assert!(redis.wait_until_connected(Duration::from_secs(20)).await);
+        let limiter = RateLimiter::in_redis(redis, 100, 1);
+        // Exactly the burst at once, on a fresh bucket.
+        assert_eq!(limiter.check("a", RATE, 5).await, Decision::Allowed);
+        match limiter.check("a", RATE, 1).await {
+            Decision::Limited { retry_after } => {
+                // One request a second: the next token is under a second away.
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            }
+            other => panic!("expected the bucket empty, got {other:?}"),
+        }
+        assert_eq!(limiter.check("a", RATE, 6).await, Decision::OverBurst);
+        // Another caller has a bucket of its own.
+        assert_eq!(limiter.check("b", RATE, 1).await, Decision::Allowed);
+        assert_eq!(limiter.fallbacks(), 0);
+        assert_eq!(limiter.rejected(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cost_over_the_burst_is_refused_without_asking_redis() {
+        let redis = RedisLimiter::open("redis://127.0.0.1:1", "test", Duration::from_millis(50))
+            .expect("limiter opens");
+        assert_eq!(
+            redis.check("a", RATE, RATE.burst + 1).await.ok(),
+            Some(Decision::OverBurst)
+        );
+    }
+
+    #[tokio::test]
+    async fn only_refusals_are_counted_as_rejected() {
+        let limiter = RateLimiter::in_memory(100);
+        for _ in 0..5 {
+            assert_eq!(limiter.check("a", RATE, 1).await, Decision::Allowed);
+        }
+        assert_eq!(limiter.rejected(), 0);
+        assert!(matches!(
+            limiter.check("a", RATE, 1).await,
+            Decision::Limited { .. }
+        ));
+        assert_eq!(limiter.check("a", RATE, 9).await, Decision::OverBurst);
+        assert_eq!(limiter.rejected(), 2);
+    }
 }
