@@ -208,6 +208,12 @@ mod tests {
             Err(AccessError::QueueTimeout { .. })
         ));
         assert_eq!(slots.waiting(), 0);
+        assert!(matches!(
+            slots.acquire().await,
+            Err(AccessError::QueueTimeout { .. })
+        ));
+        // Each refusal counts, a timed-out wait as much as a full line.
+        assert_eq!(slots.shed(), 2);
     }
 
     #[tokio::test]
