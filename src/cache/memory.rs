@@ -235,6 +235,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_large_value_evicts_as_many_entries_as_it_needs() {
+        let cache = MemoryCache::new(MemoryCacheConfig {
+            max_entries: 100,
+            max_bytes: 10,
+        });
+        put(&cache, &key("c", "a"), vec![1; 4], HOUR).await;
+        put(&cache, &key("c", "b"), vec![2; 4], HOUR).await;
+        put(&cache, &key("c", "big"), vec![3; 9], HOUR).await;
+        assert_eq!(get(&cache, &key("c", "a")).await, None);
+        assert_eq!(get(&cache, &key("c", "b")).await, None);
+        assert_eq!(get(&cache, &key("c", "big")).await, Some(vec![3; 9]));
+        let stats = stats(&cache).await;
+        assert_eq!((stats.entries, stats.evictions), (1, 2));
+    }
+
+    #[tokio::test]
     async fn the_byte_budget_bounds_the_cache() {
         let cache = MemoryCache::new(MemoryCacheConfig {
             max_entries: 100,
