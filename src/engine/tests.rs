@@ -587,8 +587,9 @@ async fn sub_model_spans(second: ScriptedReply) -> crate::telemetry::spans::reco
     use tracing_subscriber::layer::SubscriberExt;
     let fields = crate::telemetry::spans::recorded::Fields::default();
     // The test runtime has one thread: every span of the run is recorded here.
-    let _recording =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(fields.clone()));
+    let _recording = crate::telemetry::spans::recorded::scoped(
+        tracing_subscriber::registry().with(fields.clone()),
+    );
     let root = Arc::new(ScriptedModel::new(
         "root",
         Duration::ZERO,

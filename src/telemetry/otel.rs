@@ -633,7 +633,7 @@ mod tests {
     /// `traceparent` injected from inside the child.
     async fn query_with_child(provider: &SdkTracerProvider, incoming: &http::HeaderMap) -> String {
         let subscriber = tracing_subscriber::registry().with(otel_layer(provider));
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = crate::telemetry::spans::recorded::scoped(subscriber);
         let query = crate::telemetry::spans::query("Query", "q-1", "handbook");
         assert!(set_remote_parent(&query, incoming));
         let outgoing = async {

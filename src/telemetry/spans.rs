@@ -214,7 +214,8 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// Test equipment: a tracing layer that keeps every field recorded on a span.
+/// Test equipment: a tracing layer that keeps every field recorded on a span, and a scoped
+/// default subscriber that other tests cannot keep these spans from.
 #[cfg(test)]
 pub(crate) mod recorded {
     use std::sync::Arc;
@@ -270,6 +271,31 @@ pub(crate) mod recorded {
         }
     }
 
+    /// Makes `subscriber` the current thread's default for as long as the guard lives, with
+    /// the spans of this module recorded by it whatever other tests run at once.
+    ///
+    /// `tracing` decides once per process whether a callsite is wanted, and while at most one
+    /// subscriber is registered it asks the registering thread's default: a test on another
+    /// thread, with no subscriber, that reaches a span first has it cached as never wanted,
+    /// for every thread. Registering each span here (under a bare registry, so that
+    /// `subscriber` sees none of them) and rebuilding the cache afterwards undoes that; a
+    /// later rebuild is asked of every registered subscriber, this one included.
+    pub(crate) fn scoped(
+        subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+    ) -> tracing::subscriber::DefaultGuard {
+        tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            drop((
+                super::query("Query", "", ""),
+                super::iteration(0),
+                super::model_call(super::ModelRole::Root, ""),
+                super::search(0, "", 0),
+            ));
+        });
+        let guard = tracing::subscriber::set_default(subscriber);
+        tracing::callsite::rebuild_interest_cache();
+        guard
+    }
+
     impl Fields {
         /// The last value recorded for `field` on a span named `span`, as its `Debug` text.
         pub(crate) fn get(&self, span: &str, field: &str) -> Option<String> {
@@ -294,7 +320,8 @@ mod tests {
     fn recorded_values_land_on_declared_fields() {
         let fields = Fields::default();
         let subscriber = tracing_subscriber::registry().with(fields.clone());
-        tracing::subscriber::with_default(subscriber, || {
+        {
+            let _default = super::recorded::scoped(subscriber);
             let query = query("Query", "q-7", "handbook");
             let model = model_call(ModelRole::Sub, "small-model");
             record_model_call(
@@ -320,7 +347,7 @@ mod tests {
             record_error(&query, "budget ran out");
             let search = search(1, "handbook", 5);
             record_search(&search, 4, false);
-        });
+        }
         assert_eq!(fields.get("query", "query_id").as_deref(), Some("\"q-7\""));
         assert_eq!(fields.get("query", "searches").as_deref(), Some("3"));
         assert_eq!(fields.get("query", "partial").as_deref(), Some("true"));
