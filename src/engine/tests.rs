@@ -162,19 +162,48 @@ fn memory_level(name: &'static str) -> crate::cache::CacheLevel {
     }
 }
 
+/// The parts of an engine over `store`, with memory caches and no reranker.
+fn parts(
+    store: Arc<dyn DocumentStore>,
+    model: Arc<dyn ChatModel>,
+    sub_model: Arc<dyn ChatModel>,
+) -> EngineParts {
+    EngineParts {
+        store,
+        model,
+        sub_model,
+        prices: Default::default(),
+        results: memory_level("result"),
+        searches: memory_level("search"),
+        rerank: None,
+    }
+}
+
+/// An engine whose one model is both root and sub-model.
 fn engine_with(store: Arc<MemoryStore>, model: Arc<dyn ChatModel>) -> Engine {
-    Engine::new(
-        EngineParts {
-            store,
-            sub_model: model.clone(),
-            model,
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
-        EngineConfig::default(),
-    )
+    Engine::new(parts(store, model.clone(), model), EngineConfig::default())
+}
+
+/// An engine over `corpus()` with a root model and a sub-model of its own.
+fn engine_of(
+    model: Arc<dyn ChatModel>,
+    sub_model: Arc<dyn ChatModel>,
+    config: EngineConfig,
+) -> Engine {
+    Engine::new(parts(corpus(), model, sub_model), config)
+}
+
+/// An engine whose model searches once and then never answers.
+fn engine_that_hangs_after_one_search() -> Engine {
+    let model = Arc::new(ScriptedModel::new(
+        "scripted",
+        Duration::ZERO,
+        vec![
+            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
+            ScriptedReply::Hang,
+        ],
+    ));
+    engine_with(corpus(), model)
 }
 
 fn question(query: &str) -> QueryRequest {
@@ -329,18 +358,7 @@ async fn sources_are_cut_to_the_limit_but_never_below_the_cited_ones() {
         max_sources: 1,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            sub_model: model.clone(),
-            model,
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
-        config,
-    );
+    let engine = engine_of(model.clone(), model, config);
     let (cited, _) = run_collecting(&engine, question("Who?")).await;
     assert_eq!(cited.sources.len(), 2, "every cited source stays");
     let (uncited, _) = run_collecting(&engine, question("Where?")).await;
@@ -399,18 +417,7 @@ async fn a_batched_call_splits_the_completion_cap_and_takes_at_most_its_limit_of
         max_completion_tokens: 1_000,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            model: root.clone(),
-            sub_model: sub.clone(),
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
-        config,
-    );
+    let engine = engine_of(root.clone(), sub.clone(), config);
     let (result, _) = run_collecting(&engine, question("Digest?")).await;
     assert_eq!(result.answer, "done");
     let caps: Vec<Option<u32>> = sub
@@ -534,18 +541,7 @@ async fn one_failed_prompt_does_not_sink_a_batched_sub_model_call() {
             ScriptedReply::Fail(LlmError::Unavailable("boom".into())),
         ],
     ));
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            model: root.clone(),
-            sub_model: sub,
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
-        EngineConfig::default(),
-    );
+    let engine = engine_of(root.clone(), sub, EngineConfig::default());
     let (result, events) = run_collecting(&engine, question("Digest?")).await;
     assert_eq!(result.answer, "done");
     let requests = root.requests();
@@ -603,18 +599,7 @@ async fn sub_model_spans(second: ScriptedReply) -> crate::telemetry::spans::reco
         Duration::ZERO,
         vec![ScriptedModel::text("first digest"), second],
     ));
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            model: root,
-            sub_model: sub,
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
-        EngineConfig::default(),
-    );
+    let engine = engine_of(root, sub, EngineConfig::default());
     run_collecting(&engine, question("Digest?")).await;
     fields
 }
@@ -654,16 +639,9 @@ async fn a_batched_call_whose_prompts_all_fail_is_a_failed_turn() {
             ScriptedReply::Fail(LlmError::Unavailable("bang".into())),
         ],
     ));
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            model: root,
-            sub_model: sub,
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
+    let engine = engine_of(
+        root,
+        sub,
         EngineConfig {
             max_consecutive_tool_errors: 1,
             ..EngineConfig::default()

@@ -167,13 +167,8 @@ async fn listed_prices_give_the_cost_of_models_that_report_none() {
     ));
     let engine = Engine::new(
         EngineParts {
-            store: corpus(),
-            sub_model: model.clone(),
-            model,
             prices: crate::llm::PriceTable::new(vec![("priced".into(), 2.0, 10.0)]),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
+            ..parts(corpus(), model.clone(), model)
         },
         EngineConfig::default(),
     );
@@ -185,15 +180,7 @@ async fn listed_prices_give_the_cost_of_models_that_report_none() {
 
 #[tokio::test]
 async fn the_time_budget_aborts_a_hanging_model_call() {
-    let model = Arc::new(ScriptedModel::new(
-        "scripted",
-        Duration::ZERO,
-        vec![
-            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
-            ScriptedReply::Hang,
-        ],
-    ));
-    let engine = engine_with(corpus(), model);
+    let engine = engine_that_hangs_after_one_search();
     let mut request = question("Zephyr blender maker?");
     request.budget.max_time = Some(Duration::from_millis(200));
     // The model never answers: only the time budget can end the run.
@@ -223,18 +210,7 @@ async fn a_sub_model_call_is_planned_against_the_tokens_left() {
         Duration::ZERO,
         vec![ScriptedModel::text("a"), ScriptedModel::text("b")],
     ));
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            model: root,
-            sub_model: sub.clone(),
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
-        EngineConfig::default(),
-    );
+    let engine = engine_of(root, sub.clone(), EngineConfig::default());
     let mut request = question("Digest?");
     request.budget.max_tokens = Some(2_000);
     run_collecting(&engine, request).await;
@@ -279,18 +255,7 @@ async fn a_batched_call_reserves_a_minimal_completion_for_each_prompt_but_the_fi
             ScriptedModel::text("c"),
         ],
     ));
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            model: root,
-            sub_model: sub.clone(),
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
-        EngineConfig::default(),
-    );
+    let engine = engine_of(root, sub.clone(), EngineConfig::default());
     let mut request = question("Digest?");
     request.budget.max_tokens = Some(2_000);
     let (_, events) = run_collecting(&engine, request).await;

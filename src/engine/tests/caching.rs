@@ -107,13 +107,8 @@ async fn a_store_ranking_otherwise_does_not_share_cached_searches() {
     let engine_over = |store: Arc<MemoryStore>| {
         Engine::new(
             EngineParts {
-                store,
-                sub_model: script(),
-                model: script(),
-                prices: Default::default(),
-                results: memory_level("result"),
                 searches: shared.clone(),
-                rerank: None,
+                ..parts(store, script(), script())
             },
             EngineConfig::default(),
         )
@@ -151,17 +146,12 @@ async fn without_a_search_cache_every_search_reaches_the_store() {
     let store = corpus();
     let engine = Engine::new(
         EngineParts {
-            store: store.clone(),
-            sub_model: model.clone(),
-            model,
-            prices: Default::default(),
-            results: memory_level("result"),
             searches: crate::cache::CacheLevel {
                 name: "search",
                 cache: Arc::new(crate::cache::NoCache),
                 ttl: Duration::from_secs(60),
             },
-            rerank: None,
+            ..parts(store.clone(), model.clone(), model)
         },
         EngineConfig::default(),
     );

@@ -32,15 +32,11 @@ async fn fixture() -> Fixture {
     .expect("store");
     let metrics = Metrics::new();
     let engine = Engine::with_telemetry(
-        EngineParts {
-            store: Arc::new(store),
-            model: Arc::new(ExtractiveModel::default()),
-            sub_model: Arc::new(ExtractiveModel::default()),
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
+        parts(
+            Arc::new(store),
+            Arc::new(ExtractiveModel::default()),
+            Arc::new(ExtractiveModel::default()),
+        ),
         EngineConfig {
             max_documents_per_call: LIMIT,
             max_document_bytes: MAX_BYTES,

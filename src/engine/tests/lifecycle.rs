@@ -5,19 +5,6 @@ use std::time::Instant;
 
 use super::*;
 
-/// An engine whose root model searches once, then never answers again.
-fn engine_that_hangs_after_one_search() -> Engine {
-    let model = Arc::new(ScriptedModel::new(
-        "scripted",
-        Duration::ZERO,
-        vec![
-            ScriptedModel::tool("search_db", json!({"query": "zephyr"})),
-            ScriptedReply::Hang,
-        ],
-    ));
-    engine_with(corpus(), model)
-}
-
 /// An engine whose root model never answers.
 fn engine_that_hangs_at_once() -> Engine {
     let model = Arc::new(ScriptedModel::new(
@@ -59,16 +46,9 @@ async fn the_configured_limits_are_the_ones_applied() {
         default_top_k: 3,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(
-        EngineParts {
-            store: corpus(),
-            model: Arc::new(ExtractiveModel::default()),
-            sub_model: Arc::new(ExtractiveModel::default()),
-            prices: Default::default(),
-            results: memory_level("result"),
-            searches: memory_level("search"),
-            rerank: None,
-        },
+    let engine = engine_of(
+        Arc::new(ExtractiveModel::default()),
+        Arc::new(ExtractiveModel::default()),
         config.clone(),
     );
     assert_eq!(engine.config(), &config);
