@@ -170,3 +170,17 @@ pub(crate) async fn collections_are_listed_by_name_and_searched_separately(open:
         vec!["a1"]
     );
 }
+
+/// What search caches key on: a store names the embedder it was opened with and the fusion of
+/// its two rankings, which differs for dense vectors.
+pub(crate) async fn a_store_names_its_embedder_and_its_ranking(open: impl Open) {
+    let dense: Arc<dyn Embedder> = Arc::new(Dense(HashingEmbedder::new(256)));
+    for embedder in [hashing(), dense] {
+        let subject = open.open(Arc::clone(&embedder)).await;
+        assert_eq!(subject.store.embedder_id(), embedder.id());
+        assert_eq!(
+            subject.store.ranking_id(),
+            crate::store::Fusion::for_embedder(embedder.as_ref(), None, None).id()
+        );
+    }
+}

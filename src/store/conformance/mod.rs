@@ -68,6 +68,7 @@ macro_rules! conformance_suite {
             unknown_collections_are_errors,
             invalid_collection_names_are_rejected,
             collections_are_listed_by_name_and_searched_separately,
+            a_store_names_its_embedder_and_its_ranking,
             filter_applies_before_the_top_k_cut,
             every_filter_operator_admits_what_the_filter_matches,
             filter_values_are_data_whatever_they_hold,

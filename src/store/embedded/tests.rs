@@ -16,7 +16,7 @@ use super::schema::open_reader;
 use super::*;
 use crate::embed::HashingEmbedder;
 use crate::store::conformance::{
-    ScriptedEmbedder, Subject, axis, corpus, doc, doc_with, metadata, request, search_ids,
+    Dense, ScriptedEmbedder, Subject, axis, corpus, doc, doc_with, metadata, request, search_ids,
 };
 
 mod conformance {
@@ -146,9 +146,17 @@ async fn terms_in_most_documents_are_not_ranked_by_when_rarer_ones_exist() {
 
     let pruned = rankable_terms(&connection, &query("widget saffron"), 2_500).unwrap();
     assert_eq!(pruned, vec!["saffron"]);
+    let among_three = rankable_terms(&connection, &query("widget number saffron"), 2_500);
+    assert_eq!(among_three.unwrap(), vec!["saffron"]);
     let all_common = rankable_terms(&connection, &query("widget number"), 2_500).unwrap();
     assert_eq!(all_common.len(), 1);
-    let small = rankable_terms(&connection, &query("widget saffron"), 100).unwrap();
+    let at_the_size = rankable_terms(&connection, &query("widget saffron"), 2_000).unwrap();
+    assert_eq!(
+        at_the_size,
+        vec!["saffron"],
+        "pruned from 2,000 documents on"
+    );
+    let small = rankable_terms(&connection, &query("widget saffron"), 1_999).unwrap();
     assert_eq!(
         small,
         vec!["widget", "saffron"],
@@ -550,4 +558,33 @@ async fn a_search_by_one_ranking_leaves_out_what_only_the_other_finds() {
     let by_keyword = store.search_ranked(exact, Ranking::Keyword).await.unwrap();
     let ids: Vec<&str> = by_keyword.iter().map(|hit| hit.id.as_str()).collect();
     assert_eq!(ids, ["toulouse"]);
+}
+
+#[tokio::test]
+async fn a_dense_collection_searches_its_graph_once_the_builder_installed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedStoreConfig {
+        hnsw_min_documents: 0,
+        ..config(&dir)
+    };
+    let embedder = Arc::new(Dense(HashingEmbedder::new(64)));
+    let store = EmbeddedStore::open(config, embedder).await.unwrap();
+    assert!(!store.searches_graph("c"), "no such collection yet");
+    store.add_documents("c", corpus()).await.unwrap();
+    // The builder runs in the background; the bound only turns a hang into a failure.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !store.searches_graph("c") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the graph was installed");
+
+    let small_dir = tempfile::tempdir().unwrap();
+    let small = open_with(&small_dir, Arc::new(Dense(HashingEmbedder::new(64)))).await;
+    small.add_documents("c", corpus()).await.unwrap();
+    assert!(
+        !small.searches_graph("c"),
+        "a collection below the size for a graph is scanned"
+    );
 }
