@@ -181,3 +181,20 @@ pub(super) fn rankable_terms(
         .map(|(_, term)| vec![(*term).clone()])
         .unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyword_matches_are_equal_exactly_when_their_order_says_so() {
+        let at = |rowid, bm25| KeywordMatch { rowid, bm25 };
+        assert_eq!(at(4, -1.5), at(4, -1.5));
+        // SQLite's -0.0 is its 0.0.
+        assert_eq!(at(4, -0.0), at(4, 0.0));
+        assert_ne!(at(4, -1.5), at(5, -1.5));
+        assert_ne!(at(4, -1.5), at(4, -2.5));
+        assert!(at(4, -2.5) > at(4, -1.5), "a lower BM25 is better");
+        assert!(at(4, -1.5) > at(5, -1.5), "ties go to the lower rowid");
+    }
+}

@@ -511,7 +511,24 @@ async fn every_connection_syncs_fully() {
             .pragma_query_value(None, "synchronous", |row| row.get(0))
             .unwrap()
     };
-    assert_eq!(synchronous(&store.inner.writer.lock()), FULL, "writer");
+    let writer = store.inner.writer.lock();
+    assert_eq!(synchronous(&writer), FULL, "writer");
+    // FULL is also SQLite's default: what shows that the writer was configured at all is
+    // the rest of its settings.
+    let pragma = |name: &str| -> String {
+        writer
+            .pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))
+            .map(|value| match value {
+                rusqlite::types::Value::Integer(number) => number.to_string(),
+                rusqlite::types::Value::Text(text) => text,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+    };
+    assert_eq!(pragma("journal_mode"), "wal");
+    assert_eq!(pragma("foreign_keys"), "1");
+    assert_eq!(pragma("busy_timeout"), "5000");
+    drop(writer);
     let readers = store.inner.readers.idle.lock();
     assert_eq!(readers.len(), 2);
     for reader in readers.iter() {
