@@ -35,14 +35,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 pub use self::backlog::BacklogWatch;
 use self::backlog::{Graph, Indexer};
 pub use self::migrations::{MigrationReport, known_version};
 use self::sql::{
-    any_term_query, compile_filter, filter_start, folded_text, folds, graph_dimension,
-    search_statement, sparsevec_text, write_statement,
+    COLLECTION_SIZE, any_term_query, compile_filter, filter_start, folded_text, folds,
+    graph_dimension, search_statement, sparsevec_text, through_graph, write_statement,
 };
 use super::prepare::{Fusion, candidates_for, embed_query, prepare_documents};
 use super::{
@@ -89,10 +89,6 @@ fn ef_search(config: &StoreConfig, dimension: usize, graph_dimension: usize) -> 
             HNSW_EF_SEARCH_DENSE
         })
 }
-/// Filters of up to this many conditions have their search statement kept prepared on each
-/// connection: operators per condition make 7^n shapes, so past a few, keeping them all
-/// would let callers grow every connection's memory (and the server's) without bound.
-const MAX_CONDITIONS_TO_KEEP_PREPARED: usize = 3;
 /// Rows per insert statement of a write: large enough that a statement's round trip and
 /// planning are a small share of its cost, small enough that one statement (the timeout
 /// applies to each) stays far under the statement timeout on a slow database.
@@ -116,9 +112,9 @@ pub struct PostgresStore {
     indexer: Option<Arc<Indexer>>,
     /// How searches fuse the vector ranking with BM25.
     fusion: Fusion,
-    /// The search statement for a filter shape is the same text whatever the values, so it is
-    /// built once per shape and prepared once per connection.
-    statements: Arc<parking_lot::Mutex<HashMap<String, Arc<str>>>>,
+    /// The search statement for a filter shape, through the graph or not, is the same text
+    /// whatever the values, so it is built once per shape (and planned for each search).
+    statements: Arc<parking_lot::Mutex<HashMap<StatementShape, Arc<str>>>>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -279,9 +275,10 @@ impl PostgresStore {
         }
     }
 
-    fn statement_for(&self, filter_sql: &str) -> Arc<str> {
+    fn statement_for(&self, filter_sql: &str, through_graph: bool) -> Arc<str> {
+        let key = (through_graph, filter_sql.to_string());
         let mut statements = self.statements.lock();
-        if let Some(statement) = statements.get(filter_sql) {
+        if let Some(statement) = statements.get(&key) {
             return Arc::clone(statement);
         }
         // Filter shapes are bounded by what callers send; past a bound, start over rather than
@@ -293,19 +290,23 @@ impl PostgresStore {
             self.dimension,
             self.graph_dimension,
             filter_sql,
-            self.indexed,
+            through_graph,
             self.fusion.vector_weight,
         )
         .into();
-        statements.insert(filter_sql.to_string(), Arc::clone(&statement));
+        statements.insert(key, Arc::clone(&statement));
         statement
     }
 }
+
+/// What tells search statements apart: through the graph or not, and the filter's SQL.
+type StatementShape = (bool, String);
 
 /// A search's statement and its parameters, in the statement's order.
 struct SearchQuery {
     statement: Arc<str>,
     collection: String,
+    collection_id: i64,
     vector: String,
     by_vector: bool,
     candidates: i64,
@@ -313,15 +314,27 @@ struct SearchQuery {
     rrf_k: f64,
     limit: i64,
     embedder_id: String,
-    /// With the HNSW index only.
+    /// Through the graph only ([`through_graph`]).
     folded_query: Option<String>,
     filter: Vec<String>,
 }
 
+/// The types of [`search_statement`]'s parameters up to `$8`; the rest are text.
+const PARAMETER_TYPES: [Type; 8] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::BOOL,
+    Type::INT8,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::INT8,
+    Type::TEXT,
+];
+
 impl SearchQuery {
     fn parameters(&self) -> Vec<&(dyn ToSql + Sync)> {
         let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![
-            &self.collection,
+            &self.collection_id,
             &self.vector,
             &self.by_vector,
             &self.candidates,
@@ -336,35 +349,67 @@ impl SearchQuery {
         parameters.extend(self.filter.iter().map(|p| p as &(dyn ToSql + Sync)));
         parameters
     }
+
+    /// The parameters with their types, for a statement planned for them alone
+    /// (`query_typed`).
+    fn typed_parameters(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.parameters()
+            .into_iter()
+            .enumerate()
+            .map(|(at, parameter)| {
+                let type_ = PARAMETER_TYPES.get(at).cloned().unwrap_or(Type::TEXT);
+                (parameter, type_)
+            })
+            .collect()
+    }
 }
 
 impl PostgresStore {
-    /// Embeds the query and builds its statement and parameters.
-    async fn search_query(&self, request: SearchRequest) -> Result<SearchQuery, StoreError> {
+    /// Reads the collection's size, chooses whether to search it through the graph, and builds
+    /// the statement and
+    /// parameters for the query, embedded beforehand so that no connection waits on the
+    /// embedder.
+    async fn search_query(
+        &self,
+        client: &deadpool_postgres::Object,
+        request: SearchRequest,
+        query_embedding: &crate::embed::Embedding,
+    ) -> Result<SearchQuery, StoreError> {
         let SearchRequest {
             collection,
             query,
             top_k,
             filter,
         } = request;
-        validate_collection_name(&collection)?;
+        let size = client.prepare_cached(COLLECTION_SIZE).await?;
+        let Some(row) = client.query_opt(&size, &[&collection]).await? else {
+            return Err(StoreError::CollectionNotFound(collection));
+        };
+        let (collection_id, documents): (i64, i64) = (row.get(0), row.get(1));
+        let all_documents = row.get::<_, Option<i64>>(2).unwrap_or(documents);
+        let candidates = candidates_for(top_k);
+        let through_graph = through_graph(
+            self.indexed,
+            folds(self.dimension, self.graph_dimension),
+            candidates,
+            documents,
+            all_documents,
+        );
         let mut terms = text::content_terms(&query);
         terms.truncate(64);
-        let query_embedding = embed_query(self.embedder.as_ref(), query).await?;
-        let compiled = compile_filter(&filter, filter_start(self.indexed));
+        let compiled = compile_filter(&filter, filter_start(through_graph));
         Ok(SearchQuery {
-            statement: self.statement_for(&compiled.sql),
+            statement: self.statement_for(&compiled.sql, through_graph),
             collection,
-            vector: sparsevec_text(&query_embedding, self.dimension),
+            collection_id,
+            vector: sparsevec_text(query_embedding, self.dimension),
             by_vector: !query_embedding.indices.is_empty(),
-            candidates: candidates_for(top_k) as i64,
+            candidates: candidates as i64,
             keywords: any_term_query(&terms),
             rrf_k: self.fusion.k,
             limit: top_k as i64,
             embedder_id: self.embedder_id.clone(),
-            folded_query: self
-                .indexed
-                .then(|| folded_text(&query_embedding, self.graph_dimension)),
+            folded_query: through_graph.then(|| folded_text(query_embedding, self.graph_dimension)),
             filter: compiled.parameters,
         })
     }
@@ -581,18 +626,16 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, StoreError> {
-        let many_conditions = request.filter.conditions().len() > MAX_CONDITIONS_TO_KEEP_PREPARED;
-        let search = self.search_query(request).await?;
+        validate_collection_name(&request.collection)?;
+        let query_embedding = embed_query(self.embedder.as_ref(), request.query.clone()).await?;
         let client = self.pool.get().await?;
-        // Each connection keeps what it prepared, with no bound: only the common shapes (a
-        // few conditions) are kept; a rarer, larger filter is prepared for its one use.
-        let prepared = if many_conditions {
-            client.prepare(&search.statement).await?
-        } else {
-            client.prepare_cached(&search.statement).await?
-        };
-        let parameters = search.parameters();
-        let rows = client.query(&prepared, &parameters).await?;
+        let search = self
+            .search_query(&client, request, &query_embedding)
+            .await?;
+        // An unnamed statement, planned for these parameters (`search_statement`).
+        let rows = client
+            .query_typed(&search.statement, &search.typed_parameters())
+            .await?;
         let mut hits = Vec::with_capacity(rows.len());
         for row in rows {
             if row.get::<_, Option<i64>>(0).is_none() {

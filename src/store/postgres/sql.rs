@@ -285,8 +285,8 @@ pub(super) const GRAPH_FILL: &str = "UPDATE deeprecall_documents d SET folded = 
      FROM unnest($1::bigint[], $2::text[]) AS v (id, folded) WHERE d.id = v.id";
 
 /// Returns the position of the filter's first parameter in [`search_statement`].
-pub(super) fn filter_start(indexed: bool) -> usize {
-    if indexed { 10 } else { 9 }
+pub(super) fn filter_start(through_graph: bool) -> usize {
+    if through_graph { 10 } else { 9 }
 }
 
 /// Builds a `to_tsquery` input matching any of the terms, each quoted so that nothing in
@@ -299,32 +299,66 @@ pub(super) fn any_term_query(terms: &[String]) -> String {
     quoted.join(" | ")
 }
 
+/// Whether a search of a collection of `documents` among `all_documents`, asked for
+/// `candidates` per ranking, goes through the HNSW graph of a store that has one (`indexed`),
+/// whose graph holds the vectors folded (`folded`) or as they are; otherwise the collection's
+/// vectors are ranked exactly. Each search reads the counts first ([`COLLECTION_SIZE`]).
+///
+/// The graph holds every collection's rows, and a scan of it filtered to one collection reads,
+/// for each candidate, about as many rows as the database holds for each of that collection's.
+/// So a collection holding a small share of the database (its documents squared at most
+/// [`GRAPH_TO_EXACT_COST`] times the proposals times the database's documents: up to about
+/// 3,500 beside 100,000 at top-10 with a folded graph, 6,000 with a dense one) is ranked
+/// exactly instead, by its own rows.
+pub(super) fn through_graph(
+    indexed: bool,
+    folded: bool,
+    candidates: usize,
+    documents: i64,
+    all_documents: i64,
+) -> bool {
+    let proposals = if folded {
+        candidates
+    } else {
+        candidates.saturating_mul(OVERSAMPLE)
+    };
+    let documents = documents.max(0) as f64;
+    let all_documents = all_documents.max(0) as f64;
+    let small = documents * documents <= (GRAPH_TO_EXACT_COST * proposals) as f64 * all_documents;
+    indexed && !small
+}
+
+/// What a search reads before its statement, by collection name: the collection's id and
+/// document count, and the documents of the whole database ([`through_graph`]).
+pub(super) const COLLECTION_SIZE: &str = "SELECT id, document_count, \
+     (SELECT sum(document_count) FROM deeprecall_collections)::bigint \
+     FROM deeprecall_collections WHERE name = $1";
+
 /// The hybrid search: both rankings with the filter inside them, each cut to `$4`
 /// candidates, fused by reciprocal rank (`$6` is k, `vector_weight` the vector ranking's weight,
 /// written into the text as a number) and cut to `$7` hits, in one
-/// statement. Parameters: `$1` collection name, `$2` query vector, `$3` whether to rank by
+/// statement. Parameters: `$1` the collection's id, `$2` query vector, `$3` whether to rank by
 /// vector, `$5` the tsquery text (empty skips the keyword ranking), `$8` the store's embedder;
-/// with the HNSW index, `$9` the folded query vector; then the filter's (from
-/// [`filter_start`]). The first column is the collection's id, NULL when it does not exist;
+/// through the graph, `$9` the folded query vector; then the filter's (from
+/// [`filter_start`]). The first column is the collection's id, NULL when it no longer exists;
 /// the sixth, the embedder that made the collection's vectors when it is not `$8` and the
 /// collection holds documents, which are then left unsearched (their vectors do not compare
 /// with the query's); a collection without hits yields one row whose columns but those two
 /// are NULL.
 ///
-/// With the index, the vector ranking asks HNSW (iterative scan, the filter applied inside it)
-/// for `OVERSAMPLE` times the candidates by graph vector, adds the rows still waiting in the
-/// vector backlog (not in the graph yet, so ranked exactly: a write is searched as soon as it
-/// is acknowledged), then orders all of them by the exact inner product of the stored
-/// vectors; without it, the collection is ranked exactly.
+/// The statement is planned for each search's parameters (`query_typed`), never taken from a
+/// generic plan: a generic plan cannot know which collection it reads and assumes one of
+/// average size, so for a small collection beside a large one it read the whole table where
+/// the collection's index reads a few rows (150 ms at 200 documents beside 100,000), and it
+/// cannot know the query's terms either, which made even a large collection's searches slower
+/// (BENCHMARKS.md: 13.5–14.0 ms p50 generic, 10.5–10.7 planned each time, the planning
+/// included).
 ///
-/// The graph holds every collection's rows, and a scan of it filtered to one collection
-/// reads, for each candidate, about as many rows as the database holds for each of that
-/// collection's. So a collection holding a small share of the database (`plan`: its
-/// documents squared at most [`GRAPH_TO_EXACT_COST`] times the proposals times the
-/// database's documents, about 2,000 beside 100,000 at top-10) is ranked exactly instead,
-/// which reads fewer rows when its own index is used. The generic plan of the prepared
-/// statement, not knowing the collection, may scan the table instead (BENCHMARKS.md: still
-/// faster than the graph beside 100,000 documents, and the next thing to change).
+/// Through the graph ([`through_graph`]), the vector ranking asks HNSW (iterative scan, the
+/// filter applied inside it) for `OVERSAMPLE` times the candidates by graph vector, adds the
+/// rows still waiting in the vector backlog (not in the graph yet, so ranked exactly: a write
+/// is searched as soon as it is acknowledged), then orders all of them by the exact inner
+/// product of the stored vectors; otherwise the collection is ranked exactly.
 ///
 /// Where the graph holds folded vectors (the hashing embedder's), the rows the keyword
 /// ranking reads anyway are ranked exactly by vector too, and join the graph's proposals.
@@ -344,13 +378,16 @@ pub(super) fn search_statement(
     dimension: usize,
     graph_dimension: usize,
     filter_sql: &str,
-    indexed: bool,
+    through_graph: bool,
     vector_weight: f64,
 ) -> String {
     // The query vector is parsed once (an InitPlan), not for every row ranked, as a generic
     // plan of a prepared statement would otherwise do.
     let exact = "d.embedding <#> (SELECT vector FROM query_vector)";
-    let with_keyword_matches = indexed && folds(dimension, graph_dimension);
+    // The id is a parameter, so that the plan made for it knows how many rows it holds; the
+    // collection's embedder is checked once, as a gate before any row is read.
+    let in_collection = "d.collection_id = $1::bigint AND EXISTS (SELECT FROM searched)";
+    let with_keyword_matches = through_graph && folds(dimension, graph_dimension);
     let matched_distance = if with_keyword_matches {
         format!(", CASE WHEN $3::bool THEN {exact} END AS distance")
     } else {
@@ -372,14 +409,13 @@ pub(super) fn search_statement(
     } else {
         ""
     };
-    let nearest = if indexed {
+    let nearest = if through_graph {
         format!(
             "SELECT id, min(distance) AS distance FROM (
             SELECT id, distance FROM (
                 SELECT d.id, {exact} AS distance
                 FROM deeprecall_documents d
-                WHERE $3::bool AND NOT (SELECT exactly FROM plan)
-                  AND d.collection_id = (SELECT id FROM searched)
+                WHERE $3::bool AND {in_collection}
                   AND vector_dims(d.folded) = {graph_dimension} AND {filter_sql}
                 ORDER BY d.folded::halfvec({graph_dimension}) <#> $9::text::halfvec({graph_dimension})
                 LIMIT {proposals}
@@ -388,21 +424,11 @@ pub(super) fn search_statement(
             SELECT id, distance FROM (
                 SELECT d.id, {exact} AS distance
                 FROM deeprecall_documents d
-                WHERE $3::bool AND NOT (SELECT exactly FROM plan)
-                  AND d.collection_id = (SELECT id FROM searched)
+                WHERE $3::bool AND {in_collection}
                   AND d.folded IS NULL AND {filter_sql}
                 ORDER BY distance
                 LIMIT $4::bigint
-            ) waiting
-            UNION ALL
-            SELECT id, distance FROM (
-                SELECT d.id, {exact} AS distance
-                FROM deeprecall_documents d
-                WHERE $3::bool AND (SELECT exactly FROM plan)
-                  AND d.collection_id = (SELECT id FROM searched) AND {filter_sql}
-                ORDER BY distance
-                LIMIT $4::bigint
-            ) small{keyword_matches}
+            ) waiting{keyword_matches}
         ) candidates
         GROUP BY id
         ORDER BY distance, id
@@ -412,24 +438,17 @@ pub(super) fn search_statement(
         format!(
             "SELECT d.id, {exact} AS distance
         FROM deeprecall_documents d
-        WHERE $3::bool AND d.collection_id = (SELECT id FROM searched) AND {filter_sql}
+        WHERE $3::bool AND {in_collection} AND {filter_sql}
         ORDER BY {exact}
         LIMIT $4::bigint"
         )
     };
     format!(
         "WITH collection AS (
-    SELECT id, document_count,
+    SELECT id,
         CASE WHEN document_count > 0 AND embedder <> $8::text THEN embedder END
             AS foreign_embedder
-    FROM deeprecall_collections WHERE name = $1::text
-),
-plan AS (
-    SELECT c.document_count::float8 * c.document_count
-        <= {GRAPH_TO_EXACT_COST}::float8 * {proposals} * sum(all_collections.document_count)
-        AS exactly
-    FROM collection c, deeprecall_collections all_collections
-    GROUP BY c.document_count
+    FROM deeprecall_collections WHERE id = $1::bigint
 ),
 searched AS (SELECT id FROM collection WHERE foreign_embedder IS NULL),
 query_vector AS (SELECT $2::text::sparsevec({dimension}) AS vector),
@@ -438,7 +457,7 @@ matched AS MATERIALIZED (
     FROM deeprecall_documents d,
          (SELECT CASE WHEN $5::text = '' THEN NULL
                       ELSE to_tsquery('english', $5::text) END AS query) search
-    WHERE d.collection_id = (SELECT id FROM searched)
+    WHERE {in_collection}
       AND d.keywords @@ search.query AND {filter_sql}
 ),
 by_vector AS (
@@ -579,6 +598,25 @@ mod tests {
         ] {
             assert_eq!(parse_sparsevec(malformed), None, "{malformed:?}");
         }
+    }
+
+    #[test]
+    fn a_small_share_of_the_database_is_ranked_exactly() {
+        // Folded: 30 proposals, 120² = 4 × 30 × 120.
+        assert!(!through_graph(true, true, 30, 120, 120));
+        assert!(through_graph(true, true, 30, 121, 121));
+        // Not folded: three times the proposals, 360² = 4 × 90 × 360.
+        assert!(!through_graph(true, false, 30, 360, 360));
+        assert!(through_graph(true, false, 30, 361, 361));
+        // Beside others: 3,464² <= 4 × 30 × 100,000 < 3,465².
+        assert!(!through_graph(true, true, 30, 3_464, 100_000));
+        assert!(through_graph(true, true, 30, 3_465, 100_000));
+        // More candidates, more proposals: 3,465 of 100,000 at top-20 (60 candidates).
+        assert!(!through_graph(true, true, 60, 3_465, 100_000));
+        // Without the index, always exactly.
+        assert!(!through_graph(false, true, 30, 100_000, 100_000));
+        // Counts a concurrent delete left negative or empty read as nothing.
+        assert!(!through_graph(true, true, 30, -1, 0));
     }
 
     #[test]
