@@ -350,9 +350,9 @@ pub(super) const COLLECTION_SIZE: &str = "SELECT id, document_count, \
 /// generic plan: a generic plan cannot know which collection it reads and assumes one of
 /// average size, so for a small collection beside a large one it read the whole table where
 /// the collection's index reads a few rows (150 ms at 200 documents beside 100,000), and it
-/// cannot know the query's terms either, which made even a large collection's searches slower
-/// (BENCHMARKS.md: 13.5–14.0 ms p50 generic, 10.5–10.7 planned each time, the planning
-/// included).
+/// cannot know the query's terms either: generic plans made a large collection's searches
+/// slower too (BENCHMARKS.md: 14.0–14.4 ms p50 against 9.6–10.7 planned each time, the
+/// planning included).
 ///
 /// Through the graph ([`through_graph`]), the vector ranking asks HNSW (iterative scan, the
 /// filter applied inside it) for `OVERSAMPLE` times the candidates by graph vector, adds the
