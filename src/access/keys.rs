@@ -347,6 +347,17 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_counts_its_keys() {
+        let empty = KeyRing::from_entries(&[]).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
+        let one = KeyRing::from_entries(&[entry("a", "a-key-0123456789", &[Scope::Query])]);
+        let one = one.unwrap();
+        assert!(!one.is_empty());
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
     fn keys_match_in_clear_or_by_digest_and_nothing_else_does() {
         let hex: String = Sha256::digest(b"reader-key-0123456789")
             .iter()

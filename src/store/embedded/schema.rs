@@ -249,3 +249,21 @@ fn foreign_embedder(stored: String, current: &str, documents: i64) -> Option<For
         documents: usize::try_from(documents).unwrap_or(usize::MAX),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collection_is_foreign_when_another_embedder_made_its_documents() {
+        assert!(foreign_embedder("hashing".into(), "hashing", 5).is_none());
+        assert!(
+            foreign_embedder("other".into(), "hashing", 0).is_none(),
+            "an empty collection takes the current embedder on its next write"
+        );
+        let foreign = foreign_embedder("other".into(), "hashing", 1).expect("foreign");
+        assert_eq!((foreign.embedder.as_str(), foreign.documents), ("other", 1));
+        let unrecorded = foreign_embedder(String::new(), "hashing", 3).expect("foreign");
+        assert_eq!(unrecorded.embedder, "an unrecorded embedder");
+    }
+}
