@@ -479,6 +479,24 @@ mod tests {
                 vec![entry("a", "long enough key 000", &[Scope::Query])],
                 "spaces",
             ),
+            (
+                vec![entry("a", &"k".repeat(MIN_KEY_LENGTH - 1), &[Scope::Query])],
+                "shorter",
+            ),
+            (
+                vec![KeyEntry {
+                    requests_per_minute: Some(0),
+                    ..entry("a", "long-enough-key-000", &[Scope::Query])
+                }],
+                "at least 1",
+            ),
+            (
+                vec![KeyEntry {
+                    burst: Some(0),
+                    ..entry("a", "long-enough-key-000", &[Scope::Query])
+                }],
+                "at least 1",
+            ),
         ];
         for (entries, expected) in cases {
             let error = KeyRing::from_entries(&entries).unwrap_err().to_string();
@@ -486,6 +504,8 @@ mod tests {
             assert!(error.contains("\"a\""), "{error}");
             assert!(!error.contains("long-enough-key"), "a key leaked: {error}");
         }
+        let shortest = entry("a", &"k".repeat(MIN_KEY_LENGTH), &[Scope::Query]);
+        assert!(KeyRing::from_entries(&[shortest]).is_ok());
     }
 
     #[test]

@@ -539,6 +539,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_reopened_with_fewer_entries_allowed_is_cut_down_at_the_next_write() {
+        let dir = TempDir::new().expect("temp dir");
+        let cache = open(config(&dir)).await;
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            cache
+                .put(&key("c", name), vec![1], HOUR)
+                .await
+                .expect("put");
+        }
+        drop(cache);
+        let cache = open(SqliteCacheConfig {
+            max_entries: 2,
+            ..config(&dir)
+        })
+        .await;
+        cache.put(&key("c", "g"), vec![2], HOUR).await.expect("put");
+        let stats = cache.stats().await.expect("stats");
+        assert_eq!((stats.entries, stats.evictions), (2, 5));
+        assert!(cache.get(&key("c", "g")).await.expect("get").is_some());
+    }
+
+    #[tokio::test]
     async fn a_cache_of_no_entries_stores_nothing() {
         let dir = TempDir::new().expect("temp dir");
         let cache = open(SqliteCacheConfig {
