@@ -673,6 +673,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_purge_goes_on_batch_after_batch_and_counts_what_it_removed() {
+        let dir = TempDir::new().expect("temp dir");
+        let path = config(&dir).path;
+        let cache = open(SqliteCacheConfig {
+            purge_interval: Duration::ZERO,
+            ..config(&dir)
+        })
+        .await;
+        cache
+            .put(&key("c", "live"), vec![1], HOUR)
+            .await
+            .expect("put");
+        let dead = 2 * PURGE_BATCH + 500;
+        Connection::open(&path)
+            .and_then(|connection| {
+                connection.execute(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                     INSERT INTO entries (collection, digest, value, expires_at, last_used)
+                     SELECT 'c', 'dead-' || i, x'00', 0, 0 FROM n",
+                    [dead],
+                )
+            })
+            .expect("dead rows written");
+        assert_eq!(
+            purge_expired(&cache.connection).expect("purged"),
+            dead as u64
+        );
+        assert_eq!(rows_in(&path), 1);
+    }
+
+    #[tokio::test]
+    async fn expiry_times_are_wall_clock_milliseconds_shared_with_other_processes() {
+        let dir = TempDir::new().expect("temp dir");
+        let path = config(&dir).path;
+        let cache = open(config(&dir)).await;
+        // Rows another process wrote, one that expired a second ago, one that lives an hour.
+        let wall_clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64;
+        Connection::open(&path)
+            .and_then(|connection| {
+                connection.execute(
+                    "INSERT INTO entries (collection, digest, value, expires_at, last_used)
+                     VALUES ('c', 'past', x'01', ?1, 0), ('c', 'future', x'02', ?2, 0)",
+                    [wall_clock - 1_000, wall_clock + 3_600_000],
+                )
+            })
+            .expect("rows written");
+        assert_eq!(cache.get(&key("c", "past")).await.expect("get"), None);
+        assert_eq!(
+            cache.get(&key("c", "future")).await.expect("get"),
+            Some(vec![2])
+        );
+    }
+
+    #[tokio::test]
     async fn dropping_the_cache_closes_its_connection_despite_the_purge_task() {
         let dir = TempDir::new().expect("temp dir");
         let cache = open(SqliteCacheConfig {
