@@ -144,6 +144,11 @@ fn seconds(value: f64) -> Duration {
 /// certificate; `verify-ca` checks that a trusted CA signed it; `verify-full` also checks
 /// that it names the host.
 fn tls_connector(config: &StoreConfig) -> Result<MakeRustlsConnect, StoreError> {
+    Ok(MakeRustlsConnect::new(client_tls(config)?))
+}
+
+/// The TLS client of [`tls_connector`], apart from the driver's wrapping.
+fn client_tls(config: &StoreConfig) -> Result<rustls::ClientConfig, StoreError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -169,7 +174,7 @@ fn tls_connector(config: &StoreConfig) -> Result<MakeRustlsConnect, StoreError> 
                 .with_no_client_auth()
         }
     };
-    Ok(MakeRustlsConnect::new(client))
+    Ok(client)
 }
 
 /// The CA file's certificates, or the system's roots without one.
@@ -360,5 +365,129 @@ impl From<PoolError> for StoreError {
             PoolError::Closed => StoreError::Unavailable("the connection pool is closed".into()),
             other => StoreError::Database(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    fn openssl(dir: &Path, arguments: &[&str]) {
+        let output = std::process::Command::new("openssl")
+            .args(arguments)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    const EC_KEY: [&str; 5] = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+
+    /// Writes `ca.pem`, `signed.pem` (the CA's, for `other.example`) and `stranger.pem`
+    /// (self-signed, for `other.example` too), each with its key.
+    fn certificates(dir: &Path) {
+        let self_signed = |name: &str, subject: &str| {
+            let (key, certificate) = (format!("{name}.key"), format!("{name}.pem"));
+            let mut arguments = vec!["req", "-x509", "-days", "2", "-subj", subject];
+            arguments.extend(EC_KEY);
+            arguments.extend(["-keyout", &key, "-out", &certificate]);
+            arguments.extend(["-addext", "subjectAltName=DNS:other.example"]);
+            openssl(dir, &arguments);
+        };
+        self_signed("ca", "/CN=deeprecall test CA");
+        self_signed("stranger", "/CN=other.example");
+        let mut request = vec!["req", "-subj", "/CN=other.example"];
+        request.extend(EC_KEY);
+        request.extend(["-keyout", "signed.key", "-out", "signed.csr"]);
+        openssl(dir, &request);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:other.example\n").unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                "signed.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "signed.pem",
+            ],
+        );
+    }
+
+    /// Serves one TLS handshake with `name`'s certificate, and makes it as the store would in
+    /// `mode`, to a host it calls `host`; returns whether the client accepted the server.
+    async fn handshake(dir: &Path, name: &str, mode: SslMode, host: &str) -> bool {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let serving = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            // The client's verdict is what is checked; the server's side of a refusal is not.
+            let _ = acceptor.accept(stream).await;
+        });
+        let config = StoreConfig {
+            sslmode: mode,
+            ssl_ca_file: Some(dir.join("ca.pem")),
+            ..StoreConfig::default()
+        };
+        let client = tokio_rustls::TlsConnector::from(Arc::new(client_tls(&config).unwrap()));
+        let stream = TcpStream::connect(address).await.unwrap();
+        let server_name = ServerName::try_from(host.to_string()).unwrap();
+        let accepted = client.connect(server_name, stream).await.is_ok();
+        serving.await.unwrap();
+        accepted
+    }
+
+    #[tokio::test]
+    async fn each_tls_mode_accepts_the_servers_libpq_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        certificates(dir.path());
+        let dir = dir.path();
+        // require: encrypted, whoever answers.
+        assert!(handshake(dir, "stranger", SslMode::Require, "db.example").await);
+        // verify-ca: the CA's signature, whatever the name.
+        assert!(handshake(dir, "signed", SslMode::VerifyCa, "db.example").await);
+        assert!(!handshake(dir, "stranger", SslMode::VerifyCa, "db.example").await);
+        // verify-full: the CA's signature and the name.
+        assert!(handshake(dir, "signed", SslMode::VerifyFull, "other.example").await);
+        assert!(!handshake(dir, "signed", SslMode::VerifyFull, "db.example").await);
+        assert!(!handshake(dir, "stranger", SslMode::VerifyFull, "other.example").await);
     }
 }
