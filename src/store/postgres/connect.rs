@@ -475,6 +475,19 @@ mod tests {
         accepted
     }
 
+    #[test]
+    fn sessions_start_with_the_statement_timeout_in_milliseconds() {
+        let config = StoreConfig {
+            database_url: crate::secret::Secret::new("postgres://db.example/deeprecall"),
+            statement_timeout_seconds: 2.5,
+            ..StoreConfig::default()
+        };
+        let options = pg_config(&config, 40).unwrap();
+        let options = options.get_options().unwrap_or_default();
+        assert!(options.contains("-c statement_timeout=2500 "), "{options}");
+        assert!(options.contains("-c hnsw.ef_search=40 "), "{options}");
+    }
+
     #[tokio::test]
     async fn each_tls_mode_accepts_the_servers_libpq_accepts() {
         let dir = tempfile::tempdir().unwrap();

@@ -354,3 +354,23 @@ async fn drop_index(client: &deadpool_postgres::Object, name: &str) -> Result<()
 pub(super) fn lock_key() -> i64 {
     MIGRATION_LOCK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migration_is_recorded_by_the_sha_256_of_its_text() {
+        assert_eq!(
+            checksum(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            checksum("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let texts: std::collections::HashSet<String> =
+            MIGRATIONS.iter().map(|(_, sql)| checksum(sql)).collect();
+        assert_eq!(texts.len(), MIGRATIONS.len(), "each shipped text its own");
+    }
+}
