@@ -585,17 +585,29 @@ async fn a_dense_collection_searches_its_graph_once_the_builder_installed_it() {
         ..config(&dir)
     };
     let embedder = Arc::new(Dense(HashingEmbedder::new(64)));
-    let store = EmbeddedStore::open(config, embedder).await.unwrap();
+    let store = EmbeddedStore::open(config.clone(), embedder.clone())
+        .await
+        .unwrap();
     assert!(!store.searches_graph("c"), "no such collection yet");
     store.add_documents("c", corpus()).await.unwrap();
     // The builder runs in the background; the bound only turns a hang into a failure.
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !store.searches_graph("c") {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the graph was installed");
+    let graph_installed = |store: &EmbeddedStore| {
+        let store = store.clone();
+        tokio::time::timeout(Duration::from_secs(60), async move {
+            while !store.searches_graph("c") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    graph_installed(&store)
+        .await
+        .expect("the graph was installed");
+    drop(store);
+    // A reopened store builds the graphs of the collections it loads.
+    let reopened = EmbeddedStore::open(config, embedder).await.unwrap();
+    graph_installed(&reopened)
+        .await
+        .expect("the graph was built again");
 
     let small_dir = tempfile::tempdir().unwrap();
     let small = open_with(&small_dir, Arc::new(Dense(HashingEmbedder::new(64)))).await;
